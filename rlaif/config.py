@@ -1,0 +1,147 @@
+"""Configuration: dataclass defaults <- ``--config FILE.yaml`` <- ``key=value`` overrides.
+
+Every verb describes its options as a dataclass (nested dataclasses allowed). A YAML file and
+command-line ``key=value`` pairs (dotted keys for nested fields, values parsed as YAML so
+``n=4``, ``temperature=0.7``, ``rubrics=[a,b]`` have their natural types) are layered on top.
+Unknown keys and wrongly-typed values are user errors that name the file and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rlaif.errors import UserError, where
+
+T = TypeVar("T")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict ``{"a": {"b": 1}, "c": "x"}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{pair}': expected key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a syntax error becomes a one-line error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise UserError(f"{where(path, line)}invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option: value at the top level")
+    return data
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0] if errors else UserError(f"{source}option '{key}': bad value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{source}option '{key}': expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, key, source) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{source}option '{key}': expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"{source}option '{key}': expected a mapping, got {value!r}")
+        return merge(tp(), value, source, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{source}option '{key}': expected true/false, got {value!r}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise UserError(f"{source}option '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def merge(cfg: T, updates: dict[str, Any], source: str = "", prefix: str = "") -> T:
+    """Return a copy of dataclass ``cfg`` with ``updates`` applied (nested, type-checked)."""
+    hints = typing.get_type_hints(type(cfg))
+    fields = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for key, value in updates.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            valid = ", ".join(sorted(fields))
+            raise UserError(f"{source}unknown option '{prefix}{key}' (valid: {valid})")
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[name] = merge(current, value, source, prefix=f"{prefix}{name}.")
+        else:
+            changes[name] = _coerce(value, hints[name], prefix + name, source)
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+
+def load_config(cls: type[T], config_file: str | Path | None = None, overrides: list[str] | None = None,
+                base: T | None = None) -> T:
+    """Build a ``cls`` instance: defaults (or ``base``) <- YAML file <- ``key=value`` overrides."""
+    cfg = base if base is not None else cls()
+    if config_file:
+        cfg = merge(cfg, read_yaml(config_file), source=f"{config_file}: ")
+    if overrides:
+        cfg = merge(cfg, parse_overrides(overrides), source="command line: ")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (for manifests)."""
+    return dataclasses.asdict(cfg)

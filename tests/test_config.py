@@ -1,0 +1,50 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from rlaif.config import load_config, parse_overrides
+from rlaif.errors import UserError
+
+
+@dataclass
+class Inner:
+    model: str = "m"
+    temperature: float = 0.8
+
+
+@dataclass
+class Outer:
+    n: int = 4
+    rubrics: list[str] = field(default_factory=lambda: ["helpfulness"])
+    seed: int | None = 0
+    policy: Inner = field(default_factory=Inner)
+    flag: bool = False
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_overrides(["a.b=1", "c=x", "d=[1,2]", "e="]) == {"a": {"b": 1}, "c": "x", "d": [1, 2], "e": ""}
+
+
+def test_layering_file_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("n: 2\npolicy:\n  model: from-file\n  temperature: 1\n")
+    cfg = load_config(Outer, f, ["n=8", "rubrics=a,b", "flag=true"])
+    assert cfg.n == 8 and cfg.policy.model == "from-file" and cfg.policy.temperature == 1.0
+    assert isinstance(cfg.policy.temperature, float)
+    assert cfg.rubrics == ["a", "b"] and cfg.flag is True
+
+
+def test_unknown_key_names_source(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("policy:\n  modle: x\n")
+    with pytest.raises(UserError, match=r"c.yaml: unknown option 'policy.modle'"):
+        load_config(Outer, f)
+
+
+def test_bad_type_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match="option 'n': expected int"):
+        load_config(Outer, None, ["n=many"])
+    f = tmp_path / "bad.yaml"
+    f.write_text("n: 1\n  x: [\n")
+    with pytest.raises(UserError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_config(Outer, f)
