@@ -74,8 +74,13 @@ class Backend(Protocol):
     model_id: str
 
     def chat(self, conversations: Sequence[Conversation], params: SamplingParams,
-             progress: bool = True) -> list[Generation]:
-        """Sample ``params.n`` replies for each conversation (in order)."""
+             seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
+        """Sample ``params.n`` replies for each conversation (in order).
+
+        ``seeds`` (one per conversation) overrides ``params.seed`` so that a conversation's
+        samples do not depend on which other conversations share the call: the pipeline can
+        resume a crashed run and get the same rows.
+        """
         ...
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],

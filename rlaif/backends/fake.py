@@ -7,6 +7,7 @@ is reproducible. Tests may pass ``reply_fn`` / ``logprob_fn`` to script the engi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -46,10 +47,12 @@ class FakeBackend:
         self.calls = 0
 
     def chat(self, conversations: Sequence[Conversation], params: SamplingParams,
-             progress: bool = True) -> list[Generation]:
+             seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
         self.calls += 1
         out = []
-        for conv in conversations:
+        for i, conv in enumerate(conversations):
+            if seeds is not None:
+                params = dataclasses.replace(params, seed=seeds[i])
             prompt_tokens = sum(len(m["content"].split()) for m in conv)
             comps = []
             for k in range(params.n):
