@@ -1,0 +1,126 @@
+"""Verbs ``run``, ``generate``, ``judge``, ``build``: make a preference dataset.
+
+    rlaif run      --prompts FILE --rubric R [--rubric R2 ...] --out DIR [key=value ...]
+    rlaif generate --prompts FILE --out DIR
+    rlaif judge    --candidates FILE --rubric R --out DIR
+    rlaif build    --judgements FILE --out DIR
+
+Flags are shorthands for config keys (``--prompts X`` is ``prompts=X``); everything else is a
+``key=value`` override or a ``--config`` YAML key, listed in each verb's ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from rlaif.cli import add_config_arguments
+from rlaif.config import merge, parse_overrides, read_yaml
+from rlaif.errors import UserError
+
+DESCRIPTIONS = {
+    "run": "generate -> judge -> build: a preference dataset from a prompt file (resumable; rerun the same "
+           "command after a crash to continue)",
+    "generate": "sample n candidate responses per prompt from the policy model -> DIR/candidates.jsonl",
+    "judge": "judge candidates against rubrics with the judge model -> DIR/judgements.jsonl",
+    "build": "judgements -> preference pairs DIR/preferences/{train,test}.jsonl, report.html, README.md",
+}
+JUDGE_INHERITS = ("\n\n`judge.*` options default to the policy's values (the judge is the policy unless you say "
+                  "otherwise; the same model and engine are loaded once).")
+
+
+def load_verb_config(cls: type, args: argparse.Namespace, inherit_judge: bool) -> Any:
+    """Defaults <- --config YAML <- key=value <- flags. With ``inherit_judge`` every judge.* key not
+    given defaults to the policy's value."""
+    layers: list[tuple[dict[str, Any], str]] = []
+    if args.config:
+        layers.append((read_yaml(args.config), f"{args.config}: "))
+    layers.append((parse_overrides(args.overrides or []), "command line: "))
+    flags = {k: v for k in ("prompts", "candidates", "judgements", "out") if (v := getattr(args, k, None))}
+    if getattr(args, "rubric", None):
+        flags["rubrics"] = args.rubric
+    if getattr(args, "overwrite_flag", False):
+        flags["overwrite"] = True
+    layers.append((flags, "command line: "))
+    judge_layers = []
+    cfg = cls()
+    for data, source in layers:
+        if inherit_judge and "judge" in data:
+            data = dict(data)
+            judge = data.pop("judge")
+            if not isinstance(judge, dict):
+                raise UserError(f"{source}option 'judge': expected a mapping of judge.* options")
+            judge_layers.append((judge, source))
+        cfg = merge(cfg, data, source)
+    if inherit_judge:
+        judge = cfg.policy
+        for data, source in judge_layers:
+            judge = merge(judge, data, source, prefix="judge.")
+        cfg = dataclasses.replace(cfg, judge=judge)
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rlaif.pipeline import RunConfig, run_all
+
+    cfg = load_verb_config(RunConfig, args, inherit_judge=True)
+    run_all(cfg)
+    print(f"dataset: {cfg.out}/preferences/train.jsonl, {cfg.out}/preferences/test.jsonl\n"
+          f"report:  {cfg.out}/report.html   card: {cfg.out}/README.md   manifest: {cfg.out}/manifest.json")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from rlaif.pipeline import GenerateConfig, generate_only
+
+    cfg = load_verb_config(GenerateConfig, args, inherit_judge=False)
+    generate_only(cfg)
+    print(f"candidates: {cfg.out}/candidates.jsonl")
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from rlaif.pipeline import JudgeConfig, judge_only
+
+    cfg = load_verb_config(JudgeConfig, args, inherit_judge=False)
+    judge_only(cfg)
+    print(f"judgements: {cfg.out}/judgements.jsonl")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from rlaif.pipeline import BuildConfig, build_only
+
+    cfg = load_verb_config(BuildConfig, args, inherit_judge=False)
+    build_only(cfg)
+    print(f"dataset: {cfg.out}/preferences/{{train,test}}.jsonl   report: {cfg.out}/report.html")
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    # Config classes live in rlaif.pipeline, which imports only light modules (no torch/vllm at import).
+    from rlaif.pipeline import BuildConfig, GenerateConfig, JudgeConfig, RunConfig
+
+    specs = [("run", RunConfig, _run), ("generate", GenerateConfig, _generate),
+             ("judge", JudgeConfig, _judge), ("build", BuildConfig, _build)]
+    for verb, cls, func in specs:
+        p = subparsers.add_parser(verb, help=DESCRIPTIONS[verb], description=DESCRIPTIONS[verb])
+        if verb in ("run", "generate"):
+            p.add_argument("--prompts", metavar="FILE", help="prompt file (same as prompts=FILE)")
+        if verb == "judge":
+            p.add_argument("--candidates", metavar="FILE", help="candidates file (same as candidates=FILE)")
+        if verb == "build":
+            p.add_argument("--judgements", metavar="FILE", help="judgements file (same as judgements=FILE)")
+            p.add_argument("--candidates", metavar="FILE", help="candidates that were judged "
+                           "(default: candidates.jsonl beside the judgements)")
+        if verb in ("run", "judge", "build"):
+            p.add_argument("--rubric", action="append", metavar="R",
+                           help="rubric name or YAML path; repeat for several (same as rubrics=[R,...])")
+        p.add_argument("--out", metavar="DIR", help="output folder (same as out=DIR)")
+        p.add_argument("--overwrite", dest="overwrite_flag", action="store_true",
+                       help="start over instead of resuming (same as overwrite=true)")
+        add_config_arguments(p, cls)
+        if verb == "run":
+            p.epilog += JUDGE_INHERITS
+        p.set_defaults(func=func)

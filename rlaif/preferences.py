@@ -1,0 +1,171 @@
+"""Judgements -> preference pairs, and a train/test split by prompt.
+
+Scores. Each rubric scores every response on its own scale ``[lo, hi]``; a score is normalised
+to ``(s - lo) / (hi - lo)`` in [0, 1] and the rubrics are combined as a weighted mean
+``S = sum_r w_r * s_r / sum_r w_r`` (UltraFeedback-style aspects). A response with a failed
+(None) score on any rubric has no combined score: it is dropped, never ranked (comparing None
+or picking ``max``/``min`` over equal scores is how pipelines silently emit bad pairs).
+
+Pairs. ``best-vs-worst`` (default): the highest against the lowest combined score, one pair per
+prompt; equal scores are a tie and give no pair. ``all-pairs``: every pair whose margin is at
+least ``min_margin`` (and > 0). When a rubric is pairwise (the judge compared the two responses
+in both orders, Lee et al. 2023), a pair is kept only if that comparison prefers the chosen
+response with probability >= ``pairwise_min_confidence`` and, unless disabled, both orders
+agreed (position-consistent). Every dropped pair or response is counted by reason.
+
+Split. Prompts with pairs are shuffled with the seed and a ``test_fraction`` of them (at least
+one when there are two or more) go to test, so no prompt is in both files.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TIE_EPS = 1e-9
+
+
+@dataclass
+class BuildSettings:
+    strategy: Literal["best-vs-worst", "all-pairs"] = "best-vs-worst"
+    min_margin: float = 0.0
+    rubric_weights: dict[str, float] = field(default_factory=dict)  # missing rubric -> weight 1
+    pairwise_min_confidence: float = 0.6
+    require_position_consistent: bool = True
+    test_fraction: float = 0.1
+    seed: int = 0
+
+
+def normalise(score: float | None, scale: list[float]) -> float | None:
+    """Map a score on ``scale = [lo, hi]`` to [0, 1] (None stays None)."""
+    if score is None:
+        return None
+    lo, hi = float(scale[0]), float(scale[1])
+    return (float(score) - lo) / (hi - lo) if hi != lo else 0.0
+
+
+def combined_scores(rows: dict[str, dict], weights: dict[str, float]) -> list[float | None]:
+    """Weighted mean of normalised rubric scores per response; None if any rubric failed on it."""
+    n = len(next(iter(rows.values()))["scores"])
+    total_w = sum(weights.get(r, 1.0) for r in rows)
+    out: list[float | None] = []
+    for k in range(n):
+        parts = [(weights.get(r, 1.0), normalise(row["scores"][k] if k < len(row["scores"]) else None, row["scale"]))
+                 for r, row in rows.items()]
+        if total_w <= 0 or any(s is None for _, s in parts):
+            out.append(None)
+        else:
+            out.append(sum(w * s for w, s in parts) / total_w)  # type: ignore[operator]
+    return out
+
+
+def _comparison_p(row: dict, chosen: int, rejected: int) -> tuple[float | None, bool | None]:
+    """P(chosen beats rejected) and position consistency from a pairwise judgement row."""
+    for c in row.get("comparisons", []):
+        if (c["i"], c["j"]) == (chosen, rejected):
+            return c.get("p"), c.get("consistent")
+        if (c["i"], c["j"]) == (rejected, chosen):
+            p = c.get("p")
+            return (None if p is None else 1.0 - p), c.get("consistent")
+    return None, None
+
+
+def _candidate_pairs(scores: list[float | None], settings: BuildSettings, stats: Counter) -> list[tuple[int, int]]:
+    scored = [(k, s) for k, s in enumerate(scores) if s is not None]
+    stats["responses_failed"] += len(scores) - len(scored)
+    if len(scored) < 2:
+        stats["prompts_too_few_scored"] += 1
+        return []
+    if settings.strategy == "best-vs-worst":
+        # First index wins among equals: deterministic, and a tie is detected by the margin below.
+        best = max(scored, key=lambda t: (t[1], -t[0]))
+        worst = min(scored, key=lambda t: (t[1], t[0]))
+        margin = best[1] - worst[1]
+        if margin <= TIE_EPS:
+            stats["prompts_all_tied"] += 1
+            return []
+        if margin < settings.min_margin:
+            stats["pairs_below_margin"] += 1
+            return []
+        return [(best[0], worst[0])]
+    pairs = []
+    for a in range(len(scored)):
+        for b in range(a + 1, len(scored)):
+            (i, si), (j, sj) = scored[a], scored[b]
+            margin = abs(si - sj)
+            if margin <= TIE_EPS:
+                stats["pairs_tied"] += 1
+            elif margin < settings.min_margin:
+                stats["pairs_below_margin"] += 1
+            else:
+                pairs.append((i, j) if si > sj else (j, i))
+    return pairs
+
+
+def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str],
+                settings: BuildSettings) -> tuple[list[dict], Counter]:
+    """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped."""
+    stats: Counter = Counter()
+    by_id: dict[str, dict[str, dict]] = {}
+    for row in judgements:
+        if row["rubric"] in rubrics:
+            by_id.setdefault(row["id"], {})[row["rubric"]] = row
+    pairs: list[dict] = []
+    rubric_label = "+".join(rubrics)
+    for cand in candidates:
+        stats["prompts"] += 1
+        rows = by_id.get(cand["id"], {})
+        if set(rows) != set(rubrics):
+            stats["prompts_missing_judgement"] += 1
+            continue
+        rows = {r: rows[r] for r in rubrics}
+        scores = combined_scores(rows, settings.rubric_weights)
+        judge = "+".join(dict.fromkeys(row["judge"] for row in rows.values()))
+        kept = 0
+        for chosen, rejected in _candidate_pairs(scores, settings, stats):
+            if cand["responses"][chosen] == cand["responses"][rejected]:
+                stats["pairs_identical_text"] += 1
+                continue
+            reason = None
+            for row in rows.values():
+                if row["method"] != "pairwise":
+                    continue
+                p, consistent = _comparison_p(row, chosen, rejected)
+                if p is None:
+                    reason = "pairs_pairwise_failed"
+                elif settings.require_position_consistent and not consistent:
+                    reason = "pairs_position_inconsistent"
+                elif p < settings.pairwise_min_confidence:
+                    reason = "pairs_low_confidence"
+                if reason:
+                    break
+            if reason:
+                stats[reason] += 1
+                continue
+            sc, sr = scores[chosen], scores[rejected]
+            pairs.append({
+                "prompt": cand["messages"],
+                "chosen": [{"role": "assistant", "content": cand["responses"][chosen]}],
+                "rejected": [{"role": "assistant", "content": cand["responses"][rejected]}],
+                "id": cand["id"], "score_chosen": sc, "score_rejected": sr, "margin": sc - sr,  # type: ignore[operator]
+                "rubric": rubric_label, "judge": judge, "policy": cand["policy"],
+            })
+            kept += 1
+        stats["prompts_with_pairs"] += kept > 0
+    stats["pairs"] = len(pairs)
+    return pairs, stats
+
+
+def split_by_prompt(pairs: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded split of pairs by prompt id (all pairs of a prompt land on the same side)."""
+    ids = sorted({p["id"] for p in pairs})
+    random.Random(seed).shuffle(ids)
+    n_test = round(test_fraction * len(ids))
+    if test_fraction > 0 and n_test == 0 and len(ids) >= 2:
+        n_test = 1
+    if n_test >= len(ids) and test_fraction < 1:
+        n_test = len(ids) - 1
+    test_ids = set(ids[:n_test])
+    return [p for p in pairs if p["id"] not in test_ids], [p for p in pairs if p["id"] in test_ids]

@@ -1,0 +1,279 @@
+"""Records that flow through the pipeline, their JSON schemas, and reading prompt files.
+
+A prompt file is one of:
+- JSONL: one object a line with ``prompt`` (a string) or ``messages`` (a chat conversation),
+  an optional ``id``; every other field is kept as ``metadata``;
+- ``.txt``: one prompt a line (blank lines skipped);
+- ``.parquet`` / ``.json`` / ``.jsonl`` datasets read with a ``prompt_column`` naming the column
+  that holds the prompt string or the messages list.
+
+Errors name the file, line (or row) and field. Ids must be unique; a prompt without one gets a
+stable content hash, so rerunning on the same file gives the same ids (and the same seeds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+
+from rlaif.errors import UserError, where
+
+ROLES = ["system", "user", "assistant"]
+
+MESSAGES_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {"role": {"enum": ROLES}, "content": {"type": "string"}},
+    },
+}
+
+PROMPT_LINE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": ["string", "integer"]},
+        "prompt": {"type": "string", "minLength": 1},
+        "messages": MESSAGES_SCHEMA,
+    },
+    "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
+}
+
+# A user-made candidates file for `rlaif judge`.
+CANDIDATES_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        **PROMPT_LINE_SCHEMA["properties"],
+        "responses": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    },
+    "required": ["responses"],
+    "oneOf": PROMPT_LINE_SCHEMA["oneOf"],
+}
+
+CANDIDATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "messages", "responses", "num_tokens", "finish_reasons", "policy", "seed", "metadata"],
+    "properties": {
+        "id": {"type": "string"},
+        "messages": MESSAGES_SCHEMA,
+        "responses": {"type": "array", "items": {"type": "string"}},
+        "num_tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "finish_reasons": {"type": "array", "items": {"type": "string"}},
+        "policy": {"type": "string"},
+        "seed": {"type": "integer"},
+        "metadata": {"type": "object"},
+    },
+}
+
+JUDGEMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "rubric", "method", "judge", "scale", "scores", "details", "comparisons", "failures"],
+    "properties": {
+        "id": {"type": "string"},
+        "rubric": {"type": "string"},
+        "method": {"enum": ["logprob", "verdict", "pairwise"]},
+        "judge": {"type": "string"},
+        "scale": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "scores": {"type": "array", "items": {"type": ["number", "null"]}},
+        "details": {"type": "array", "items": {"type": "object"}},
+        "comparisons": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["i", "j", "p", "consistent"],
+                "properties": {"i": {"type": "integer"}, "j": {"type": "integer"},
+                               "p": {"type": ["number", "null"]}, "consistent": {"type": ["boolean", "null"]}},
+            },
+        },
+        "failures": {"type": "integer", "minimum": 0},
+    },
+}
+
+_ASSISTANT_TURN = {
+    "type": "array", "minItems": 1, "maxItems": 1,
+    "items": {"type": "object", "required": ["role", "content"],
+              "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}}},
+}
+
+PAIR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt", "chosen", "rejected", "id", "score_chosen", "score_rejected", "margin",
+                 "rubric", "judge", "policy"],
+    "properties": {
+        "prompt": MESSAGES_SCHEMA,
+        "chosen": _ASSISTANT_TURN,
+        "rejected": _ASSISTANT_TURN,
+        "id": {"type": "string"},
+        "score_chosen": {"type": "number"},
+        "score_rejected": {"type": "number"},
+        "margin": {"type": "number", "minimum": 0},
+        "rubric": {"type": "string"},
+        "judge": {"type": "string"},
+        "policy": {"type": "string"},
+    },
+}
+
+
+def validate(row: Any, schema: dict[str, Any], path: str | Path | None = None, line: int | None = None) -> None:
+    """Raise a one-line UserError naming file, line and the offending field if ``row`` is invalid."""
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(row))
+    if error is None:
+        return
+    field_name = ".".join(str(p) for p in error.absolute_path) or None
+    message = error.message
+    if error.validator == "oneOf" and isinstance(row, dict):
+        has = [k for k in ("prompt", "messages") if k in row]
+        message = ("expected exactly one of 'prompt' or 'messages', found both" if len(has) == 2
+                   else "missing 'prompt' (a string) or 'messages' (a list of {role, content})")
+    if len(message) > 160:
+        message = message[:157] + "..."
+    raise UserError(f"{where(path, line, field_name)}{message}")
+
+
+@dataclass
+class Prompt:
+    """One prompt: a chat conversation ending where the assistant should speak."""
+
+    id: str
+    messages: list[dict[str, str]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # "file:line", for error messages; not written out
+
+
+def content_id(messages: list[dict[str, str]]) -> str:
+    """Stable id from content: the first 16 hex digits of sha256 over the canonical JSON."""
+    canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _prompt_from_row(row: Any, path: Path, line: int, schema: dict[str, Any], column: str) -> tuple[Prompt, dict]:
+    if isinstance(row, dict) and column != "prompt" and column in row and "prompt" not in row:
+        value = row[column]
+        key = "messages" if isinstance(value, list) else "prompt"
+        row = {key: value, **{k: v for k, v in row.items() if k != column}}
+    validate(row, schema, path, line)
+    messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if messages[-1]["role"] == "assistant":
+        raise UserError(f"{where(path, line, 'messages')}the last message is the assistant's; "
+                        "a prompt must end with a user (or system) turn")
+    pid = str(row["id"]) if row.get("id") is not None else content_id(messages)
+    metadata = {k: v for k, v in row.items() if k not in ("id", "prompt", "messages", "responses")}
+    return Prompt(pid, messages, metadata, f"{path}:{line}"), row
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where(path, line_no)}malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def _dataset_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a parquet or JSON-array dataset, numbered from 1 (the 'line' in errors is the row)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:
+            raise UserError(f"{path}: unreadable parquet file ({type(e).__name__}: {e})") from None
+        rows = table.to_pylist()
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where(path, e.lineno)}malformed JSON ({e.msg})") from None
+        if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}: the single list inside
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise UserError(f"{path}: expected a JSON list of rows (or an object holding one list)")
+            data = lists[0]
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON list of rows")
+        rows = data
+    yield from enumerate(rows, 1)
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row) for a .jsonl / .json / .parquet / .txt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if path.suffix == ".txt":
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if line.strip():
+                    yield line_no, {"prompt": line.rstrip("\n")}
+    elif path.suffix in (".parquet", ".json"):
+        yield from _dataset_rows(path)
+    else:
+        yield from _jsonl_rows(path)
+
+
+def _check_unique(prompts: list[Prompt], path: Path) -> None:
+    seen: dict[str, str] = {}
+    for p in prompts:
+        if p.id in seen:
+            raise UserError(f"{p.source}: field 'id': duplicate id '{p.id}' (first at {seen[p.id]})")
+        seen[p.id] = p.source
+    if not prompts:
+        raise UserError(f"{path}: no prompts in the file")
+
+
+def read_prompts(path: str | Path, prompt_column: str = "prompt") -> list[Prompt]:
+    """Read and validate a prompt file (see the module docstring). Raises UserError on bad input."""
+    path = Path(path)
+    prompts = [_prompt_from_row(row, path, line, PROMPT_LINE_SCHEMA, prompt_column)[0]
+               for line, row in read_rows(path)]
+    _check_unique(prompts, path)
+    return prompts
+
+
+def read_candidates(path: str | Path, prompt_column: str = "prompt") -> list[dict[str, Any]]:
+    """Read candidates: the output of `rlaif generate`, or a user JSONL of
+    ``{"id"?, "prompt" | "messages", "responses": [...]}``; returns rows in the candidates schema."""
+    path = Path(path)
+    out: list[dict[str, Any]] = []
+    sources: list[Prompt] = []
+    for line, row in read_rows(path):
+        if isinstance(row, dict) and "num_tokens" in row and "policy" in row:  # written by generate
+            validate(row, CANDIDATE_SCHEMA, path, line)
+            sources.append(Prompt(row["id"], row["messages"], {}, f"{path}:{line}"))
+            out.append(row)
+            continue
+        prompt, raw = _prompt_from_row(row, path, line, CANDIDATES_INPUT_SCHEMA, prompt_column)
+        sources.append(prompt)
+        responses = raw["responses"]
+        out.append({"id": prompt.id, "messages": prompt.messages, "responses": responses,
+                    "num_tokens": [len(r.split()) for r in responses],  # words: no tokenizer here
+                    "finish_reasons": ["unknown"] * len(responses), "policy": "user",
+                    "seed": 0, "metadata": prompt.metadata})
+    _check_unique(sources, path)
+    return out
+
+
+def read_jsonl(path: str | Path, schema: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Read a JSONL file written by the pipeline, validating each row against ``schema``."""
+    rows = []
+    for line, row in _jsonl_rows(Path(path)):
+        if schema is not None:
+            validate(row, schema, path, line)
+        rows.append(row)
+    return rows
+
+
+def dumps(row: dict[str, Any]) -> str:
+    """The one canonical way rows are serialised (so reruns give byte-identical files)."""
+    return json.dumps(row, ensure_ascii=False, separators=(", ", ": "))

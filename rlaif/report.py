@@ -1,0 +1,236 @@
+"""report.html (stats and plots, PNGs embedded) and the README.md dataset card of a run.
+
+Both are pure functions of the run's rows and manifest (timings are left out), so a resumed run
+writes the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rlaif.store import atomic_write_text
+
+WEAK_JUDGE_NOTE = (
+    "The embedded SmolLM2-135M is a weak judge: on hand-made pairs with an obviously better answer its "
+    "pairwise verdicts were almost never position-consistent and its 1-5 scores were near chance. Treat this "
+    "dataset as a demonstration of the pipeline; for real data use a stronger judge (vLLM on a GPU, or an "
+    "OpenAI-compatible endpoint) and check it with `rlaif rubric calibrate`.")
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _by_rubric(judgements: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in judgements:
+        out.setdefault(row["rubric"], []).append(row)
+    return out
+
+
+def plot_histograms(judgements: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _by_rubric(judgements)
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(3.6 * max(1, len(groups)), 2.8), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], groups.items()):
+        scores = [s for r in rows for s in r["scores"] if s is not None]
+        lo, hi = rows[0]["scale"]
+        ax.hist(scores, bins=20, range=(lo, hi), color="#4c72b0")
+        ax.set_title(f"{name} ({rows[0]['method']})", fontsize=9)
+        ax.set_xlabel("score")
+    axes[0][0].set_ylabel("responses")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_score_vs_length(candidates: list[dict], judgements: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = {c["id"]: c["num_tokens"] for c in candidates}
+    groups = _by_rubric(judgements)
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(3.6 * max(1, len(groups)), 2.8), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], groups.items()):
+        xs, ys = [], []
+        for r in rows:
+            for n, s in zip(lengths.get(r["id"], []), r["scores"]):
+                if s is not None:
+                    xs.append(n)
+                    ys.append(s)
+        ax.scatter(xs, ys, s=6, alpha=0.5, color="#dd8452")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("response tokens")
+    axes[0][0].set_ylabel("score")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_counts(counts: dict[str, int], title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.35 * max(3, len(counts)) + 0.8))
+    names = list(counts)
+    ax.barh(names, [counts[n] for n in names], color="#55a868")
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def position_consistency(judgements: list[dict]) -> dict[str, dict[str, int]]:
+    """Per pairwise rubric: comparisons that were consistent, inconsistent, or failed."""
+    out: dict[str, dict[str, int]] = {}
+    for row in judgements:
+        if row["method"] != "pairwise":
+            continue
+        c = out.setdefault(row["rubric"], {"consistent": 0, "inconsistent": 0, "failed": 0})
+        for comp in row["comparisons"]:
+            key = "failed" if comp.get("p") is None or comp.get("consistent") is None else (
+                "consistent" if comp["consistent"] else "inconsistent")
+            c[key] += 1
+    return out
+
+
+def failure_counts(judgements: list[dict]) -> dict[str, int]:
+    counts: Counter = Counter()
+    for row in judgements:
+        counts[f"{row['rubric']}: failed scores"] += sum(s is None for s in row["scores"])
+        counts[f"{row['rubric']}: judge failures"] += row["failures"]
+    return dict(counts)
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _example(pair: dict) -> str:
+    prompt = "\n\n".join(f"[{m['role']}] {m['content']}" for m in pair["prompt"])
+    return (f"<div class='ex'><p><b>{html.escape(pair['id'])}</b> margin {pair['margin']:.3f}</p>"
+            f"<pre>{html.escape(prompt)}</pre><div class='cols'>"
+            f"<div><h4>chosen ({pair['score_chosen']:.3f})</h4><pre>{html.escape(pair['chosen'][0]['content'])}</pre></div>"
+            f"<div><h4>rejected ({pair['score_rejected']:.3f})</h4><pre>{html.escape(pair['rejected'][0]['content'])}</pre></div>"
+            "</div></div>")
+
+
+CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse}"
+       "td{border:1px solid #ccc;padding:2px 8px;font-size:13px}pre{white-space:pre-wrap;background:#f6f6f6;"
+       "padding:6px;font-size:12px}.cols{display:flex;gap:1em}.cols>div{flex:1}.ex{border-top:1px solid #ddd}"
+       ".note{background:#fff4d6;padding:8px}")
+
+
+def write_report(path: str | Path, candidates: list[dict], judgements: list[dict], train: list[dict],
+                 test: list[dict], manifest: dict[str, Any], n_examples: int = 5) -> None:
+    """Write the self-contained report.html of a run."""
+    stages = manifest.get("stages", {})
+    build_counts = stages.get("build", {}).get("counts", {})
+    parts = [f"<html><head><meta charset='utf-8'><title>rlaif report</title><style>{CSS}</style></head><body>",
+             "<h1>rlaif preference dataset report</h1>"]
+    if "smollm2" in str(manifest.get("models", {}).get("judge") or "").lower():
+        parts.append(f"<p class='note'>{html.escape(WEAK_JUDGE_NOTE)}</p>")
+    parts.append("<h2>Summary</h2>" + _table([
+        ("policy", manifest["models"].get("policy")), ("judge", manifest["models"].get("judge")),
+        ("prompts", len(candidates)), ("candidates", sum(len(c["responses"]) for c in candidates)),
+        ("judgements", len(judgements)), ("train pairs", len(train)), ("test pairs", len(test)),
+        ("rubrics", ", ".join(_by_rubric(judgements)))]))
+    if judgements:
+        parts.append("<h2>Scores per rubric</h2>" + f"<img src='{plot_histograms(judgements)}'>")
+        parts.append("<h2>Score vs response length</h2>"
+                     "<p>A judge that rewards length shows a slope here.</p>"
+                     f"<img src='{plot_score_vs_length(candidates, judgements)}'>")
+    consistency = position_consistency(judgements)
+    parts.append("<h2>Position consistency (pairwise rubrics)</h2>")
+    if consistency:
+        flat = {f"{r}: {k}": v for r, c in consistency.items() for k, v in c.items()}
+        parts.append("<p>Each pair was judged in both orders; consistent = both orders preferred the same "
+                     f"response.</p><img src='{plot_counts(flat, 'pairwise comparisons')}'>")
+    else:
+        parts.append("<p>No pairwise rubric in this run.</p>")
+    failures = failure_counts(judgements)
+    parts.append("<h2>Failures and dropped pairs</h2>")
+    parts.append(f"<img src='{plot_counts(failures, 'judge failures per rubric')}'>" if failures else "")
+    parts.append(_table(sorted(build_counts.items())))
+    parts.append("<h2>Chosen / rejected examples</h2>")
+    parts.extend(_example(p) for p in train[:n_examples])
+    if not train:
+        parts.append("<p>No pairs.</p>")
+    parts.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(
+        {k: v.get("config") for k, v in stages.items()}, indent=1, sort_keys=True)) + "</pre></body></html>\n")
+    atomic_write_text(path, "\n".join(parts))
+
+
+def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], manifest: dict[str, Any]) -> None:
+    """README.md dataset card (Hugging Face style front matter + how the data was made)."""
+    stages = manifest.get("stages", {})
+    judge_info = stages.get("judge", {})
+    gen_cfg = stages.get("generate", {}).get("config", {})
+    build = stages.get("build", {})
+    rubrics = judge_info.get("rubrics") or [{"name": r, "method": "?"} for r in build.get("rubrics", [])]
+    weights = build.get("config", {}).get("rubric_weights", {})
+    lines = [
+        "---",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        "    path: preferences/train.jsonl",
+        "  - split: test",
+        "    path: preferences/test.jsonl",
+        "tags: [rlaif, preference, dpo, synthetic]",
+        "---",
+        "",
+        "# Synthetic preference dataset (rlaif)",
+        "",
+        "Responses sampled from a policy model and ranked by a judge model against rubrics "
+        "(reinforcement learning from AI feedback). Made with `rlaif run`.",
+        "",
+        f"- policy: `{manifest['models'].get('policy')}`",
+        f"- judge: `{manifest['models'].get('judge')}`",
+        f"- pairs: {len(train)} train, {len(test)} test (split by prompt, seed {build.get('config', {}).get('seed')})",
+    ]
+    if gen_cfg:
+        lines.append(f"- sampling: n={gen_cfg.get('n')}, temperature={gen_cfg.get('temperature')}, "
+                     f"top_p={gen_cfg.get('top_p')}, max_tokens={gen_cfg.get('max_tokens')}, seed={gen_cfg.get('seed')}")
+    lines.append(f"- pair strategy: {build.get('config', {}).get('strategy')}, "
+                 f"min_margin={build.get('config', {}).get('min_margin')}")
+    lines += ["", "## Rubrics", "", "| rubric | method | weight |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {r['method']} | {weights.get(r['name'], 1.0)} |" for r in rubrics]
+    lines += ["", "Scores: each rubric's score is normalised to [0, 1] by its scale and the rubrics are "
+              "combined by a weighted mean; `score_chosen`, `score_rejected` and `margin` are on that [0, 1] "
+              "scale. Responses with a failed judgement are never paired; ties give no pair.", "",
+              "## Counts", "", "| what | count |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(build.get("counts", {}).items())]
+    lines += ["", "## Format", "", "TRL conversational preference format, one pair per line:", "", "```json",
+              '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], '
+              '"rejected": [{"role": "assistant", "content": "..."}], "id": "...", "score_chosen": 0.8, '
+              '"score_rejected": 0.3, "margin": 0.5, "rubric": "...", "judge": "...", "policy": "..."}', "```", "",
+              "Train on it with `rlaif train dpo --data DIR` (or TRL's `DPOTrainer` directly).", "",
+              "## Limitations", ""]
+    if "smollm2" in str(manifest["models"].get("judge") or "").lower():
+        lines.append(WEAK_JUDGE_NOTE)
+    else:
+        lines.append("AI-judged labels carry the judge's biases (length, position, self-preference). Check the "
+                     "judge against human labels (`rlaif rubric calibrate`) before training on it.")
+    lines += ["", "See `report.html` for score distributions and `manifest.json` for the full configuration.", ""]
+    atomic_write_text(path, "\n".join(lines))

@@ -1,0 +1,162 @@
+"""Crash-safe stage files: append-only rows while a stage runs, one atomic rename when it ends.
+
+A stage writes each finished row to ``DIR/.rlaif/<name>.jsonl`` (write, flush, fsync), so a
+``kill -9`` loses at most the row being written. On restart `StageFile` reads the rows back,
+drops a torn last line (no trailing newline, or not valid JSON) by truncating the file to the last
+complete row, and reports which keys are done. `StageFile.finish` writes the final file in the
+caller's order (input order, so the result does not depend on when the run was interrupted)
+through a temporary file and ``os.replace``: readers see either no file or the whole file.
+
+``DIR/.rlaif/state.json`` remembers, per stage, a fingerprint of the settings that shaped its
+rows; a rerun with different settings is refused instead of mixing rows from two configs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable
+
+from rlaif.errors import UserError
+from rlaif.records import dumps
+
+PARTIAL_DIR = ".rlaif"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Atomically write rows as JSONL; returns the number of rows."""
+    lines = [dumps(r) + "\n" for r in rows]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (first 16 hex digits)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageFile:
+    """Append-only, keyed rows of one stage. ``key_fn(row)`` gives a row's resume key."""
+
+    def __init__(self, out_dir: str | Path, name: str, key_fn: Callable[[dict], Hashable]) -> None:
+        self.partial = Path(out_dir) / PARTIAL_DIR / f"{name}.jsonl"
+        self.final = Path(out_dir) / f"{name}.jsonl"
+        self.key_fn = key_fn
+        self.rows: dict[Hashable, dict] = {}
+        self.dropped_torn = 0
+        self._fh = None
+
+    def load(self) -> dict[Hashable, dict]:
+        """Read rows finished by an earlier (possibly killed) run; repair a torn last line."""
+        self.rows = {}
+        if not self.partial.exists():
+            return self.rows
+        data = self.partial.read_bytes()
+        good_end = 0
+        pos = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            if nl < 0:  # no newline: the write was cut
+                break
+            try:
+                row = json.loads(data[pos:nl])
+            except json.JSONDecodeError:
+                break
+            self.rows[self.key_fn(row)] = row
+            good_end = pos = nl + 1
+        if good_end < len(data):
+            self.dropped_torn = 1
+            with open(self.partial, "r+b") as fh:
+                fh.truncate(good_end)
+                fh.flush()
+                os.fsync(fh.fileno())
+        return self.rows
+
+    def append(self, row: dict) -> None:
+        """Durably append one finished row."""
+        if self._fh is None:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.partial, "a", encoding="utf-8")
+        self._fh.write(dumps(row) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.rows[self.key_fn(row)] = row
+
+    def done(self, key: Hashable) -> bool:
+        return key in self.rows
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def finish(self, order: list[Hashable]) -> list[dict]:
+        """Write the final file with the rows in ``order`` (every key must be done); drop the partial."""
+        self.close()
+        missing = [k for k in order if k not in self.rows]
+        if missing:
+            raise RuntimeError(f"{self.final.name}: {len(missing)} rows missing at finish, e.g. {missing[0]!r}")
+        rows = [self.rows[k] for k in order]
+        write_jsonl(self.final, rows)
+        self.partial.unlink(missing_ok=True)
+        return rows
+
+
+class RunState:
+    """``DIR/.rlaif/state.json``: per stage, the fingerprint of its settings and its results."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / PARTIAL_DIR / "state.json"
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def check(self, stage: str, fp: str, what: str) -> None:
+        """Refuse to continue a stage begun with other settings (the caller offers overwrite)."""
+        old = self.data.get(stage, {}).get("fingerprint")
+        if old is not None and old != fp:
+            raise UserError(f"{self.out_dir}: holds a {stage} stage made with other settings ({what}); "
+                            "rerun with overwrite=true to start over, or pick another --out")
+
+    def stage(self, stage: str) -> dict[str, Any]:
+        return self.data.get(stage, {})
+
+    def update(self, stage: str, **values: Any) -> None:
+        self.data.setdefault(stage, {}).update(values)
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True, default=str))
+
+    def forget(self, *stages: str) -> None:
+        for s in stages:
+            self.data.pop(s, None)
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True, default=str))
+
+
+def clear_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
+    """For ``overwrite=true``: remove the named outputs and the partial state of ``out_dir``."""
+    out = Path(out_dir)
+    for name in names:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Atomically write ``DIR/manifest.json`` (sorted keys, so reruns differ only in timings)."""
+    atomic_write_text(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
