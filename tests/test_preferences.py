@@ -1,0 +1,114 @@
+"""Pair building: weighted normalised scores, None and ties, pairwise filters, split by prompt."""
+
+import pytest
+
+from rlaif.preferences import BuildSettings, build_pairs, combined_scores, normalise, split_by_prompt
+from rlaif.records import PAIR_SCHEMA, validate
+
+
+def cand(pid, responses):
+    return {"id": pid, "messages": [{"role": "user", "content": f"q {pid}"}], "responses": responses,
+            "num_tokens": [1] * len(responses), "finish_reasons": ["stop"] * len(responses), "policy": "pol",
+            "seed": 1, "metadata": {}}
+
+
+def judg(pid, rubric, scores, scale=(1, 5), method="logprob", comparisons=()):
+    return {"id": pid, "rubric": rubric, "method": method, "judge": "jm", "scale": list(scale), "scores": scores,
+            "details": [{} for _ in scores], "comparisons": list(comparisons), "failures": 0}
+
+
+def test_normalise_and_weighted_mean():
+    assert normalise(3, [1, 5]) == 0.5 and normalise(None, [1, 5]) is None and normalise(0.25, [0, 1]) == 0.25
+    rows = {"a": judg("x", "a", [5, 1, 3]), "b": judg("x", "b", [0.0, 1.0, None], scale=(0, 1))}
+    s = combined_scores(rows, {"a": 3.0, "b": 1.0})
+    assert s[0] == pytest.approx((3 * 1.0 + 1 * 0.0) / 4)
+    assert s[1] == pytest.approx((3 * 0.0 + 1 * 1.0) / 4)
+    assert s[2] is None  # a failed score on any rubric: no combined score
+
+
+def test_best_vs_worst_picks_extremes_and_validates():
+    pairs, stats = build_pairs([cand("x", ["r0", "r1", "r2", "r3"])], [judg("x", "h", [2, 5, 1, 3])], ["h"],
+                               BuildSettings())
+    assert len(pairs) == 1
+    p = pairs[0]
+    assert p["chosen"][0]["content"] == "r1" and p["rejected"][0]["content"] == "r2"
+    assert p["score_chosen"] == 1.0 and p["score_rejected"] == 0.0 and p["margin"] == 1.0
+    assert p["rubric"] == "h" and p["judge"] == "jm" and p["policy"] == "pol"
+    validate(p, PAIR_SCHEMA)
+    assert stats["pairs"] == 1 and stats["prompts_with_pairs"] == 1
+
+
+def test_none_scores_never_ranked_and_ties_dropped():
+    """distilabel's trap: max/min over [None, 3, None, 3] would pair equal (or None) responses."""
+    cands = [cand("tie", ["a", "b", "c", "d"]), cand("none", ["a", "b"]), cand("ok", ["a", "b", "c"])]
+    judgements = [judg("tie", "h", [None, 3, None, 3]), judg("none", "h", [None, 4]),
+                  judg("ok", "h", [None, 2, 4])]
+    pairs, stats = build_pairs(cands, judgements, ["h"], BuildSettings())
+    assert [(p["id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("ok", "c", "b")]
+    assert stats["prompts_all_tied"] == 1 and stats["prompts_too_few_scored"] == 1
+    assert stats["responses_failed"] == 4
+
+
+def test_best_vs_worst_with_tied_best_is_still_a_pair():
+    pairs, _ = build_pairs([cand("x", ["a", "b", "c"])], [judg("x", "h", [5, 5, 1])], ["h"], BuildSettings())
+    assert pairs[0]["chosen"][0]["content"] == "a" and pairs[0]["rejected"][0]["content"] == "c"
+
+
+def test_all_pairs_margin_and_ties():
+    pairs, stats = build_pairs([cand("x", ["a", "b", "c", "d"])], [judg("x", "h", [1, 2, 2, 5])], ["h"],
+                               BuildSettings(strategy="all-pairs", min_margin=0.3))
+    got = {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs}
+    # normalised scores 0, .25, .25, 1: margins .25 (a-b, a-c) are below .3, b-c is a tie
+    assert got == {("d", "a"), ("d", "b"), ("d", "c")}
+    assert stats["pairs_tied"] == 1 and stats["pairs_below_margin"] == 2
+
+
+def test_identical_texts_are_not_a_pair():
+    pairs, stats = build_pairs([cand("x", ["same", "same"])], [judg("x", "h", [1, 5])], ["h"], BuildSettings())
+    assert pairs == [] and stats["pairs_identical_text"] == 1
+
+
+def _pairwise(pid, scores, comps):
+    return judg(pid, "pw", scores, scale=(0, 1), method="pairwise", comparisons=comps)
+
+
+def test_pairwise_filters_consistency_and_confidence():
+    cands = [cand("c", ["a", "b"]), cand("i", ["a", "b"]), cand("l", ["a", "b"]), cand("r", ["a", "b"])]
+    judgements = [
+        _pairwise("c", [0.8, 0.2], [{"i": 0, "j": 1, "p": 0.8, "consistent": True}]),
+        _pairwise("i", [0.8, 0.2], [{"i": 0, "j": 1, "p": 0.8, "consistent": False}]),
+        _pairwise("l", [0.55, 0.45], [{"i": 0, "j": 1, "p": 0.55, "consistent": True}]),
+        # stored as (1, 0): P(b better) = 0.1, so P(a better) = 0.9
+        _pairwise("r", [0.9, 0.1], [{"i": 1, "j": 0, "p": 0.1, "consistent": True}]),
+    ]
+    pairs, stats = build_pairs(cands, judgements, ["pw"], BuildSettings())
+    assert [p["id"] for p in pairs] == ["c", "r"]
+    assert stats["pairs_position_inconsistent"] == 1 and stats["pairs_low_confidence"] == 1
+    loose, _ = build_pairs(cands, judgements, ["pw"],
+                           BuildSettings(require_position_consistent=False, pairwise_min_confidence=0.5))
+    assert [p["id"] for p in loose] == ["c", "i", "l", "r"]
+
+
+def test_pairwise_combined_with_pointwise_rubric():
+    """Combined scores pick the pair; the pairwise comparison of that pair must agree."""
+    cands = [cand("x", ["a", "b"])]
+    judgements = [judg("x", "h", [5, 1]), _pairwise("x", [0.3, 0.7], [{"i": 0, "j": 1, "p": 0.3, "consistent": True}])]
+    pairs, stats = build_pairs(cands, judgements, ["h", "pw"], BuildSettings(rubric_weights={"h": 3}))
+    assert pairs == [] and stats["pairs_low_confidence"] == 1  # h prefers a, the judge's comparison prefers b
+
+
+def test_missing_judgement_is_counted():
+    pairs, stats = build_pairs([cand("x", ["a", "b"])], [judg("x", "h", [1, 5])], ["h", "other"], BuildSettings())
+    assert pairs == [] and stats["prompts_missing_judgement"] == 1
+
+
+def test_split_by_prompt_is_seeded_and_disjoint():
+    pairs = [{"id": f"p{i}", "k": k} for i in range(20) for k in range(3)]
+    train, test = split_by_prompt(pairs, 0.25, seed=1)
+    assert {p["id"] for p in train}.isdisjoint({p["id"] for p in test})
+    assert len({p["id"] for p in test}) == 5 and len(train) + len(test) == 60
+    assert split_by_prompt(pairs, 0.25, seed=1) == (train, test)
+    assert {p["id"] for p in split_by_prompt(pairs, 0.25, seed=2)[1]} != {p["id"] for p in test}
+    small_train, small_test = split_by_prompt(pairs[:6], 0.1, seed=0)  # 2 prompts: still one in test
+    assert len({p["id"] for p in small_test}) == 1 and len({p["id"] for p in small_train}) == 1
+    assert split_by_prompt(pairs, 0.0, seed=0) == (pairs, [])
