@@ -135,3 +135,8 @@ def check_causal_lm(path: str) -> None:
         raise UserError(f"model '{path}': unreadable config ({e})") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise UserError(f"model '{path}': model type '{config.model_type}' is not a causal language model")
+    # Some encoder types (BERT...) have an LM-head variant; the saved architecture decides.
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a in causal_classes or a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"model '{path}': architecture {', '.join(archs)} is not a causal language model")

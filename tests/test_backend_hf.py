@@ -1,0 +1,152 @@
+"""The transformers engine on a tiny random Llama (fast) and on the embedded model (slow)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlaif.backends.base import BackendConfig, SamplingParams
+from rlaif.backends.choices import choice_token_ids, combine, render_prompt
+from rlaif.backends.hf import HFBackend
+from rlaif.errors import UserError
+
+CONVS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Write a long and careful explanation of why the sky is blue."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+    [{"role": "user", "content": "Name three fruits that are red and grow on trees, please."}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: str) -> HFBackend:
+    return HFBackend(BackendConfig(engine="hf", model=tiny_model_dir, batch_size=4))
+
+
+def _texts(gens):
+    return [[c.text for c in g.completions] for g in gens]
+
+
+def test_greedy_batched_equals_unbatched(tiny: HFBackend, tiny_model_dir: str) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=12)
+    one = HFBackend(BackendConfig(engine="hf", model=tiny_model_dir, batch_size=1))
+    batched = tiny.chat(CONVS, params, progress=False)
+    single = one.chat(CONVS, params, progress=False)
+    assert _texts(batched) == _texts(single)
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
+
+
+def test_left_padding_matches_unpadded_forward(tiny: HFBackend) -> None:
+    # the shortest prompt gets the most padding in a batch of 4; its next-token distribution
+    # must equal an unpadded forward pass of that prompt alone
+    ids = tiny.tokenizer.encode(render_prompt(tiny.tokenizer, CONVS[0]), add_special_tokens=False)
+    with torch.inference_mode():
+        ref = torch.log_softmax(tiny.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    choices = ["A", "B", "Yes", "No", "1", "2"]
+    got = tiny.choice_logprobs(CONVS, choices, progress=False)[0]
+    want = combine(dict(enumerate(ref.tolist())), choice_token_ids(tiny.tokenizer, choices))
+    for c in choices:
+        assert got[c] == pytest.approx(want[c], abs=1e-4)
+
+
+def test_choice_logprobs_match_direct_forward_and_sum_below_one(tiny: HFBackend) -> None:
+    choices = ["1", "2", "3", "4", "5"]
+    prefix = "Score: "
+    got = tiny.choice_logprobs(CONVS, choices, assistant_prefix=prefix, progress=False)
+    ids_by_choice = choice_token_ids(tiny.tokenizer, choices)
+    for conv, row in zip(CONVS, got):
+        assert set(row) == set(choices)
+        assert sum(math.exp(v) for v in row.values()) <= 1.0 + 1e-6
+        ids = tiny.tokenizer.encode(render_prompt(tiny.tokenizer, conv, prefix), add_special_tokens=False)
+        with torch.inference_mode():
+            logp = torch.log_softmax(tiny.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        for c in choices:
+            direct = torch.logsumexp(logp[ids_by_choice[c]], 0).item()
+            assert row[c] == pytest.approx(direct, abs=1e-4)
+
+
+def test_choice_spellings_with_and_without_space(tiny: HFBackend) -> None:
+    ids = choice_token_ids(tiny.tokenizer, ["A", " B", "Yes", "7"])
+    assert len(ids["A"]) == 2  # "A" and " A" are both single tokens in SmolLM2's vocabulary
+    assert ids[" B"] == choice_token_ids(tiny.tokenizer, ["B"])["B"]  # the choice is stripped
+    assert len(ids["7"]) == 1  # " 7" starts with a bare space token, which is not a spelling
+    with pytest.raises(UserError, match="same token"):
+        choice_token_ids(tiny.tokenizer, ["1", "10"])
+
+
+def test_seeds_reproduce_and_differ(tiny: HFBackend) -> None:
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=7)
+    a = tiny.chat(CONVS[:2], params, progress=False)
+    b = tiny.chat(CONVS[:2], params, progress=False)
+    c = tiny.chat(CONVS[:2], SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=8), progress=False)
+    assert _texts(a) == _texts(b)
+    assert _texts(a) != _texts(c)
+    assert a[0].completions[0].text != a[0].completions[1].text  # the n samples differ
+
+
+def test_per_conversation_seed_ignores_batch_companions(tiny: HFBackend) -> None:
+    params = SamplingParams(n=2, temperature=1.0, top_p=0.9, max_tokens=10)
+    together = tiny.chat(CONVS, params, seeds=[11, 12, 13, 14], progress=False)
+    alone = tiny.chat([CONVS[2]], params, seeds=[13], progress=False)
+    reordered = tiny.chat([CONVS[3], CONVS[2]], params, seeds=[14, 13], progress=False)
+    assert _texts(together)[2] == _texts(alone)[0] == _texts(reordered)[1]
+    assert _texts(together)[3] == _texts(reordered)[0]
+
+
+def test_length_stop_string_and_eos(tiny: HFBackend, tiny_model_dir: str) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    first = tiny.chat([CONVS[1]], params, progress=False)[0].completions[0]
+    assert (first.finish_reason, first.num_tokens) == ("length", 8)
+
+    stop = first.text[3:6]
+    cut = tiny.chat([CONVS[1]], SamplingParams(temperature=0.0, max_tokens=8, stop=[stop]), progress=False)
+    comp = cut[0].completions[0]
+    assert comp.finish_reason == "stop"
+    assert comp.text == first.text[: first.text.find(stop)]
+    assert comp.num_tokens < 8
+
+    # make the first greedy token an end-of-sequence token: generation ends at once, without it
+    own = HFBackend(BackendConfig(engine="hf", model=tiny_model_dir))
+    ids = own.tokenizer.encode(render_prompt(own.tokenizer, CONVS[1]), add_special_tokens=False)
+    with torch.inference_mode():
+        greedy = own.model.generate(torch.tensor([ids]), max_new_tokens=1, do_sample=False)[0, -1].item()
+    own.eos_ids = {greedy}
+    comp = own.chat([CONVS[1]], params, progress=False)[0].completions[0]
+    assert (comp.finish_reason, comp.num_tokens, comp.text) == ("stop", 1, "")
+
+
+def test_greedy_matches_transformers_generate(tiny: HFBackend) -> None:
+    ids = tiny.tokenizer.encode(render_prompt(tiny.tokenizer, CONVS[2]), add_special_tokens=False)
+    with torch.inference_mode():
+        ref = tiny.model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)[0, len(ids):]
+    got = tiny.chat([CONVS[2]], SamplingParams(temperature=0.0, max_tokens=6), progress=False)
+    assert got[0].completions[0].text == tiny.tokenizer.decode(ref, skip_special_tokens=True)
+
+
+def test_missing_model_path_is_a_user_error(tmp_path) -> None:
+    with pytest.raises(UserError, match="no such folder"):
+        HFBackend(BackendConfig(engine="hf", model=str(tmp_path / "nope")))
+
+
+def test_non_causal_model_is_a_user_error(tmp_path) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="not a causal language model"):
+        HFBackend(BackendConfig(engine="hf", model=str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_embedded_model_answers_and_judges(embedded_model_dir: str) -> None:
+    hf = HFBackend(BackendConfig(engine="hf", model="smollm2-135m", batch_size=8))
+    conv = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    gen = hf.chat([conv], SamplingParams(n=2, temperature=0.0, max_tokens=16), progress=False)[0]
+    assert "paris" in gen.completions[0].text.lower()
+    assert gen.completions[0].text == gen.completions[1].text  # greedy
+    assert gen.completions[0].finish_reason == "stop"
+    lp = hf.choice_logprobs([conv], ["Paris", "London"], progress=False)[0]
+    assert lp["Paris"] > lp["London"]
+    hf.close()
