@@ -122,16 +122,16 @@ class Rubric:
 
     @property
     def choices(self) -> list[str]:
-        """Strings whose first-token log-probs the judge reads after ``assistant_prefix``.
+        """Strings whose next-token log-probs the judge reads after ``assistant_prefix``.
 
-        They are what naturally follows the prefix in text: ``"Score: "`` + ``"4"``, and
-        ``"Better response:"`` + ``" A"`` (most BPE tokenizers fold the space into the letter).
+        The engines spell a choice with and without a leading space and sum both
+        (`rlaif.backends.choices`), so ``"Score: "`` + ``"4"`` and ``"Better response:"`` +
+        ``" A"`` are both measured whatever the tokenizer does with the space.
         """
         if self.method == "logprob":
             return [str(s) for s in self.scale]
         if self.method == "pairwise":
-            space = "" if self.assistant_prefix.endswith((" ", "\n")) else " "
-            return [space + "A", space + "B"]
+            return ["A", "B"]
         return []
 
     def select_principles(self, key: str, seed: int) -> list[str]:
@@ -354,7 +354,7 @@ def semantic_errors(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
     return out
 
 
-def _template(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...], int]) -> tuple[str, Path, int]:
+def template_source(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...], int]) -> tuple[str, Path, int]:
     """(template text, file its line numbers refer to, line offset)."""
     if "template_file" in data:
         tpath = path.parent / data["template_file"]
@@ -374,7 +374,7 @@ def rubric_from_file(path: str | Path) -> Rubric:
     if problems:
         kpath, msg = problems[0]
         raise RubricError(f"{where(path, line_of(lines, kpath))}{msg}")
-    template, tpath, tline = _template(path, data, lines)
+    template, tpath, tline = template_source(path, data, lines)
     method = data["method"]
     return Rubric(
         name=data["name"], description=data["description"], method=method, template=template,

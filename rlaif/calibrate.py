@@ -1,0 +1,228 @@
+"""`rlaif rubric calibrate`: how well does a judge + rubric agree with labelled pairs?
+
+Each example is (prompt, response_a, response_b, better). The rubric judges both responses of an
+example as one item; the judge *agrees* when the better response gets the higher score (score
+methods) or a preference p > 0.5 (pairwise, p averaged over both orders). Reported:
+
+- agreement with the labels (ties count as disagreement) and, pairwise, the agreement a naive
+  one-order judge would have had (first order only) and position consistency (both orders
+  prefer the same response);
+- verbosity bias: Pearson and Spearman correlation of score with response length (characters),
+  and how often the judge prefers the longer response vs how often the labels do;
+- the worst disagreements (largest margin in the wrong direction).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from rlaif.errors import UserError, where
+from rlaif.judge import JudgeItem, judge_items
+from rlaif.rubrics import CalibrationExample, Rubric, key_lines, line_of, rubric_schema
+
+LOW_AGREEMENT = 0.75
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Sample Pearson correlation; None when undefined (fewer than 2 points or zero variance)."""
+    n = len(x)
+    if n < 2:
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def ranks(x: Sequence[float]) -> list[float]:
+    """1-based ranks, ties get their average rank."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    out = [0.0] * len(x)
+    k = 0
+    while k < len(order):
+        m = k
+        while m + 1 < len(order) and x[order[m + 1]] == x[order[k]]:
+            m += 1
+        for t in range(k, m + 1):
+            out[order[t]] = (k + m) / 2 + 1
+        k = m + 1
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho = Pearson correlation of the (tie-averaged) ranks."""
+    return pearson(ranks(x), ranks(y))
+
+
+@dataclass
+class Outcome:
+    example: CalibrationExample
+    score_a: float | None
+    score_b: float | None
+    margin: float | None  # score(better) - score(worse); pairwise: p(better) - 0.5
+    agrees: bool
+    first_order_agrees: bool | None = None
+    consistent: bool | None = None
+    judgement: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CalibrationReport:
+    rubric: str
+    method: str
+    judge: str
+    outcomes: list[Outcome]
+    length_pearson: float | None
+    length_spearman: float | None
+    judge_prefers_longer: float | None
+    labels_prefer_longer: float
+
+    @property
+    def n(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def agreement(self) -> float:
+        return sum(o.agrees for o in self.outcomes) / max(1, self.n)
+
+    @property
+    def failures(self) -> int:
+        return sum(o.margin is None for o in self.outcomes)
+
+    @property
+    def position_consistency(self) -> float | None:
+        vals = [o.consistent for o in self.outcomes if o.consistent is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    @property
+    def first_order_agreement(self) -> float | None:
+        vals = [o.first_order_agrees for o in self.outcomes if o.first_order_agrees is not None]
+        return sum(vals) / len(vals) if vals else None
+
+
+def calibrate(backend: Any, rubric: Rubric, examples: Sequence[CalibrationExample], *, seed: int = 0,
+              max_retries: int = 2, progress: bool = True) -> CalibrationReport:
+    """Judge every example (one batched call) and compare with its label."""
+    items = [JudgeItem(ex.id or f"example-{k}", [{"role": "user", "content": ex.prompt}],
+                       [ex.response_a, ex.response_b]) for k, ex in enumerate(examples)]
+    rows = judge_items(backend, rubric, items, seed=seed, max_retries=max_retries, progress=progress)
+    outcomes, lengths, scores = [], [], []
+    for ex, row in zip(examples, rows):
+        sa, sb = row["scores"]
+        good = 0 if ex.better == "a" else 1
+        margin = None if sa is None or sb is None else (
+            (row["comparisons"][0]["p"] if good == 0 else 1 - row["comparisons"][0]["p"]) - 0.5
+            if rubric.method == "pairwise" else (sa - sb if good == 0 else sb - sa))
+        o = Outcome(ex, sa, sb, margin, agrees=margin is not None and margin > 0, judgement=row)
+        if rubric.method == "pairwise" and row["comparisons"] and row["comparisons"][0]["p"] is not None:
+            c = row["comparisons"][0]  # i=0 (response a), j=1
+            p_first_good = c["p_i_first"] if good == 0 else 1 - c["p_i_first"]
+            o.first_order_agrees, o.consistent = p_first_good > 0.5, c["consistent"]
+        outcomes.append(o)
+        for s, text in ((sa, ex.response_a), (sb, ex.response_b)):
+            if s is not None:
+                scores.append(s)
+                lengths.append(float(len(text)))
+    judged = [o for o in outcomes if o.margin is not None and len(o.example.response_a) != len(o.example.response_b)]
+    longer_wins = [((o.score_a or 0) > (o.score_b or 0)) == (len(o.example.response_a) > len(o.example.response_b))
+                   for o in judged if o.score_a != o.score_b]
+    labelled = [(ex.better == "a") == (len(ex.response_a) > len(ex.response_b))
+                for ex in examples if len(ex.response_a) != len(ex.response_b)]
+    return CalibrationReport(
+        rubric=rubric.name, method=rubric.method, judge=backend.model_id, outcomes=outcomes,
+        length_pearson=pearson(lengths, scores), length_spearman=spearman(lengths, scores),
+        judge_prefers_longer=sum(longer_wins) / len(longer_wins) if longer_wins else None,
+        labels_prefer_longer=sum(labelled) / len(labelled) if labelled else 0.0)
+
+
+def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.0f}%" if pct else f"{x:+.2f}"
+
+
+def _short(text: str, n: int = 70) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= n else text[: n - 3] + "...")
+
+
+def format_report(r: CalibrationReport, worst: int = 3) -> str:
+    agree = sum(o.agrees for o in r.outcomes)
+    lines = [f"rubric {r.rubric} ({r.method}), judge {r.judge}, {r.n} labelled pairs",
+             f"agreement with labels:  {agree}/{r.n} = {_fmt(r.agreement, True)}"
+             + (f"  ({r.failures} failed judgements count as disagreement)" if r.failures else "")]
+    if r.method == "pairwise":
+        lines.append(f"position consistency:   {_fmt(r.position_consistency, True)} of pairs prefer the same "
+                     f"response in both orders")
+        lines.append(f"one-order agreement:    {_fmt(r.first_order_agreement, True)} (what asking in one order "
+                     f"only would give)")
+    else:
+        lines.append("position consistency:   n/a (each response is scored on its own)")
+    lines.append(f"verbosity bias:         corr(score, length) Pearson {_fmt(r.length_pearson)}, "
+                 f"Spearman {_fmt(r.length_spearman)}; judge prefers the longer response in "
+                 f"{_fmt(r.judge_prefers_longer, True)} of pairs, labels in {_fmt(r.labels_prefer_longer, True)}")
+    wrong = sorted((o for o in r.outcomes if not o.agrees),  # most confidently wrong first
+                   key=lambda o: math.inf if o.margin is None else o.margin)[:worst]
+    if wrong:
+        lines.append(f"worst disagreements ({len(wrong)} of {r.n - agree}):")
+        for o in wrong:
+            ex = o.example
+            score = lambda s: "failed" if s is None else f"{s:.2f}"  # noqa: E731
+            lines.append(f"  [{ex.id}] {_short(ex.prompt, 60)}  label: {ex.better}"
+                         + (f" ({ex.note})" if ex.note else ""))
+            lines.append(f"     a={score(o.score_a)}  {_short(ex.response_a)}")
+            lines.append(f"     b={score(o.score_b)}  {_short(ex.response_b)}")
+    if r.agreement < LOW_AGREEMENT:
+        lines.append(f"WARNING: agreement {_fmt(r.agreement, True)} is low: this judge cannot be trusted with this "
+                     f"rubric; its preferences would add label noise. The embedded SmolLM2-135M is a weak judge "
+                     f"(near chance on such pairs); use a larger judge (judge.model=..., or judge.engine=openai) "
+                     f"or simplify the rubric, then calibrate again.")
+    return "\n".join(lines)
+
+
+def read_examples(path: str | Path) -> list[CalibrationExample]:
+    """Labelled pairs from a YAML file (a list, or a mapping with ``examples:``) or JSONL."""
+    import jsonschema
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: examples file not found")
+    text = path.read_text(encoding="utf-8")
+    validator = jsonschema.Draft202012Validator(rubric_schema()["$defs"]["example"])
+    rows: list[tuple[int | None, Any]] = []
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where(path, n)}invalid JSON: {e.msg}") from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise UserError(f"{where(path, mark.line + 1 if mark else None)}invalid YAML") from None
+        key: tuple[Any, ...] = ()
+        if isinstance(data, dict) and "examples" in data:
+            data, key = data["examples"], ("examples",)
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a list of examples (prompt, response_a, response_b, better)")
+        lines = key_lines(text)
+        rows = [(line_of(lines, key + (k,)), ex) for k, ex in enumerate(data)]
+    if not rows:
+        raise UserError(f"{path}: no examples")
+    out = []
+    for k, (line, ex) in enumerate(rows):
+        err = next(iter(validator.iter_errors(ex)), None)
+        if err is not None:
+            fld = ".".join(map(str, err.absolute_path)) or None
+            raise UserError(f"{where(path, line, fld)}{err.message}")
+        out.append(CalibrationExample(**{"id": f"{path.stem}-{k}", **ex}))
+    return out

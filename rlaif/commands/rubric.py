@@ -1,0 +1,289 @@
+"""Verbs ``rubric lint | preview | calibrate``: fast, honest feedback while editing a rubric.
+
+    rlaif rubric lint [FILES...] [--tokens]                       # default: every rubrics/*.yaml
+    rlaif rubric preview RUBRIC --prompt TEXT --response TEXT [--response-b TEXT]
+    rlaif rubric preview RUBRIC --from candidates.jsonl --row N
+    rlaif rubric calibrate RUBRIC [--examples FILE] [--min-agreement 0.8]
+
+The judge is ``judge.*`` (engine "auto" = vLLM if installed, else transformers; model: the
+embedded SmolLM2-135M-Instruct, a weak judge); change it with key=value or --config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlaif.backends.base import BackendConfig
+from rlaif.cli import add_config_arguments
+from rlaif.config import load_config
+from rlaif.errors import UserError, where
+
+
+@dataclass
+class RubricCommandConfig:
+    """Options of the ``rubric`` verbs."""
+
+    judge: BackendConfig = field(default_factory=BackendConfig)
+    seed: int = field(default=0, metadata={"help": "seed for principle sampling and verdict generation"})
+    max_retries: int = field(default=2, metadata={"help": "verdict method: re-asks of an invalid reply"})
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides follow options (``preview R --prompt X judge.engine=hf``):
+    plain argparse stops filling positionals once an option has been seen."""
+
+    _inner = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    rubric = sub.add_parser("rubric", help="lint, preview and calibrate rubrics",
+                            description="Edit a rubric and see at once what the judge does with it.")
+    verbs = rubric.add_subparsers(dest="rubric_verb", metavar="lint|preview|calibrate",
+                                  parser_class=_IntermixedParser)
+
+    lint = verbs.add_parser("lint", help="check rubric files (schema, template, variables, scale, rendering)",
+                            description="Check rubric files; errors print as file:line: message; exit 1 on "
+                                        "any error (warnings do not fail).")
+    lint.add_argument("files", nargs="*", metavar="FILE", help="rubric YAML files, names or folders "
+                      "(default: every rubrics/*.yaml)")
+    lint.add_argument("--tokens", action="store_true",
+                      help="also check that every score/choice is one token in judge.model's tokenizer")
+    add_config_arguments(lint, RubricCommandConfig)
+    lint.set_defaults(func=run_lint)
+
+    preview = verbs.add_parser("preview", help="show the exact judge input and the judge's verdict for one example")
+    preview.add_argument("rubric", metavar="RUBRIC", help="rubric name or YAML path")
+    preview.add_argument("--prompt", help="the user's prompt")
+    preview.add_argument("--response", help="the response to judge (pairwise: response A)")
+    preview.add_argument("--response-b", help="pairwise: the second response")
+    preview.add_argument("--from", dest="from_file", metavar="FILE",
+                         help="candidates/JSONL file with prompt|messages and responses (or response_a/response_b)")
+    preview.add_argument("--row", type=int, default=1, metavar="N", help="line number in --from (1-based; default 1)")
+    add_config_arguments(preview, RubricCommandConfig)
+    preview.set_defaults(func=run_preview)
+
+    cal = verbs.add_parser("calibrate", help="agreement with labelled pairs, position consistency, verbosity bias")
+    cal.add_argument("rubric", metavar="RUBRIC", help="rubric name or YAML path")
+    cal.add_argument("--examples", metavar="FILE", help="labelled pairs (YAML list or JSONL of prompt, response_a, "
+                     "response_b, better: a|b); default: the rubric's own examples")
+    cal.add_argument("--min-agreement", type=float, metavar="X", help="exit 1 when agreement is below X (0-1)")
+    cal.add_argument("--worst", type=int, default=3, metavar="K", help="how many disagreements to show")
+    cal.add_argument("--json", metavar="FILE", help="also write the judgements and metrics as JSON")
+    add_config_arguments(cal, RubricCommandConfig)
+    cal.set_defaults(func=run_calibrate)
+    rubric.set_defaults(func=lambda args: rubric.print_help() or 2)
+
+
+def _config(args: argparse.Namespace, overrides: list[str] | None = None) -> RubricCommandConfig:
+    return load_config(RubricCommandConfig, args.config, args.overrides if overrides is None else overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# lint
+
+def _lint_targets(files: list[str]) -> list[Path]:
+    from rlaif.rubrics import find_rubric, rubric_dirs
+
+    if not files:
+        folder = next((d for d in rubric_dirs() if d.is_dir()), None)
+        if folder is None:
+            raise UserError("no rubrics/ folder here; name the rubric files to lint")
+        return sorted(folder.glob("*.yaml"))
+    out: list[Path] = []
+    for f in files:
+        p = Path(f)
+        out += sorted(p.glob("*.yaml")) if p.is_dir() else [find_rubric(f)]
+    return out
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    from rlaif.rubric_lint import lint_file
+
+    # FILE and key=value share the positional slot: split them (an existing file always wins)
+    files = [f for f in args.files if Path(f).exists() or not re.match(r"^[A-Za-z_][\w.-]*=", f)]
+    overrides = [f for f in args.files if f not in files] + list(args.overrides or [])
+    cfg = _config(args, overrides)
+    tokenizer = None
+    if args.tokens:
+        from transformers import AutoTokenizer
+
+        from rlaif.models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.judge.model))
+    targets = _lint_targets(files)
+    errors = warnings = 0
+    for path in targets:
+        for finding in lint_file(path, tokenizer):
+            print(finding)
+            errors += finding.level == "error"
+            warnings += finding.level == "warning"
+    print(f"{len(targets)} rubric(s): {errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    return 1 if errors else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# preview
+
+def _row_item(path: str, row: int) -> Any:
+    """A JudgeItem from line ``row`` of a candidates/JSONL file."""
+    from rlaif.judge import JudgeItem
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: file not found")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    if not 1 <= row <= len(lines):
+        raise UserError(f"{p}: --row {row} is out of range (the file has {len(lines)} lines)")
+    try:
+        rec = json.loads(lines[row - 1])
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where(p, row)}invalid JSON: {e.msg}") from None
+    if not isinstance(rec, dict):
+        raise UserError(f"{where(p, row)}expected a JSON object")
+    if isinstance(rec.get("messages"), list):
+        messages = rec["messages"]
+    elif isinstance(rec.get("prompt"), str):
+        messages = [{"role": "user", "content": rec["prompt"]}]
+    else:
+        raise UserError(f"{where(p, row, 'prompt')}expected 'prompt' (string) or 'messages' (list)")
+    if isinstance(rec.get("responses"), list):
+        responses = rec["responses"]
+    elif "response_a" in rec:
+        responses = [rec["response_a"], rec.get("response_b", "")]
+    elif "response" in rec:
+        responses = [rec["response"]]
+    else:
+        raise UserError(f"{where(p, row, 'responses')}expected 'responses' (list), 'response' or 'response_a'")
+    if not all(isinstance(r, str) for r in responses):
+        raise UserError(f"{where(p, row, 'responses')}expected strings")
+    return JudgeItem(str(rec.get("id", f"{p.name}:{row}")), messages, responses)
+
+
+def chat_text(backend: Any, conversation: list[dict[str, str]], assistant_prefix: str) -> str:
+    """What the engine feeds the model: its tokenizer's chat template + prefix, where it has one."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is not None and hasattr(tokenizer, "apply_chat_template"):
+        from rlaif.backends.choices import render_prompt
+
+        return render_prompt(tokenizer, conversation, assistant_prefix)
+    text = "\n".join(f"[{m['role']}]\n{m['content']}" for m in conversation)
+    return f"{text}\n[assistant]\n{assistant_prefix}" + "\n(messages as sent to the engine; it applies its own chat template)"
+
+
+def _bar(p: float, width: int = 30) -> str:
+    return "#" * round(p * width)
+
+
+def format_preview(rubric: Any, item: Any, row: dict[str, Any], inputs: list[tuple[str, str]]) -> str:
+    out = []
+    for title, text in inputs:
+        out += [f"=== judge input: {title} ===", text, ""]
+    out.append(f"=== verdict ({rubric.method}, judge {row['judge']}) ===")
+    if rubric.method == "logprob":
+        for i, (score, det) in enumerate(zip(row["scores"], row["details"])):
+            out.append(f"response {i}: expected score " + ("failed: " + det.get("error", "")
+                                                            if score is None else f"{score:.2f}"
+                                                            f" on [{row['scale'][0]}, {row['scale'][1]}]"
+                                                            f"  (probability mass on the scale tokens {det['mass']:.2f})"))
+            for s, p in (det.get("distribution") or {}).items():
+                out.append(f"  {s}: {p:.3f} {_bar(p)}")
+    elif rubric.method == "verdict":
+        for i, (score, det) in enumerate(zip(row["scores"], row["details"])):
+            out.append(f"response {i}: score {score if score is not None else 'FAILED'} after {det['attempts']} "
+                       f"attempt(s)" + (f"; error: {det['error']}" if det["error"] else ""))
+            out.append(f"  rationale: {det['rationale']}")
+            out.append(f"  verdict:   {json.dumps(det['verdict'])}")
+            if det["error"]:
+                out.append(f"  raw reply: {det['raw']!r}")
+    else:
+        for c in row["comparisons"]:
+            i, j = c["i"], c["j"]
+            if c["p"] is None:
+                out.append(f"responses {i} vs {j}: failed ({c.get('error')})")
+                continue
+            out.append(f"responses {i} vs {j}:")
+            out.append(f"  order 1 (A={i}, B={j}): P({i} better) = {c['p_i_first']:.3f}  raw {c['raw'][0]}")
+            out.append(f"  order 2 (A={j}, B={i}): P({i} better) = {c['p_i_second']:.3f}  raw {c['raw'][1]}")
+            out.append(f"  averaged: P({i} better) = {c['p']:.3f}; position-consistent: "
+                       f"{'yes' if c['consistent'] else 'no (the orders disagree: position bias)'}")
+        out.append("scores (mean preference vs the others): " +
+                   ", ".join("failed" if s is None else f"{s:.3f}" for s in row["scores"]))
+    return "\n".join(out)
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    from rlaif.backends.base import load_backend
+    from rlaif.judge import JudgeItem, judge_items, requests_for
+    from rlaif.rubrics import load_rubric
+
+    cfg = _config(args)
+    rubric = load_rubric(args.rubric)
+    if args.from_file:
+        item = _row_item(args.from_file, args.row)
+    else:
+        if args.prompt is None or args.response is None:
+            raise UserError("preview needs --prompt and --response (or --from FILE --row N)")
+        responses = [args.response] + ([args.response_b] if args.response_b is not None else [])
+        item = JudgeItem("preview", [{"role": "user", "content": args.prompt}], responses)
+    if rubric.method == "pairwise" and len(item.responses) < 2:
+        raise UserError(f"rubric '{rubric.name}' is pairwise: give --response-b (or a row with 2+ responses)")
+    requests = requests_for(rubric, item, 0, cfg.seed)  # renders now: template errors before loading a model
+    backend = load_backend(cfg.judge)
+    try:
+        inputs = []
+        for r in requests:
+            title = f"response {r.i}" if r.j is None else f"A = response {r.i}, B = response {r.j}"
+            inputs.append((title, chat_text(backend, r.conversation, rubric.assistant_prefix)))
+        row = judge_items(backend, rubric, [item], seed=cfg.seed, max_retries=cfg.max_retries, progress=False)[0]
+    finally:
+        backend.close()
+    print(format_preview(rubric, item, row, inputs))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrate
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from rlaif.backends.base import load_backend
+    from rlaif.calibrate import calibrate, format_report, read_examples
+    from rlaif.rubrics import load_rubric
+
+    cfg = _config(args)
+    rubric = load_rubric(args.rubric)
+    examples = read_examples(args.examples) if args.examples else rubric.examples
+    if not examples:
+        raise UserError(f"rubric '{rubric.name}' has no calibration examples; pass --examples FILE")
+    if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
+        raise UserError(f"--min-agreement {args.min_agreement}: expected a fraction between 0 and 1")
+    backend = load_backend(cfg.judge)
+    try:
+        report = calibrate(backend, rubric, examples, seed=cfg.seed, max_retries=cfg.max_retries)
+    finally:
+        backend.close()
+    print(format_report(report, worst=args.worst))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "rubric": report.rubric, "judge": report.judge, "agreement": report.agreement,
+            "position_consistency": report.position_consistency, "length_pearson": report.length_pearson,
+            "length_spearman": report.length_spearman,
+            "judgements": [o.judgement for o in report.outcomes]}, indent=1) + "\n", encoding="utf-8")
+    if args.min_agreement is not None and report.agreement < args.min_agreement:
+        print(f"agreement {report.agreement:.2f} is below --min-agreement {args.min_agreement}", file=sys.stderr)
+        return 1
+    return 0
