@@ -1,0 +1,146 @@
+"""Verbs ``rlaif train rm|dpo`` and ``rlaif rm score``.
+
+    rlaif train rm  --data outputs/run1 --model smollm2-135m --out outputs/rm  [--config F] [k=v ...]
+    rlaif train dpo --data outputs/run1 --model smollm2-135m --out outputs/dpo beta=0.1 loss_type=ipo
+    rlaif rm score  --model outputs/rm --data pairs.jsonl [--out scores.jsonl]
+
+Multi-GPU: ``accelerate launch -m rlaif.cli train dpo ...`` (same options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rlaif.errors import UserError, where
+
+
+def _train_config(args: argparse.Namespace, cls: type) -> Any:
+    from rlaif.config import load_config
+
+    cfg = load_config(cls, args.config, args.overrides)
+    flags = {k: getattr(args, k) for k in ("data", "model", "out") if getattr(args, k) is not None}
+    return dataclasses.replace(cfg, **flags)
+
+
+def _run_rm(args: argparse.Namespace) -> int:
+    from rlaif.train.config import RMConfig
+
+    cfg = _train_config(args, RMConfig)
+    from rlaif.train.rm import train_rm
+
+    train_rm(cfg)
+    return 0
+
+
+def _run_dpo(args: argparse.Namespace) -> int:
+    from rlaif.train.config import DPOConfig
+
+    cfg = _train_config(args, DPOConfig)
+    from rlaif.train.dpo import train_dpo
+
+    train_dpo(cfg)
+    return 0
+
+
+def _read_score_rows(path: Path) -> list[dict[str, Any]]:
+    """Lines with ``prompt`` (string or messages) and ``response`` (string), or a preference pair
+    (``chosen``/``rejected``, strings or [{"role": "assistant", ...}])."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    rows = []
+    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where(path, n)}invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{where(path, n)}expected a JSON object")
+        prompt = obj.get("prompt", obj.get("messages"))
+        if not isinstance(prompt, (str, list)) or not prompt:
+            raise UserError(f"{where(path, n, 'prompt')}expected a string or a list of messages")
+        keys = ["response"] if "response" in obj else ["chosen", "rejected"]
+        texts = {}
+        for key in keys:
+            value = obj.get(key)
+            if isinstance(value, list) and value and isinstance(value[-1], dict):
+                value = value[-1].get("content")
+            if not isinstance(value, str):
+                raise UserError(f"{where(path, n, key)}expected a string (or a 'response' field)")
+            texts[key] = value
+        rows.append({"obj": obj, "prompt": prompt, "texts": texts})
+    if not rows:
+        raise UserError(f"{path}: no rows to score")
+    return rows
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from rlaif.train.config import ScoreConfig
+
+    cfg = _train_config(args, ScoreConfig)
+    if not cfg.model or not cfg.data:
+        raise UserError("rm score: --model and --data are required")
+    rows = _read_score_rows(Path(cfg.data))
+    from rlaif.train.score import RewardModel
+
+    rm = RewardModel(cfg.model, device=cfg.device or None, max_length=cfg.max_length,
+                     max_prompt_length=cfg.max_length // 2)
+    prompts, responses, slots = [], [], []
+    for i, row in enumerate(rows):
+        for key, text in row["texts"].items():
+            prompts.append(row["prompt"])
+            responses.append(text)
+            slots.append((i, key))
+    values = rm(prompts, responses, batch_size=cfg.batch_size)
+    for (i, key), v in zip(slots, values):
+        rows[i]["obj"]["score" if key == "response" else f"reward_{key}"] = v
+    out = open(cfg.out, "w", encoding="utf-8") if cfg.out else sys.stdout
+    try:
+        for row in rows:
+            out.write(json.dumps(row["obj"], ensure_ascii=False) + "\n")
+    finally:
+        if cfg.out:
+            out.close()
+    pairs = [r["obj"] for r in rows if "reward_chosen" in r["obj"]]
+    if pairs:
+        acc = sum(p["reward_chosen"] > p["reward_rejected"] for p in pairs) / len(pairs)
+        print(f"pairwise accuracy (reward_chosen > reward_rejected): {acc:.3f} on {len(pairs)} pairs",
+              file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from rlaif.cli import add_config_arguments
+    from rlaif.train.config import DPOConfig, RMConfig, ScoreConfig
+
+    train = sub.add_parser("train", help="train a reward model or a policy on a preference dataset")
+    verbs = train.add_subparsers(dest="trainer", metavar="TRAINER")
+    for name, cls, func, text in (
+        ("rm", RMConfig, _run_rm, "reward model: scalar head on a causal LM, Bradley-Terry loss"),
+        ("dpo", DPOConfig, _run_dpo, "policy by direct preference optimisation (sigmoid/ipo/hinge/robust)"),
+    ):
+        p = verbs.add_parser(name, help=text, description=text)
+        p.add_argument("--data", help="folder with preferences/{train,test}.jsonl (an `rlaif run` output) "
+                       "or {train,test}.jsonl; same as data=")
+        p.add_argument("--model", help="base model: smollm2-135m, a local folder or a hub id; same as model=")
+        p.add_argument("--out", help="output folder (final model, checkpoints, logs); same as out=")
+        add_config_arguments(p, cls)
+        p.set_defaults(func=func)
+
+    rm = sub.add_parser("rm", help="use a trained reward model")
+    rm_verbs = rm.add_subparsers(dest="rm_verb", metavar="VERB")
+    p = rm_verbs.add_parser("score", help="score (prompt, response) pairs with a reward model",
+                            description="Reads JSONL lines with prompt (string or messages) and response, "
+                            "or preference pairs (chosen/rejected); writes each line back with 'score' "
+                            "(or reward_chosen/reward_rejected, plus the pairwise accuracy on stderr).")
+    p.add_argument("--model", help="reward model folder (output of `rlaif train rm`); same as model=")
+    p.add_argument("--data", help="JSONL file to score; same as data=")
+    p.add_argument("--out", help="output JSONL (default: stdout); same as out=")
+    add_config_arguments(p, ScoreConfig)
+    p.set_defaults(func=_run_score)

@@ -1,0 +1,198 @@
+"""DPO trainer (Rafailov et al. 2023) and its ipo / hinge / robust variants (see losses.dpo_loss).
+
+    implicit reward  r(x, y) = beta * (log pi_theta(y|x) - log pi_ref(y|x))
+    loss             = -log sigmoid(r(x, y_c) - r(x, y_r))          (loss_type=sigmoid)
+
+The reference is the starting policy. By default (``reference=precompute``) its log-probs are
+computed once, before training, with the very model about to be trained, and cached in
+``out/ref_logps.pt``: no second model in memory, and a resumed run reuses the cache.
+``reference=model`` keeps a frozen copy instead (with LoRA: the base with the adapter switched off).
+Chosen and rejected rows share one forward pass; logits are computed only from the first
+response position on (``logits_to_keep``), not over the prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlaif.errors import UserError
+from rlaif.train.data import Batch, TokenizedPair, load_splits, tokenize_rows
+from rlaif.train.config import DPOConfig
+from rlaif.train.loop import (already_finished, batched_eval, load_tokenizer, make_accelerator,
+                              position_ids, prepare_model, run_loop, save_final)
+from rlaif.train.losses import dpo_loss, sequence_logprobs
+
+
+def response_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob of each row's response tokens and their count, shapes (2B,), (2B,).
+
+    Only positions from the shortest prompt on get logits: (2B, keep, V) instead of (2B, T, V).
+    """
+    width = batch.input_ids.shape[1]
+    first_label = int((batch.labels != -100).int().argmax(-1).min())  # earliest response token
+    keep = width - first_label + 1
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=position_ids(batch.attention_mask), logits_to_keep=keep, use_cache=False)
+    return sequence_logprobs(out.logits, batch.labels[:, width - keep:])
+
+
+def reference_logprobs(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_token_id: int,
+                       accelerator: Any, progress: bool) -> torch.Tensor:
+    """(N, 2) reference log-probs [chosen, rejected] per pair; each process does a share, then gathered."""
+    from accelerate.utils import gather_object
+
+    mine = pairs[accelerator.process_index::accelerator.num_processes]
+    rows: list[tuple[int, float, float]] = []
+    model.eval()
+    with torch.no_grad(), accelerator.autocast():
+        for batch in batched_eval(mine, batch_size, pad_token_id, accelerator.device, progress, "reference log-probs"):
+            logps, _ = response_logprobs(model, batch)
+            c, r = logps.chunk(2)
+            rows += list(zip(batch.indices, c.tolist(), r.tolist()))
+    model.train()
+    if accelerator.num_processes > 1:
+        rows = gather_object(rows)
+    table = torch.zeros(len(pairs), 2)
+    for i, c, r in rows:
+        table[i] = torch.tensor([c, r])
+    return table
+
+
+def _fingerprint(base: str, pairs: list[TokenizedPair]) -> str:
+    h = hashlib.sha256(str(Path(base).resolve() if Path(base).exists() else base).encode())
+    for p in pairs:
+        h.update(json.dumps([p.prompt_ids, p.chosen_ids, p.rejected_ids]).encode())
+    return h.hexdigest()
+
+
+class DPOObjective:
+    """Loss and metrics for one batch, given the reference (cached table or frozen model)."""
+
+    def __init__(self, cfg: DPOConfig, ref_table: torch.Tensor | None, ref_model: Any = None) -> None:
+        self.cfg, self.ref_table, self.ref_model = cfg, ref_table, ref_model
+
+    def reference(self, policy: Any, batch: Batch, table: torch.Tensor | None) -> torch.Tensor:
+        if table is not None:
+            ref = table[batch.indices].to(batch.input_ids.device)  # (B, 2)
+            return torch.cat([ref[:, 0], ref[:, 1]])
+        with torch.no_grad():
+            if self.ref_model is not None:
+                return response_logprobs(self.ref_model, batch)[0]
+            with unwrap(policy).disable_adapter():  # LoRA: the base model is the reference
+                return response_logprobs(policy, batch)[0]
+
+    def __call__(self, model: Any, batch: Batch, table: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        table = self.ref_table if table is None else table
+        logps, counts = response_logprobs(model, batch)
+        ref = self.reference(model, batch, table)
+        pc, pr = logps.chunk(2)
+        rc, rr = ref.chunk(2)
+        nc, nr = counts.chunk(2)
+        losses = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing, nc, nr)
+        loss = losses.mean()
+        reward_c, reward_r = cfg.beta * (pc - rc).detach(), cfg.beta * (pr - rr).detach()
+        return loss, {
+            "loss": loss.item(), "rewards/accuracy": (reward_c > reward_r).float().mean().item(),
+            "rewards/margin": (reward_c - reward_r).mean().item(), "rewards/chosen": reward_c.mean().item(),
+            "rewards/rejected": reward_r.mean().item(), "logps/chosen": pc.mean().item(),
+            "logps/rejected": pr.mean().item(),
+        }
+
+
+def unwrap(model: Any) -> Any:
+    return model.module if hasattr(model, "module") else model
+
+
+def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair], table: torch.Tensor | None,
+                 cfg: DPOConfig, pad_token_id: int, accelerator: Any) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    n = 0
+    bs = cfg.eval_batch_size or cfg.batch_size
+    for batch in batched_eval(pairs, bs, pad_token_id, accelerator.device, cfg.progress, "eval"):
+        with accelerator.autocast():
+            _, metrics = objective(model, batch, table)
+        k = len(batch.indices)
+        for name, v in metrics.items():
+            totals[name] = totals.get(name, 0.0) + v * k
+        n += k
+    return {name: v / max(n, 1) for name, v in totals.items()}
+
+
+def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
+    """Train a policy with DPO on ``cfg.data``, save it to ``cfg.out``; returns the summary."""
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.models import check_causal_lm, resolve_model
+
+    if not cfg.data or not cfg.out:
+        raise UserError("train dpo: --data and --out are required")
+    if cfg.loss_type == "robust" and not 0 <= cfg.label_smoothing < 0.5:
+        raise UserError(f"label_smoothing={cfg.label_smoothing}: robust DPO needs 0 <= label_smoothing < 0.5")
+    out = Path(cfg.out)
+    if already_finished(out, cfg):
+        print(f"{out} already holds a trained model (summary.json); pass resume=false to train again")
+        return json.loads((out / "summary.json").read_text())
+    splits = load_splits(cfg.data)
+    base = resolve_model(cfg.model)
+    check_causal_lm(base)
+    tokenizer = load_tokenizer(base)
+    train, stats = tokenize_rows(tokenizer, splits["train"], cfg.max_length, cfg.max_prompt_length)
+    test, test_stats = tokenize_rows(tokenizer, splits.get("test", []), cfg.max_length, cfg.max_prompt_length)
+    accelerator = make_accelerator(cfg)
+    accelerator.print(f"train: {stats.summary()}; test: {test_stats.summary()}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    pad = tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model.config.pad_token_id = pad
+
+    ref_train = ref_test = None
+    ref_model = None
+    if cfg.reference == "precompute":
+        cache = out / "ref_logps.pt"
+        key = _fingerprint(base, train + test)
+        cached = torch.load(cache) if cache.is_file() else None
+        if cached is not None and cached.get("key") == key:
+            ref_train, ref_test = cached["train"], cached["test"]
+        else:
+            model.to(accelerator.device)
+            bs = cfg.eval_batch_size or cfg.batch_size
+            ref_train = reference_logprobs(model, train, bs, pad, accelerator, cfg.progress)
+            ref_test = reference_logprobs(model, test, bs, pad, accelerator, cfg.progress)
+            if accelerator.is_main_process:
+                torch.save({"key": key, "train": ref_train, "test": ref_test}, cache)
+    elif not cfg.lora.enabled:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
+    model = prepare_model(model, cfg, task_type="CAUSAL_LM")
+    objective = DPOObjective(cfg, ref_train, ref_model)
+
+    def eval_fn(m: Any) -> dict[str, float]:
+        return evaluate_dpo(m, objective, test, ref_test, cfg, pad, accelerator)
+
+    result = run_loop(cfg, accelerator, model, train, pad, objective, eval_fn if test else None, out, "train dpo")
+    first, last = result.history[:10], result.history[-10:]
+
+    def mean(rows: list[dict[str, float]], k: str) -> float | None:
+        return sum(r[k] for r in rows) / len(rows) if rows else None
+
+    summary = {
+        "trainer": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": result.steps,
+        "resumed_from": result.resumed_from, "test": result.eval_metrics,
+        "train_margin_first_steps": mean(first, "rewards/margin"),
+        "train_margin_last_steps": mean(last, "rewards/margin"),
+        "padding_fraction": result.padding_fraction,
+        "truncation": {"train": vars(stats), "test": vars(test_stats)},
+    }
+    save_final(accelerator, model, tokenizer, out, summary, cfg)
+    accelerator.print(f"saved policy to {out}; test reward accuracy "
+                      f"{result.eval_metrics.get('rewards/accuracy', float('nan')):.3f}")
+    return summary
+
