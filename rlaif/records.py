@@ -266,6 +266,8 @@ def read_candidates(path: str | Path, prompt_column: str = "prompt") -> list[dic
 
 def read_jsonl(path: str | Path, schema: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Read a JSONL file written by the pipeline, validating each row against ``schema``."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: file not found")
     rows = []
     for line, row in _jsonl_rows(Path(path)):
         if schema is not None:

@@ -169,8 +169,10 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
         parts.append("<p>No pairwise rubric in this run.</p>")
     failures = failure_counts(judgements)
     parts.append("<h2>Failures and dropped pairs</h2>")
-    parts.append(f"<img src='{plot_counts(failures, 'judge failures per rubric')}'>" if failures else "")
-    parts.append(_table(sorted(build_counts.items())))
+    if failures:
+        parts.append(f"<img src='{plot_counts(failures, 'judge failures per rubric')}'>")
+        parts.append(_table(list(failures.items())))
+    parts.append("<h3>Pair building</h3>" + _table(sorted(build_counts.items())))
     parts.append("<h2>Chosen / rejected examples</h2>")
     parts.extend(_example(p) for p in train[:n_examples])
     if not train:

