@@ -1,0 +1,296 @@
+"""`rlaif run/generate/judge/build` end to end on the fake engine: layout, schemas, resume after
+SIGKILL (byte-identical to an uninterrupted run), overwrite, and bad input through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlaif.backends.fake import FakeBackend
+from rlaif.cli import main
+from rlaif.errors import UserError
+from rlaif.pipeline import Engines, RunConfig, run_all
+from rlaif.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
+from rlaif.backends.base import BackendConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).parent / "assets"
+DEMO = ROOT / "prompts" / "demo.jsonl"
+RUBRICS = ["--rubric", "helpfulness", "--rubric", "overall_preference", "--rubric", "truthfulness"]
+FAKE = ["policy.engine=fake", "progress=false", "chunk_size=4", "judge_chunk_size=3"]
+
+
+def small_prompts(tmp_path: Path, n: int = 12) -> Path:
+    f = tmp_path / "prompts.jsonl"
+    f.write_text("".join(DEMO.read_text().splitlines(keepends=True)[:n]))
+    return f
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every output file's bytes (manifest without its timings); the .rlaif/ work folder left out."""
+    files = {}
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_file() and not rel.startswith(".rlaif/"):
+            data = p.read_bytes()
+            if rel == "manifest.json":
+                m = json.loads(data)
+                m.pop("timings")
+                data = json.dumps(m, sort_keys=True).encode()
+            files[rel] = data
+    return files
+
+
+def check_layout(out: Path) -> None:
+    for name in ["candidates.jsonl", "judgements.jsonl", "preferences/train.jsonl", "preferences/test.jsonl",
+                 "manifest.json", "README.md", "report.html"]:
+        assert (out / name).is_file(), name
+    read_jsonl(out / "candidates.jsonl", CANDIDATE_SCHEMA)
+    read_jsonl(out / "judgements.jsonl", JUDGEMENT_SCHEMA)
+    read_jsonl(out / "preferences" / "train.jsonl", PAIR_SCHEMA)
+    read_jsonl(out / "preferences" / "test.jsonl", PAIR_SCHEMA)
+
+
+def test_run_writes_contract_layout_without_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-value")
+    out = tmp_path / "out"
+    rc = main(["run", "--prompts", str(small_prompts(tmp_path)), *RUBRICS, "--out", str(out), *FAKE,
+               "require_position_consistent=false", "pairwise_min_confidence=0.5", "n=3"])
+    assert rc == 0
+    check_layout(out)
+    cands = read_jsonl(out / "candidates.jsonl")
+    assert [c["id"] for c in cands][:2] == ["code-fib", "code-race"] and all(len(c["responses"]) == 3 for c in cands)
+    judgements = read_jsonl(out / "judgements.jsonl")
+    assert {(j["rubric"], j["method"]) for j in judgements} == {
+        ("helpfulness", "logprob"), ("overall_preference", "pairwise"), ("truthfulness", "verdict")}
+    train = read_jsonl(out / "preferences" / "train.jsonl")
+    test = read_jsonl(out / "preferences" / "test.jsonl")
+    assert train and test and {p["id"] for p in train}.isdisjoint({p["id"] for p in test})
+    assert all(p["rubric"] == "helpfulness+overall_preference+truthfulness" for p in train)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"] == {"policy": "fake:smollm2-135m", "judge": "fake:smollm2-135m"}
+    assert manifest["stages"]["build"]["counts"]["train_pairs"] == len(train)
+    assert manifest["stages"]["generate"]["config"]["n"] == 3
+    assert "seconds" in manifest["timings"]["generate"]
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert b"sk-test-secret-value" not in p.read_bytes(), p
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "Position consistency" in html
+
+
+SLOW_FAKE = (
+    "import sys, time\n"
+    "from rlaif.backends.fake import FakeBackend\n"
+    "chat, lp = FakeBackend.chat, FakeBackend.choice_logprobs\n"
+    "FakeBackend.chat = lambda self, *a, **k: (time.sleep(0.1), chat(self, *a, **k))[1]\n"
+    "FakeBackend.choice_logprobs = lambda self, *a, **k: (time.sleep(0.1), lp(self, *a, **k))[1]\n"
+    "from rlaif.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def _run_cli(args: list[str], cwd: Path, kill_when: Path | None = None) -> int:
+    """Run `rlaif` (fake engine slowed down) in a subprocess; SIGKILL it once ``kill_when`` has a row."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_FAKE, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    if kill_when is None:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        return 0
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if kill_when.exists() and kill_when.stat().st_size > 0:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return proc.returncode
+
+
+def test_kill_9_mid_stage_then_resume_equals_uninterrupted_run(tmp_path):
+    prompts = small_prompts(tmp_path, 16)
+    args = ["run", "--prompts", str(prompts), *RUBRICS, "--out", "out", *FAKE, "n=3", "strategy=all-pairs",
+            "require_position_consistent=false", "pairwise_min_confidence=0.5"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _run_cli(args, tmp_path / "a")
+    reference = snapshot(tmp_path / "a" / "out")
+
+    work = tmp_path / "b" / "out" / ".rlaif"
+    _run_cli(args, tmp_path / "b", kill_when=work / "candidates.jsonl")  # killed while generating
+    assert not (tmp_path / "b" / "out" / "candidates.jsonl").exists()
+    _run_cli(args, tmp_path / "b", kill_when=work / "judgements.jsonl")  # resumed, then killed judging
+    assert (tmp_path / "b" / "out" / "candidates.jsonl").exists()
+    assert not (tmp_path / "b" / "out" / "judgements.jsonl").exists()
+    _run_cli(args, tmp_path / "b")  # resumed to the end
+    resumed = snapshot(tmp_path / "b" / "out")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert resumed[name] == reference[name], name
+    manifest = json.loads((tmp_path / "b" / "out" / "manifest.json").read_text())
+    assert manifest["timings"]["judge"]["helpfulness"]["rows_resumed"] >= 1  # the 3rd run resumed judging
+
+
+def test_rerun_with_other_settings_refused_and_overwrite_starts_over(tmp_path, capsys):
+    prompts = str(small_prompts(tmp_path, 6))
+    out = tmp_path / "out"
+    base = ["run", "--prompts", prompts, "--rubric", "helpfulness", "--out", str(out), *FAKE]
+    assert main(base) == 0
+    before = snapshot(out)
+    assert main(base) == 0  # same settings: every stage skipped, same files
+    assert snapshot(out) == before
+    capsys.readouterr()
+    assert main([*base, "n=2"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "overwrite=true" in err and err.count("\n") == 1
+    assert snapshot(out) == before
+    assert main([*base, "n=2", "--overwrite"]) == 0
+    assert all(len(c["responses"]) == 2 for c in read_jsonl(out / "candidates.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("done")
+    out = tmp / "out"
+    assert main(["run", "--prompts", str(small_prompts(tmp, 6)), "--rubric", "helpfulness", "--out", str(out),
+                 *FAKE]) == 0
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompts", str(ASSETS / "bad_malformed.jsonl")], "bad_malformed.jsonl:2: malformed JSON"),
+    (["--prompts", str(ASSETS / "bad_missing_field.jsonl")], "bad_missing_field.jsonl:2: missing 'prompt'"),
+    (["--prompts", str(ASSETS / "empty.jsonl")], "empty.jsonl: no prompts"),
+    (["--prompts", str(ASSETS / "bad_duplicate_id.jsonl")], "duplicate id 'a'"),
+    (["--prompts", str(ASSETS / "nope.jsonl")], "nope.jsonl: file not found"),
+    (["--prompts", str(DEMO), "--rubric", "no_such_rubric"], "unknown rubric 'no_such_rubric'"),
+    (["--prompts", str(DEMO), "policy.engine=hf", "policy.model=/no/such/model"], "model '/no/such/model'"),
+    (["--prompts", str(DEMO), "n=0"], "option 'n': must be >= 1"),
+    (["--prompts", str(DEMO), "n=many"], "option 'n': expected int"),
+    (["--prompts", str(DEMO), "no_such_option=1"], "unknown option 'no_such_option'"),
+    (["--prompts", str(DEMO), "rubric_weights.honesty=2"], "'honesty' is not one of the rubrics"),
+])
+def test_bad_input_one_line_exit_2_outputs_intact(finished_run, capsys, args, message):
+    before = snapshot(finished_run)
+    argv = ["run", "--rubric", "helpfulness", "--out", str(finished_run), *FAKE, *args, "--overwrite"]
+    if "--rubric" in args:
+        argv.remove("helpfulness"), argv.remove("--rubric")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.startswith("rlaif: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert snapshot(finished_run) == before  # even with --overwrite, bad input deletes nothing
+
+
+def test_prompt_longer_than_context_caught_before_generation(finished_run, embedded_model_dir, capsys):
+    before = snapshot(finished_run)
+    rc = main(["run", "--prompts", str(DEMO), "--rubric", "helpfulness", "--out", str(finished_run),
+               "policy.engine=hf", f"policy.model={embedded_model_dir}", "policy.max_model_len=40", "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "demo.jsonl:" in err and "longer than the model's context (40 tokens" in err
+    assert snapshot(finished_run) == before
+
+
+def test_cli_missing_required_files(tmp_path, capsys):
+    assert main(["judge", "--rubric", "helpfulness", "--out", str(tmp_path / "j"), "judge.engine=fake"]) == 2
+    assert "option 'candidates'" in capsys.readouterr().err
+    assert main(["build", "--judgements", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "b")]) == 2
+    assert "none.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_separate_verbs_equal_run(tmp_path):
+    prompts = str(small_prompts(tmp_path, 8))
+    common = ["progress=false", "strategy=all-pairs"]
+    assert main(["run", "--prompts", prompts, "--rubric", "helpfulness", "--out", str(tmp_path / "run"),
+                 "policy.engine=fake", *common]) == 0
+    assert main(["generate", "--prompts", prompts, "--out", str(tmp_path / "g"), "policy.engine=fake",
+                 "progress=false"]) == 0
+    assert main(["judge", "--candidates", str(tmp_path / "g" / "candidates.jsonl"), "--rubric", "helpfulness",
+                 "--out", str(tmp_path / "g"), "judge.engine=fake", "progress=false"]) == 0
+    assert main(["build", "--judgements", str(tmp_path / "g" / "judgements.jsonl"), "--out", str(tmp_path / "b"),
+                 *common]) == 0
+    for name in ["candidates.jsonl", "judgements.jsonl"]:
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "g" / name).read_bytes()
+    for split in ["train", "test"]:
+        assert (tmp_path / "run" / "preferences" / f"{split}.jsonl").read_bytes() == \
+            (tmp_path / "b" / "preferences" / f"{split}.jsonl").read_bytes()
+
+
+def test_judge_a_user_candidates_file_then_build(tmp_path):
+    out = tmp_path / "j"
+    assert main(["judge", "--candidates", str(ASSETS / "candidates_user.jsonl"), "--rubric", "helpfulness",
+                 "--out", str(out), "judge.engine=fake", "progress=false"]) == 0
+    assert [j["id"] for j in read_jsonl(out / "judgements.jsonl")][0] == "u1"
+    assert main(["build", "--judgements", str(out / "judgements.jsonl"), "--out", str(out), "test_fraction=0"]) == 0
+    train = read_jsonl(out / "preferences" / "train.jsonl", PAIR_SCHEMA)
+    assert {p["id"] for p in train} <= {"u1", read_jsonl(out / "candidates.jsonl")[1]["id"]} and train
+
+
+def test_judge_failures_never_stop_the_run(tmp_path):
+    """A judge whose verdicts are never valid: the run finishes and counts every failure."""
+    def garbage(conv, k, params):
+        return "I refuse to answer in JSON." if params.json_schema is not None else f"reply {k} {len(conv)}"
+
+    cfg = RunConfig(prompts=str(small_prompts(tmp_path, 5)), out=str(tmp_path / "out"),
+                    rubrics=["helpfulness", "truthfulness"], progress=False,
+                    policy=BackendConfig(engine="fake"), judge=BackendConfig(engine="fake"))
+    counts = run_all(cfg, factory=lambda c: FakeBackend(c, reply_fn=garbage))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    judged = manifest["stages"]["judge"]["counts"]["truthfulness"]
+    assert judged["failed_scores"] == 5 * 4 and judged["failures"] >= 5
+    assert counts["pairs"] == 0 and counts["responses_failed"] == 20
+    assert "truthfulness: failed scores" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_engines_load_once_when_judge_is_the_policy():
+    loads = []
+
+    def factory(c):
+        loads.append(c.model)
+        return FakeBackend(c)
+
+    same = Engines(BackendConfig(engine="fake"), BackendConfig(engine="fake", batch_size=3), factory)
+    assert same.get("policy") is same.get("judge") and loads == ["smollm2-135m"]
+    other = Engines(BackendConfig(engine="fake"), BackendConfig(engine="fake", model="judge-m"), factory)
+    other.get("policy"), other.get("judge")
+    assert loads[1:] == ["smollm2-135m", "judge-m"] and "policy" not in other.loaded  # policy freed first
+
+
+def test_judge_options_inherit_from_policy(tmp_path):
+    from rlaif.cli import build_parser
+    from rlaif.commands.pipeline import load_verb_config
+
+    (tmp_path / "c.yaml").write_text("policy:\n  engine: fake\n  max_model_len: 512\njudge:\n  model: big\n")
+    args = build_parser().parse_args(["run", "--config", str(tmp_path / "c.yaml"), "judge.dtype=float32"])
+    cfg = load_verb_config(RunConfig, args, inherit_judge=True)
+    assert cfg.judge.engine == "fake" and cfg.judge.max_model_len == 512  # from the policy
+    assert cfg.judge.model == "big" and cfg.judge.dtype == "float32" and cfg.policy.model == "smollm2-135m"
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for key in ["n=4", "temperature=0.8", "max_tokens=256", "seed=0", "prompt_column=", "overwrite=False",
+                "test_fraction=", "strategy=", "rubric_weights=", "policy.model=", "judge.engine=",
+                "pairwise_min_confidence=", "require_position_consistent="]:
+        assert key in text, key
+
+
+def test_txt_prompts_through_generate(tmp_path):
+    out = tmp_path / "g"
+    assert main(["generate", "--prompts", str(ASSETS / "prompts.txt"), "--out", str(out), "policy.engine=fake",
+                 "n=2", "max_tokens=5", "progress=false"]) == 0
+    rows = read_jsonl(out / "candidates.jsonl", CANDIDATE_SCHEMA)
+    assert len(rows) == 2 and all(n <= 5 for r in rows for n in r["num_tokens"])
+    assert rows[0]["seed"] != rows[1]["seed"]  # per-prompt seeds
