@@ -37,12 +37,24 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
         gpu_memory_utilization=config.gpu_memory_utilization,
         enable_prefix_caching=config.enable_prefix_caching,
         tensor_parallel_size=config.tensor_parallel_size, seed=0,
+        worker_extension_cls="rlaif.backends.vllm.WeightUpdateExtension",
     )
     if config.dtype != "auto":
         kwargs["dtype"] = config.dtype
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
     return LLM(**kwargs)
+
+
+class WeightUpdateExtension:
+    """Mixed into vLLM's worker class (``worker_extension_cls``); runs inside each worker."""
+
+    def rlaif_load_weights(self, blob: bytes) -> int:
+        from safetensors.torch import load
+
+        weights = load(blob)
+        self.model_runner.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        return len(weights)
 
 
 class VLLMBackend:
@@ -58,7 +70,8 @@ class VLLMBackend:
         import vllm
         from vllm.sampling_params import StructuredOutputsParams
 
-        structured = None if params.json_schema is None else StructuredOutputsParams(json=params.json_schema)
+        structured = None if params.json_schema is None else StructuredOutputsParams(
+            json=params.json_schema, disable_any_whitespace=True)
         return vllm.SamplingParams(
             n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
             seed=None if seed is None else mix_seed(seed), stop=list(params.stop) or None,
@@ -116,9 +129,15 @@ class VLLMBackend:
         """Load new weights (Hugging Face checkpoint names, e.g. ``model.named_parameters()`` of
         the trained policy) into the running engine in place, then drop the prefix cache, whose
         KV entries were computed with the old weights. Partial updates are fine.
+
+        The tensors travel to the engine's worker processes as one safetensors blob in memory
+        (vLLM's RPC encoding does not carry tensors in arguments); the worker side is
+        `WeightUpdateExtension`, installed by `build_llm`.
         """
-        weights = [(name, tensor.detach().to("cpu").contiguous()) for name, tensor in named_tensors]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        from safetensors.torch import save
+
+        blob = save({name: t.detach().to("cpu").contiguous() for name, t in named_tensors})
+        self.llm.collective_rpc("rlaif_load_weights", args=(blob,))
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
