@@ -66,6 +66,7 @@ class BackendConfig:
     max_concurrency: int = 16
     timeout_s: float = 120.0
     max_retries: int = 5
+    retry_backoff_s: float = 1.0  # first wait between retries; doubles each time, at most 30 s
 
 
 class Backend(Protocol):

@@ -1,0 +1,212 @@
+"""OpenAI-compatible chat completions over httpx: ``vllm serve``, hosted APIs, proxies.
+
+One request per conversation (``n`` samples each), ``max_concurrency`` in flight from a thread
+pool. Transient failures (429, 5xx, timeouts, connection errors) are retried with tenacity,
+waiting ``retry_backoff_s * 2**k`` seconds (at most 30; a 429's ``Retry-After`` is honoured), up to
+``max_retries`` retries; then a one-line UserError names the URL and the last status. Other
+4xx answers (bad model name, bad request) fail at once with the server's message.
+
+``config.model`` is sent as-is: it must be the *served* model name (``vllm serve ...
+--served-model-name NAME``; without that flag vLLM serves the model under its path). The API key
+is read from the environment variable named by ``api_key_env`` and sent only as the
+``Authorization`` header: it never appears in ``model_id``, logs or error messages.
+
+``choice_logprobs`` asks for one token with ``top_logprobs=20`` and matches each returned token
+string against the choices after stripping whitespace (``"1"`` and ``" 1"`` both count for
+choice ``"1"``; their probabilities add). With a non-empty ``assistant_prefix`` the prefix is
+sent as a final assistant message with vLLM's ``add_generation_prompt: false,
+continue_final_message: true``; hosted APIs that do not support continuing an assistant message
+may ignore or reject these fields. Per-sample token counts come from ``usage`` when ``n == 1``
+and from the returned per-token log-probs when ``n > 1``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tqdm.auto import tqdm
+
+from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
+from rlaif.backends.choices import logsumexp, mix_seed
+from rlaif.errors import UserError
+
+TOP_LOGPROBS = 20  # the most OpenAI's API allows
+
+
+class TransientHTTPError(Exception):
+    """A 429 or 5xx answer: worth retrying."""
+
+    def __init__(self, status: int, body: str, retry_after: float | None) -> None:
+        super().__init__(f"status {status}: {body}")
+        self.status, self.body, self.retry_after = status, body, retry_after
+
+
+def _is_transient(e: BaseException) -> bool:
+    return isinstance(e, (TransientHTTPError, httpx.TimeoutException, httpx.TransportError))
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class OpenAIBackend:
+    """``Backend`` over an OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        parts = urlsplit(config.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"option 'base_url': expected http(s)://host[:port]/v1, got {config.base_url!r}")
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")  # no user:password@
+        self.model_id = f"openai:{config.model}@{host}"
+        self._key = os.environ.get(config.api_key_env) or None
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        self.client = httpx.Client(headers=headers, timeout=config.timeout_s,
+                                   limits=httpx.Limits(max_connections=config.max_concurrency))
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.client.post(self.url, json=body)
+        if response.status_code == 429 or response.status_code >= 500:
+            retry_after = response.headers.get("retry-after")
+            try:
+                wait = float(retry_after) if retry_after is not None else None
+            except ValueError:
+                wait = None
+            raise TransientHTTPError(response.status_code, _short(response.text), wait)
+        if response.status_code >= 400:
+            raise UserError(self._scrub(f"openai engine: {self.url} answered {response.status_code}: "
+                                        f"{_short(response.text)}"))
+        return response.json()
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = min(30.0, self.config.retry_backoff_s * 2 ** (state.attempt_number - 1))
+        e = state.outcome.exception() if state.outcome else None
+        if isinstance(e, TransientHTTPError) and e.retry_after is not None:
+            return max(backoff, min(e.retry_after, 60.0))
+        return backoff
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        attempts = self.config.max_retries + 1
+        retrying = Retrying(stop=stop_after_attempt(attempts), wait=self._wait,
+                            retry=retry_if_exception(_is_transient), reraise=True)
+        try:
+            return retrying(self._post_once, body)
+        except TransientHTTPError as e:
+            msg = f"openai engine: {self.url} failed after {attempts} attempts; last status {e.status}: {e.body}"
+        except httpx.TimeoutException as e:
+            msg = (f"openai engine: {self.url} timed out after {attempts} attempts "
+                   f"(timeout_s={self.config.timeout_s}; {type(e).__name__})")
+        except httpx.TransportError as e:
+            msg = (f"openai engine: cannot reach {self.url} after {attempts} attempts "
+                   f"({type(e).__name__}: {_short(str(e), 120)}); is the server running?")
+        raise UserError(self._scrub(msg)) from None
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str, progress: bool) -> list[Any]:
+        """``fn`` over ``items`` with ``max_concurrency`` threads; results in order."""
+        if not items:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, self.config.max_concurrency)) as pool, \
+                tqdm(total=len(items), desc=desc, unit="request", disable=not progress) as bar:
+            futures = [pool.submit(fn, x) for x in items]
+            for f in futures:
+                f.add_done_callback(lambda _: bar.update(1))
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    # -- Backend -----------------------------------------------------------------------------
+    def _chat_body(self, conversation: Conversation, params: SamplingParams, seed: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.config.model, "messages": list(conversation), "n": params.n,
+            "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens,
+        }
+        if seed is not None:
+            body["seed"] = mix_seed(seed) & 0x7FFFFFFF  # 31 bits: accepted everywhere
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.n > 1:
+            body["logprobs"] = True  # per-sample token counts (usage only has the total)
+        if params.json_schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "reply", "schema": params.json_schema, "strict": True}}
+        return body
+
+    @staticmethod
+    def _generation(reply: dict[str, Any], n: int) -> Generation:
+        usage = reply.get("usage") or {}
+        comps = []
+        for choice in sorted(reply.get("choices", []), key=lambda c: c.get("index", 0)):
+            text = (choice.get("message") or {}).get("content") or ""
+            tokens = ((choice.get("logprobs") or {}).get("content")) or None
+            if tokens is not None:
+                num = len(tokens)
+            elif n == 1 and "completion_tokens" in usage:
+                num = int(usage["completion_tokens"])
+            else:  # no per-sample count from this server: split the total by text length
+                num = -1
+            comps.append(Completion(text=text, num_tokens=num, finish_reason=choice.get("finish_reason") or "length"))
+        unknown = [c for c in comps if c.num_tokens < 0]
+        if unknown:
+            total = int(usage.get("completion_tokens", 0))
+            chars = sum(len(c.text) for c in comps) or 1
+            for c in unknown:
+                c.num_tokens = round(total * len(c.text) / chars)
+        return Generation(completions=comps, prompt_tokens=int(usage.get("prompt_tokens", 0)))
+
+    def chat(self, conversations: Sequence[Conversation], params: SamplingParams,
+             seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
+        if seeds is not None and len(seeds) != len(conversations):
+            raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+        bodies = [self._chat_body(c, params, seeds[i] if seeds is not None else params.seed)
+                  for i, c in enumerate(conversations)]
+        return self._map(lambda b: self._generation(self._post(b), params.n), bodies, "openai chat", progress)
+
+    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                        assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:
+        if any(not c.strip() for c in choices) or not choices:
+            raise UserError("choice_logprobs: choices must be non-empty strings")
+
+        def body(conversation: Conversation) -> dict[str, Any]:
+            b: dict[str, Any] = {"model": self.config.model, "messages": list(conversation), "max_tokens": 1,
+                                 "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+            if assistant_prefix:
+                b["messages"] = list(conversation) + [{"role": "assistant", "content": assistant_prefix}]
+                b["add_generation_prompt"] = False
+                b["continue_final_message"] = True
+            return b
+
+        def score(conversation: Conversation) -> dict[str, float]:
+            reply = self._post(body(conversation))
+            content = ((reply.get("choices") or [{}])[0].get("logprobs") or {}).get("content") or []
+            top = content[0].get("top_logprobs", []) if content else []
+            found: dict[str, list[float]] = {c: [] for c in choices}
+            seen: set[str] = set()
+            for entry in top:
+                token = entry.get("token", "")
+                if token in seen:
+                    continue
+                seen.add(token)
+                for c in choices:
+                    if token.strip() and token.strip() == c.strip():
+                        found[c].append(float(entry["logprob"]))
+            return {c: logsumexp(v) if v else -math.inf for c, v in found.items()}
+
+        return self._map(score, list(conversations), "openai choice logprobs", progress)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,211 @@
+"""The openai engine: retries and errors against a scripted local HTTP server (fast), and the
+real thing against `python -m vllm.entrypoints.openai.api_server` on loopback (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import jsonschema
+import pytest
+
+from rlaif.backends.base import BackendConfig, SamplingParams
+from rlaif.backends.openai import OpenAIBackend
+from rlaif.errors import UserError
+from servers import free_port
+
+SECRET = "sk-test-7f3a9c-do-not-leak"
+CONV = [{"role": "user", "content": "Hello"}]
+
+
+def ok_reply(n: int = 1, text: str = "hi there") -> dict[str, Any]:
+    return {"choices": [{"index": i, "message": {"role": "assistant", "content": f"{text} {i}"},
+                         "finish_reason": "stop"} for i in range(n)],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3 * n}}
+
+
+class Scripted:
+    """A local server answering from a script: a list of (status, body, headers); the last
+    entry repeats forever. Records every request's headers and JSON body."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, Any, dict[str, str]]] = [(200, ok_reply(), {})]
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append((dict(self.headers), body))
+                    status, reply, headers = outer.script[0] if len(outer.script) == 1 else outer.script.pop(0)
+                data = (reply if isinstance(reply, str) else json.dumps(reply)).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server() -> Iterator[Scripted]:
+    s = Scripted()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def engine(url: str, **kw: Any) -> OpenAIBackend:
+    cfg = dict(engine="openai", model="served-name", base_url=url, max_retries=3, retry_backoff_s=0.01,
+               timeout_s=5.0, api_key_env="RLAIF_TEST_KEY")
+    cfg.update(kw)
+    return OpenAIBackend(BackendConfig(**cfg))
+
+
+def test_500_then_200_is_retried(server: Scripted) -> None:
+    server.script = [(500, {"error": "boom"}, {}), (502, "bad gateway", {}), (200, ok_reply(n=2), {})]
+    gens = engine(server.url).chat([CONV], SamplingParams(n=2, seed=1), progress=False)
+    assert [c.text for c in gens[0].completions] == ["hi there 0", "hi there 1"]
+    assert gens[0].prompt_tokens == 7
+    assert len(server.requests) == 3
+
+
+def test_500_forever_fails_clearly_after_budget(server: Scripted) -> None:
+    server.script = [(500, {"error": "internal meltdown"}, {})]
+    start = time.monotonic()
+    with pytest.raises(UserError) as err:
+        engine(server.url, max_retries=2).chat([CONV], SamplingParams(), progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and server.url in msg and "3 attempts" in msg and "500" in msg
+    assert "internal meltdown" in msg
+    assert len(server.requests) == 3
+    assert time.monotonic() - start < 5
+
+
+def test_429_waits_retry_after_then_succeeds(server: Scripted) -> None:
+    server.script = [(429, {"error": "slow down"}, {"Retry-After": "0.3"}), (200, ok_reply(), {})]
+    start = time.monotonic()
+    gens = engine(server.url).chat([CONV], SamplingParams(), progress=False)
+    assert gens[0].completions[0].text == "hi there 0"
+    assert time.monotonic() - start >= 0.3
+    assert len(server.requests) == 2
+
+
+def test_client_error_is_not_retried(server: Scripted) -> None:
+    server.script = [(404, {"error": "model 'served-name' does not exist"}, {})]
+    with pytest.raises(UserError, match="404.*does not exist"):
+        engine(server.url).chat([CONV], SamplingParams(), progress=False)
+    assert len(server.requests) == 1
+
+
+def test_unreachable_server_is_a_clear_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(UserError, match="cannot reach .*is the server running"):
+        engine(url, max_retries=1).chat([CONV], SamplingParams(), progress=False)
+
+
+def test_api_key_sent_as_header_and_never_shown(server: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLAIF_TEST_KEY", SECRET)
+    eng = engine(server.url, max_retries=0)
+    eng.chat([CONV], SamplingParams(), progress=False)
+    headers = server.requests[0][0]
+    assert headers.get("Authorization") == f"Bearer {SECRET}"
+    assert SECRET not in eng.model_id and eng.model_id == f"openai:served-name@{server.url.split('/')[2]}"
+    # a server that echoes the key back in its error body: the message is scrubbed
+    server.script = [(500, {"error": f"bad key {SECRET}"}, {})]
+    with pytest.raises(UserError) as err:
+        eng.chat([CONV], SamplingParams(), progress=False)
+    assert SECRET not in str(err.value) and "***" in str(err.value)
+
+
+def test_request_body_and_concurrency(server: Scripted) -> None:
+    schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(12)]
+    gens = engine(server.url, max_concurrency=4).chat(
+        convs, SamplingParams(n=1, seed=5, stop=["\n\n"], json_schema=schema, max_tokens=9),
+        seeds=list(range(12)), progress=False)
+    assert len(gens) == 12 and all(g.completions[0].num_tokens == 3 for g in gens)
+    bodies = {b["messages"][0]["content"]: b for _, b in server.requests}
+    assert set(bodies) == {f"q{i}" for i in range(12)}
+    b = bodies["q3"]
+    assert b["model"] == "served-name" and b["max_tokens"] == 9 and b["stop"] == ["\n\n"]
+    assert b["response_format"]["json_schema"]["schema"] == schema
+    assert len({body["seed"] for body in bodies.values()}) == 12  # per-conversation seeds
+
+
+def test_choice_logprobs_request_and_matching(server: Scripted) -> None:
+    top = [{"token": "1", "logprob": -0.5}, {"token": " 1", "logprob": -2.0}, {"token": "2", "logprob": -1.5},
+           {"token": "x", "logprob": -3.0}]
+    reply = {"choices": [{"index": 0, "message": {"content": "1"}, "finish_reason": "length",
+                          "logprobs": {"content": [{"token": "1", "logprob": -0.5, "top_logprobs": top}]}}]}
+    server.script = [(200, reply, {})]
+    eng = engine(server.url)
+    got = eng.choice_logprobs([CONV], ["1", "2", "3"], assistant_prefix="Score: ", progress=False)[0]
+    assert got["1"] == pytest.approx(math.log(math.exp(-0.5) + math.exp(-2.0)))
+    assert got["2"] == pytest.approx(-1.5) and got["3"] == -math.inf
+    body = server.requests[-1][1]
+    assert body["messages"][-1] == {"role": "assistant", "content": "Score: "}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["max_tokens"] == 1 and body["top_logprobs"] == 20
+    eng.choice_logprobs([CONV], ["1"], progress=False)
+    assert "continue_final_message" not in server.requests[-1][1]
+
+
+# --------------------------------------------------------------------------- real vLLM server
+VERDICT = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}},
+           "required": ["score"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def vllm_server(embedded_model_dir: str) -> Iterator[str]:
+    pytest.importorskip("vllm")
+    from servers import serve_vllm
+
+    with serve_vllm(embedded_model_dir, served_name="smollm2-135m") as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_real_vllm_server(vllm_server: str) -> None:
+    eng = OpenAIBackend(BackendConfig(engine="openai", model="smollm2-135m", base_url=vllm_server,
+                                      max_concurrency=4))
+    convs = [[{"role": "user", "content": "What is the capital of France?"}],
+             [{"role": "user", "content": "Write a short poem about rain."}]]
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=24)
+    a = eng.chat(convs, params, seeds=[1, 2], progress=False)
+    b = eng.chat(convs, params, seeds=[1, 2], progress=False)
+    c = eng.chat(convs, params, seeds=[3, 4], progress=False)
+    texts = lambda gens: [[x.text for x in g.completions] for g in gens]  # noqa: E731
+    assert texts(a) == texts(b) and texts(a) != texts(c)
+    for g in a:
+        assert g.prompt_tokens > 10 and len(g.completions) == 2
+        for x in g.completions:
+            assert 1 <= x.num_tokens <= 24 and x.finish_reason in ("stop", "length")
+
+    choices = ["1", "2", "3", "4", "5"]
+    judge = [[{"role": "user", "content": "Rate from 1 to 5 how correct this is: '2+2=4'. Reply with a number."}]]
+    plain = eng.choice_logprobs(judge, choices, progress=False)[0]
+    prefixed = eng.choice_logprobs(judge, choices, assistant_prefix="Score: ", progress=False)[0]
+    for row in (plain, prefixed):
+        assert 0 < sum(math.exp(v) for v in row.values()) <= 1 + 1e-4
+    assert plain != prefixed  # the prefix really reached the model
+    assert sum(math.exp(v) for v in prefixed.values()) > 0.5  # after "Score: " a digit is likely
+
+    gen = eng.chat(judge, SamplingParams(n=2, max_tokens=40, seed=0, json_schema=VERDICT), progress=False)[0]
+    for x in gen.completions:
+        jsonschema.validate(json.loads(x.text), VERDICT)
+    eng.close()

