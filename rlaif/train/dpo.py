@@ -178,7 +178,8 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         return evaluate_dpo(m, objective, test, ref_test, cfg, pad, accelerator)
 
     result = run_loop(cfg, accelerator, model, train, pad, objective, eval_fn if test else None, out, "train dpo")
-    first, last = result.history[:10], result.history[-10:]
+    window = max(1, min(10, len(result.history) // 3))  # first / last steps, for the margin trend
+    first, last = result.history[:window], result.history[-window:]
 
     def mean(rows: list[dict[str, float]], k: str) -> float | None:
         return sum(r[k] for r in rows) / len(rows) if rows else None

@@ -1,0 +1,143 @@
+"""DPO: margin grows, reference modes agree, logits_to_keep is exact, kill + resume, reload, LoRA."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlaif.train.config import DPOConfig
+from rlaif.train.data import collate, load_splits, tokenize_rows
+from rlaif.train.loop import KILL_ENV
+
+ASSETS = Path(__file__).parent / "assets" / "prefs"
+
+
+def _cfg(tiny_model_dir, out, **kw):
+    base = dict(data=str(ASSETS), model=tiny_model_dir, out=str(out), lr=2e-3, batch_size=4, max_steps=10,
+                warmup_ratio=0.0, save_steps=0, logging_steps=2, progress=False)
+    return DPOConfig(**{**base, **kw})
+
+
+def test_response_logprobs_with_logits_to_keep_is_exact(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlaif.train.dpo import response_logprobs
+    from rlaif.train.losses import sequence_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    pairs, _ = tokenize_rows(tok, load_splits(ASSETS)["train"][:4], 1024, 512)
+    batch = collate(pairs, tok.pad_token_id)
+    with torch.no_grad():
+        got, counts = response_logprobs(model, batch)
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        want, want_counts = sequence_logprobs(full, batch.labels)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert counts.tolist() == want_counts.tolist()
+    assert counts.tolist() == [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
+
+
+@pytest.fixture(scope="module")
+def trained_dpo(tmp_path_factory, tiny_model_dir):
+    from rlaif.train.dpo import train_dpo
+
+    out = tmp_path_factory.mktemp("dpo")
+    return out, train_dpo(_cfg(tiny_model_dir, out, lr=5e-3))
+
+
+def test_dpo_margin_grows(trained_dpo):
+    out, summary = trained_dpo
+    assert summary["train_margin_last_steps"] > summary["train_margin_first_steps"] + 0.05
+    assert summary["test"]["rewards/margin"] > 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*lines)
+    for k in ("train/loss", "train/rewards/accuracy", "train/rewards/margin", "train/logps/chosen",
+              "train/logps/rejected", "eval/loss", "eval/rewards/accuracy"):
+        assert k in keys
+    assert (out / "ref_logps.pt").is_file()
+
+
+def test_dpo_policy_reloads_with_plain_transformers(trained_dpo, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = trained_dpo
+    model = AutoModelForCausalLM.from_pretrained(out)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    gen = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert gen.shape[1] == ids["input_ids"].shape[1] + 3
+    changed = any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values()))
+    assert changed, "training must change the weights"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust"])
+def test_other_losses_train(tmp_path, tiny_model_dir, loss_type):
+    from rlaif.train.dpo import train_dpo
+
+    s = train_dpo(_cfg(tiny_model_dir, tmp_path, max_steps=2, loss_type=loss_type, label_smoothing=0.1))
+    assert s["loss_type"] == loss_type and s["steps"] == 2
+    assert torch.isfinite(torch.tensor(s["test"]["loss"]))
+
+
+def test_frozen_reference_equals_precomputed(tmp_path, tiny_model_dir):
+    """reference=model and reference=precompute give the same first-step metrics."""
+    from rlaif.train.dpo import train_dpo
+
+    a = train_dpo(_cfg(tiny_model_dir, tmp_path / "a", max_steps=1, logging_steps=1))
+    b = train_dpo(_cfg(tiny_model_dir, tmp_path / "b", max_steps=1, logging_steps=1, reference="model"))
+    first = [json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0]) for d in ("a", "b")]
+    assert first[0]["train/loss"] == pytest.approx(first[1]["train/loss"], abs=1e-5)
+    assert a["test"]["loss"] == pytest.approx(b["test"]["loss"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train.dpo import train_dpo
+
+    common = ["max_steps=6", "save_steps=2", "lr=0.002", "batch_size=4", "warmup_ratio=0", "progress=false",
+              "logging_steps=1"]
+    cmd = [sys.executable, "-m", "rlaif.cli", "train", "dpo", "--data", str(ASSETS), "--model", tiny_model_dir,
+           "--out", str(tmp_path / "killed"), *common]
+    res = subprocess.run(cmd, env={**os.environ, KILL_ENV: "4"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert ckpts == ["step-2", "step-4"]
+    assert not (tmp_path / "killed" / "config.json").exists()
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "killed", max_steps=6, save_steps=2, logging_steps=1)
+    resumed = train_dpo(cfg)
+    assert resumed["resumed_from"] == 4 and resumed["steps"] == 6
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in x]
+    assert steps == list(range(1, 7))
+
+    straight = train_dpo(_cfg(tiny_model_dir, tmp_path / "straight", max_steps=6, logging_steps=1))
+    assert straight["steps"] == 6
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "killed").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "straight").state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_lora_run_saves_adapter_and_merged_model(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train.dpo import train_dpo
+
+    from rlaif.train.config import LoraOptions
+
+    s = train_dpo(_cfg(tiny_model_dir, tmp_path, max_steps=2, lr=1e-2, lora=LoraOptions(enabled=True, r=4, alpha=8)))
+    assert s["steps"] == 2
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert not any("lora" in k for k in model.state_dict())
