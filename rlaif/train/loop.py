@@ -187,6 +187,7 @@ def run_loop(cfg: TrainConfig, accelerator: Any, model: Any, pairs: list[Tokeniz
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.lr_schedule, int(cfg.warmup_ratio * total), total))
     model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces them in prepare
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
 
     start = 0
