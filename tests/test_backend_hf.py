@@ -139,6 +139,17 @@ def test_non_causal_model_is_a_user_error(tmp_path) -> None:
         HFBackend(BackendConfig(engine="hf", model=str(tmp_path)))
 
 
+def test_auto_engine_falls_back_to_hf_without_vllm(tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from rlaif.backends import load_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    backend = load_backend(BackendConfig(engine="auto", model=tiny_model_dir))
+    assert isinstance(backend, HFBackend) and backend.model_id == f"hf:{tiny_model_dir}"
+
+
 @pytest.mark.slow
 def test_embedded_model_answers_and_judges(embedded_model_dir: str) -> None:
     hf = HFBackend(BackendConfig(engine="hf", model="smollm2-135m", batch_size=8))

@@ -137,7 +137,13 @@ class VLLMBackend:
         from safetensors.torch import save
 
         blob = save({name: t.detach().to("cpu").contiguous() for name, t in named_tensors})
-        self.llm.collective_rpc("rlaif_load_weights", args=(blob,))
+        try:
+            self.llm.collective_rpc("rlaif_load_weights", args=(blob,))
+        except Exception as e:
+            if "rlaif_load_weights" in str(e):
+                raise RuntimeError("update_weights needs an LLM built by rlaif.backends.vllm.build_llm "
+                                   "(worker_extension_cls=rlaif.backends.vllm.WeightUpdateExtension)") from e
+            raise
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
