@@ -125,6 +125,21 @@ def test_greedy_matches_transformers_generate(tiny: HFBackend) -> None:
     assert got[0].completions[0].text == tiny.tokenizer.decode(ref, skip_special_tokens=True)
 
 
+def test_sampler_follows_softmax_and_top_p() -> None:
+    from rlaif.backends.hf import _sample
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0]).repeat(6000, 1)  # (B, V)
+    gens = [torch.Generator().manual_seed(i) for i in range(6000)]
+    want = torch.softmax(logits[0] / 0.7, -1)
+    got = torch.bincount(_sample(logits, SamplingParams(temperature=0.7), gens), minlength=5) / 6000
+    assert torch.allclose(got, want, atol=0.02) and got[4] == 0
+    # top_p=0.8 keeps the smallest head reaching 0.8: tokens 0 and 1 (p = 0.76, 0.18 at T=0.7)
+    gens = [torch.Generator().manual_seed(i) for i in range(6000)]
+    got = torch.bincount(_sample(logits, SamplingParams(temperature=0.7, top_p=0.8), gens), minlength=5) / 6000
+    head = want[:2] / want[:2].sum()
+    assert torch.allclose(got[:2], head, atol=0.02) and got[2:].sum() == 0
+
+
 def test_missing_model_path_is_a_user_error(tmp_path) -> None:
     with pytest.raises(UserError, match="no such folder"):
         HFBackend(BackendConfig(engine="hf", model=str(tmp_path / "nope")))

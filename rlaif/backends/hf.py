@@ -54,18 +54,25 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None]) -> torch.Tensor:
-    """One next token per row from (B, V) logits; row i draws only from ``generators[i]``."""
+    """One next token per row from (B, V) logits; row i draws only from ``generators[i]``.
+
+    Inverse-CDF sampling: u_i ~ U(0, 1) from row i's generator, token = first index whose
+    cumulative probability exceeds u_i * total (zero-probability tokens are never picked).
+    """
     if params.temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)  # (B, V)
+    order = None
     if params.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(dim=-1) - sorted_p < params.top_p  # always keeps the top token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    probs = probs.cpu()
-    return torch.stack([torch.multinomial(probs[i], 1, generator=g).squeeze(0)
-                        for i, g in enumerate(generators)]).to(logits.device)
+        probs, order = probs.sort(dim=-1, descending=True)
+        keep = probs.cumsum(dim=-1) - probs < params.top_p  # always keeps the top token
+        probs = probs * keep
+    cum = probs.cumsum(dim=-1)  # (B, V)
+    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(cum.device) * cum[:, -1]  # (B,)
+    idx = torch.searchsorted(cum, u.unsqueeze(-1), right=True).clamp(max=cum.shape[-1] - 1)  # (B, 1)
+    if order is not None:
+        idx = order.gather(-1, idx)
+    return idx.squeeze(-1)
 
 
 class HFBackend:
