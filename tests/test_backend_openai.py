@@ -112,6 +112,12 @@ def test_client_error_is_not_retried(server: Scripted) -> None:
     assert len(server.requests) == 1
 
 
+def test_non_json_answer_is_a_clear_error(server: Scripted) -> None:
+    server.script = [(200, "<html>captive portal</html>", {})]
+    with pytest.raises(UserError, match="not JSON: <html>captive portal"):
+        engine(server.url).chat([CONV], SamplingParams(), progress=False)
+
+
 def test_unreachable_server_is_a_clear_error() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(UserError, match="cannot reach .*is the server running"):

@@ -88,7 +88,11 @@ class OpenAIBackend:
         if response.status_code >= 400:
             raise UserError(self._scrub(f"openai engine: {self.url} answered {response.status_code}: "
                                         f"{_short(response.text)}"))
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise UserError(self._scrub(f"openai engine: {self.url} answered {response.status_code} with a "
+                                        f"body that is not JSON: {_short(response.text, 120)}")) from None
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = min(30.0, self.config.retry_backoff_s * 2 ** (state.attempt_number - 1))

@@ -81,9 +81,12 @@ class VLLMBackend:
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ValueError as e:  # e.g. a prompt longer than max_model_len
-            if "maximum model length" in str(e) or "max_model_len" in str(e):
-                raise UserError(f"{str(e).splitlines()[0]} (raise max_model_len or shorten the prompt)") from None
+        except ValueError as e:  # VLLMValidationError: e.g. a prompt longer than max_model_len
+            if type(e).__name__ == "VLLMValidationError" or "maximum model length" in str(e):
+                msg = str(e).splitlines()[0]
+                if "length" in msg:
+                    msg += " (raise max_model_len or shorten the prompt)"
+                raise UserError(f"vllm engine: {msg}") from None
             raise
 
     def chat(self, conversations: Sequence[Conversation], params: SamplingParams,
