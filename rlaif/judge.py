@@ -157,7 +157,8 @@ def _score_verdict(backend: Backend, rubric: Rubric, items: Sequence[JudgeItem],
         rows[requests[k].item]["failures"] += 1
 
 
-def _score_pairwise(backend: Backend, rubric: Rubric, requests: list[Request], rows: list[dict], progress: bool) -> None:
+def _score_pairwise(backend: Backend, rubric: Rubric, requests: list[Request], rows: list[dict],
+                    progress: bool) -> None:
     a, b = rubric.choices
     lps = backend.choice_logprobs([r.conversation for r in requests], rubric.choices,
                                   rubric.assistant_prefix, progress=progress)

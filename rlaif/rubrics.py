@@ -152,8 +152,8 @@ class Rubric:
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     """Sandboxed (no attribute tricks, no file access: there is no loader), strict undefined."""
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
-                                         keep_trailing_newline=False, loader=None)
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, loader=None,
+                                         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
 
 
 def fence(name: str, text: str) -> str:

@@ -96,7 +96,8 @@ def parse_verdict(text: str, schema: Mapping[str, Any], score_field: str, scale:
         errs = sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))
         if errs:
             field = ".".join(map(str, errs[0].path))
-            error = f"verdict does not match the schema: {('field ' + repr(field) + ': ') if field else ''}{errs[0].message}"
+            at = f"field {field!r}: " if field else ""
+            error = f"verdict does not match the schema: {at}{errs[0].message}"
             continue
         score = obj.get(score_field)
         if isinstance(score, bool) or not isinstance(score, (int, float)):

@@ -182,7 +182,7 @@ def chat_text(backend: Any, conversation: list[dict[str, str]], assistant_prefix
 
         return render_prompt(tokenizer, conversation, assistant_prefix)
     text = "\n".join(f"[{m['role']}]\n{m['content']}" for m in conversation)
-    return f"{text}\n[assistant]\n{assistant_prefix}" + "\n(messages as sent to the engine; it applies its own chat template)"
+    return f"{text}\n[assistant]\n{assistant_prefix}\n(messages as sent; the engine applies its chat template)"
 
 
 def _bar(p: float, width: int = 30) -> str:
@@ -196,10 +196,11 @@ def format_preview(rubric: Any, item: Any, row: dict[str, Any], inputs: list[tup
     out.append(f"=== verdict ({rubric.method}, judge {row['judge']}) ===")
     if rubric.method == "logprob":
         for i, (score, det) in enumerate(zip(row["scores"], row["details"])):
-            out.append(f"response {i}: expected score " + ("failed: " + det.get("error", "")
-                                                            if score is None else f"{score:.2f}"
-                                                            f" on [{row['scale'][0]}, {row['scale'][1]}]"
-                                                            f"  (probability mass on the scale tokens {det['mass']:.2f})"))
+            if score is None:
+                out.append(f"response {i}: failed: {det.get('error')}")
+                continue
+            out.append(f"response {i}: expected score {score:.2f} on [{row['scale'][0]}, {row['scale'][1]}]"
+                       f"  (probability mass on the scale tokens: {det['mass']:.2f})")
             for s, p in (det.get("distribution") or {}).items():
                 out.append(f"  {s}: {p:.3f} {_bar(p)}")
     elif rubric.method == "verdict":
