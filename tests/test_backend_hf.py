@@ -117,6 +117,21 @@ def test_length_stop_string_and_eos(tiny: HFBackend, tiny_model_dir: str) -> Non
     assert (comp.finish_reason, comp.num_tokens, comp.text) == ("stop", 1, "")
 
 
+def test_max_model_len_caps_each_row_alone(tiny: HFBackend, tiny_model_dir: str) -> None:
+    lengths = [g.prompt_tokens for g in tiny.chat(CONVS, SamplingParams(max_tokens=1), progress=False)]
+    capped = HFBackend(BackendConfig(engine="hf", model=tiny_model_dir, max_model_len=max(lengths) + 3))
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    gens = capped.chat(CONVS, params, progress=False)
+    longest = lengths.index(max(lengths))
+    assert (gens[longest].completions[0].num_tokens, gens[longest].completions[0].finish_reason) == (3, "length")
+    shortest = lengths.index(min(lengths))
+    assert gens[shortest].completions[0].num_tokens == min(8, max(lengths) + 3 - min(lengths))
+    assert _texts(gens)[shortest] == _texts(tiny.chat([CONVS[shortest]], params, progress=False))[0]
+    with pytest.raises(UserError, match="max_model_len"):
+        HFBackend(BackendConfig(engine="hf", model=tiny_model_dir, max_model_len=5)).chat(
+            CONVS[:1], params, progress=False)
+
+
 def test_greedy_matches_transformers_generate(tiny: HFBackend) -> None:
     ids = tiny.tokenizer.encode(render_prompt(tiny.tokenizer, CONVS[2]), add_special_tokens=False)
     with torch.inference_mode():

@@ -127,15 +127,15 @@ class HFBackend:
         """Sample one completion per row of one batch (rows share the KV cache loop)."""
         B = len(prompts)
         ids, mask = _left_pad(prompts, self.pad_id, self.device)
-        max_new = params.max_tokens
-        if self.config.max_model_len is not None:
-            max_new = min(max_new, self.config.max_model_len - max(len(p) for p in prompts))
+        # per-row budget, so a row's result never depends on its batch companions
+        room = [params.max_tokens if self.config.max_model_len is None
+                else min(params.max_tokens, self.config.max_model_len - len(p)) for p in prompts]
         out = self._forward(ids, mask)
         positions = mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
         tokens: list[list[int]] = [[] for _ in range(B)]
-        finish: list[str | None] = [None] * B
+        finish: list[str | None] = ["length" if r <= 0 else None for r in room]
         stop_text: list[str | None] = [None] * B  # text cut before a stop string
-        for _ in range(max(0, max_new)):
+        for _ in range(max(room)):
             nxt = _sample(out.logits[:, -1, :], params, generators).tolist()  # (B,)
             for i, t in enumerate(nxt):
                 if finish[i] is not None:
@@ -148,6 +148,8 @@ class HFBackend:
                     cut = min((text.find(s) for s in params.stop if s in text), default=-1)
                     if cut >= 0:
                         finish[i], stop_text[i] = "stop", text[:cut]
+                if finish[i] is None and len(tokens[i]) >= room[i]:
+                    finish[i] = "length"
             if all(f is not None for f in finish):
                 break
             # finished rows keep stepping (masked tokens are cheap at this size) so shapes stay (B, 1)
@@ -159,7 +161,7 @@ class HFBackend:
         for i in range(B):
             body = tokens[i][:-1] if tokens[i] and tokens[i][-1] in self.eos_ids else tokens[i]
             text = stop_text[i] if stop_text[i] is not None else self.tokenizer.decode(body, skip_special_tokens=True)
-            comps.append(Completion(text=text, num_tokens=len(tokens[i]), finish_reason=finish[i] or "length"))
+            comps.append(Completion(text=text, num_tokens=len(tokens[i]), finish_reason=finish[i] or "length"))  # type: ignore[arg-type]
         return comps
 
     # -- Backend ---------------------------------------------------------------------------
