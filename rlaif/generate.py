@@ -79,7 +79,8 @@ def generate_candidates(backend: Backend, prompts: Sequence[Prompt], params: Sam
         # The whole chunk is re-sent (not just its missing rows) so the engine sees the same batch.
         batch = [prompts[i] for i in block]
         seeds = [prompt_seed(seed, p.id) for p in batch]
-        outputs = backend.chat([p.messages for p in batch], params, seeds=seeds, progress=False)
+        # The engine's own bar shows progress and tokens/s inside a chunk.
+        outputs = backend.chat([p.messages for p in batch], params, seeds=seeds, progress=progress)
         for p, s, gen in zip(batch, seeds, outputs):
             if stage.done(p.id):
                 continue
