@@ -1,0 +1,166 @@
+"""Training throughput, rlaif vs TRL (RewardTrainer, DPOTrainer), side by side in one process.
+
+Same model (the embedded SmolLM2-135M-Instruct), same preference pairs, batch size, max length,
+precision (fp32, CPU), one epoch each; the first optimizer step is warm-up and is not timed.
+Tokens/s counts real (non-padding) tokens of prompt+chosen and prompt+rejected per second of
+optimizer-step wall time. Both DPO runs precompute the reference log-probs before training
+(not timed), so each step is one policy forward+backward in both.
+
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/train.py [--pairs 32] [--batch-size 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "tests" / "assets" / "prefs" / "train.jsonl"
+
+
+def make_data(out: Path, pairs: int, seed: int = 0) -> list[dict]:
+    """Pairs of varied length (about 40-400 tokens): asset answers repeated 1-8 times."""
+    rng = random.Random(seed)
+    base = [json.loads(x) for x in ASSETS.read_text().splitlines()]
+    rows = []
+    for i in range(pairs):
+        r = base[i % len(base)]
+        good, bad = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        rows.append({"prompt": r["prompt"],
+                     "chosen": [{"role": "assistant", "content": " ".join([good] * rng.randint(1, 8))}],
+                     "rejected": [{"role": "assistant", "content": " ".join([bad] * rng.randint(1, 8))}]})
+    (out / "preferences").mkdir(parents=True)
+    (out / "preferences" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def rlaif_run(kind: str, data: Path, model: str, out: Path, args: argparse.Namespace) -> dict:
+    from rlaif.train.config import DPOConfig, RMConfig
+
+    common = dict(data=str(data), model=model, out=str(out), batch_size=args.batch_size, epochs=1,
+                  max_length=args.max_length, max_prompt_length=args.max_length // 2, precision="fp32",
+                  save_steps=0, logging_steps=1, progress=False, resume=False)
+    t0 = time.perf_counter()
+    if kind == "rm":
+        from rlaif.train.rm import train_rm
+
+        summary = train_rm(RMConfig(**common, lr=1e-5))
+    else:
+        from rlaif.train.dpo import train_dpo
+
+        summary = train_dpo(DPOConfig(**common, lr=1e-6))
+    wall = time.perf_counter() - t0
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    timed = steps[1:]
+    return {"tokens_per_s": sum(s["train/tokens"] for s in timed) / sum(s["train/step_time"] for s in timed),
+            "steps": len(steps), "padding": summary["padding_fraction"], "wall_s": wall}
+
+
+class _Counting:
+    """Wraps TRL's collator to count real tokens and padding per batch."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.tokens, self.padded = inner, [], []
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        mask = batch["attention_mask"]
+        self.tokens.append(int(mask.sum()))
+        self.padded.append(int(mask.numel() - mask.sum()))
+        return batch
+
+
+def trl_run(kind: str, rows: list[dict], model_dir: str, out: Path, args: argparse.Namespace) -> dict:
+    from datasets import Dataset
+    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                              TrainerCallback)
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    common = dict(output_dir=str(out), per_device_train_batch_size=args.batch_size, num_train_epochs=1,
+                  max_length=args.max_length, bf16=False, use_cpu=True, report_to=[], save_strategy="no",
+                  logging_steps=10_000, gradient_checkpointing=False, dataloader_num_workers=0, seed=0)
+    dataset = Dataset.from_list(rows)
+    if kind == "rm":
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tok.pad_token_id
+        trainer = RewardTrainer(model=model, args=RewardConfig(**common, learning_rate=1e-5),
+                                train_dataset=dataset, processing_class=tok, callbacks=[Timer()])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        trainer = DPOTrainer(model=model, args=DPOConfig(**common, learning_rate=1e-6, beta=0.1,
+                                                         precompute_ref_log_probs=True),
+                             train_dataset=dataset, processing_class=tok, callbacks=[Timer()])
+    counter = _Counting(trainer.data_collator)
+    trainer.data_collator = counter
+    trainer.train()
+    wall = time.perf_counter() - t0
+    # precomputed reference passes (DPO) also go through the collator: the training batches are the last ones
+    tokens, padded = counter.tokens[-len(times):], counter.padded[-len(times):]
+    return {"tokens_per_s": sum(tokens[1:]) / sum(times[1:]), "steps": len(times),
+            "padding": sum(padded) / (sum(tokens) + sum(padded)), "wall_s": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--only", choices=["rm", "dpo"], default=None)
+    args = parser.parse_args()
+
+    import transformers
+    import trl
+
+    from rlaif.models import resolve_model
+
+    model = resolve_model("smollm2-135m")
+    tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-train-"))
+    try:
+        rows = make_data(tmp / "data", args.pairs)
+        results = {}
+        for kind in ("rm", "dpo") if args.only is None else (args.only,):
+            torch.manual_seed(0)
+            # alternate who goes first, so drift on a shared machine does not favour one side
+            order = ("rlaif", "trl") if kind == "rm" else ("trl", "rlaif")
+            for who in order:
+                out = tmp / f"{who}-{kind}"
+                res = (rlaif_run(kind, tmp / "data", model, out, args) if who == "rlaif"
+                       else trl_run(kind, rows, model, out, args))
+                results[(kind, who)] = res
+                print(f"{kind} {who}: {json.dumps(res)}", flush=True)
+        print(f"\nSmolLM2-135M-Instruct, CPU fp32 ({torch.get_num_threads()} threads), {args.pairs} pairs, "
+              f"batch {args.batch_size} pairs, max_length {args.max_length}; torch {torch.__version__}, "
+              f"transformers {transformers.__version__}, trl {trl.__version__}\n")
+        print("| trainer | rlaif tokens/s | TRL tokens/s | ratio | rlaif padding | TRL padding | steps |")
+        print("|---|---|---|---|---|---|---|")
+        for kind in ("rm", "dpo"):
+            if (kind, "rlaif") not in results:
+                continue
+            a, b = results[(kind, "rlaif")], results[(kind, "trl")]
+            print(f"| {kind} | {a['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
+                  f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x | {a['padding']:.1%} | {b['padding']:.1%} | "
+                  f"{a['steps']} / {b['steps']} |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
