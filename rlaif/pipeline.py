@@ -212,6 +212,8 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
         raise UserError("option 'prompts': give a prompt file (--prompts FILE)")
     check_options(cfg)
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
+    if cfg.n == 1:
+        _log("generate: n=1 gives one candidate per prompt, so no pairs can be built from it")
     model_dir = resolve_backend_model(cfg.policy)
     if model_dir is not None:
         from rlaif.generate import check_prompt_lengths
@@ -352,7 +354,9 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     write_jsonl(out / "preferences" / "train.jsonl", train)
     write_jsonl(out / "preferences" / "test.jsonl", test)
     counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
-    state.update("build", done=True, counts=counts, rubrics=list(rubric_names),
+    models = {"policy": "+".join(dict.fromkeys(c["policy"] for c in candidates)),
+              "judge": "+".join(dict.fromkeys(j["judge"] for j in judgements if j["rubric"] in rubric_names))}
+    state.update("build", done=True, counts=counts, rubrics=list(rubric_names), models=models,
                  config={k: v for k, v in asdict(cfg).items() if k in BuildConfig.__dataclass_fields__},
                  timings={"seconds": round(time.perf_counter() - start, 3)})
     manifest = assemble_manifest(state)
@@ -383,7 +387,8 @@ def assemble_manifest(state: RunState) -> dict[str, Any]:
     return {
         "format": "rlaif-preferences/1",
         "versions": package_versions(),
-        "models": {"policy": state.stage("generate").get("model_id"), "judge": state.stage("judge").get("model_id")},
+        "models": {role: state.stage(stage).get("model_id") or state.stage("build").get("models", {}).get(role)
+                   for role, stage in (("policy", "generate"), ("judge", "judge"))},
         "seeds": {"seed": next((st["config"]["seed"] for st in stages.values() if "config" in st), None),
                   "per_prompt_seed": "first 31 bits of sha256('{seed}:{prompt id}')"},
         "stages": stages,
