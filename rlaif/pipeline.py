@@ -410,7 +410,10 @@ def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
     if cfg.overwrite:
         clear_outputs(out, [n for s in stages for n in STAGE_OUTPUTS[s]] + ["manifest.json"])
     out.mkdir(parents=True, exist_ok=True)
-    return RunState(out)
+    state = RunState(out)
+    if cfg.overwrite:
+        state.forget(*stages)
+    return state
 
 
 def _candidates_fp(rows: list[dict]) -> str:

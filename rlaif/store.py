@@ -146,15 +146,15 @@ class RunState:
 
 
 def clear_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
-    """For ``overwrite=true``: remove the named outputs and the partial state of ``out_dir``."""
+    """For ``overwrite=true``: remove the named outputs (files or folders) of ``out_dir`` and their
+    partial files in ``DIR/.rlaif/``; the caller forgets those stages in `RunState`."""
     out = Path(out_dir)
     for name in names:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+        for p in (out / name, out / PARTIAL_DIR / name):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:

@@ -148,7 +148,14 @@ def test_rerun_with_other_settings_refused_and_overwrite_starts_over(tmp_path, c
     before = snapshot(out)
     assert main(base) == 0  # same settings: every stage skipped, same files
     assert snapshot(out) == before
+    # `build --overwrite` in the same folder redoes only the build: earlier stages stay resumable
+    assert main(["build", "--judgements", str(out / "judgements.jsonl"), "--out", str(out), "--overwrite",
+                 "strategy=all-pairs", "progress=false"]) == 0
+    assert snapshot(out)["preferences/train.jsonl"] != before["preferences/train.jsonl"]
     capsys.readouterr()
+    assert main(base) == 0
+    assert "generate: already done" in capsys.readouterr().err
+    assert snapshot(out) == before
     assert main([*base, "n=2"]) == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "overwrite=true" in err and err.count("\n") == 1
