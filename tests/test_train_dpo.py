@@ -87,6 +87,7 @@ def test_other_losses_train(tmp_path, tiny_model_dir, loss_type):
     assert torch.isfinite(torch.tensor(s["test"]["loss"]))
 
 
+@pytest.mark.slow
 def test_frozen_reference_equals_precomputed(tmp_path, tiny_model_dir):
     """reference=model and reference=precompute give the same first-step metrics."""
     from rlaif.train.dpo import train_dpo
@@ -129,6 +130,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny_mode
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_lora_run_saves_adapter_and_merged_model(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

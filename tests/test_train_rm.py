@@ -1,8 +1,6 @@
 """Reward model: score at the last real token, training on a separable set, reload, scoring API."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -87,7 +85,7 @@ def test_trained_rm_reloads_with_plain_transformers(trained_rm):
     assert torch.allclose(hf, ours, atol=1e-5)
 
 
-def test_score_function_and_cli(trained_rm, tmp_path):
+def test_score_function_and_cli(trained_rm, tmp_path, capsys):
     from rlaif.train.score import score
 
     out, _ = trained_rm
@@ -105,10 +103,11 @@ def test_score_function_and_cli(trained_rm, tmp_path):
         {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
         {"prompt": rows[0].prompt, "chosen": rows[0].chosen, "rejected": rows[0].rejected},
     ]) + "\n")
-    res = subprocess.run([sys.executable, "-m", "rlaif.cli", "rm", "score", "--model", str(out), "--data", str(data),
-                          "device=cpu"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    from rlaif.cli import main
+
+    assert main(["rm", "score", "--model", str(out), "--data", str(data), "device=cpu"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(x) for x in captured.out.splitlines()]
     assert isinstance(lines[0]["score"], float)
     assert lines[1]["reward_chosen"] == pytest.approx(chosen[0], abs=1e-4)
-    assert "pairwise accuracy" in res.stderr
+    assert "pairwise accuracy" in captured.err

@@ -188,12 +188,15 @@ def tokenize_pair(tokenizer: Any, row: PreferenceRow, max_length: int, max_promp
     return TokenizedPair(p, c, r, margin=row.margin, index=index)
 
 
-def tokenize_rows(tokenizer: Any, rows: list[PreferenceRow], max_length: int, max_prompt_length: int
-                  ) -> tuple[list[TokenizedPair], TruncationStats]:
+def tokenize_rows(tokenizer: Any, rows: list[PreferenceRow], max_length: int, max_prompt_length: int,
+                  progress: bool = False) -> tuple[list[TokenizedPair], TruncationStats]:
+    from tqdm.auto import tqdm
+
     if max_prompt_length >= max_length:
         raise UserError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length})")
     stats = TruncationStats()
-    pairs = [tokenize_pair(tokenizer, row, max_length, max_prompt_length, stats, i) for i, row in enumerate(rows)]
+    pairs = [tokenize_pair(tokenizer, row, max_length, max_prompt_length, stats, i)
+             for i, row in enumerate(tqdm(rows, desc="tokenizing", disable=not progress or len(rows) < 1000))]
     return pairs, stats
 
 

@@ -196,8 +196,9 @@ def run_loop(cfg: TrainConfig, accelerator: Any, model: Any, pairs: list[Tokeniz
         accelerator.load_state(str(existing[-1]))
         start = json.loads((existing[-1] / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resuming from {existing[-1]} (step {start} of {total})")
-    elif existing and accelerator.is_main_process:
-        shutil.rmtree(out / "checkpoints")
+    elif accelerator.is_main_process:  # a fresh start: old checkpoints and logs would mislead
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
 
     log = MetricsLog(out, accelerator.is_main_process)
     cached_epoch: tuple[int, list[list[int]]] = (-1, [])

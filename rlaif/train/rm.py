@@ -99,7 +99,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     splits = load_splits(cfg.data)
     base = resolve_model(cfg.model)
     tokenizer = load_tokenizer(base)
-    train, stats = tokenize_rows(tokenizer, splits["train"], cfg.max_length, cfg.max_prompt_length)
+    train, stats = tokenize_rows(tokenizer, splits["train"], cfg.max_length, cfg.max_prompt_length, cfg.progress)
     test, test_stats = tokenize_rows(tokenizer, splits.get("test", []), cfg.max_length, cfg.max_prompt_length)
     accelerator = make_accelerator(cfg)
     accelerator.print(f"train: {stats.summary()}; test: {test_stats.summary()}")
