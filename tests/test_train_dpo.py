@@ -23,7 +23,7 @@ def _cfg(tiny_model_dir, out, **kw):
     return DPOConfig(**{**base, **kw})
 
 
-def test_response_logprobs_with_logits_to_keep_is_exact(tiny_model_dir):
+def test_response_logprobs_on_selected_positions_is_exact(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlaif.train.dpo import response_logprobs

@@ -7,8 +7,8 @@ The reference is the starting policy. By default (``reference=precompute``) its 
 computed once, before training, with the very model about to be trained, and cached in
 ``out/ref_logps.pt``: no second model in memory, and a resumed run reuses the cache.
 ``reference=model`` keeps a frozen copy instead (with LoRA: the base with the adapter switched off).
-Chosen and rejected rows share one forward pass; logits are computed only from the first
-response position on (``logits_to_keep``), not over the prompt.
+Chosen and rejected rows share one forward pass; the LM head runs only at positions that
+predict a response token (not over prompt or padding), as TRL's fused head also does.
 """
 
 from __future__ import annotations
@@ -22,24 +22,38 @@ from typing import Any
 import torch
 
 from rlaif.errors import UserError
-from rlaif.train.data import Batch, TokenizedPair, load_splits, tokenize_rows
+from rlaif.train.data import IGNORE_INDEX, Batch, TokenizedPair, load_splits, tokenize_rows
 from rlaif.train.config import DPOConfig
 from rlaif.train.loop import (already_finished, batched_eval, load_tokenizer, make_accelerator,
                               position_ids, prepare_model, run_loop, save_final)
-from rlaif.train.losses import dpo_loss, sequence_logprobs
+from rlaif.train.losses import dpo_loss
 
 
 def response_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of each row's response tokens and their count, shapes (2B,), (2B,).
 
-    Only positions from the shortest prompt on get logits: (2B, keep, V) instead of (2B, T, V).
+    The LM head runs only on positions that predict a response token: a pre-hook on the output
+    layer gathers those M hidden states, so logits are (M, V), not (2B, T, V) over prompt and
+    padding as well. The model's own forward still runs (DDP/FSDP/peft wrappers work as usual).
     """
-    width = batch.input_ids.shape[1]
-    first_label = int((batch.labels != -100).int().argmax(-1).min())  # earliest response token
-    keep = width - first_label + 1
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=position_ids(batch.attention_mask), logits_to_keep=keep, use_cache=False)
-    return sequence_logprobs(out.logits, batch.labels[:, width - keep:])
+    predicts = batch.labels[:, 1:] != IGNORE_INDEX                     # (2B, T-1): position t -> label t+1
+    select = torch.nn.functional.pad(predicts, (0, 1))                  # (2B, T)
+    targets = batch.labels[:, 1:][predicts]                             # (M,), row-major like select
+
+    def gather(_module: Any, args: tuple) -> tuple:
+        return (args[0][select].unsqueeze(0), *args[1:])                # (1, M, H)
+
+    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=position_ids(batch.attention_mask), logits_to_keep=0, use_cache=False)
+    finally:
+        handle.remove()
+    logits = out.logits[0]                                              # (M, V)
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float() - torch.logsumexp(logits.float(), -1)
+    rows = select.nonzero()[:, 0]
+    logps = torch.zeros(select.shape[0], device=logits.device).index_add(0, rows, token_logps)
+    return logps, predicts.sum(-1)
 
 
 def reference_logprobs(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_token_id: int,
