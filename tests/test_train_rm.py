@@ -111,3 +111,17 @@ def test_score_function_and_cli(trained_rm, tmp_path, capsys):
     assert isinstance(lines[0]["score"], float)
     assert lines[1]["reward_chosen"] == pytest.approx(chosen[0], abs=1e-4)
     assert "pairwise accuracy" in captured.err
+
+
+@pytest.mark.slow
+def test_rm_with_lora_saves_a_merged_model(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlaif.train.config import LoraOptions
+    from rlaif.train.rm import train_rm
+
+    s = train_rm(RMConfig(data=str(ASSETS), model=tiny_model_dir, out=str(tmp_path), lr=1e-2, max_steps=2,
+                          batch_size=8, save_steps=0, progress=False, lora=LoraOptions(enabled=True, r=4, alpha=8)))
+    assert s["steps"] == 2 and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert not any("lora" in k or "modules_to_save" in k for k in model.state_dict())
