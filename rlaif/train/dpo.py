@@ -102,7 +102,7 @@ class DPOObjective:
                 return response_logprobs(policy, batch)[0]
 
     def __call__(self, model: Any, batch: Batch, table: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg
         table = self.ref_table if table is None else table
         logps, counts = response_logprobs(model, batch)
@@ -114,10 +114,9 @@ class DPOObjective:
         loss = losses.mean()
         reward_c, reward_r = cfg.beta * (pc - rc).detach(), cfg.beta * (pr - rr).detach()
         return loss, {
-            "loss": loss.item(), "rewards/accuracy": (reward_c > reward_r).float().mean().item(),
-            "rewards/margin": (reward_c - reward_r).mean().item(), "rewards/chosen": reward_c.mean().item(),
-            "rewards/rejected": reward_r.mean().item(), "logps/chosen": pc.mean().item(),
-            "logps/rejected": pr.mean().item(),
+            "loss": loss, "rewards/accuracy": (reward_c > reward_r).float().mean(),
+            "rewards/margin": (reward_c - reward_r).mean(), "rewards/chosen": reward_c.mean(),
+            "rewards/rejected": reward_r.mean(), "logps/chosen": pc.detach().mean(), "logps/rejected": pr.detach().mean(),
         }
 
 
@@ -135,7 +134,7 @@ def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair]
             _, metrics = objective(model, batch, table)
         k = len(batch.indices)
         for name, v in metrics.items():
-            totals[name] = totals.get(name, 0.0) + v * k
+            totals[name] = totals.get(name, 0.0) + float(v) * k
         n += k
     return {name: v / max(n, 1) for name, v in totals.items()}
 

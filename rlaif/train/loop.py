@@ -126,7 +126,7 @@ def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int) -> Path:
 
 # ----------------------------------------------------------------------------- the loop
 
-LossFn = Callable[[Any, Batch], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[Any, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # metrics: 0-d tensors
 EvalFn = Callable[[Any], dict[str, float]]
 
 
@@ -232,11 +232,13 @@ def run_loop(cfg: TrainConfig, accelerator: Any, model: Any, pairs: list[Tokeniz
                     loss, metrics = loss_fn(model, batch)
                 accelerator.backward(loss / cfg.grad_accum)
             for name, v in metrics.items():
-                sums[name] = sums.get(name, 0.0) + v / cfg.grad_accum
+                sums[name] = sums.get(name, 0.0) + v.detach().float() / cfg.grad_accum
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        values = torch.stack(list(sums.values())).tolist()  # one device sync per step, not per metric
+        sums = dict(zip(sums, values))
         real_sum, pad_sum = real_sum + real, pad_sum + padded
         entry = {**sums, "lr": scheduler.get_last_lr()[0], "tokens": float(real),
                  "padding_fraction": padded / max(real + padded, 1), "step_time": time.perf_counter() - t0}

@@ -56,13 +56,13 @@ def reward_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     return per_position[rows, last_real_index(attention_mask)].float()
 
 
-def rm_step(model: Any, batch: Batch, cfg: RMConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def rm_step(model: Any, batch: Batch, cfg: RMConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     rewards = reward_scores(model, batch.input_ids, batch.attention_mask)
     r_c, r_r = rewards.chunk(2)
     margin = cfg.margin_coef * batch.margins if cfg.margin_coef else None
     loss = bradley_terry_loss(r_c, r_r, margin, cfg.center_coef).mean()
-    return loss, {"loss": loss.item(), "accuracy": (r_c > r_r).float().mean().item(),
-                  "margin": (r_c - r_r).mean().item(), "reward_mean": rewards.mean().item()}
+    return loss, {"loss": loss, "accuracy": (r_c > r_r).float().mean(), "margin": (r_c - r_r).mean(),
+                  "reward_mean": rewards.mean()}
 
 
 def load_reward_model(path: str, pad_token_id: int) -> Any:
