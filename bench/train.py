@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--only", choices=["rm", "dpo"], default=None)
+    parser.add_argument("--model", default="smollm2-135m", help="alias or local folder (a tiny one to smoke-test)")
     args = parser.parse_args()
 
     import transformers
@@ -131,7 +132,7 @@ def main() -> None:
 
     from rlaif.models import resolve_model
 
-    model = resolve_model("smollm2-135m")
+    model = resolve_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-train-"))
     try:
         rows = make_data(tmp / "data", args.pairs)
