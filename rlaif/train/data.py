@@ -143,8 +143,12 @@ class TruncationStats:
         return self.prompt_truncated + self.response_truncated
 
     def summary(self) -> str:
-        return (f"{self.pairs} pairs; prompt truncated in {self.prompt_truncated}, a response truncated "
+        text = (f"{self.pairs} pairs; prompt truncated in {self.prompt_truncated}, a response truncated "
                 f"in {self.response_truncated}; none dropped")
+        if self.boundary_mismatch:
+            text += (f"; in {self.boundary_mismatch} the templated prompt is not a prefix of the templated "
+                     f"conversation (the response starts where they diverge)")
+        return text
 
 
 def _ids(encoded: Any) -> list[int]:
