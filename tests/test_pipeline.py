@@ -301,3 +301,12 @@ def test_txt_prompts_through_generate(tmp_path):
     rows = read_jsonl(out / "candidates.jsonl", CANDIDATE_SCHEMA)
     assert len(rows) == 2 and all(n <= 5 for r in rows for n in r["num_tokens"])
     assert rows[0]["seed"] != rows[1]["seed"]  # per-prompt seeds
+
+
+def test_token_chunks_keep_prefill_within_budget():
+    from rlaif.generate import token_chunks
+
+    # n=2, budget 100: 10+20 -> 60 tokens; adding 30 (x2) would exceed it
+    assert token_chunks([10, 20, 30, 40, 5], 2, 64, 100) == [range(0, 2), range(2, 3), range(3, 5)]
+    assert token_chunks([10, 20, 30, 40, 5], 1, 2, 1000) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert token_chunks([500], 4, 64, 100) == [range(0, 1)]  # a long prompt still goes, alone
