@@ -2,7 +2,7 @@
 
 Usage:
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/backends.py [--prompts 24] [--n 4]
-        [--max-tokens 64] [--rounds 3] [--hf-prompts 24] [--gpu-memory-utilization 0.4]
+        [--max-tokens 64] [--rounds 3] [--hf-prompts 24] [--gpu-memory-utilization 0.2]
 
 Same prompts, model (the embedded SmolLM2-135M-Instruct unless --model), sampling settings and
 seed for every engine. Raw vLLM and rlaif's vllm engine share ONE ``vllm.LLM`` (rlaif's engine
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hf-prompts", type=int, default=24, help="prompts for the (slow) hf engine; 0 skips it")
-    ap.add_argument("--gpu-memory-utilization", type=float, default=0.4)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
     args = ap.parse_args()
 
     import vllm
@@ -76,14 +76,16 @@ def main() -> None:
         "rlaif vllm (one seed)": lambda: ours(None),
         "rlaif vllm (per-conversation seeds)": lambda: ours(list(range(len(convs)))),
     }
-    for fn in runs.values():  # warm-up
-        fn()
+    for name, fn in runs.items():  # warm-up
+        seconds, tokens = timed(fn)
+        print(f"warm-up {name}: {tokens} tokens in {seconds:.1f} s", flush=True)
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():
             llm.reset_prefix_cache()  # every run starts cold, as the raw call would
             seconds, tokens = timed(fn)
             rates[name].append(tokens / seconds)
+            print(f"{name}: {tokens} tokens in {seconds:.1f} s", flush=True)
     engine.close()
 
     results = {name: statistics.median(r) for name, r in rates.items()}

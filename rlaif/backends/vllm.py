@@ -81,8 +81,9 @@ class VLLMBackend:
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ValueError as e:  # VLLMValidationError: e.g. a prompt longer than max_model_len
-            if type(e).__name__ == "VLLMValidationError" or "maximum model length" in str(e):
+        except Exception as e:  # VLLMValidationError: e.g. a prompt longer than max_model_len
+            if type(e).__name__ == "VLLMValidationError" or (isinstance(e, ValueError)
+                                                             and "maximum model length" in str(e)):
                 msg = str(e).splitlines()[0]
                 if "length" in msg:
                     msg += " (raise max_model_len or shorten the prompt)"
