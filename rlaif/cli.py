@@ -56,12 +56,31 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type | Non
         parser.epilog = "config options (key=value or in --config YAML):\n" + describe_config(config_cls)
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """Lets options and ``key=value`` overrides come in any order (``--prompts F n=2 --out D``).
+
+    Plain argparse stops filling a ``nargs="*"`` positional once an option follows it. Parsers
+    that own sub-commands parse normally (argparse cannot intermix those).
+    """
+
+    _inside = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        if self._inside or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlaif", description="Reinforcement learning from AI feedback: make preference data "
         "with a judge model and train on it.")
     parser.add_argument("--version", action="version", version=f"rlaif {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=IntermixedParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

@@ -48,3 +48,24 @@ def test_bad_type_and_bad_yaml(tmp_path):
     f.write_text("n: 1\n  x: [\n")
     with pytest.raises(UserError, match=r"bad.yaml:\d+: invalid YAML"):
         load_config(Outer, f)
+
+
+def test_float_accepts_yaml11_exponent_strings(tmp_path):
+    @dataclass
+    class Opt:
+        lr: float = 1.0
+
+    assert load_config(Opt, None, ["lr=1e-5"]).lr == 1e-5
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 3e-4\n")
+    assert load_config(Opt, f).lr == 3e-4
+
+
+def test_overrides_may_follow_options():
+    from rlaif.cli import build_parser
+
+    args = build_parser().parse_args(["rubric", "calibrate", "helpfulness", "--min-agreement", "0.5",
+                                      "judge.engine=fake", "seed=3"])
+    assert args.overrides == ["judge.engine=fake", "seed=3"] and args.min_agreement == 0.5
+    args = build_parser().parse_args(["train", "rm", "--data", "D", "lr=1e-5", "--out", "O"])
+    assert "lr=1e-5" in args.overrides

@@ -34,27 +34,10 @@ class RubricCommandConfig:
     max_retries: int = field(default=2, metadata={"help": "verdict method: re-asks of an invalid reply"})
 
 
-class _IntermixedParser(argparse.ArgumentParser):
-    """Lets ``key=value`` overrides follow options (``preview R --prompt X judge.engine=hf``):
-    plain argparse stops filling positionals once an option has been seen."""
-
-    _inner = False
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        if self._inner:
-            return super().parse_known_args(args, namespace)
-        self._inner = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inner = False
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     rubric = sub.add_parser("rubric", help="lint, preview and calibrate rubrics",
                             description="Edit a rubric and see at once what the judge does with it.")
-    verbs = rubric.add_subparsers(dest="rubric_verb", metavar="lint|preview|calibrate",
-                                  parser_class=_IntermixedParser)
+    verbs = rubric.add_subparsers(dest="rubric_verb", metavar="lint|preview|calibrate")
 
     lint = verbs.add_parser("lint", help="check rubric files (schema, template, variables, scale, rendering)",
                             description="Check rubric files; errors print as file:line: message; exit 1 on "
