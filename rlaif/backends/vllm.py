@@ -26,6 +26,23 @@ if TYPE_CHECKING:
     import vllm
 
 
+def _cpu_without_bf16() -> bool:
+    """True on an x86 CPU machine without native bf16 (no AVX512-BF16/AMX), e.g. AVX2-only EPYC:
+    there vLLM's bf16 matmuls fall back to a slow path and float32 is several times faster."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available() or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" not in flags and "amx_bf16" not in flags
+
+
 def build_llm(config: BackendConfig) -> "vllm.LLM":
     """A ``vllm.LLM`` for ``config`` (the model name is resolved to a local folder first)."""
     path = resolve_model(config.model)
@@ -41,6 +58,8 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
     )
     if config.dtype != "auto":
         kwargs["dtype"] = config.dtype
+    elif _cpu_without_bf16():
+        kwargs["dtype"] = "float32"
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
     return LLM(**kwargs)
