@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml Makefile
 # Rerunning resumes/skips finished stages; add DEMO_ARGS=--overwrite to start over.
 demo: $(STAMP)
 	$(VENV)/bin/rlaif run --prompts prompts/demo.jsonl --rubric helpfulness --rubric honesty \
-		--out outputs/demo $(DEMO_ARGS)
+		--out outputs/demo n=4 max_tokens=128 $(DEMO_ARGS)
 	@echo "demo done: preference dataset in outputs/demo/preferences/, report in outputs/demo/report.html"
 
 test: $(STAMP)
