@@ -35,6 +35,10 @@ def serve_vllm(model_dir: str, served_name: str, timeout_s: float = 240.0,
            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
            "--gpu-memory-utilization", str(gpu_memory_utilization), "--enforce-eager",
            "--max-model-len", "2048"]
+    from rlaif.backends.vllm import _cpu_without_bf16
+
+    if _cpu_without_bf16():
+        cmd += ["--dtype", "float32"]  # bf16 matmuls are ~7x slower on CPUs without native bf16
     log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
