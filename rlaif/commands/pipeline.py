@@ -98,27 +98,10 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-class _IntermixedParser(argparse.ArgumentParser):
-    """Lets flags and key=value overrides come in any order (``--prompts F n=2 --out D seed=1``);
-    plain argparse stops collecting the positional overrides at the first flag after them."""
-
-    _inside = False
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._inside:
-            return super().parse_known_args(args, namespace)
-        self._inside = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inside = False
-
-
 def add_parsers(subparsers: Any) -> None:
     # Config classes live in rlaif.pipeline, which imports only light modules (no torch/vllm at import).
     from rlaif.pipeline import BuildConfig, GenerateConfig, JudgeConfig, RunConfig
 
-    default_class, subparsers._parser_class = subparsers._parser_class, _IntermixedParser
     specs = [("run", RunConfig, _run), ("generate", GenerateConfig, _generate),
              ("judge", JudgeConfig, _judge), ("build", BuildConfig, _build)]
     for verb, cls, func in specs:
@@ -141,4 +124,3 @@ def add_parsers(subparsers: Any) -> None:
         if verb == "run":
             p.epilog += JUDGE_INHERITS
         p.set_defaults(func=func)
-    subparsers._parser_class = default_class
