@@ -15,7 +15,6 @@ import pytest
 
 from rlaif.backends.fake import FakeBackend
 from rlaif.cli import main
-from rlaif.errors import UserError
 from rlaif.pipeline import Engines, RunConfig, run_all
 from rlaif.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
 from rlaif.backends.base import BackendConfig
