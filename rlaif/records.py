@@ -169,15 +169,26 @@ def _prompt_from_row(row: Any, path: Path, line: int, schema: dict[str, Any], co
     return Prompt(pid, messages, metadata, f"{path}:{line}"), row
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | Path, objects_only: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSONL file.
+
+    A missing file, a malformed line, or (with ``objects_only``) a line that is not a JSON object
+    is a one-line UserError naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                yield line_no, json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{where(path, line_no)}malformed JSON ({e.msg} at column {e.colno})") from None
+            if objects_only and not isinstance(value, dict):
+                raise UserError(f"{where(path, line_no)}expected a JSON object")
+            yield line_no, value
 
 
 def _dataset_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -219,7 +230,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     elif path.suffix in (".parquet", ".json"):
         yield from _dataset_rows(path)
     else:
-        yield from _jsonl_rows(path)
+        yield from iter_jsonl(path)
 
 
 def _check_unique(prompts: list[Prompt], path: Path) -> None:
@@ -266,10 +277,8 @@ def read_candidates(path: str | Path, prompt_column: str = "prompt") -> list[dic
 
 def read_jsonl(path: str | Path, schema: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Read a JSONL file written by the pipeline, validating each row against ``schema``."""
-    if not Path(path).is_file():
-        raise UserError(f"{path}: file not found")
     rows = []
-    for line, row in _jsonl_rows(Path(path)):
+    for line, row in iter_jsonl(path):
         if schema is not None:
             validate(row, schema, path, line)
         rows.append(row)

@@ -135,7 +135,7 @@ def test_finds_preferences_subfolder_or_flat(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "x", "chosen": "a"\n', "train.jsonl:2: invalid JSON"),
+    ('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "x", "chosen": "a"\n', "train.jsonl:2: malformed JSON"),
     ('{"prompt": "hi", "chosen": "a"}\n', "train.jsonl:1: field 'rejected': missing"),
     ('{"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}\n', "train.jsonl:1: field 'prompt[0]'"),
     ('{"prompt": "hi", "chosen": "a", "rejected": "b", "margin": "big"}\n', "train.jsonl:1: field 'margin'"),

@@ -50,18 +50,10 @@ def _run_dpo(args: argparse.Namespace) -> int:
 def _read_score_rows(path: Path) -> list[dict[str, Any]]:
     """Lines with ``prompt`` (string or messages) and ``response`` (string), or a preference pair
     (``chosen``/``rejected``, strings or [{"role": "assistant", ...}])."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    from rlaif.records import iter_jsonl
+
     rows = []
-    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where(path, n)}invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{where(path, n)}expected a JSON object")
+    for n, obj in iter_jsonl(path, objects_only=True):
         prompt = obj.get("prompt", obj.get("messages"))
         if not isinstance(prompt, (str, list)) or not prompt:
             raise UserError(f"{where(path, n, 'prompt')}expected a string or a list of messages")

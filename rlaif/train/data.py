@@ -18,7 +18,6 @@ Truncation policy (counted, reported, never a silent drop), for a pair longer th
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from rlaif.errors import UserError, where
+from rlaif.records import iter_jsonl
 
 IGNORE_INDEX = -100
 SPLITS = ("train", "test")
@@ -57,33 +57,22 @@ def _messages(value: Any, path: Path, line: int, name: str, allow_str: bool) -> 
 def read_preferences(path: str | Path) -> list[PreferenceRow]:
     """Read one preference JSONL file; a bad line is a one-line UserError ``file:line: field``."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where(path, line_no)}invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{where(path, line_no)}expected a JSON object")
-            for key in ("prompt", "chosen", "rejected"):
-                if key not in obj:
-                    raise UserError(f"{where(path, line_no, key)}missing")
-            margin = obj.get("margin", 0.0)
-            if margin is None:
-                margin = 0.0
-            if not isinstance(margin, (int, float)) or isinstance(margin, bool):
-                raise UserError(f"{where(path, line_no, 'margin')}expected a number, got {margin!r}")
-            rows.append(PreferenceRow(
-                prompt=_messages(obj["prompt"], path, line_no, "prompt", allow_str=True),
-                chosen=_messages(obj["chosen"], path, line_no, "chosen", allow_str=True),
-                rejected=_messages(obj["rejected"], path, line_no, "rejected", allow_str=True),
-                margin=float(margin), id=str(obj.get("id", f"{path.name}:{line_no}")),
-            ))
+    for line_no, obj in iter_jsonl(path, objects_only=True):
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in obj:
+                raise UserError(f"{where(path, line_no, key)}missing")
+        margin = obj.get("margin", 0.0)
+        if margin is None:
+            margin = 0.0
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool):
+            raise UserError(f"{where(path, line_no, 'margin')}expected a number, got {margin!r}")
+        rows.append(PreferenceRow(
+            prompt=_messages(obj["prompt"], path, line_no, "prompt", allow_str=True),
+            chosen=_messages(obj["chosen"], path, line_no, "chosen", allow_str=True),
+            rejected=_messages(obj["rejected"], path, line_no, "rejected", allow_str=True),
+            margin=float(margin), id=str(obj.get("id", f"{path.name}:{line_no}")),
+        ))
     return rows
 
 
