@@ -83,7 +83,7 @@ def check_prompt_lengths(prompts: Sequence[Prompt], model_dir: str, max_model_le
 
 def generate_candidates(backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, seed: int,
                         stage: StageFile, chunk_size: int = 64, progress: bool = True,
-                        prompt_tokens: Sequence[int] | None = None, chunk_tokens: int = 3072) -> dict[str, Any]:
+                        prompt_tokens: Sequence[int] | None = None, chunk_tokens: int = 32768) -> dict[str, Any]:
     """Sample candidates for every prompt not yet in ``stage``; append each finished row.
 
     With ``prompt_tokens`` (counted by `check_prompt_lengths`) a chunk also stays within
