@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from rlaif.errors import UserError
-from rlaif.train.data import IGNORE_INDEX, Batch, TokenizedPair, load_splits, tokenize_rows
+from rlaif.train.data import IGNORE_INDEX, Batch, TokenizedPair
 from rlaif.train.config import DPOConfig
-from rlaif.train.loop import (already_finished, batched_eval, load_tokenizer, make_accelerator,
-                              position_ids, prepare_model, run_loop, save_final)
+from rlaif.train.loop import (already_finished, batched_eval, position_ids, prepare_model, prepare_run,
+                              run_loop, save_final)
 from rlaif.train.losses import dpo_loss
 
 
@@ -143,7 +143,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Train a policy with DPO on ``cfg.data``, save it to ``cfg.out``; returns the summary."""
     from transformers import AutoModelForCausalLM
 
-    from rlaif.models import check_causal_lm, resolve_model
+    from rlaif.models import check_causal_lm
 
     if not cfg.data or not cfg.out:
         raise UserError("train dpo: --data and --out are required")
@@ -153,16 +153,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if already_finished(out, cfg):
         print(f"{out} already holds a trained model (summary.json); pass resume=false to train again")
         return json.loads((out / "summary.json").read_text())
-    splits = load_splits(cfg.data)
-    base = resolve_model(cfg.model)
-    check_causal_lm(base)
-    tokenizer = load_tokenizer(base)
-    train, stats = tokenize_rows(tokenizer, splits["train"], cfg.max_length, cfg.max_prompt_length, cfg.progress)
-    test, test_stats = tokenize_rows(tokenizer, splits.get("test", []), cfg.max_length, cfg.max_prompt_length)
-    accelerator = make_accelerator(cfg)
-    accelerator.print(f"train: {stats.summary()}; test: {test_stats.summary()}")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    base, tokenizer, train, stats, test, test_stats, accelerator = prepare_run(cfg, out, check_causal_lm)
     pad = tokenizer.pad_token_id
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model.config.pad_token_id = pad

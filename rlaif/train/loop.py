@@ -26,14 +26,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
 from rlaif.config import to_dict
 from rlaif.errors import UserError
 from rlaif.train.config import TrainConfig
-from rlaif.train.data import Batch, TokenizedPair, collate, epoch_batches
+from rlaif.train.data import Batch, TokenizedPair, collate, epoch_batches, load_splits, tokenize_rows
 
 KILL_ENV = "RLAIF_TEST_KILL_AFTER_CHECKPOINT"  # tests: SIGKILL self right after saving step N
 
@@ -293,6 +293,35 @@ def save_final(accelerator: Any, model: Any, tokenizer: Any, out: Path, summary:
         summary = {**summary, "config": to_dict(cfg)}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.wait_for_everyone()
+
+
+class RunInputs(NamedTuple):
+    base: str  # local model folder
+    tokenizer: Any
+    train: list[TokenizedPair]
+    train_stats: Any
+    test: list[TokenizedPair]
+    test_stats: Any
+    accelerator: Any
+
+
+def prepare_run(cfg: TrainConfig, out: Path, check_base: Callable[[str], None] | None = None) -> RunInputs:
+    """What every trainer starts from: both splits tokenized once with the base model's chat
+    template, the accelerator, ``out`` created and the RNG seeded."""
+    from rlaif.models import resolve_model
+
+    splits = load_splits(cfg.data)
+    base = resolve_model(cfg.model)
+    if check_base is not None:
+        check_base(base)
+    tokenizer = load_tokenizer(base)
+    train, stats = tokenize_rows(tokenizer, splits["train"], cfg.max_length, cfg.max_prompt_length, cfg.progress)
+    test, test_stats = tokenize_rows(tokenizer, splits.get("test", []), cfg.max_length, cfg.max_prompt_length)
+    accelerator = make_accelerator(cfg)
+    accelerator.print(f"train: {stats.summary()}; test: {test_stats.summary()}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    return RunInputs(base, tokenizer, train, stats, test, test_stats, accelerator)
 
 
 def already_finished(out: Path, cfg: TrainConfig) -> bool:

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from rlaif.errors import UserError
-from rlaif.train.data import Batch, load_splits, tokenize_rows
+from rlaif.train.data import Batch
 from rlaif.train.config import RMConfig
-from rlaif.train.loop import (already_finished, batched_eval, load_tokenizer, make_accelerator,
-                              position_ids, prepare_model, run_loop, save_final)
+from rlaif.train.loop import (already_finished, batched_eval, position_ids, prepare_model, prepare_run,
+                              run_loop, save_final)
 from rlaif.train.losses import bradley_terry_loss
 
 
@@ -86,8 +86,6 @@ def evaluate_rm(model: Any, pairs: list, cfg: RMConfig, pad_token_id: int, devic
 
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
     """Train a reward model on ``cfg.data`` and save it to ``cfg.out``; returns the summary."""
-    from rlaif.models import resolve_model
-
     if not cfg.data or not cfg.out:
         raise UserError("train rm: --data and --out are required")
     out = Path(cfg.out)
@@ -96,15 +94,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         import json
 
         return json.loads((out / "summary.json").read_text())
-    splits = load_splits(cfg.data)
-    base = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(base)
-    train, stats = tokenize_rows(tokenizer, splits["train"], cfg.max_length, cfg.max_prompt_length, cfg.progress)
-    test, test_stats = tokenize_rows(tokenizer, splits.get("test", []), cfg.max_length, cfg.max_prompt_length)
-    accelerator = make_accelerator(cfg)
-    accelerator.print(f"train: {stats.summary()}; test: {test_stats.summary()}")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    base, tokenizer, train, stats, test, test_stats, accelerator = prepare_run(cfg, out)
     model = prepare_model(load_reward_model(base, tokenizer.pad_token_id), cfg, task_type="SEQ_CLS")
     pad = tokenizer.pad_token_id
 
