@@ -7,10 +7,8 @@ User mistakes (`rlaif.errors.UserError`) print one line and exit 2; no traceback
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import sys
-import typing
 from typing import Any
 
 from rlaif import __version__
@@ -22,38 +20,6 @@ COMMAND_MODULES = [
     "rlaif.commands.rubric",    # rubric lint | preview | calibrate
     "rlaif.commands.train",     # train rm | dpo | ppo, rm score
 ]
-
-
-def describe_config(cls: type, prefix: str = "") -> str:
-    """One line per config key (dotted for nested), with default and help, for ``--help``."""
-    lines = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        default: Any
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        if dataclasses.is_dataclass(default):
-            lines.append(describe_config(type(default), prefix + f.name + "."))
-            continue
-        tp = hints[f.name]
-        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        help_ = f.metadata.get("help", "")
-        lines.append(f"  {prefix}{f.name}={default!r}  ({tname}){'  ' + help_ if help_ else ''}")
-    return "\n".join(lines)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type | None = None) -> None:
-    """Add ``--config`` and ``key=value`` overrides; list every config key in the help."""
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (overridden by key=value)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override any config option, dotted for nested ones (e.g. policy.model=DIR)")
-    if config_cls is not None:
-        parser.formatter_class = argparse.RawDescriptionHelpFormatter
-        parser.epilog = "config options (key=value or in --config YAML):\n" + describe_config(config_cls)
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -82,13 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rlaif {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=IntermixedParser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # area not built yet
-                continue
-            raise
-        module.add_parsers(sub)
+        importlib.import_module(name).add_parsers(sub)
     return parser
 
 

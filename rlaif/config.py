@@ -8,6 +8,7 @@ Unknown keys and wrongly-typed values are user errors that name the file and key
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -150,3 +151,42 @@ def load_config(cls: type[T], config_file: str | Path | None = None, overrides: 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (for manifests)."""
     return dataclasses.asdict(cfg)
+
+
+def describe_config(cls: type, prefix: str = "") -> str:
+    """One line per config key (dotted for nested), with default and help, for ``--help``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default: Any
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if dataclasses.is_dataclass(default):
+            lines.append(describe_config(type(default), prefix + f.name + "."))
+            continue
+        tp = hints[f.name]
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        help_ = f.metadata.get("help", "")
+        lines.append(f"  {prefix}{f.name}={default!r}  ({tname}){'  ' + help_ if help_ else ''}")
+    return "\n".join(lines)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type | None = None) -> None:
+    """Add ``--config`` and ``key=value`` overrides; list every config key in the help."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (overridden by key=value)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override any config option, dotted for nested ones (e.g. policy.model=DIR)")
+    if config_cls is not None:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "config options (key=value or in --config YAML):\n" + describe_config(config_cls)
+
+
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its ``--help`` text; a class or lambda default is a fresh one per instance."""
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rlaif.backends.fake import FakeBackend
-from rlaif.judge import JudgeItem, judge_items, requests_for
-from rlaif.rubrics import load_rubric, rubric_from_file
+from rlaif.judging.judge import JudgeItem, judge_items, requests_for
+from rlaif.judging.rubrics import load_rubric, rubric_from_file
 
 USER = [{"role": "user", "content": "What is the capital of Australia?"}]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.rubrics import load_rubric
-from rlaif.verdicts import expected_score, json_objects, pairwise_probability, parse_verdict, softmax_over
+from rlaif.judging.rubrics import load_rubric
+from rlaif.judging.verdicts import expected_score, json_objects, pairwise_probability, parse_verdict, softmax_over
 
 REPLIES = Path(__file__).parent / "assets" / "judge_replies"
 CASES = json.loads((REPLIES / "cases.json").read_text())

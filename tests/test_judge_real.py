@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.backends.base import BackendConfig, load_backend
+from rlaif.backends import BackendConfig, load_backend
 from rlaif.cli import main
-from rlaif.judge import JudgeItem, judge_items
-from rlaif.rubrics import load_rubric, rubric_from_file
+from rlaif.judging.judge import JudgeItem, judge_items
+from rlaif.judging.rubrics import load_rubric, rubric_from_file
 
 pytestmark = pytest.mark.slow
 HF = ["judge.engine=hf", "judge.batch_size=8"]

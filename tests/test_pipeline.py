@@ -15,8 +15,9 @@ import pytest
 
 from rlaif.backends.fake import FakeBackend
 from rlaif.cli import main
-from rlaif.pipeline import Engines, RunConfig, run_all
-from rlaif.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
+from rlaif.dataset.options import RunConfig
+from rlaif.dataset.pipeline import Engines, run_all
+from rlaif.io.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
 from rlaif.backends.base import BackendConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,7 +304,7 @@ def test_txt_prompts_through_generate(tmp_path):
 
 
 def test_token_chunks_keep_prefill_within_budget():
-    from rlaif.generate import token_chunks
+    from rlaif.dataset.chunking import token_chunks
 
     # n=2, budget 100: 10+20 -> 60 tokens; adding 30 (x2) would exceed it
     assert token_chunks([10, 20, 30, 40, 5], 2, 64, 100) == [range(0, 2), range(2, 3), range(3, 5)]

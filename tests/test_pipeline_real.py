@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
+from rlaif.io.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

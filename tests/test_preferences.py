@@ -2,8 +2,8 @@
 
 import pytest
 
-from rlaif.preferences import BuildSettings, build_pairs, combined_scores, normalise, split_by_prompt
-from rlaif.records import PAIR_SCHEMA, validate
+from rlaif.dataset.pairs import BuildSettings, build_pairs, combined_scores, normalise, split_by_prompt
+from rlaif.io.records import PAIR_SCHEMA, validate
 
 
 def cand(pid, responses):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlaif.errors import UserError
-from rlaif.records import (CANDIDATE_SCHEMA, PAIR_SCHEMA, content_id, read_candidates, read_prompts, validate)
+from rlaif.io.records import (CANDIDATE_SCHEMA, PAIR_SCHEMA, content_id, read_candidates, read_prompts, validate)
 
 ASSETS = Path(__file__).parent / "assets"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import rlaif.backends.base as base
+import rlaif.backends as base
 from rlaif.backends.fake import FakeBackend
 from rlaif.cli import main
-from rlaif.rubrics import REPO_RUBRICS, load_rubric
+from rlaif.judging.rubrics import REPO_RUBRICS, load_rubric
 
 
 def test_lint_shipped_rubrics_exit_0(capsys: pytest.CaptureFixture[str]) -> None:

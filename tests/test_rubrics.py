@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from rlaif.errors import UserError
-from rlaif.judge import JudgeItem, requests_for
-from rlaif.rubric_lint import lint_file
-from rlaif.rubrics import (REPO_RUBRICS, TEMPLATE_VARIABLES, RubricError, fence, judge_conversation, load_rubric,
+from rlaif.judging.judge import JudgeItem, requests_for
+from rlaif.judging.lint import lint_file
+from rlaif.judging.rubrics import (REPO_RUBRICS, TEMPLATE_VARIABLES, RubricError, fence, judge_conversation, load_rubric,
                            rubric_from_file)
 
 SHIPPED = sorted(REPO_RUBRICS.glob("*.yaml"))
@@ -61,7 +61,7 @@ def test_shipped_rubric_lints_clean_and_renders(path: Path) -> None:
 
 
 def test_template_variables_documented_once() -> None:
-    import rlaif.rubrics as mod
+    import rlaif.judging.rubrics as mod
 
     for name in TEMPLATE_VARIABLES:
         assert f"\n{name} " in mod.__doc__, name

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from rlaif.errors import UserError
-from rlaif.store import RunState, StageFile, atomic_write_text
+from rlaif.io.store import RunState, StageFile, atomic_write_text
 
 
 def _stage(tmp_path):
@@ -57,7 +57,7 @@ def test_torn_last_line_is_dropped_and_truncated(tmp_path, tail):
 def test_kill_9_while_appending_leaves_only_whole_rows(tmp_path):
     """A real SIGKILL of a process appending rows as fast as it can: every row read back is whole."""
     code = (
-        "import sys; from rlaif.store import StageFile\n"
+        "import sys; from rlaif.io.store import StageFile\n"
         f"s = StageFile({str(tmp_path)!r}, 'rows', key_fn=lambda r: r['id'])\n"
         "i = 0\n"
         "while True:\n"

@@ -12,7 +12,7 @@ import torch
 
 from rlaif.train.config import DPOConfig
 from rlaif.train.data import collate, load_splits, tokenize_rows
-from rlaif.train.loop import KILL_ENV
+from rlaif.train.runtime import KILL_ENV
 
 ASSETS = Path(__file__).parent / "assets" / "prefs"
 

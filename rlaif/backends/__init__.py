@@ -6,9 +6,37 @@
 - ``openai``: any OpenAI-compatible server (``vllm serve``, hosted APIs).
 - ``fake``: deterministic, model-free; for fast unit tests of pipeline logic only.
 
-``load_backend(BackendConfig)`` builds one.
+``load_backend(BackendConfig)`` builds one; each engine module is imported only when chosen.
 """
 
-from rlaif.backends.base import Backend, BackendConfig, Completion, Generation, SamplingParams, load_backend
+from __future__ import annotations
+
+from rlaif.backends.base import Backend, BackendConfig, Completion, Generation, SamplingParams
 
 __all__ = ["Backend", "BackendConfig", "Completion", "Generation", "SamplingParams", "load_backend"]
+
+
+def load_backend(config: BackendConfig) -> Backend:
+    """Build the engine named by ``config.engine`` ("auto": vllm if importable, else hf)."""
+    engine = config.engine
+    if engine == "auto":
+        import importlib.util
+
+        engine = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if engine == "vllm":
+        from rlaif.backends.vllm import VLLMBackend
+
+        return VLLMBackend(config)
+    if engine == "hf":
+        from rlaif.backends.hf import HFBackend
+
+        return HFBackend(config)
+    if engine == "openai":
+        from rlaif.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(config)
+    if engine == "fake":
+        from rlaif.backends.fake import FakeBackend
+
+        return FakeBackend(config)
+    raise ValueError(f"unknown engine {engine!r}")

@@ -98,29 +98,3 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the engine (processes, GPU memory, HTTP clients)."""
         ...
-
-
-def load_backend(config: BackendConfig) -> Backend:
-    """Build the engine named by ``config.engine`` ("auto": vllm if importable, else hf)."""
-    engine = config.engine
-    if engine == "auto":
-        import importlib.util
-
-        engine = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-    if engine == "vllm":
-        from rlaif.backends.vllm import VLLMBackend
-
-        return VLLMBackend(config)
-    if engine == "hf":
-        from rlaif.backends.hf import HFBackend
-
-        return HFBackend(config)
-    if engine == "openai":
-        from rlaif.backends.openai import OpenAIBackend
-
-        return OpenAIBackend(config)
-    if engine == "fake":
-        from rlaif.backends.fake import FakeBackend
-
-        return FakeBackend(config)
-    raise ValueError(f"unknown engine {engine!r}")

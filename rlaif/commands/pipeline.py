@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from rlaif.cli import add_config_arguments
+from rlaif.config import add_config_arguments
 from rlaif.config import merge, parse_overrides, read_yaml
 from rlaif.errors import UserError
 
@@ -62,7 +62,8 @@ def load_verb_config(cls: type, args: argparse.Namespace, inherit_judge: bool) -
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rlaif.pipeline import RunConfig, run_all
+    from rlaif.dataset.options import RunConfig
+    from rlaif.dataset.pipeline import run_all
 
     cfg = load_verb_config(RunConfig, args, inherit_judge=True)
     run_all(cfg)
@@ -72,7 +73,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from rlaif.pipeline import GenerateConfig, generate_only
+    from rlaif.dataset.options import GenerateConfig
+    from rlaif.dataset.pipeline import generate_only
 
     cfg = load_verb_config(GenerateConfig, args, inherit_judge=False)
     generate_only(cfg)
@@ -81,7 +83,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from rlaif.pipeline import JudgeConfig, judge_only
+    from rlaif.dataset.options import JudgeConfig
+    from rlaif.dataset.pipeline import judge_only
 
     cfg = load_verb_config(JudgeConfig, args, inherit_judge=False)
     judge_only(cfg)
@@ -90,7 +93,8 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from rlaif.pipeline import BuildConfig, build_only
+    from rlaif.dataset.options import BuildConfig
+    from rlaif.dataset.pipeline import build_only
 
     cfg = load_verb_config(BuildConfig, args, inherit_judge=False)
     build_only(cfg)
@@ -99,8 +103,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: Any) -> None:
-    # Config classes live in rlaif.pipeline, which imports only light modules (no torch/vllm at import).
-    from rlaif.pipeline import BuildConfig, GenerateConfig, JudgeConfig, RunConfig
+    # Config classes live in rlaif.dataset.options, which imports only light modules (no torch/vllm at import).
+    from rlaif.dataset.options import BuildConfig, GenerateConfig, JudgeConfig, RunConfig
 
     specs = [("run", RunConfig, _run), ("generate", GenerateConfig, _generate),
              ("judge", JudgeConfig, _judge), ("build", BuildConfig, _build)]

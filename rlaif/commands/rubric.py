@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.backends.base import BackendConfig
-from rlaif.cli import add_config_arguments
+from rlaif.config import add_config_arguments
 from rlaif.config import load_config
 from rlaif.errors import UserError, where
 
@@ -80,7 +80,7 @@ def _config(args: argparse.Namespace, overrides: list[str] | None = None) -> Rub
 # lint
 
 def _lint_targets(files: list[str]) -> list[Path]:
-    from rlaif.rubrics import find_rubric, rubric_dirs
+    from rlaif.judging.rubrics import find_rubric, rubric_dirs
 
     if not files:
         folder = next((d for d in rubric_dirs() if d.is_dir()), None)
@@ -95,7 +95,7 @@ def _lint_targets(files: list[str]) -> list[Path]:
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    from rlaif.rubric_lint import lint_file
+    from rlaif.judging.lint import lint_file
 
     # FILE and key=value share the positional slot: split them (an existing file always wins)
     files = [f for f in args.files if Path(f).exists() or not re.match(r"^[A-Za-z_][\w.-]*=", f)]
@@ -124,7 +124,7 @@ def run_lint(args: argparse.Namespace) -> int:
 
 def _row_item(path: str, row: int) -> Any:
     """A JudgeItem from line ``row`` of a candidates/JSONL file."""
-    from rlaif.judge import JudgeItem
+    from rlaif.judging.judge import JudgeItem
 
     p = Path(path)
     if not p.is_file():
@@ -211,9 +211,9 @@ def format_preview(rubric: Any, item: Any, row: dict[str, Any], inputs: list[tup
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from rlaif.backends.base import load_backend
-    from rlaif.judge import JudgeItem, judge_items, requests_for
-    from rlaif.rubrics import load_rubric
+    from rlaif.backends import load_backend
+    from rlaif.judging.judge import JudgeItem, judge_items, requests_for
+    from rlaif.judging.rubrics import load_rubric
 
     cfg = _config(args)
     rubric = load_rubric(args.rubric)
@@ -244,9 +244,9 @@ def run_preview(args: argparse.Namespace) -> int:
 # calibrate
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from rlaif.backends.base import load_backend
-    from rlaif.calibrate import calibrate, format_report, read_examples
-    from rlaif.rubrics import load_rubric
+    from rlaif.backends import load_backend
+    from rlaif.judging.calibrate import calibrate, format_report, read_examples
+    from rlaif.judging.rubrics import load_rubric
 
     cfg = _config(args)
     rubric = load_rubric(args.rubric)

@@ -50,7 +50,7 @@ def _run_dpo(args: argparse.Namespace) -> int:
 def _read_score_rows(path: Path) -> list[dict[str, Any]]:
     """Lines with ``prompt`` (string or messages) and ``response`` (string), or a preference pair
     (``chosen``/``rejected``, strings or [{"role": "assistant", ...}])."""
-    from rlaif.records import iter_jsonl
+    from rlaif.io.records import iter_jsonl
 
     rows = []
     for n, obj in iter_jsonl(path, objects_only=True):
@@ -108,7 +108,7 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from rlaif.cli import add_config_arguments
+    from rlaif.config import add_config_arguments
     from rlaif.train.config import DPOConfig, RMConfig, ScoreConfig
 
     train = sub.add_parser("train", help="train a reward model or a policy on a preference dataset")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from rlaif.errors import UserError, where
-from rlaif.records import iter_jsonl
+from rlaif.io.records import iter_jsonl
 
 IGNORE_INDEX = -100
 SPLITS = ("train", "test")

@@ -24,7 +24,7 @@ import torch
 from rlaif.errors import UserError
 from rlaif.train.data import IGNORE_INDEX, Batch, TokenizedPair
 from rlaif.train.config import DPOConfig
-from rlaif.train.loop import (already_finished, batched_eval, position_ids, prepare_model, prepare_run,
+from rlaif.train.runtime import (already_finished, batched_eval, position_ids, prepare_model, prepare_run,
                               run_loop, save_final)
 from rlaif.train.losses import dpo_loss
 

@@ -18,7 +18,7 @@ import torch
 from rlaif.errors import UserError
 from rlaif.train.data import Batch
 from rlaif.train.config import RMConfig
-from rlaif.train.loop import (already_finished, batched_eval, position_ids, prepare_model, prepare_run,
+from rlaif.train.runtime import (already_finished, batched_eval, position_ids, prepare_model, prepare_run,
                               run_loop, save_final)
 from rlaif.train.losses import bradley_terry_loss
 

@@ -29,7 +29,7 @@ class RewardModel:
     def __init__(self, path: str, device: str | None = None, max_length: int = 2048,
                  max_prompt_length: int = 1024) -> None:
         from rlaif.models import resolve_model
-        from rlaif.train.loop import load_tokenizer
+        from rlaif.train.runtime import load_tokenizer
         from rlaif.train.rm import load_reward_model
 
         path = resolve_model(path)

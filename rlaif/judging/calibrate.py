@@ -23,8 +23,9 @@ from typing import Any, Sequence
 import yaml
 
 from rlaif.errors import UserError, where
-from rlaif.judge import JudgeItem, judge_items
-from rlaif.rubrics import CalibrationExample, Rubric, key_lines, line_of, rubric_schema
+from rlaif.judging.judge import JudgeItem, judge_items
+from rlaif.io.yaml_lines import key_lines, line_of
+from rlaif.judging.rubrics import CalibrationExample, Rubric, rubric_schema
 
 LOW_AGREEMENT = 0.75
 

@@ -21,125 +21,12 @@ from typing import Any, Callable, Literal, Sequence
 from tqdm import tqdm
 
 from rlaif import __version__
-from rlaif.backends.base import Backend, BackendConfig, SamplingParams, load_backend
+from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend
 from rlaif.errors import UserError
-from rlaif.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidates, read_jsonl, read_prompts
-from rlaif.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl, write_manifest
-
-STAGE_OUTPUTS = {
-    "generate": ["candidates.jsonl"],
-    "judge": ["judgements.jsonl"],
-    "build": ["preferences", "report.html", "README.md"],
-}
-STAGES = list(STAGE_OUTPUTS)
-
-
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    if callable(default):  # a class or a lambda: a fresh default per instance
-        return field(default_factory=default, metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
-
-
-# ----------------------------------------------------------------------------- configs
-@dataclass
-class CommonOptions:
-    out: str = _opt("outputs/run", "output folder (created; a rerun resumes it)")
-    seed: int = _opt(0, "run seed: per-prompt sampling seeds, judge seed and the train/test split derive from it")
-    overwrite: bool = _opt(False, "start over: delete this command's outputs in --out first")
-    progress: bool = _opt(True, "show progress bars")
-
-
-@dataclass
-class GenerateOptions:
-    policy: BackendConfig = _opt(BackendConfig, "the policy model writing candidates")
-    n: int = _opt(4, "candidates per prompt")
-    temperature: float = _opt(0.8, "sampling temperature")
-    top_p: float = _opt(1.0, "nucleus sampling p")
-    max_tokens: int = _opt(256, "maximum new tokens per candidate")
-    prompt_column: str = _opt("prompt", "column/field holding the prompt (string or messages) in dataset files")
-    chunk_size: int = _opt(64, "prompts per engine call; each finished chunk is saved (resume granularity)")
-    chunk_tokens: int = _opt(32768, "max prompt tokens x n per engine call (bigger calls batch better; "
-                             "smaller ones save finished rows sooner)")
-
-
-@dataclass
-class JudgeOptions:
-    rubrics: list[str] = _opt(lambda: ["helpfulness"], "rubric names (rubrics/NAME.yaml) or paths; method comes from the file")
-    judge: BackendConfig = _opt(BackendConfig, "the judge model (in `run`: every judge.* key defaults to the policy's)")
-    judge_max_retries: int = _opt(2, "retries of an invalid verdict before it is recorded as failed")
-    judge_chunk_size: int = _opt(64, "candidates rows per judge call (resume granularity)")
-
-
-@dataclass
-class BuildOptions:
-    rubric_weights: dict[str, float] = _opt(dict, "weight per rubric when combining normalised scores (default 1 each)")
-    strategy: Literal["best-vs-worst", "all-pairs"] = _opt("best-vs-worst", "which pairs to take per prompt")
-    min_margin: float = _opt(0.0, "all-pairs/best-vs-worst: minimum combined-score margin in [0,1] (ties always dropped)")
-    pairwise_min_confidence: float = _opt(0.6, "pairwise rubrics: keep a pair only if P(chosen better) >= this")
-    require_position_consistent: bool = _opt(True, "pairwise rubrics: keep a pair only if both orders agreed")
-    test_fraction: float = _opt(0.1, "share of prompts (with pairs) in preferences/test.jsonl")
-
-
-@dataclass
-class GenerateConfig(GenerateOptions, CommonOptions):
-    prompts: str = _opt("", "prompt file: .jsonl (prompt|messages, id?), .txt, .json or .parquet")
-
-
-@dataclass
-class JudgeConfig(JudgeOptions, CommonOptions):
-    candidates: str = _opt("", "candidates.jsonl from generate, or JSONL of {id?, prompt|messages, responses}")
-    prompt_column: str = _opt("prompt", "column/field holding the prompt in the candidates file")
-
-
-@dataclass
-class BuildConfig(BuildOptions, CommonOptions):
-    judgements: str = _opt("", "judgements.jsonl from judge")
-    candidates: str = _opt("", "the candidates file that was judged (default: candidates.jsonl beside --judgements)")
-    rubrics: list[str] = _opt(list, "rubrics to combine (default: every rubric in the judgements file)")
-
-
-@dataclass
-class RunConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
-    prompts: str = _opt("", "prompt file: .jsonl (prompt|messages, id?), .txt, .json or .parquet")
-
-
-# ----------------------------------------------------------------------------- checks
-def check_options(cfg: Any) -> None:
-    """Range checks the type system cannot express; one-line UserErrors."""
-    def bad(key: str, msg: str) -> UserError:
-        return UserError(f"option '{key}': {msg}")
-
-    if getattr(cfg, "n", 1) < 1:
-        raise bad("n", f"must be >= 1, got {cfg.n}")
-    if getattr(cfg, "max_tokens", 1) < 1:
-        raise bad("max_tokens", f"must be >= 1, got {cfg.max_tokens}")
-    if getattr(cfg, "temperature", 0.0) < 0:
-        raise bad("temperature", f"must be >= 0, got {cfg.temperature}")
-    if not 0 < getattr(cfg, "top_p", 1.0) <= 1:
-        raise bad("top_p", f"must be in (0, 1], got {cfg.top_p}")
-    for key in ("chunk_size", "judge_chunk_size", "chunk_tokens"):
-        if getattr(cfg, key, 1) < 1:
-            raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
-    if not 0 <= getattr(cfg, "test_fraction", 0.0) < 1:
-        raise bad("test_fraction", f"must be in [0, 1), got {cfg.test_fraction}")
-    if getattr(cfg, "min_margin", 0.0) < 0:
-        raise bad("min_margin", f"must be >= 0, got {cfg.min_margin}")
-    if isinstance(cfg, (RunConfig, JudgeConfig)) and not cfg.rubrics:
-        raise bad("rubrics", "give at least one rubric (--rubric NAME)")
-    for name, w in getattr(cfg, "rubric_weights", {}).items():
-        if w < 0:
-            raise bad(f"rubric_weights.{name}", f"must be >= 0, got {w}")
-
-
-def check_weights(weights: dict[str, float], rubric_names: Sequence[str]) -> None:
-    """Every weighted rubric must be one being combined (a typo would silently weigh nothing)."""
-    for name in weights:
-        if name not in rubric_names:
-            raise UserError(f"option 'rubric_weights.{name}': '{name}' is not one of the rubrics "
-                            f"({', '.join(rubric_names)})")
-    if rubric_names and sum(weights.get(n, 1.0) for n in rubric_names) <= 0:
-        raise UserError("option 'rubric_weights': the weights sum to 0")
-
+from rlaif.io.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidates, read_jsonl, read_prompts
+from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl, write_manifest
+from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, CommonOptions, GenerateConfig, JudgeConfig,
+                                   RunConfig, check_options, check_weights)
 
 def resolve_backend_model(config: BackendConfig) -> str | None:
     """Local folder of the model (UserError if missing); None where there is nothing local."""
@@ -220,7 +107,7 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
     model_dir = resolve_backend_model(cfg.policy)
     counts = None
     if model_dir is not None:
-        from rlaif.generate import check_prompt_lengths
+        from rlaif.dataset.generate import check_prompt_lengths
 
         counts = check_prompt_lengths(prompts, model_dir, cfg.policy.max_model_len, cfg.max_tokens)
     fp = fingerprint({"prompts": [(p.id, p.messages, p.metadata) for p in prompts],
@@ -231,7 +118,7 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
 
 
 def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: Engines, state: RunState) -> list[dict]:
-    from rlaif.generate import generate_candidates
+    from rlaif.dataset.generate import generate_candidates
 
     out = Path(cfg.out)
     if not _begin_stage(out, state, "generate", plan.fingerprint, "prompts, policy, n, temperature, top_p, max_tokens or seed"):
@@ -269,7 +156,7 @@ class JudgePlan:
 
 def plan_judge(cfg: JudgeConfig | RunConfig, candidates_fp: str) -> JudgePlan:
     """Load and check the rubrics and the judge model without writing anything."""
-    from rlaif.rubrics import load_rubric
+    from rlaif.judging.rubrics import load_rubric
 
     check_options(cfg)
     rubrics = [load_rubric(r) for r in cfg.rubrics]
@@ -288,8 +175,8 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates_fp: str) -> JudgePlan:
 
 def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[dict], engines: Engines,
               state: RunState) -> list[dict]:
-    from rlaif.generate import chunks
-    from rlaif.judge import JudgeItem, judge_items
+    from rlaif.dataset.chunking import chunks
+    from rlaif.judging.judge import JudgeItem, judge_items
 
     out = Path(cfg.out)
     if not _begin_stage(out, state, "judge", plan.fingerprint, "candidates, judge model, rubric files or seed"):
@@ -345,8 +232,8 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
 
 def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
               rubric_names: Sequence[str]) -> dict[str, Any]:
-    from rlaif.preferences import BuildSettings, build_pairs, split_by_prompt
-    from rlaif.report import write_dataset_card, write_report
+    from rlaif.dataset.pairs import BuildSettings, build_pairs, split_by_prompt
+    from rlaif.dataset.report import write_dataset_card, write_report
 
     out = Path(cfg.out)
     start = time.perf_counter()

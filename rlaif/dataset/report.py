@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rlaif.store import atomic_write_text
+from rlaif.io.store import atomic_write_text
 
 WEAK_JUDGE_NOTE = (
     "The embedded SmolLM2-135M is a weak judge: on hand-made pairs with an obviously better answer its "

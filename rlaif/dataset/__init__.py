@@ -1,0 +1,1 @@
+"""The preference-data pipeline: generate -> judge -> build, with its report and card."""

@@ -1,0 +1,122 @@
+"""Options of the pipeline verbs (`rlaif run | generate | judge | build`) and their range checks.
+
+Each verb's config is a dataclass built from option groups; `rlaif.config.load_config` fills it
+from defaults <- ``--config FILE.yaml`` <- ``key=value``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from rlaif.backends.base import BackendConfig
+from rlaif.config import option
+from rlaif.errors import UserError
+
+STAGE_OUTPUTS = {
+    "generate": ["candidates.jsonl"],
+    "judge": ["judgements.jsonl"],
+    "build": ["preferences", "report.html", "README.md"],
+}
+STAGES = list(STAGE_OUTPUTS)
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclass
+class CommonOptions:
+    out: str = option("outputs/run", "output folder (created; a rerun resumes it)")
+    seed: int = option(0, "run seed: per-prompt sampling seeds, judge seed and the train/test split derive from it")
+    overwrite: bool = option(False, "start over: delete this command's outputs in --out first")
+    progress: bool = option(True, "show progress bars")
+
+
+@dataclass
+class GenerateOptions:
+    policy: BackendConfig = option(BackendConfig, "the policy model writing candidates")
+    n: int = option(4, "candidates per prompt")
+    temperature: float = option(0.8, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling p")
+    max_tokens: int = option(256, "maximum new tokens per candidate")
+    prompt_column: str = option("prompt", "column/field holding the prompt (string or messages) in dataset files")
+    chunk_size: int = option(64, "prompts per engine call; each finished chunk is saved (resume granularity)")
+    chunk_tokens: int = option(32768, "max prompt tokens x n per engine call (bigger calls batch better; "
+                             "smaller ones save finished rows sooner)")
+
+
+@dataclass
+class JudgeOptions:
+    rubrics: list[str] = option(lambda: ["helpfulness"], "rubric names (rubrics/NAME.yaml) or paths; method comes from the file")
+    judge: BackendConfig = option(BackendConfig, "the judge model (in `run`: every judge.* key defaults to the policy's)")
+    judge_max_retries: int = option(2, "retries of an invalid verdict before it is recorded as failed")
+    judge_chunk_size: int = option(64, "candidates rows per judge call (resume granularity)")
+
+
+@dataclass
+class BuildOptions:
+    rubric_weights: dict[str, float] = option(dict, "weight per rubric when combining normalised scores (default 1 each)")
+    strategy: Literal["best-vs-worst", "all-pairs"] = option("best-vs-worst", "which pairs to take per prompt")
+    min_margin: float = option(0.0, "all-pairs/best-vs-worst: minimum combined-score margin in [0,1] (ties always dropped)")
+    pairwise_min_confidence: float = option(0.6, "pairwise rubrics: keep a pair only if P(chosen better) >= this")
+    require_position_consistent: bool = option(True, "pairwise rubrics: keep a pair only if both orders agreed")
+    test_fraction: float = option(0.1, "share of prompts (with pairs) in preferences/test.jsonl")
+
+
+@dataclass
+class GenerateConfig(GenerateOptions, CommonOptions):
+    prompts: str = option("", "prompt file: .jsonl (prompt|messages, id?), .txt, .json or .parquet")
+
+
+@dataclass
+class JudgeConfig(JudgeOptions, CommonOptions):
+    candidates: str = option("", "candidates.jsonl from generate, or JSONL of {id?, prompt|messages, responses}")
+    prompt_column: str = option("prompt", "column/field holding the prompt in the candidates file")
+
+
+@dataclass
+class BuildConfig(BuildOptions, CommonOptions):
+    judgements: str = option("", "judgements.jsonl from judge")
+    candidates: str = option("", "the candidates file that was judged (default: candidates.jsonl beside --judgements)")
+    rubrics: list[str] = option(list, "rubrics to combine (default: every rubric in the judgements file)")
+
+
+@dataclass
+class RunConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
+    prompts: str = option("", "prompt file: .jsonl (prompt|messages, id?), .txt, .json or .parquet")
+
+
+# ----------------------------------------------------------------------------- checks
+def check_options(cfg: Any) -> None:
+    """Range checks the type system cannot express; one-line UserErrors."""
+    def bad(key: str, msg: str) -> UserError:
+        return UserError(f"option '{key}': {msg}")
+
+    if getattr(cfg, "n", 1) < 1:
+        raise bad("n", f"must be >= 1, got {cfg.n}")
+    if getattr(cfg, "max_tokens", 1) < 1:
+        raise bad("max_tokens", f"must be >= 1, got {cfg.max_tokens}")
+    if getattr(cfg, "temperature", 0.0) < 0:
+        raise bad("temperature", f"must be >= 0, got {cfg.temperature}")
+    if not 0 < getattr(cfg, "top_p", 1.0) <= 1:
+        raise bad("top_p", f"must be in (0, 1], got {cfg.top_p}")
+    for key in ("chunk_size", "judge_chunk_size", "chunk_tokens"):
+        if getattr(cfg, key, 1) < 1:
+            raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
+    if not 0 <= getattr(cfg, "test_fraction", 0.0) < 1:
+        raise bad("test_fraction", f"must be in [0, 1), got {cfg.test_fraction}")
+    if getattr(cfg, "min_margin", 0.0) < 0:
+        raise bad("min_margin", f"must be >= 0, got {cfg.min_margin}")
+    if isinstance(cfg, (RunConfig, JudgeConfig)) and not cfg.rubrics:
+        raise bad("rubrics", "give at least one rubric (--rubric NAME)")
+    for name, w in getattr(cfg, "rubric_weights", {}).items():
+        if w < 0:
+            raise bad(f"rubric_weights.{name}", f"must be >= 0, got {w}")
+
+
+def check_weights(weights: dict[str, float], rubric_names: Sequence[str]) -> None:
+    """Every weighted rubric must be one being combined (a typo would silently weigh nothing)."""
+    for name in weights:
+        if name not in rubric_names:
+            raise UserError(f"option 'rubric_weights.{name}': '{name}' is not one of the rubrics "
+                            f"({', '.join(rubric_names)})")
+    if rubric_names and sum(weights.get(n, 1.0) for n in rubric_names) <= 0:
+        raise UserError("option 'rubric_weights': the weights sum to 0")

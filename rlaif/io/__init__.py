@@ -1,0 +1,1 @@
+"""Files on disk: input records and their schemas, resumable stage files, seeds."""

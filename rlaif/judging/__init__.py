@@ -1,0 +1,1 @@
+"""Judging: rubric templates, lint, verdict parsers, judge methods and calibration."""
