@@ -67,12 +67,3 @@ def logsumexp(values: Sequence[float]) -> float:
 def combine(token_logprobs: Mapping[int, float], ids_by_choice: Mapping[str, list[int]]) -> dict[str, float]:
     """log p(choice) = logsumexp over its spellings' token log-probs (absent token: -inf)."""
     return {c: logsumexp([token_logprobs.get(t, -math.inf) for t in ids]) for c, ids in ids_by_choice.items()}
-
-
-def mix_seed(seed: int) -> int:
-    """Spread a user seed over 62 bits (splitmix64), so per-sample seeds ``mix(s) + k`` of
-    neighbouring conversation seeds ``s, s+1`` never overlap (vLLM seeds sample k with seed + k)."""
-    z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) >> 2

@@ -8,19 +8,19 @@ is reproducible. Tests may pass ``reply_fn`` / ``logprob_fn`` to script the engi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from typing import Callable, Sequence
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
+from rlaif.io.seeds import digest_int
 
 ReplyFn = Callable[[Conversation, int, SamplingParams], str]
 LogprobFn = Callable[[Conversation, Sequence[str], str], dict[str, float]]
 
 
 def _digest(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big")
+    return digest_int(repr(parts), 8)
 
 
 def _default_reply(conversation: Conversation, index: int, params: SamplingParams) -> str:

@@ -22,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
-from rlaif.backends.choices import choice_token_ids, combine, mix_seed, render_prompt
+from rlaif.backends.choices import choice_token_ids, combine, render_prompt
 from rlaif.errors import UserError
+from rlaif.io.seeds import mix_seed
 from rlaif.models import check_causal_lm, resolve_model
 
 

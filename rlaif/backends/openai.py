@@ -33,8 +33,9 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tqdm.auto import tqdm
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
-from rlaif.backends.choices import logsumexp, mix_seed
+from rlaif.backends.choices import logsumexp
 from rlaif.errors import UserError
+from rlaif.io.seeds import mix_seed
 
 TOP_LOGPROBS = 20  # the most OpenAI's API allows
 

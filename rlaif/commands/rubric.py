@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.backends.base import BackendConfig
-from rlaif.config import add_config_arguments
-from rlaif.config import load_config
+from rlaif.config import add_config_arguments, load_config
 from rlaif.errors import UserError, where
+from rlaif.io.records import as_messages
 
 
 @dataclass
@@ -141,7 +141,7 @@ def _row_item(path: str, row: int) -> Any:
     if isinstance(rec.get("messages"), list):
         messages = rec["messages"]
     elif isinstance(rec.get("prompt"), str):
-        messages = [{"role": "user", "content": rec["prompt"]}]
+        messages = as_messages(rec["prompt"])
     else:
         raise UserError(f"{where(p, row, 'prompt')}expected 'prompt' (string) or 'messages' (list)")
     if isinstance(rec.get("responses"), list):
@@ -223,7 +223,7 @@ def run_preview(args: argparse.Namespace) -> int:
         if args.prompt is None or args.response is None:
             raise UserError("preview needs --prompt and --response (or --from FILE --row N)")
         responses = [args.response] + ([args.response_b] if args.response_b is not None else [])
-        item = JudgeItem("preview", [{"role": "user", "content": args.prompt}], responses)
+        item = JudgeItem("preview", as_messages(args.prompt), responses)
     if rubric.method == "pairwise" and len(item.responses) < 2:
         raise UserError(f"rubric '{rubric.name}' is pairwise: give --response-b (or a row with 2+ responses)")
     requests = requests_for(rubric, item, 0, cfg.seed)  # renders now: template errors before loading a model

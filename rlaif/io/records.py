@@ -153,13 +153,18 @@ def content_id(messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+def as_messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
+    """A prompt as chat messages: a string becomes one user turn; a message list is copied."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
 def _prompt_from_row(row: Any, path: Path, line: int, schema: dict[str, Any], column: str) -> tuple[Prompt, dict]:
     if isinstance(row, dict) and column != "prompt" and column in row and "prompt" not in row:
         value = row[column]
         key = "messages" if isinstance(value, list) else "prompt"
         row = {key: value, **{k: v for k, v in row.items() if k != column}}
     validate(row, schema, path, line)
-    messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+    messages = as_messages(row.get("messages") or row["prompt"])
     messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     if messages[-1]["role"] == "assistant":
         raise UserError(f"{where(path, line, 'messages')}the last message is the assistant's; "

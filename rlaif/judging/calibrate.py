@@ -23,8 +23,9 @@ from typing import Any, Sequence
 import yaml
 
 from rlaif.errors import UserError, where
-from rlaif.judging.judge import JudgeItem, judge_items
+from rlaif.io.records import as_messages
 from rlaif.io.yaml_lines import key_lines, line_of
+from rlaif.judging.judge import JudgeItem, judge_items
 from rlaif.judging.rubrics import CalibrationExample, Rubric, rubric_schema
 
 LOW_AGREEMENT = 0.75
@@ -110,7 +111,7 @@ class CalibrationReport:
 def calibrate(backend: Any, rubric: Rubric, examples: Sequence[CalibrationExample], *, seed: int = 0,
               max_retries: int = 2, progress: bool = True) -> CalibrationReport:
     """Judge every example (one batched call) and compare with its label."""
-    items = [JudgeItem(ex.id or f"example-{k}", [{"role": "user", "content": ex.prompt}],
+    items = [JudgeItem(ex.id or f"example-{k}", as_messages(ex.prompt),
                        [ex.response_a, ex.response_b]) for k, ex in enumerate(examples)]
     rows = judge_items(backend, rubric, items, seed=seed, max_retries=max_retries, progress=progress)
     outcomes, lengths, scores = [], [], []

@@ -20,12 +20,12 @@ recorded (score null, error text) and counted in ``failures``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from rlaif.backends.base import Backend, Conversation, SamplingParams
+from rlaif.io.seeds import stable_seed
 from rlaif.judging.rubrics import Rubric, judge_conversation
 from rlaif.judging.verdicts import expected_score, pairwise_probability, parse_verdict
 
@@ -49,11 +49,6 @@ class Request:
     i: int
     j: int | None
     conversation: Conversation
-
-
-def stable_seed(*parts: object) -> int:
-    """A 31-bit seed from (run seed, item id, index...): independent of batch composition."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def requests_for(rubric: Rubric, item: JudgeItem, item_index: int = 0, seed: int = 0) -> list[Request]:

@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 
+from rlaif.io.records import as_messages
 from rlaif.judging.rubrics import (REQUIRED_VARIABLES, TEMPLATE_VARIABLES, RubricError, template_source, environment,
                            judge_conversation, key_lines, line_of, read_rubric_data, rubric_from_file,
                            schema_errors, semantic_errors)
@@ -119,7 +120,7 @@ def _render_checks(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...]
     except RubricError as e:
         return [_from_error(path, e)]
     samples = [(None, SAMPLE_MESSAGES, *SAMPLE_RESPONSES)]
-    samples += [(k, [{"role": "user", "content": ex.prompt}], ex.response_a, ex.response_b)
+    samples += [(k, as_messages(ex.prompt), ex.response_a, ex.response_b)
                 for k, ex in enumerate(rubric.examples)]
     for k, messages, a, b in samples:
         try:

@@ -32,7 +32,6 @@ tests/test_judge_real.py measures how well a given judge actually resists it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -46,6 +45,7 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rlaif.errors import UserError, where
+from rlaif.io.seeds import digest_int
 from rlaif.io.yaml_lines import key_lines, line_of
 
 Method = Literal["logprob", "verdict", "pairwise"]
@@ -143,7 +143,7 @@ class Rubric:
         """
         if self.principles_mode == "all" or not self.principles:
             return list(self.principles)
-        rng = random.Random(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"))
+        rng = random.Random(digest_int(f"{seed}:{key}", 8))
         return rng.sample(self.principles, min(self.principles_per_judgement, len(self.principles)))
 
 

@@ -14,13 +14,10 @@ from typing import Sequence
 
 import torch
 
+from rlaif.io.records import as_messages
 from rlaif.train.data import PreferenceRow, pad_right, tokenize_pair
 
 Prompt = str | list[dict[str, str]]
-
-
-def _messages(prompt: Prompt) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 class RewardModel:
@@ -49,7 +46,7 @@ class RewardModel:
         pairs = []
         for i, (p, r) in enumerate(zip(prompts, responses)):
             reply = [{"role": "assistant", "content": r}]
-            row = PreferenceRow(_messages(p), reply, reply)
+            row = PreferenceRow(as_messages(p), reply, reply)
             pairs.append(tokenize_pair(self.tokenizer, row, self.max_length, self.max_prompt_length, index=i))
         seqs = [p.prompt_ids + p.chosen_ids for p in pairs]
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # little padding per batch
