@@ -48,6 +48,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        from rlaif.io.records import not_utf8
+
+        raise not_utf8(path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

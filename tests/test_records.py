@@ -97,3 +97,28 @@ def test_pair_schema_rejects_wrong_roles():
     pair["chosen"] = [{"role": "user", "content": "a"}]
     with pytest.raises(UserError, match="chosen.0.role"):
         validate(pair, PAIR_SCHEMA)
+
+
+BINARY_LINE = b'{"prompt": "caf\xe9 \xff\xfe"}\n'  # Latin-1 bytes: not UTF-8
+
+
+@pytest.mark.parametrize("verb, flag, name", [
+    ("run", "--prompts", "p.jsonl"), ("generate", "--prompts", "p.txt"), ("generate", "--prompts", "p.json"),
+    ("judge", "--candidates", "c.jsonl"), ("build", "--judgements", "j.jsonl"), ("run", "--config", "c.yaml")])
+def test_file_that_is_not_utf8_is_one_line_error_through_cli(tmp_path, capsys, verb, flag, name):
+    from rlaif.cli import main
+
+    bad = tmp_path / name
+    good = b'{"prompt": "fine"}\n' if name != "c.yaml" else b"seed: 1\n"
+    bad.write_bytes(good + BINARY_LINE)
+    engine = {"judge": "judge.engine=fake", "build": "seed=0"}.get(verb, "policy.engine=fake")
+    args = [verb, flag, str(bad), "--out", str(tmp_path / "out"), engine, "progress=false"]
+    if verb == "run" and flag == "--config":
+        args += ["--prompts", str(ASSETS / "prompts.txt")]
+    if verb in ("run", "judge"):
+        args += ["--rubric", "helpfulness"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert f"{bad}:2: not UTF-8 text (byte 0xe9 at column 16)" in err
+    assert not (tmp_path / "out" / "candidates.jsonl").exists()

@@ -183,17 +183,46 @@ def iter_jsonl(path: str | Path, objects_only: bool = False) -> Iterator[tuple[i
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where(path, line_no)}malformed JSON ({e.msg} at column {e.colno})") from None
-            if objects_only and not isinstance(value, dict):
-                raise UserError(f"{where(path, line_no)}expected a JSON object")
-            yield line_no, value
+    for line_no, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where(path, line_no)}malformed JSON ({e.msg} at column {e.colno})") from None
+        if objects_only and not isinstance(value, dict):
+            raise UserError(f"{where(path, line_no)}expected a JSON object")
+        yield line_no, value
+
+
+def not_utf8(path: Path) -> UserError:
+    """The one-line error for a file that is not UTF-8 text, naming the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        return UserError(f"{where(path, line)}not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+                         "save the file as UTF-8")
+    return UserError(f"{path}: not UTF-8 text")
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file; bytes that are not UTF-8 are a UserError."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            yield from enumerate(fh, 1)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def read_text(path: Path) -> str:
+    """A whole UTF-8 text file; bytes that are not UTF-8 are a UserError naming the line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def _dataset_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -208,7 +237,7 @@ def _dataset_rows(path: Path) -> Iterator[tuple[int, Any]]:
         rows = table.to_pylist()
     else:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise UserError(f"{where(path, e.lineno)}malformed JSON ({e.msg})") from None
         if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}: the single list inside
@@ -228,10 +257,9 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.suffix == ".txt":
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if line.strip():
-                    yield line_no, {"prompt": line.rstrip("\n")}
+        for line_no, line in _text_lines(path):
+            if line.strip():
+                yield line_no, {"prompt": line.rstrip("\n")}
     elif path.suffix in (".parquet", ".json"):
         yield from _dataset_rows(path)
     else:
