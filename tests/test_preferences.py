@@ -2,7 +2,8 @@
 
 import pytest
 
-from rlaif.dataset.pairs import BuildSettings, build_pairs, combined_scores, normalise, split_by_prompt
+from rlaif.dataset.options import BuildOptions
+from rlaif.dataset.pairs import build_pairs, combined_scores, normalise, split_by_prompt
 from rlaif.io.records import PAIR_SCHEMA, validate
 
 
@@ -28,7 +29,7 @@ def test_normalise_and_weighted_mean():
 
 def test_best_vs_worst_picks_extremes_and_validates():
     pairs, stats = build_pairs([cand("x", ["r0", "r1", "r2", "r3"])], [judg("x", "h", [2, 5, 1, 3])], ["h"],
-                               BuildSettings())
+                               BuildOptions())
     assert len(pairs) == 1
     p = pairs[0]
     assert p["chosen"][0]["content"] == "r1" and p["rejected"][0]["content"] == "r2"
@@ -43,20 +44,20 @@ def test_none_scores_never_ranked_and_ties_dropped():
     cands = [cand("tie", ["a", "b", "c", "d"]), cand("none", ["a", "b"]), cand("ok", ["a", "b", "c"])]
     judgements = [judg("tie", "h", [None, 3, None, 3]), judg("none", "h", [None, 4]),
                   judg("ok", "h", [None, 2, 4])]
-    pairs, stats = build_pairs(cands, judgements, ["h"], BuildSettings())
+    pairs, stats = build_pairs(cands, judgements, ["h"], BuildOptions())
     assert [(p["id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("ok", "c", "b")]
     assert stats["prompts_all_tied"] == 1 and stats["prompts_too_few_scored"] == 1
     assert stats["responses_failed"] == 4
 
 
 def test_best_vs_worst_with_tied_best_is_still_a_pair():
-    pairs, _ = build_pairs([cand("x", ["a", "b", "c"])], [judg("x", "h", [5, 5, 1])], ["h"], BuildSettings())
+    pairs, _ = build_pairs([cand("x", ["a", "b", "c"])], [judg("x", "h", [5, 5, 1])], ["h"], BuildOptions())
     assert pairs[0]["chosen"][0]["content"] == "a" and pairs[0]["rejected"][0]["content"] == "c"
 
 
 def test_all_pairs_margin_and_ties():
     pairs, stats = build_pairs([cand("x", ["a", "b", "c", "d"])], [judg("x", "h", [1, 2, 2, 5])], ["h"],
-                               BuildSettings(strategy="all-pairs", min_margin=0.3))
+                               BuildOptions(strategy="all-pairs", min_margin=0.3))
     got = {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs}
     # normalised scores 0, .25, .25, 1: margins .25 (a-b, a-c) are below .3, b-c is a tie
     assert got == {("d", "a"), ("d", "b"), ("d", "c")}
@@ -64,7 +65,7 @@ def test_all_pairs_margin_and_ties():
 
 
 def test_identical_texts_are_not_a_pair():
-    pairs, stats = build_pairs([cand("x", ["same", "same"])], [judg("x", "h", [1, 5])], ["h"], BuildSettings())
+    pairs, stats = build_pairs([cand("x", ["same", "same"])], [judg("x", "h", [1, 5])], ["h"], BuildOptions())
     assert pairs == [] and stats["pairs_identical_text"] == 1
 
 
@@ -81,11 +82,11 @@ def test_pairwise_filters_consistency_and_confidence():
         # stored as (1, 0): P(b better) = 0.1, so P(a better) = 0.9
         _pairwise("r", [0.9, 0.1], [{"i": 1, "j": 0, "p": 0.1, "consistent": True}]),
     ]
-    pairs, stats = build_pairs(cands, judgements, ["pw"], BuildSettings())
+    pairs, stats = build_pairs(cands, judgements, ["pw"], BuildOptions())
     assert [p["id"] for p in pairs] == ["c", "r"]
     assert stats["pairs_position_inconsistent"] == 1 and stats["pairs_low_confidence"] == 1
     loose, _ = build_pairs(cands, judgements, ["pw"],
-                           BuildSettings(require_position_consistent=False, pairwise_min_confidence=0.5))
+                           BuildOptions(require_position_consistent=False, pairwise_min_confidence=0.5))
     assert [p["id"] for p in loose] == ["c", "i", "l", "r"]
 
 
@@ -93,12 +94,12 @@ def test_pairwise_combined_with_pointwise_rubric():
     """Combined scores pick the pair; the pairwise comparison of that pair must agree."""
     cands = [cand("x", ["a", "b"])]
     judgements = [judg("x", "h", [5, 1]), _pairwise("x", [0.3, 0.7], [{"i": 0, "j": 1, "p": 0.3, "consistent": True}])]
-    pairs, stats = build_pairs(cands, judgements, ["h", "pw"], BuildSettings(rubric_weights={"h": 3}))
+    pairs, stats = build_pairs(cands, judgements, ["h", "pw"], BuildOptions(rubric_weights={"h": 3}))
     assert pairs == [] and stats["pairs_low_confidence"] == 1  # h prefers a, the judge's comparison prefers b
 
 
 def test_missing_judgement_is_counted():
-    pairs, stats = build_pairs([cand("x", ["a", "b"])], [judg("x", "h", [1, 5])], ["h", "other"], BuildSettings())
+    pairs, stats = build_pairs([cand("x", ["a", "b"])], [judg("x", "h", [1, 5])], ["h", "other"], BuildOptions())
     assert pairs == [] and stats["prompts_missing_judgement"] == 1
 
 

@@ -47,12 +47,15 @@ class GenerateOptions:
 class JudgeOptions:
     rubrics: list[str] = option(lambda: ["helpfulness"], "rubric names (rubrics/NAME.yaml) or paths; method comes from the file")
     judge: BackendConfig = option(BackendConfig, "the judge model (in `run`: every judge.* key defaults to the policy's)")
-    judge_max_retries: int = option(2, "retries of an invalid verdict before it is recorded as failed")
+    verdict_retries: int = option(2, "verdict rubrics: re-asks of an invalid verdict before it is recorded as "
+                                  "failed (HTTP retries are judge.* options)")
     judge_chunk_size: int = option(64, "candidates rows per judge call (resume granularity)")
 
 
 @dataclass
 class BuildOptions:
+    """How judgements become pairs (`rlaif.dataset.pairs.build_pairs` takes any config holding these)."""
+
     rubric_weights: dict[str, float] = option(dict, "weight per rubric when combining normalised scores (default 1 each)")
     strategy: Literal["best-vs-worst", "all-pairs"] = option("best-vs-worst", "which pairs to take per prompt")
     min_margin: float = option(0.0, "all-pairs/best-vs-worst: minimum combined-score margin in [0,1] (ties always dropped)")
@@ -98,6 +101,8 @@ def check_options(cfg: Any) -> None:
         raise bad("temperature", f"must be >= 0, got {cfg.temperature}")
     if not 0 < getattr(cfg, "top_p", 1.0) <= 1:
         raise bad("top_p", f"must be in (0, 1], got {cfg.top_p}")
+    if getattr(cfg, "verdict_retries", 0) < 0:
+        raise bad("verdict_retries", f"must be >= 0, got {cfg.verdict_retries}")
     for key in ("chunk_size", "judge_chunk_size", "chunk_tokens"):
         if getattr(cfg, key, 1) < 1:
             raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")

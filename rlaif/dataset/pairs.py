@@ -21,21 +21,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Literal
+
+from rlaif.dataset.options import BuildOptions
 
 TIE_EPS = 1e-9
-
-
-@dataclass
-class BuildSettings:
-    strategy: Literal["best-vs-worst", "all-pairs"] = "best-vs-worst"
-    min_margin: float = 0.0
-    rubric_weights: dict[str, float] = field(default_factory=dict)  # missing rubric -> weight 1
-    pairwise_min_confidence: float = 0.6
-    require_position_consistent: bool = True
-    test_fraction: float = 0.1
-    seed: int = 0
 
 
 def normalise(score: float | None, scale: list[float]) -> float | None:
@@ -72,13 +61,13 @@ def _comparison_p(row: dict, chosen: int, rejected: int) -> tuple[float | None, 
     return None, None
 
 
-def _candidate_pairs(scores: list[float | None], settings: BuildSettings, stats: Counter) -> list[tuple[int, int]]:
+def _candidate_pairs(scores: list[float | None], options: BuildOptions, stats: Counter) -> list[tuple[int, int]]:
     scored = [(k, s) for k, s in enumerate(scores) if s is not None]
     stats["responses_failed"] += len(scores) - len(scored)
     if len(scored) < 2:
         stats["prompts_too_few_scored"] += 1
         return []
-    if settings.strategy == "best-vs-worst":
+    if options.strategy == "best-vs-worst":
         # First index wins among equals: deterministic, and a tie is detected by the margin below.
         best = max(scored, key=lambda t: (t[1], -t[0]))
         worst = min(scored, key=lambda t: (t[1], t[0]))
@@ -86,7 +75,7 @@ def _candidate_pairs(scores: list[float | None], settings: BuildSettings, stats:
         if margin <= TIE_EPS:
             stats["prompts_all_tied"] += 1
             return []
-        if margin < settings.min_margin:
+        if margin < options.min_margin:
             stats["pairs_below_margin"] += 1
             return []
         return [(best[0], worst[0])]
@@ -97,7 +86,7 @@ def _candidate_pairs(scores: list[float | None], settings: BuildSettings, stats:
             margin = abs(si - sj)
             if margin <= TIE_EPS:
                 stats["pairs_tied"] += 1
-            elif margin < settings.min_margin:
+            elif margin < options.min_margin:
                 stats["pairs_below_margin"] += 1
             else:
                 pairs.append((i, j) if si > sj else (j, i))
@@ -105,7 +94,7 @@ def _candidate_pairs(scores: list[float | None], settings: BuildSettings, stats:
 
 
 def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str],
-                settings: BuildSettings) -> tuple[list[dict], Counter]:
+                options: BuildOptions) -> tuple[list[dict], Counter]:
     """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped."""
     stats: Counter = Counter()
     by_id: dict[str, dict[str, dict]] = {}
@@ -121,10 +110,10 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
             stats["prompts_missing_judgement"] += 1
             continue
         rows = {r: rows[r] for r in rubrics}
-        scores = combined_scores(rows, settings.rubric_weights)
+        scores = combined_scores(rows, options.rubric_weights)
         judge = "+".join(dict.fromkeys(row["judge"] for row in rows.values()))
         kept = 0
-        for chosen, rejected in _candidate_pairs(scores, settings, stats):
+        for chosen, rejected in _candidate_pairs(scores, options, stats):
             if cand["responses"][chosen] == cand["responses"][rejected]:
                 stats["pairs_identical_text"] += 1
                 continue
@@ -135,9 +124,9 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
                 p, consistent = _comparison_p(row, chosen, rejected)
                 if p is None:
                     reason = "pairs_pairwise_failed"
-                elif settings.require_position_consistent and not consistent:
+                elif options.require_position_consistent and not consistent:
                     reason = "pairs_position_inconsistent"
-                elif p < settings.pairwise_min_confidence:
+                elif p < options.pairwise_min_confidence:
                     reason = "pairs_low_confidence"
                 if reason:
                     break

@@ -169,7 +169,7 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates_fp: str) -> JudgePlan:
     fp = fingerprint({"candidates": candidates_fp, "engine": cfg.judge.engine, "model": cfg.judge.model,
                       "rubrics": [(r.name, r.method, r.template,
                                    Path(r.path).read_text(encoding="utf-8") if r.path else "") for r in rubrics],
-                      "seed": cfg.seed, "max_retries": cfg.judge_max_retries})
+                      "seed": cfg.seed, "max_retries": cfg.verdict_retries})  # key kept: same fingerprints
     return JudgePlan(rubrics, fp)
 
 
@@ -202,7 +202,7 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
             batch = [items[i] for i in block]
             if all(stage.done((it.id, rubric.name)) for it in batch):
                 continue
-            rows = judge_items(backend, rubric, batch, seed=cfg.seed, max_retries=cfg.judge_max_retries,
+            rows = judge_items(backend, rubric, batch, seed=cfg.seed, max_retries=cfg.verdict_retries,
                                progress=False)
             for it, row in zip(batch, rows):
                 if not stage.done((it.id, rubric.name)):
@@ -232,16 +232,12 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
 
 def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
               rubric_names: Sequence[str]) -> dict[str, Any]:
-    from rlaif.dataset.pairs import BuildSettings, build_pairs, split_by_prompt
+    from rlaif.dataset.pairs import build_pairs, split_by_prompt
     from rlaif.dataset.report import write_dataset_card, write_report
 
     out = Path(cfg.out)
     start = time.perf_counter()
-    settings = BuildSettings(strategy=cfg.strategy, min_margin=cfg.min_margin, rubric_weights=cfg.rubric_weights,
-                             pairwise_min_confidence=cfg.pairwise_min_confidence,
-                             require_position_consistent=cfg.require_position_consistent,
-                             test_fraction=cfg.test_fraction, seed=cfg.seed)
-    pairs, stats = build_pairs(candidates, judgements, list(rubric_names), settings)
+    pairs, stats = build_pairs(candidates, judgements, list(rubric_names), cfg)
     train, test = split_by_prompt(pairs, cfg.test_fraction, cfg.seed)
     write_jsonl(out / "preferences" / "train.jsonl", train)
     write_jsonl(out / "preferences" / "test.jsonl", test)
