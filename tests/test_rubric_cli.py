@@ -10,7 +10,7 @@ import pytest
 import rlaif.backends as base
 from rlaif.backends.fake import FakeBackend
 from rlaif.cli import main
-from rlaif.judging.rubrics import REPO_RUBRICS, load_rubric
+from rlaif.judging.rubrics import SHIPPED_RUBRICS, load_rubric
 
 
 def test_lint_shipped_rubrics_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,9 +20,9 @@ def test_lint_shipped_rubrics_exit_0(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_lint_broken_rubric_exit_1_with_file_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "broken.yaml"
-    broken.write_text((REPO_RUBRICS / "honesty.yaml").read_text().replace("name: honesty", "name: broken")
+    broken.write_text((SHIPPED_RUBRICS / "honesty.yaml").read_text().replace("name: honesty", "name: broken")
                       .replace("{{ response }}", "{{ responce }}"))
-    assert main(["rubric", "lint", str(broken), str(REPO_RUBRICS / "honesty.yaml")]) == 1
+    assert main(["rubric", "lint", str(broken), str(SHIPPED_RUBRICS / "honesty.yaml")]) == 1
     out = capsys.readouterr().out
     line = next(n for n, t in enumerate(broken.read_text().splitlines(), 1) if "responce" in t)
     assert f"{broken}:{line}: unknown template variable 'responce'" in out
@@ -38,7 +38,7 @@ def test_lint_accepts_overrides_beside_files(capsys: pytest.CaptureFixture[str])
 def oracle(prefer_better: bool) -> FakeBackend:
     """A judge that knows which shipped-example responses are the better ones (or the opposite)."""
     good, bad = set(), set()
-    for path in REPO_RUBRICS.glob("*.yaml"):
+    for path in SHIPPED_RUBRICS.glob("*.yaml"):
         for ex in load_rubric(path).examples:
             (good if ex.better == "a" else bad).add(ex.response_a.strip())
             (bad if ex.better == "a" else good).add(ex.response_b.strip())

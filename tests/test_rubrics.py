@@ -9,10 +9,10 @@ import pytest
 from rlaif.errors import UserError
 from rlaif.judging.judge import JudgeItem, requests_for
 from rlaif.judging.lint import lint_file
-from rlaif.judging.rubrics import (REPO_RUBRICS, TEMPLATE_VARIABLES, RubricError, fence, judge_conversation, load_rubric,
+from rlaif.judging.rubrics import (SHIPPED_RUBRICS, TEMPLATE_VARIABLES, RubricError, fence, judge_conversation, load_rubric,
                            rubric_from_file)
 
-SHIPPED = sorted(REPO_RUBRICS.glob("*.yaml"))
+SHIPPED = sorted(SHIPPED_RUBRICS.glob("*.yaml"))
 USER = [{"role": "user", "content": "Name a prime number."}]
 
 MINIMAL = """\
@@ -117,7 +117,7 @@ def test_lint_errors_name_file_and_line(tmp_path: Path, edit: tuple[str, str], l
 
 
 def test_verdict_schema_must_match_scale(tmp_path: Path) -> None:
-    text = (REPO_RUBRICS / "truthfulness.yaml").read_text().replace("maximum: 5", "maximum: 10")
+    text = (SHIPPED_RUBRICS / "truthfulness.yaml").read_text().replace("maximum: 5", "maximum: 10")
     path = write(tmp_path, text, "truthfulness")
     msgs = [str(f) for f in lint_file(path)]
     assert any("must match the scale [1, 5]" in m for m in msgs), msgs
@@ -156,7 +156,7 @@ def test_fence_neutralises_markers() -> None:
 
 
 def test_readme_variable_table_matches_the_code() -> None:
-    readme = (REPO_RUBRICS.parent / "README.md").read_text()
+    readme = (SHIPPED_RUBRICS.parent / "README.md").read_text()
     section = readme.split("## Editing a rubric", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     documented = {line.split("`")[1]: line for line in rows}
