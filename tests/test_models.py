@@ -18,6 +18,7 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert cache_dir() == tmp_path / "mine"
 
 
+@pytest.mark.slow  # converts the embedded GGUF on a fresh machine (~46 s)
 def test_alias_resolves_to_cached_safetensors_folder(embedded_model_dir: str) -> None:
     assert DEFAULT_MODEL == "smollm2-135m"
     path = Path(resolve_model("smollm2-135m"))

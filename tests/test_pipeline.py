@@ -199,10 +199,10 @@ def test_bad_input_one_line_exit_2_outputs_intact(finished_run, capsys, args, me
     assert snapshot(finished_run) == before  # even with --overwrite, bad input deletes nothing
 
 
-def test_prompt_longer_than_context_caught_before_generation(finished_run, embedded_model_dir, capsys):
+def test_prompt_longer_than_context_caught_before_generation(finished_run, tiny_model_dir, capsys):
     before = snapshot(finished_run)
     rc = main(["run", "--prompts", str(DEMO), "--rubric", "helpfulness", "--out", str(finished_run),
-               "policy.engine=hf", f"policy.model={embedded_model_dir}", "policy.max_model_len=40", "--overwrite"])
+               "policy.engine=hf", f"policy.model={tiny_model_dir}", "policy.max_model_len=40", "--overwrite"])
     err = capsys.readouterr().err
     assert rc == 2 and "demo.jsonl:" in err and "longer than the model's context (40 tokens" in err
     assert snapshot(finished_run) == before

@@ -20,17 +20,17 @@ LLAMA3_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def tokenizer(embedded_model_dir):
+def tokenizer(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(embedded_model_dir)
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
-@pytest.fixture(scope="module", params=["embedded", "llama3-style"])
-def any_tokenizer(request, embedded_model_dir):
+@pytest.fixture(scope="module", params=["chatml", "llama3-style"])
+def any_tokenizer(request, tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     if request.param == "llama3-style":
         tok.chat_template = LLAMA3_TEMPLATE
     return tok
@@ -57,10 +57,10 @@ def test_prompt_plus_response_is_the_templated_conversation(any_tokenizer):
         assert ids, "response must not be empty"
 
 
-def test_llama3_style_has_a_single_bos(embedded_model_dir):
+def test_llama3_style_has_a_single_bos(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     tok.chat_template = LLAMA3_TEMPLATE
     row = load_splits(ASSETS)["train"][0]
     pair = tokenize_pair(tok, row, 4096, 2048)
