@@ -57,7 +57,9 @@ def test_shipped_rubric_lints_clean_and_renders(path: Path) -> None:
         item = JudgeItem(ex.id, [{"role": "user", "content": ex.prompt}], [ex.response_a, ex.response_b])
         for req in requests_for(rubric, item):
             text = req.conversation[1]["content"]
-            assert "<<<END RESPONSE" in text and "<<<PROMPT>>>" in text or "<<<CONVERSATION>>>" in text
+            assert "<<<END RESPONSE" in text
+            assert "<<<PROMPT>>>" in text or "<<<CONVERSATION>>>" in text
+            assert any(f"\n{r}\n<<<END RESPONSE" in text for r in (ex.response_a, ex.response_b))
 
 
 def test_template_variables_documented_once() -> None:
