@@ -46,7 +46,7 @@ def rlaif_run(kind: str, data: Path, model: str, out: Path, args: argparse.Names
 
     common = dict(data=str(data), model=model, out=str(out), batch_size=args.batch_size, epochs=1,
                   max_length=args.max_length, max_prompt_length=args.max_length // 2, precision="fp32",
-                  save_steps=0, logging_steps=1, progress=False, resume=False)
+                  save_steps=0, logging_steps=1, progress=False, overwrite=True)
     t0 = time.perf_counter()
     if kind == "rm":
         from rlaif.train.rm import train_rm

@@ -51,7 +51,7 @@ def run(kind: str, data: Path, model: str, out: Path, args: argparse.Namespace) 
     common = dict(data=str(data), model=model, out=str(out), batch_size=args.batch_size, epochs=1,
                   max_length=args.max_length, max_prompt_length=args.max_length // 2, precision="bf16",
                   gradient_checkpointing=args.gradient_checkpointing, save_steps=0, logging_steps=1,
-                  progress=False, resume=False)
+                  progress=False, overwrite=True)
     torch.cuda.synchronize()
     if kind == "rm":
         from rlaif.train.rm import train_rm

@@ -15,7 +15,7 @@ ASSETS = Path(__file__).parent / "assets" / "prefs"
 def _rm(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from rlaif.train.rm import load_reward_model
+    from rlaif.train.modeling import load_reward_model
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
@@ -23,7 +23,7 @@ def _rm(tiny_model_dir):
 
 
 def test_score_is_read_at_last_real_token_whatever_the_padding(tiny_model_dir):
-    from rlaif.train.rm import reward_scores
+    from rlaif.train.modeling import reward_scores
 
     tok, model = _rm(tiny_model_dir)
     seqs = [[5, 17, 300, 41], [9, 8, 7, 6, 5, 4, 3], [tok.pad_token_id, 12, tok.pad_token_id]]  # pad id inside a real row
@@ -71,7 +71,7 @@ def test_rm_learns_a_separable_set(trained_rm):
 def test_trained_rm_reloads_with_plain_transformers(trained_rm):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlaif.train.rm import reward_scores
+    from rlaif.train.modeling import reward_scores
 
     out, _ = trained_rm
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()

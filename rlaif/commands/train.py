@@ -10,7 +10,6 @@ Multi-GPU: ``accelerate launch -m rlaif.cli train dpo ...`` (same options).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,11 +19,14 @@ from rlaif.errors import UserError, where
 
 
 def _train_config(args: argparse.Namespace, cls: type) -> Any:
-    from rlaif.config import load_config
+    """Defaults <- --config YAML <- key=value <- --data/--model/--out/--overwrite, all type-checked."""
+    from rlaif.config import load_config, merge
 
     cfg = load_config(cls, args.config, args.overrides)
-    flags = {k: getattr(args, k) for k in ("data", "model", "out") if getattr(args, k) is not None}
-    return dataclasses.replace(cfg, **flags)
+    flags = {k: getattr(args, k) for k in ("data", "model", "out") if getattr(args, k, None) is not None}
+    if getattr(args, "overwrite_flag", False):
+        flags["overwrite"] = True
+    return merge(cfg, flags, source="command line: ")
 
 
 def _run_rm(args: argparse.Namespace) -> int:
@@ -122,6 +124,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "or {train,test}.jsonl; same as data=")
         p.add_argument("--model", help="base model: smollm2-135m, a local folder or a hub id; same as model=")
         p.add_argument("--out", help="output folder (final model, checkpoints, logs); same as out=")
+        p.add_argument("--overwrite", dest="overwrite_flag", action="store_true",
+                       help="start over: delete what an earlier run wrote in --out (same as overwrite=true)")
         add_config_arguments(p, cls)
         p.set_defaults(func=func)
 

@@ -1,87 +1,87 @@
 """Config dataclasses of the trainers (light: no torch import, so `rlaif --help` stays fast).
 
-Each field's ``help`` metadata appears in ``rlaif train rm|dpo --help``; every field can be set
-in a ``--config`` YAML file or as ``key=value`` (dotted for nested: ``lora.enabled=true``).
+Each field's help text appears in ``rlaif train rm|dpo --help``; every field can be set in a
+``--config`` YAML file or as ``key=value`` (dotted for nested: ``lora.enabled=true``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
+
+from rlaif.config import option
 
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
 
 
 @dataclass
 class LoraOptions:
-    enabled: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) instead of all weights"})
-    r: int = field(default=16, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha"})
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"],
-                                      metadata={"help": "module names, or all-linear"})
+    enabled: bool = option(False, "train a LoRA adapter (peft) instead of all weights")
+    r: int = option(16, "LoRA rank")
+    alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r)")
+    dropout: float = option(0.05, "dropout on the LoRA branch")
+    target_modules: list[str] = option(lambda: ["all-linear"], "module names to adapt, or all-linear")
 
 
 @dataclass
 class TrainConfig:
     """Options both trainers share. ``data``, ``model``, ``out`` are also --data/--model/--out."""
 
-    data: str = field(default="", metadata={"help": "folder with preferences/{train,test}.jsonl"})
-    model: str = field(default="smollm2-135m", metadata={"help": "base model: alias, local folder or hub id"})
-    out: str = field(default="", metadata={"help": "output folder (model, checkpoints, logs)"})
-    max_length: int = field(default=1024, metadata={"help": "tokens of prompt + response, longer pairs are truncated"})
-    max_prompt_length: int = field(default=512, metadata={"help": "prompt tokens kept (from the end) when truncating"})
-    batch_size: int = field(default=8, metadata={"help": "pairs per micro-batch per process"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    epochs: float = 1.0
-    max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = from epochs"})
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = field(
-        default="auto", metadata={"help": "auto = bf16 mixed precision on a GPU that has it, else fp32"})
-    gradient_checkpointing: bool = False
-    group_by_length: bool = field(default=True, metadata={"help": "sort within mega-batches by length (less padding)"})
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    logging_steps: int = 10
-    eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps; 0 = only at the end"})
-    eval_batch_size: int = 0
-    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps; 0 = never"})
-    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
-    resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in out/"})
-    progress: bool = True
+    data: str = option("", "folder with preferences/{train,test}.jsonl")
+    model: str = option("smollm2-135m", "base model: alias, local folder or hub id")
+    out: str = option("", "output folder (model, checkpoints, logs)")
+    overwrite: bool = option(False, "start over: delete what the trainer wrote in --out first (else a rerun "
+                                    "resumes from the last checkpoint, if its settings match)")
+    max_length: int = option(1024, "tokens of prompt + response, longer pairs are truncated")
+    max_prompt_length: int = option(512, "prompt tokens kept (from the end) when truncating")
+    batch_size: int = option(8, "pairs per micro-batch per process")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    epochs: float = option(1.0, "passes over the training pairs (fractions allowed); used when max_steps=0")
+    max_steps: int = option(0, "optimizer steps; 0 = from epochs")
+    lr: float = option(1e-5, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay (not on biases and norms)")
+    warmup_ratio: float = option(0.1, "share of the steps with a linear learning-rate warmup")
+    lr_schedule: Literal["cosine", "linear", "constant"] = option("cosine", "learning-rate decay after warmup")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 = no clipping")
+    seed: int = option(0, "seed of the batch order and of torch")
+    precision: Literal["auto", "fp32", "bf16"] = option(
+        "auto", "auto = bf16 mixed precision on a GPU that has it, else fp32")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, slower)")
+    group_by_length: bool = option(True, "sort within mega-batches by length (less padding)")
+    lora: LoraOptions = option(LoraOptions, "LoRA options (lora.enabled=true ...)")
+    logging_steps: int = option(10, "log the mean training metrics every N optimizer steps")
+    eval_steps: int = option(0, "evaluate every N steps; 0 = only at the end")
+    eval_batch_size: int = option(0, "pairs per evaluation / reference batch; 0 = batch_size")
+    save_steps: int = option(200, "checkpoint every N optimizer steps; 0 = never")
+    save_total_limit: int = option(2, "checkpoints kept (oldest removed)")
+    progress: bool = option(True, "show progress bars")
 
 
 @dataclass
 class RMConfig(TrainConfig):
-    lr: float = 1e-5
-    margin_coef: float = field(default=0.0, metadata={
-        "help": "weight of the judge's score margin in the loss (0 = plain Bradley-Terry)"})
-    center_coef: float = field(default=0.0, metadata={
-        "help": "reward centering coefficient (Eisenstein et al. 2023 use 0.01)"})
+    lr: float = option(1e-5, "peak learning rate (AdamW)")
+    margin_coef: float = option(0.0, "weight of the judge's score margin in the loss (0 = plain Bradley-Terry)")
+    center_coef: float = option(0.0, "reward centering coefficient (Eisenstein et al. 2023 use 0.01)")
 
 
 @dataclass
 class DPOConfig(TrainConfig):
-    lr: float = 1e-6
-    beta: float = field(default=0.1, metadata={"help": "KL strength (for ipo: the regulariser tau)"})
-    loss_type: DPOLossType = field(default="sigmoid", metadata={"help": "sigmoid | ipo | hinge | robust"})
-    label_smoothing: float = field(default=0.0, metadata={
-        "help": "assumed label-noise rate: cDPO with sigmoid, unbiased with robust"})
-    reference: Literal["precompute", "model"] = field(default="precompute", metadata={
-        "help": "precompute = reference log-probs in a first pass (no reference in memory); model = frozen copy"})
+    lr: float = option(1e-6, "peak learning rate (AdamW)")
+    beta: float = option(0.1, "KL strength (for ipo: the regulariser tau)")
+    loss_type: DPOLossType = option("sigmoid", "sigmoid | ipo | hinge | robust")
+    label_smoothing: float = option(0.0, "assumed label-noise rate: cDPO with sigmoid, unbiased with robust")
+    reference: Literal["precompute", "model"] = option(
+        "precompute", "precompute = reference log-probs in a first pass (no reference in memory); "
+                      "model = frozen copy")
 
 
 @dataclass
 class ScoreConfig:
     """Options of ``rlaif rm score``."""
 
-    model: str = field(default="", metadata={"help": "reward model folder (output of `rlaif train rm`)"})
-    data: str = field(default="", metadata={"help": "JSONL: prompt + response, or prompt + chosen + rejected"})
-    out: str = field(default="", metadata={"help": "output JSONL (empty = stdout)"})
-    batch_size: int = 8
-    max_length: int = 2048
-    device: str = field(default="", metadata={"help": "cpu, cuda, cuda:1...; empty = cuda if available"})
+    model: str = option("", "reward model folder (output of `rlaif train rm`)")
+    data: str = option("", "JSONL: prompt + response, or prompt + chosen + rejected")
+    out: str = option("", "output JSONL (empty = stdout)")
+    batch_size: int = option(8, "rows per forward pass")
+    max_length: int = option(2048, "tokens of prompt + response (the prompt keeps at most half, from its end)")
+    device: str = option("", "cpu, cuda, cuda:1...; empty = cuda if available")

@@ -127,10 +127,6 @@ class TruncationStats:
     response_truncated: int = 0
     boundary_mismatch: int = 0  # templated prompt was not a prefix of the templated conversation
 
-    @property
-    def truncated(self) -> int:
-        return self.prompt_truncated + self.response_truncated
-
     def summary(self) -> str:
         text = (f"{self.pairs} pairs; prompt truncated in {self.prompt_truncated}, a response truncated "
                 f"in {self.response_truncated}; none dropped")
@@ -232,23 +228,20 @@ class Batch:
         return self
 
 
-def collate(pairs: list[TokenizedPair], pad_token_id: int, padding_side: str = "right",
-            pad_to_multiple_of: int = 1) -> Batch:
-    """Pad ``[prompt+chosen ..., prompt+rejected ...]`` to the batch's longest row."""
+def collate(pairs: list[TokenizedPair], pad_token_id: int) -> Batch:
+    """Right-pad ``[prompt+chosen ..., prompt+rejected ...]`` to the batch's longest row."""
     seqs = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
     prompt_lens = [len(p.prompt_ids) for p in pairs] * 2
     width = max(len(s) for s in seqs)
-    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     n = len(seqs)
     input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
     for i, (seq, plen) in enumerate(zip(seqs, prompt_lens)):
-        start = width - len(seq) if padding_side == "left" else 0
         ids = torch.tensor(seq, dtype=torch.long)
-        input_ids[i, start:start + len(seq)] = ids
-        attention_mask[i, start:start + len(seq)] = 1
-        labels[i, start + plen:start + len(seq)] = ids[plen:]
+        input_ids[i, :len(seq)] = ids
+        attention_mask[i, :len(seq)] = 1
+        labels[i, plen:len(seq)] = ids[plen:]
     real = int(attention_mask.sum())
     return Batch(input_ids, attention_mask, labels, torch.tensor([p.margin for p in pairs], dtype=torch.float32),
                  indices=[p.index for p in pairs], real_tokens=real, padded_tokens=n * width - real)

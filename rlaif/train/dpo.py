@@ -22,38 +22,11 @@ from typing import Any
 import torch
 
 from rlaif.errors import UserError
-from rlaif.train.data import IGNORE_INDEX, Batch, TokenizedPair
+from rlaif.train.data import Batch, TokenizedPair
 from rlaif.train.config import DPOConfig
-from rlaif.train.runtime import (already_finished, batched_eval, position_ids, prepare_model, prepare_run,
-                              run_loop, save_final)
+from rlaif.train.modeling import prepare_model, response_logprobs, unwrap
+from rlaif.train.runtime import RunInputs, batched_eval, prepare_run, save_final, train_pairs
 from rlaif.train.losses import dpo_loss
-
-
-def response_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-prob of each row's response tokens and their count, shapes (2B,), (2B,).
-
-    The LM head runs only on positions that predict a response token: a pre-hook on the output
-    layer gathers those M hidden states, so logits are (M, V), not (2B, T, V) over prompt and
-    padding as well. The model's own forward still runs (DDP/FSDP/peft wrappers work as usual).
-    """
-    predicts = batch.labels[:, 1:] != IGNORE_INDEX                     # (2B, T-1): position t -> label t+1
-    select = torch.nn.functional.pad(predicts, (0, 1))                  # (2B, T)
-    targets = batch.labels[:, 1:][predicts]                             # (M,), row-major like select
-
-    def gather(_module: Any, args: tuple) -> tuple:
-        return (args[0][select].unsqueeze(0), *args[1:])                # (1, M, H)
-
-    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(gather)
-    try:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=position_ids(batch.attention_mask), logits_to_keep=0, use_cache=False)
-    finally:
-        handle.remove()
-    logits = out.logits[0]                                              # (M, V)
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float() - torch.logsumexp(logits.float(), -1)
-    rows = select.nonzero()[:, 0]
-    logps = torch.zeros(select.shape[0], device=logits.device).index_add(0, rows, token_logps)
-    return logps, predicts.sum(-1)
 
 
 def reference_logprobs(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_token_id: int,
@@ -120,10 +93,6 @@ class DPOObjective:
         }
 
 
-def unwrap(model: Any) -> Any:
-    return model.module if hasattr(model, "module") else model
-
-
 def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair], table: torch.Tensor | None,
                  cfg: DPOConfig, pad_token_id: int, accelerator: Any) -> dict[str, float]:
     totals: dict[str, float] = {}
@@ -139,6 +108,28 @@ def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair]
     return {name: v / max(n, 1) for name, v in totals.items()}
 
 
+def setup_reference(cfg: DPOConfig, run: RunInputs, model: Any) -> tuple[Any, Any, Any]:
+    """(train table, test table, frozen model): the cached or freshly computed reference log-probs
+    (``reference=precompute``), or a frozen copy of ``model`` (``reference=model`` without LoRA)."""
+    accelerator, pad = run.accelerator, run.tokenizer.pad_token_id
+    if cfg.reference == "precompute":
+        cache = run.out / "ref_logps.pt"
+        key = _fingerprint(run.base, run.train + run.test)
+        cached = torch.load(cache) if cache.is_file() else None
+        if cached is not None and cached.get("key") == key:
+            return cached["train"], cached["test"], None
+        model.to(accelerator.device)
+        bs = cfg.eval_batch_size or cfg.batch_size
+        ref_train = reference_logprobs(model, run.train, bs, pad, accelerator, cfg.progress)
+        ref_test = reference_logprobs(model, run.test, bs, pad, accelerator, cfg.progress)
+        if accelerator.is_main_process:
+            torch.save({"key": key, "train": ref_train, "test": ref_test}, cache)
+        return ref_train, ref_test, None
+    if not cfg.lora.enabled:
+        return None, None, copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
+    return None, None, None  # LoRA: the base with the adapter switched off
+
+
 def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Train a policy with DPO on ``cfg.data``, save it to ``cfg.out``; returns the summary."""
     from transformers import AutoModelForCausalLM
@@ -149,39 +140,20 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         raise UserError("train dpo: --data and --out are required")
     if cfg.loss_type == "robust" and not 0 <= cfg.label_smoothing < 0.5:
         raise UserError(f"label_smoothing={cfg.label_smoothing}: robust DPO needs 0 <= label_smoothing < 0.5")
-    out = Path(cfg.out)
-    if already_finished(out, cfg):
-        print(f"{out} already holds a trained model (summary.json); pass resume=false to train again")
-        return json.loads((out / "summary.json").read_text())
-    base, tokenizer, train, stats, test, test_stats, accelerator = prepare_run(cfg, out, check_causal_lm)
-    pad = tokenizer.pad_token_id
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    run = prepare_run(cfg, check_causal_lm)
+    if not isinstance(run, RunInputs):  # finished before, with these settings
+        return run
+    accelerator, test, pad = run.accelerator, run.test, run.tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_pretrained(run.base, dtype=torch.float32)
     model.config.pad_token_id = pad
-
-    ref_train = ref_test = None
-    ref_model = None
-    if cfg.reference == "precompute":
-        cache = out / "ref_logps.pt"
-        key = _fingerprint(base, train + test)
-        cached = torch.load(cache) if cache.is_file() else None
-        if cached is not None and cached.get("key") == key:
-            ref_train, ref_test = cached["train"], cached["test"]
-        else:
-            model.to(accelerator.device)
-            bs = cfg.eval_batch_size or cfg.batch_size
-            ref_train = reference_logprobs(model, train, bs, pad, accelerator, cfg.progress)
-            ref_test = reference_logprobs(model, test, bs, pad, accelerator, cfg.progress)
-            if accelerator.is_main_process:
-                torch.save({"key": key, "train": ref_train, "test": ref_test}, cache)
-    elif not cfg.lora.enabled:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
+    ref_train, ref_test, ref_model = setup_reference(cfg, run, model)
     model = prepare_model(model, cfg, task_type="CAUSAL_LM")
     objective = DPOObjective(cfg, ref_train, ref_model)
 
     def eval_fn(m: Any) -> dict[str, float]:
         return evaluate_dpo(m, objective, test, ref_test, cfg, pad, accelerator)
 
-    result = run_loop(cfg, accelerator, model, train, pad, objective, eval_fn if test else None, out, "train dpo")
+    result = train_pairs(cfg, run, model, objective, eval_fn if test else None, "train dpo")
     window = max(1, min(10, len(result.history) // 3))  # first / last steps, for the margin trend
     first, last = result.history[:window], result.history[-window:]
 
@@ -194,10 +166,9 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         "train_margin_first_steps": mean(first, "rewards/margin"),
         "train_margin_last_steps": mean(last, "rewards/margin"),
         "padding_fraction": result.padding_fraction,
-        "truncation": {"train": vars(stats), "test": vars(test_stats)},
+        "truncation": {"train": vars(run.train_stats), "test": vars(run.test_stats)},
     }
-    save_final(accelerator, model, tokenizer, out, summary, cfg)
-    accelerator.print(f"saved policy to {out}; test reward accuracy "
+    save_final(run, model, summary, cfg)
+    accelerator.print(f"saved policy to {run.out}; test reward accuracy "
                       f"{result.eval_metrics.get('rewards/accuracy', float('nan')):.3f}")
     return summary
-

@@ -5,7 +5,7 @@
 
 A prompt is a string (one user turn) or a list of chat messages. Conversations are rendered
 with the model's chat template exactly as in training, and the score is read at the last real
-token (see rm.reward_scores).
+token (see modeling.reward_scores).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ class RewardModel:
     def __init__(self, path: str, device: str | None = None, max_length: int = 2048,
                  max_prompt_length: int = 1024) -> None:
         from rlaif.models import resolve_model
-        from rlaif.train.runtime import load_tokenizer
-        from rlaif.train.rm import load_reward_model
+        from rlaif.train.modeling import load_reward_model, load_tokenizer
 
         path = resolve_model(path)
         self.tokenizer = load_tokenizer(path)
@@ -38,7 +37,7 @@ class RewardModel:
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 8) -> list[float]:
-        from rlaif.train.rm import reward_scores
+        from rlaif.train.modeling import reward_scores
 
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")

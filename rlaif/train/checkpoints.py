@@ -1,0 +1,136 @@
+"""Checkpoints, and what a rerun of ``rlaif train rm|dpo`` does with the folder it finds.
+
+A checkpoint (``out/checkpoints/step-N/``) holds model + optimizer + scheduler + RNG (accelerate)
+and ``trainer_state.json`` = step + the run's *settings*: the config minus the keys that cannot
+change the trained weights (`IGNORED`), with ``data`` replaced by a digest of the preference
+files. ``summary.json`` of a finished run keeps the same record. A rerun
+
+- with the same settings continues from the last checkpoint (or returns the finished summary);
+- with other settings is refused with one line naming what differs;
+- with ``overwrite=true`` first removes what the trainers write in ``out`` (`OWNED`) and starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rlaif.config import to_dict
+from rlaif.errors import UserError
+from rlaif.io.store import fingerprint
+from rlaif.train.config import TrainConfig
+from rlaif.train.data import find_split_files
+
+# How often to log, evaluate or save, and where: none of it changes the trained weights.
+IGNORED = ("out", "overwrite", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit")
+# What `rlaif train rm|dpo` writes in --out (save_pretrained's files included): overwrite removes these.
+OWNED = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt", "config.json",
+         "generation_config.json", "model*.safetensors*", "tokenizer*", "special_tokens_map.json",
+         "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt")
+
+
+def run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The config keys that shape the result (dotted, flat), the data as a digest of its files."""
+    digest = hashlib.sha256()
+    for split, path in sorted(find_split_files(cfg.data).items()):
+        digest.update(split.encode() + b"\0" + path.read_bytes() + b"\0")
+    flat = _flatten({k: v for k, v in to_dict(cfg).items() if k not in IGNORED})
+    flat["data"] = digest.hexdigest()[:16]
+    return {**flat, "fingerprint": fingerprint(flat)}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = [k for k in new if k != "fingerprint" and old.get(k) != new[k]]
+    keys += [k for k in old if k not in new and k != "fingerprint"]
+    text = ", ".join("data (the preference files differ)" if k == "data" else f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+                     for k in keys[:4])
+    return text + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
+def _refuse_if_different(old: dict[str, Any] | None, new: dict[str, Any], where: Path, what: str) -> None:
+    if old is not None and old.get("fingerprint") == new["fingerprint"]:
+        return
+    why = "made before settings were recorded" if old is None else f"made with other settings: {_differences(old, new)}"
+    raise UserError(f"{where}: holds {what} {why}; rerun with --overwrite (overwrite=true) to start over, "
+                    f"or pick another --out")
+
+
+def clear_owned(out: Path) -> None:
+    """Remove what the trainers write in ``out`` (`OWNED`); other files are left alone."""
+    for pattern in OWNED:
+        for p in out.glob(pattern):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Overwrite, or refuse a folder made with other settings. Returns the summary of a finished run
+    with these settings (nothing to train), else None (train: resume if a checkpoint is left)."""
+    from accelerate import PartialState
+
+    if cfg.overwrite:
+        state = PartialState()  # under `accelerate launch` only the main process removes files
+        if state.is_main_process:
+            clear_owned(out)
+        state.wait_for_everyone()
+        return None
+    if (out / "summary.json").is_file() and (out / "config.json").is_file():
+        summary = json.loads((out / "summary.json").read_text())
+        _refuse_if_different(summary.get("settings"), settings, out, "a trained model")
+        return summary
+    existing = checkpoint_dirs(out)
+    if existing:
+        state = json.loads((existing[-1] / "trainer_state.json").read_text())
+        _refuse_if_different(state.get("settings"), settings, existing[-1], "a checkpoint")
+    return None
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Complete checkpoints in ``out``, oldest first."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int, settings: dict[str, Any]) -> Path:
+    """model + optimizer + scheduler + RNG (accelerate), the step and the settings; written to a
+    temporary folder first and renamed, so a kill leaves either the whole checkpoint or none."""
+    final = out / "checkpoints" / f"step-{step}"
+    tmp = out / "checkpoints" / f".step-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "settings": settings}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(out)[:-limit] if limit > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Any, path: Path) -> int:
+    """Restore the state saved in ``path``; returns its step."""
+    accelerator.load_state(str(path))
+    return json.loads((path / "trainer_state.json").read_text())["step"]
