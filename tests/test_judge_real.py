@@ -66,7 +66,7 @@ def test_verdict_on_real_generations_never_raises(judge, tmp_path: Path) -> None
     path = tmp_path / "truthfulness.yaml"
     path.write_text(src)
     items = [JudgeItem("a", [{"role": "user", "content": "How many legs does a spider have?"}], ["Six.", "Eight."])]
-    rows = judge_items(judge, rubric_from_file(path), items, max_retries=1, progress=False)
+    rows = judge_items(judge, rubric_from_file(path), items, verdict_retries=1, progress=False)
     row = rows[0]
     assert row["failures"] == sum(s is None for s in row["scores"])
     for score, det in zip(row["scores"], row["details"]):

@@ -27,6 +27,10 @@ def test_lint_broken_rubric_exit_1_with_file_line(tmp_path: Path, capsys: pytest
     line = next(n for n, t in enumerate(broken.read_text().splitlines(), 1) if "responce" in t)
     assert f"{broken}:{line}: unknown template variable 'responce'" in out
     assert "honesty.yaml" not in out  # the good file has no findings
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: binary\ndescription: \xff\n")
+    assert main(["rubric", "lint", str(binary)]) == 2
+    assert f"{binary}:2: not UTF-8 text" in capsys.readouterr().err
 
 
 def test_lint_accepts_overrides_beside_files(capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,5 +130,27 @@ def test_preview_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "How many legs" in out and "score 5.0 after 1 attempt(s)" in out and '"rationale": "oracle"' in out
     assert main(["rubric", "preview", "truthfulness", "--from", str(cands), "--row", "3"]) == 2
-    assert f"{cands}:3: invalid JSON" in capsys.readouterr().err
+    assert f"{cands}:3: malformed JSON" in capsys.readouterr().err
     assert main(["rubric", "preview", "truthfulness", "--from", str(cands), "--row", "9"]) == 2
+    assert f"{cands}:3: malformed JSON" in capsys.readouterr().err  # rows before 9 are read too
+    cands.write_text(cands.read_text().replace("not json\n", "\n[1]\n"))
+    assert main(["rubric", "preview", "truthfulness", "--from", str(cands), "--row", "3"]) == 2
+    assert f"{cands}: --row 3: no JSON on that line" in capsys.readouterr().err
+    assert main(["rubric", "preview", "truthfulness", "--from", str(cands), "--row", "4"]) == 2
+    assert f"{cands}:4: expected a JSON object" in capsys.readouterr().err
+
+
+def test_verdict_retries_reach_the_judge(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    replies: list[int] = []
+
+    def reply_fn(conv, k, params):  # never a valid verdict: one ask plus verdict_retries re-asks
+        replies.append(len(conv))
+        return "no verdict here"
+
+    monkeypatch.setattr(base, "load_backend", lambda cfg: FakeBackend(reply_fn=reply_fn))
+    args = ["rubric", "preview", "truthfulness", "--prompt", "q", "--response", "r"]
+    assert main(args + ["verdict_retries=3"]) == 0
+    assert replies == [2, 4, 4, 4] and "FAILED after 4 attempt(s)" in capsys.readouterr().out
+    assert main(args + ["verdict_retries=-1"]) == 2
+    assert "option 'verdict_retries': must be >= 0, got -1" in capsys.readouterr().err
+    assert main(args + ["max_retries=1"]) == 2  # the old name is gone

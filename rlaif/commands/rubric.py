@@ -15,23 +15,24 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlaif.backends.base import BackendConfig
-from rlaif.config import add_config_arguments, load_config
+from rlaif.config import add_config_arguments, load_config, option
 from rlaif.errors import UserError, where
-from rlaif.io.records import as_messages
+from rlaif.io.records import as_messages, iter_jsonl
 
 
 @dataclass
 class RubricCommandConfig:
     """Options of the ``rubric`` verbs."""
 
-    judge: BackendConfig = field(default_factory=BackendConfig)
-    seed: int = field(default=0, metadata={"help": "seed for principle sampling and verdict generation"})
-    max_retries: int = field(default=2, metadata={"help": "verdict method: re-asks of an invalid reply"})
+    judge: BackendConfig = option(BackendConfig, "the judge engine and model (judge.engine, judge.model, ...)")
+    seed: int = option(0, "seed for principle sampling and verdict generation")
+    verdict_retries: int = option(2, "verdict rubrics: re-asks of an invalid verdict before it is recorded as "
+                                     "failed (HTTP retries: judge.http_retries)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +74,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace, overrides: list[str] | None = None) -> RubricCommandConfig:
-    return load_config(RubricCommandConfig, args.config, args.overrides if overrides is None else overrides)
+    cfg = load_config(RubricCommandConfig, args.config, args.overrides if overrides is None else overrides)
+    if cfg.verdict_retries < 0:
+        raise UserError(f"option 'verdict_retries': must be >= 0, got {cfg.verdict_retries}")
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,22 +126,26 @@ def run_lint(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # preview
 
+def _jsonl_row(path: Path, row: int) -> dict[str, Any]:
+    """The JSON object on line ``row`` (1-based) of a JSONL file."""
+    if row < 1:
+        raise UserError(f"--row {row}: lines are numbered from 1")
+    for line, rec in iter_jsonl(path):
+        if line == row:
+            if not isinstance(rec, dict):
+                raise UserError(f"{where(path, row)}expected a JSON object")
+            return rec
+        if line > row:
+            break
+    raise UserError(f"{path}: --row {row}: no JSON on that line (blank, or past the end of the file)")
+
+
 def _row_item(path: str, row: int) -> Any:
     """A JudgeItem from line ``row`` of a candidates/JSONL file."""
     from rlaif.judging.judge import JudgeItem
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: file not found")
-    lines = p.read_text(encoding="utf-8").splitlines()
-    if not 1 <= row <= len(lines):
-        raise UserError(f"{p}: --row {row} is out of range (the file has {len(lines)} lines)")
-    try:
-        rec = json.loads(lines[row - 1])
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where(p, row)}invalid JSON: {e.msg}") from None
-    if not isinstance(rec, dict):
-        raise UserError(f"{where(p, row)}expected a JSON object")
+    rec = _jsonl_row(p, row)
     if isinstance(rec.get("messages"), list):
         messages = rec["messages"]
     elif isinstance(rec.get("prompt"), str):
@@ -233,7 +241,7 @@ def run_preview(args: argparse.Namespace) -> int:
         for r in requests:
             title = f"response {r.i}" if r.j is None else f"A = response {r.i}, B = response {r.j}"
             inputs.append((title, chat_text(backend, r.conversation, rubric.assistant_prefix)))
-        row = judge_items(backend, rubric, [item], seed=cfg.seed, max_retries=cfg.max_retries, progress=False)[0]
+        row = judge_items(backend, rubric, [item], seed=cfg.seed, verdict_retries=cfg.verdict_retries, progress=False)[0]
     finally:
         backend.close()
     print(format_preview(rubric, item, row, inputs))
@@ -257,7 +265,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise UserError(f"--min-agreement {args.min_agreement}: expected a fraction between 0 and 1")
     backend = load_backend(cfg.judge)
     try:
-        report = calibrate(backend, rubric, examples, seed=cfg.seed, max_retries=cfg.max_retries)
+        report = calibrate(backend, rubric, examples, seed=cfg.seed, verdict_retries=cfg.verdict_retries)
     finally:
         backend.close()
     print(format_report(report, worst=args.worst))

@@ -187,7 +187,7 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
     if stage.dropped_torn:
         _log("judge: dropped a torn last row left by an interrupted run")
     backend = engines.get("judge")
-    items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"], metadata=c.get("metadata", {}))
+    items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"])
              for c in candidates]
     timings: dict[str, Any] = {}
     for rubric in plan.rubrics:
@@ -202,7 +202,7 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
             batch = [items[i] for i in block]
             if all(stage.done((it.id, rubric.name)) for it in batch):
                 continue
-            rows = judge_items(backend, rubric, batch, seed=cfg.seed, max_retries=cfg.verdict_retries,
+            rows = judge_items(backend, rubric, batch, seed=cfg.seed, verdict_retries=cfg.verdict_retries,
                                progress=False)
             for it, row in zip(batch, rows):
                 if not stage.done((it.id, rubric.name)):

@@ -14,7 +14,6 @@ methods) or a preference p > 0.5 (pairwise, p averaged over both orders). Report
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Sequence
 import yaml
 
 from rlaif.errors import UserError, where
-from rlaif.io.records import as_messages
+from rlaif.io.records import as_messages, iter_jsonl, read_text
 from rlaif.io.yaml_lines import key_lines, line_of
 from rlaif.judging.judge import JudgeItem, judge_items
 from rlaif.judging.rubrics import CalibrationExample, Rubric, rubric_schema
@@ -109,11 +108,11 @@ class CalibrationReport:
 
 
 def calibrate(backend: Any, rubric: Rubric, examples: Sequence[CalibrationExample], *, seed: int = 0,
-              max_retries: int = 2, progress: bool = True) -> CalibrationReport:
+              verdict_retries: int = 2, progress: bool = True) -> CalibrationReport:
     """Judge every example (one batched call) and compare with its label."""
     items = [JudgeItem(ex.id or f"example-{k}", as_messages(ex.prompt),
                        [ex.response_a, ex.response_b]) for k, ex in enumerate(examples)]
-    rows = judge_items(backend, rubric, items, seed=seed, max_retries=max_retries, progress=progress)
+    rows = judge_items(backend, rubric, items, seed=seed, verdict_retries=verdict_retries, progress=progress)
     outcomes, lengths, scores = [], [], []
     for ex, row in zip(examples, rows):
         sa, sb = row["scores"]
@@ -181,10 +180,9 @@ def format_report(r: CalibrationReport, worst: int = 3) -> str:
             lines.append(f"     a={score(o.score_a)}  {_short(ex.response_a)}")
             lines.append(f"     b={score(o.score_b)}  {_short(ex.response_b)}")
     if r.agreement < LOW_AGREEMENT:
-        lines.append(f"WARNING: agreement {_fmt(r.agreement, True)} is low: this judge cannot be trusted with this "
-                     f"rubric; its preferences would add label noise. The embedded SmolLM2-135M is a weak judge "
-                     f"(near chance on such pairs); use a larger judge (judge.model=..., or judge.engine=openai) "
-                     f"or simplify the rubric, then calibrate again.")
+        lines.append(f"WARNING: agreement {_fmt(r.agreement, True)} is low: judge {r.judge} cannot be trusted with "
+                     f"this rubric; its preferences would add label noise. Use a larger judge (judge.model=..., "
+                     f"or judge.engine=openai) or simplify the rubric, then calibrate again.")
     return "\n".join(lines)
 
 
@@ -195,31 +193,10 @@ def read_examples(path: str | Path) -> list[CalibrationExample]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: examples file not found")
-    text = path.read_text(encoding="utf-8")
-    validator = jsonschema.Draft202012Validator(rubric_schema()["$defs"]["example"])
-    rows: list[tuple[int | None, Any]] = []
-    if path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where(path, n)}invalid JSON: {e.msg}") from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise UserError(f"{where(path, mark.line + 1 if mark else None)}invalid YAML") from None
-        key: tuple[Any, ...] = ()
-        if isinstance(data, dict) and "examples" in data:
-            data, key = data["examples"], ("examples",)
-        if not isinstance(data, list):
-            raise UserError(f"{path}: expected a list of examples (prompt, response_a, response_b, better)")
-        lines = key_lines(text)
-        rows = [(line_of(lines, key + (k,)), ex) for k, ex in enumerate(data)]
+    rows = list(iter_jsonl(path)) if path.suffix == ".jsonl" else _yaml_rows(path)
     if not rows:
         raise UserError(f"{path}: no examples")
+    validator = jsonschema.Draft202012Validator(rubric_schema()["$defs"]["example"])
     out = []
     for k, (line, ex) in enumerate(rows):
         err = next(iter(validator.iter_errors(ex)), None)
@@ -228,3 +205,20 @@ def read_examples(path: str | Path) -> list[CalibrationExample]:
             raise UserError(f"{where(path, line, fld)}{err.message}")
         out.append(CalibrationExample(**{"id": f"{path.stem}-{k}", **ex}))
     return out
+
+
+def _yaml_rows(path: Path) -> list[tuple[int | None, Any]]:
+    """(line, example) for each item of a YAML list (or of its ``examples:`` mapping key)."""
+    text = read_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise UserError(f"{where(path, mark.line + 1 if mark else None)}invalid YAML") from None
+    key: tuple[Any, ...] = ()
+    if isinstance(data, dict) and "examples" in data:
+        data, key = data["examples"], ("examples",)
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a list of examples (prompt, response_a, response_b, better)")
+    lines = key_lines(text)
+    return [(line_of(lines, key + (k,)), ex) for k, ex in enumerate(data)]

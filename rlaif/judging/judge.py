@@ -6,7 +6,7 @@
 - verdict: the judge writes a rationale and a JSON verdict constrained to the rubric's schema
   (``SamplingParams.json_schema``: structured outputs where the engine has them). Replies are
   parsed tolerantly and validated with jsonschema; the invalid ones are re-asked (batched, with
-  the error fed back) up to ``max_retries`` times, then recorded as failed with their raw text.
+  the error fed back) up to ``verdict_retries`` times, then recorded as failed with their raw text.
 - pairwise (Lee et al. 2023, "RLAIF vs RLHF"): every pair i<j is shown in both orders; with
   p_first = P(i better | i shown as A) and p_second = P(i better | i shown as B), the preference
   is p = (p_first + p_second) / 2, which cancels the judge's position bias to first order;
@@ -21,7 +21,7 @@ recorded (score null, error text) and counted in ``failures``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from rlaif.backends.base import Backend, Conversation, SamplingParams
@@ -38,7 +38,6 @@ class JudgeItem:
     id: str
     messages: list[dict[str, str]]  # the prompt conversation
     responses: list[str]
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,7 +83,7 @@ def _finite(lp: dict[str, float]) -> dict[str, float | None]:
 
 
 def judge_items(backend: Backend, rubric: Rubric, items: Sequence[JudgeItem], *, seed: int = 0,
-                max_retries: int = 2, progress: bool = True) -> list[dict[str, Any]]:
+                verdict_retries: int = 2, progress: bool = True) -> list[dict[str, Any]]:
     """One judgement row per item (same order); see the module docstring for the maths."""
     rows = [_row(item, rubric, backend) for item in items]
     requests = [r for k, item in enumerate(items) for r in requests_for(rubric, item, k, seed)]
@@ -93,7 +92,7 @@ def judge_items(backend: Backend, rubric: Rubric, items: Sequence[JudgeItem], *,
     if rubric.method == "logprob":
         _score_logprob(backend, rubric, requests, rows, progress)
     elif rubric.method == "verdict":
-        _score_verdict(backend, rubric, items, requests, rows, seed, max_retries, progress)
+        _score_verdict(backend, rubric, items, requests, rows, seed, verdict_retries, progress)
     else:
         _score_pairwise(backend, rubric, requests, rows, progress)
     return rows
@@ -122,12 +121,12 @@ def _reask(conversation: Conversation, raw: str, error: str) -> Conversation:
 
 
 def _score_verdict(backend: Backend, rubric: Rubric, items: Sequence[JudgeItem], requests: list[Request],
-                   rows: list[dict], seed: int, max_retries: int, progress: bool) -> None:
+                   rows: list[dict], seed: int, verdict_retries: int, progress: bool) -> None:
     assert rubric.verdict_schema is not None
     scale = list(rubric.scale)
     convs = [r.conversation for r in requests]
     pending = list(range(len(requests)))
-    for attempt in range(1 + max(0, max_retries)):
+    for attempt in range(1 + max(0, verdict_retries)):
         temperature = rubric.temperature if attempt == 0 else max(rubric.temperature, RETRY_TEMPERATURE)
         params = SamplingParams(n=1, temperature=temperature, max_tokens=rubric.max_tokens, seed=seed,
                                 json_schema=rubric.verdict_schema)

@@ -45,6 +45,7 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rlaif.errors import UserError, where
+from rlaif.io.records import read_text
 from rlaif.io.seeds import digest_int
 from rlaif.io.yaml_lines import key_lines, line_of
 from rlaif.shipped import shipped_dir
@@ -113,14 +114,6 @@ class Rubric:
     path: Path | None = None
     template_path: Path | None = None  # where template line numbers point (yaml or .jinja)
     template_line: int = 0  # line offset of the template's first line in template_path
-
-    @property
-    def scale_min(self) -> float:
-        return float(min(self.scale)) if self.scale else 0.0
-
-    @property
-    def scale_max(self) -> float:
-        return float(max(self.scale)) if self.scale else 1.0
 
     @property
     def choices(self) -> list[str]:
@@ -236,7 +229,7 @@ def read_rubric_data(path: Path) -> tuple[dict[str, Any], str]:
     """Parse the YAML (scale keys as strings, for the JSON schema); return (data, text)."""
     if not path.is_file():
         raise RubricError(f"{path}: rubric file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -334,7 +327,7 @@ def template_source(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...
         if not tpath.is_file():
             raise RubricError(f"{where(path, lines.get(('template_file',)))}field 'template_file': "
                               f"{tpath} not found")
-        return tpath.read_text(encoding="utf-8"), tpath, 0
+        return read_text(tpath), tpath, 0
     return data["template"], path, lines.get(("template",), 0)  # block scalar: text starts next line
 
 
