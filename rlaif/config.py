@@ -142,13 +142,33 @@ def merge(cfg: T, updates: dict[str, Any], source: str = "", prefix: str = "") -
 
 
 def load_config(cls: type[T], config_file: str | Path | None = None, overrides: list[str] | None = None,
-                base: T | None = None) -> T:
-    """Build a ``cls`` instance: defaults (or ``base``) <- YAML file <- ``key=value`` overrides."""
+                base: T | None = None, *, flags: dict[str, Any] | None = None,
+                inherit: dict[str, str] | None = None) -> T:
+    """Build a ``cls`` instance: defaults (or ``base``) <- YAML file <- ``key=value`` overrides <- ``flags``
+    (command-line flags such as ``--out``, already as ``{key: value}``).
+
+    ``inherit={"judge": "policy"}``: the nested config ``judge`` starts from the final ``policy`` (all
+    layers applied), then only the ``judge.*`` keys given in the layers are applied on top of it.
+    """
+    layers = [(read_yaml(config_file), f"{config_file}: ")] if config_file else []
+    layers += [(parse_overrides(overrides or []), "command line: "), (flags or {}, "command line: ")]
     cfg = base if base is not None else cls()
-    if config_file:
-        cfg = merge(cfg, read_yaml(config_file), source=f"{config_file}: ")
-    if overrides:
-        cfg = merge(cfg, parse_overrides(overrides), source="command line: ")
+    held: list[tuple[str, dict[str, Any], str]] = []  # (child, its keys, source) for inherit
+    for data, source in layers:
+        data = dict(data)
+        for child in inherit or {}:
+            if child in data:
+                value = data.pop(child)
+                if not isinstance(value, dict):
+                    raise UserError(f"{source}option '{child}': expected a mapping of {child}.* options")
+                held.append((child, value, source))
+        cfg = merge(cfg, data, source)
+    for child, parent in (inherit or {}).items():
+        value = getattr(cfg, parent)
+        for name, data, source in held:
+            if name == child:
+                value = merge(value, data, source, prefix=f"{child}.")
+        cfg = dataclasses.replace(cfg, **{child: value})  # type: ignore[type-var]
     return cfg
 
 

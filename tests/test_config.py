@@ -69,3 +69,26 @@ def test_overrides_may_follow_options():
     assert args.overrides == ["judge.engine=fake", "seed=3"] and args.min_agreement == 0.5
     args = build_parser().parse_args(["train", "rm", "--data", "D", "lr=1e-5", "--out", "O"])
     assert "lr=1e-5" in args.overrides
+
+
+@dataclass
+class WithJudge:
+    out: str = ""
+    policy: Inner = field(default_factory=Inner)
+    judge: Inner = field(default_factory=Inner)
+
+
+def test_inherit_starts_judge_from_final_policy_then_applies_judge_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("policy:\n  model: p\n  temperature: 0.5\njudge:\n  model: j\n")
+    cfg = load_config(WithJudge, f, ["policy.temperature=0.1", "judge.temperature=0.9"], flags={"out": "D"},
+                      inherit={"judge": "policy"})
+    assert cfg.judge == Inner(model="j", temperature=0.9) and cfg.policy == Inner(model="p", temperature=0.1)
+    assert cfg.out == "D"
+    cfg = load_config(WithJudge, f, ["policy.temperature=0.1"], inherit={"judge": "policy"})
+    assert cfg.judge == Inner(model="j", temperature=0.1)  # a key not given for the judge is the policy's
+    assert load_config(WithJudge, f, ["policy.temperature=0.1"]).judge == Inner(model="j", temperature=0.8)
+    with pytest.raises(UserError, match=r"command line: option 'judge.temperature': expected float"):
+        load_config(WithJudge, None, ["judge.temperature=hot"], inherit={"judge": "policy"})
+    with pytest.raises(UserError, match=r"command line: option 'judge': expected a mapping"):
+        load_config(WithJudge, None, ["judge=3"], inherit={"judge": "policy"})

@@ -284,6 +284,20 @@ def test_judge_options_inherit_from_policy(tmp_path):
     assert cfg.judge.model == "big" and cfg.judge.dtype == "float32" and cfg.policy.model == "smollm2-135m"
 
 
+@pytest.mark.parametrize("setting", ["judge.batch_size=3", "judge.dtype=float32", "judge.max_model_len=64"])
+def test_judge_setting_ignored_by_a_shared_engine_is_refused(tmp_path, capsys, setting):
+    out = tmp_path / "out"
+    args = ["run", "--prompts", str(small_prompts(tmp_path, 3)), "--rubric", "helpfulness", "--out", str(out),
+            "policy.engine=fake", "progress=false"]
+    assert main([*args, setting]) == 2
+    err = capsys.readouterr().err.strip()
+    key = setting.split("=")[0]
+    assert err.count("\n") == 0 and f"option '{key}'" in err and "shares the policy's engine" in err, err
+    assert not out.exists()  # refused before anything is written
+    assert main([*args, setting, "judge.model=other-judge"]) == 0  # a judge of its own takes its own settings
+    assert main([*args, setting.replace("judge.", "policy."), "--overwrite"]) == 0  # the judge inherits it
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])

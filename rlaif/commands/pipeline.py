@@ -12,12 +12,9 @@ Flags are shorthands for config keys (``--prompts X`` is ``prompts=X``); everyth
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
-from rlaif.config import add_config_arguments
-from rlaif.config import merge, parse_overrides, read_yaml
-from rlaif.errors import UserError
+from rlaif.config import add_config_arguments, load_config
 
 DESCRIPTIONS = {
     "run": "generate -> judge -> build: a preference dataset from a prompt file (resumable; rerun the same "
@@ -27,38 +24,20 @@ DESCRIPTIONS = {
     "build": "judgements -> preference pairs DIR/preferences/{train,test}.jsonl, report.html, README.md",
 }
 JUDGE_INHERITS = ("\n\n`judge.*` options default to the policy's values (the judge is the policy unless you say "
-                  "otherwise; the same model and engine are loaded once).")
+                  "otherwise). With the policy's engine and model the engine is loaded once, so another judge.* "
+                  "setting (batch_size, dtype, ...) would be ignored and is refused.")
 
 
 def load_verb_config(cls: type, args: argparse.Namespace, inherit_judge: bool) -> Any:
-    """Defaults <- --config YAML <- key=value <- flags. With ``inherit_judge`` every judge.* key not
-    given defaults to the policy's value."""
-    layers: list[tuple[dict[str, Any], str]] = []
-    if args.config:
-        layers.append((read_yaml(args.config), f"{args.config}: "))
-    layers.append((parse_overrides(args.overrides or []), "command line: "))
+    """`rlaif.config.load_config` with the verb's flags as the last layer; with ``inherit_judge``
+    every judge.* key not given defaults to the policy's value."""
     flags = {k: v for k in ("prompts", "candidates", "judgements", "out") if (v := getattr(args, k, None))}
     if getattr(args, "rubric", None):
         flags["rubrics"] = args.rubric
     if getattr(args, "overwrite_flag", False):
         flags["overwrite"] = True
-    layers.append((flags, "command line: "))
-    judge_layers = []
-    cfg = cls()
-    for data, source in layers:
-        if inherit_judge and "judge" in data:
-            data = dict(data)
-            judge = data.pop("judge")
-            if not isinstance(judge, dict):
-                raise UserError(f"{source}option 'judge': expected a mapping of judge.* options")
-            judge_layers.append((judge, source))
-        cfg = merge(cfg, data, source)
-    if inherit_judge:
-        judge = cfg.policy
-        for data, source in judge_layers:
-            judge = merge(judge, data, source, prefix="judge.")
-        cfg = dataclasses.replace(cfg, judge=judge)
-    return cfg
+    return load_config(cls, args.config, args.overrides, flags=flags,
+                       inherit={"judge": "policy"} if inherit_judge else None)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from defaults <- ``--config FILE.yaml`` <- ``key=value``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, Sequence
 
 from rlaif.backends.base import BackendConfig
@@ -115,6 +115,21 @@ def check_options(cfg: Any) -> None:
     for name, w in getattr(cfg, "rubric_weights", {}).items():
         if w < 0:
             raise bad(f"rubric_weights.{name}", f"must be >= 0, got {w}")
+    if isinstance(cfg, RunConfig):
+        check_shared_engine(cfg.policy, cfg.judge)
+
+
+def check_shared_engine(policy: BackendConfig, judge: BackendConfig) -> None:
+    """A judge with the policy's engine and model shares the policy's loaded engine, so a judge.*
+    setting that differs from the policy's would be silently ignored: refuse it."""
+    if (judge.engine, judge.model) != (policy.engine, policy.model):
+        return
+    for f in fields(judge):
+        mine, theirs = getattr(judge, f.name), getattr(policy, f.name)
+        if mine != theirs:
+            raise UserError(f"option 'judge.{f.name}': {mine!r} differs from policy.{f.name}={theirs!r}, but the "
+                            f"judge shares the policy's engine (same engine and model, loaded once), so it would "
+                            f"be ignored; set policy.{f.name} instead, or give the judge another model")
 
 
 def check_weights(weights: dict[str, float], rubric_names: Sequence[str]) -> None:
