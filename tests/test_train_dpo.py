@@ -2,6 +2,7 @@
 test_train_resume.py)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -75,14 +76,63 @@ def test_dpo_policy_reloads_with_plain_transformers(trained_dpo, tiny_model_dir)
     assert changed, "training must change the weights"
 
 
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "robust"])
+def test_each_loss_lowers_itself_and_raises_the_margin(tiny_model_dir, loss_type):
+    """A few Adam steps on one fixed batch (reference = the starting model) must lower that loss
+    type's own loss and raise the chosen-minus-rejected log-ratio margin it is built on (summed
+    log-probs; per-token means for ipo). A sign error in any branch of dpo_loss fails here."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlaif.train.dpo import response_logprobs
+    from rlaif.train.losses import dpo_loss
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    pairs, _ = tokenize_rows(tok, load_splits(ASSETS)["train"][:4], 1024, 512)
+    batch = collate(pairs, tok.pad_token_id)
+    with torch.no_grad():
+        ref, counts = response_logprobs(model, batch)  # (2B,): chosen rows, then rejected rows
+    ref_c, ref_r = ref.chunk(2)
+    n_c, n_r = counts.chunk(2)
+
+    def loss_and_margin() -> tuple[torch.Tensor, float]:
+        pc, pr = response_logprobs(model, batch)[0].chunk(2)
+        loss = dpo_loss(pc, pr, ref_c, ref_r, beta=0.1, loss_type=loss_type, label_smoothing=0.1,
+                        chosen_tokens=n_c, rejected_tokens=n_r).mean()
+        if loss_type == "ipo":
+            margin = (pc - ref_c) / n_c - (pr - ref_r) / n_r
+        else:
+            margin = (pc - ref_c) - (pr - ref_r)
+        return loss, margin.mean().item()
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first_loss, first_margin = loss_and_margin()
+    assert first_margin == pytest.approx(0.0, abs=1e-4)  # policy == reference at the start
+    for _ in range(4):
+        loss, _ = loss_and_margin()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        last_loss, last_margin = loss_and_margin()
+    assert last_loss.item() < first_loss.item() - 1e-3, (first_loss.item(), last_loss.item())
+    assert last_margin > first_margin + 1e-2, (first_margin, last_margin)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust"])
-def test_other_losses_train(tmp_path, tiny_model_dir, loss_type):
+def test_other_losses_reach_the_trainer(tmp_path, tiny_model_dir, loss_type):
+    """End to end, the configured loss is the one trained: at step 1 policy == reference (h = 0),
+    so the logged loss is that loss type's value at zero margin (beta = 0.1)."""
     from rlaif.train.dpo import train_dpo
 
-    s = train_dpo(_cfg(tiny_model_dir, tmp_path, max_steps=2, loss_type=loss_type, label_smoothing=0.1))
+    s = train_dpo(_cfg(tiny_model_dir, tmp_path, max_steps=2, loss_type=loss_type, label_smoothing=0.1,
+                       beta=0.1, logging_steps=1))
     assert s["loss_type"] == loss_type and s["steps"] == 2
-    assert torch.isfinite(torch.tensor(s["test"]["loss"]))
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    at_zero = {"ipo": (0 - 1 / (2 * 0.1)) ** 2, "hinge": 1.0, "robust": math.log(2)}[loss_type]
+    assert first["train/loss"] == pytest.approx(at_zero, abs=1e-3)
 
 
 @pytest.mark.slow
