@@ -17,6 +17,7 @@ from rlaif.backends.fake import FakeBackend
 from rlaif.cli import main
 from rlaif.dataset.options import RunConfig
 from rlaif.dataset.pipeline import Engines, run_all
+from rlaif.errors import UserError
 from rlaif.io.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
 from rlaif.backends.base import BackendConfig
 
@@ -206,6 +207,50 @@ def test_prompt_longer_than_context_caught_before_generation(finished_run, tiny_
     err = capsys.readouterr().err
     assert rc == 2 and "demo.jsonl:" in err and "longer than the model's context (40 tokens" in err
     assert snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize("rubric", ["helpfulness", "overall_preference", "truthfulness"])
+def test_judge_prompt_longer_than_judge_context_caught_before_the_judge_loads(tmp_path, tiny_model_dir, capsys,
+                                                                               rubric):
+    from transformers import AutoTokenizer
+
+    from rlaif.dataset.judge_context import judge_prompt_tokens
+    from rlaif.judging.rubrics import load_rubric
+
+    items = [{"id": "short", "prompt": "Hi?", "responses": ["Hello.", "Hey.", "Hi."]},
+             {"id": "long", "prompt": "Tell me.", "responses": ["ok", " ".join(["word"] * 300), "fine", "sure"]}]
+    cands = tmp_path / "c.jsonl"
+    cands.write_text(json.dumps(items[0]) + "\n\n" + json.dumps(items[1]) + "\n")  # the long item is on line 3
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    short, long = (judge_prompt_tokens(tok, load_rubric(rubric), {**it, "messages": [{"role": "user",
+                   "content": it["prompt"]}]}, 0) for it in items)
+    assert long > short + 250  # the longest candidate is the one counted
+    limit = short + 20
+    out = tmp_path / "out"
+    rc = main(["judge", "--candidates", str(cands), "--rubric", rubric, "--out", str(out), "judge.engine=hf",
+               f"judge.model={tiny_model_dir}", f"judge.max_model_len={limit}", "progress=false"])
+    err = capsys.readouterr().err.strip()
+    which = "two longest candidates" if rubric == "overall_preference" else "longest candidate"
+    assert rc == 2 and err.count("\n") == 0, err
+    assert (f"{cands}:3: item 'long': the judge prompt of rubric '{rubric}' with its {which} is {long} tokens, "
+            f"longer than the judge's context ({limit} tokens") in err
+    assert not (out / "judgements.jsonl").exists() and not (out / ".rlaif" / "judgements.jsonl").exists()
+
+
+def test_run_checks_judge_prompts_after_generation_naming_the_prompt_line(tmp_path, tiny_model_dir, capsys):
+    prompts = small_prompts(tmp_path, 3)
+    out = tmp_path / "out"
+    rc = main(["run", "--prompts", str(prompts), "--rubric", "helpfulness", "--out", str(out), "policy.engine=fake",
+               "judge.engine=hf", f"judge.model={tiny_model_dir}", "judge.max_model_len=64", "progress=false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{prompts}:1: item 'code-fib': the judge prompt of rubric 'helpfulness'" in err, err
+    assert (out / "candidates.jsonl").is_file() and not (out / "judgements.jsonl").exists()
+    loads = []
+    cfg = RunConfig(prompts=str(prompts), out=str(tmp_path / "out2"), rubrics=["helpfulness"], progress=False,
+                    policy=BackendConfig(engine="fake"), judge=BackendConfig("hf", tiny_model_dir, max_model_len=64))
+    with pytest.raises(UserError, match="judge prompt of rubric 'helpfulness'"):
+        run_all(cfg, factory=lambda c: loads.append(c.engine) or FakeBackend(c))
+    assert loads == ["fake"]  # the judge engine was never loaded
 
 
 def test_cli_missing_required_files(tmp_path, capsys):

