@@ -37,6 +37,7 @@ def cache_dir() -> Path:
 
 
 def is_embedded(name: str) -> bool:
+    """Whether ``name`` is an alias of a model shipped with rlaif (the report warns that it judges weakly)."""
     return name in _EMBEDDED
 
 

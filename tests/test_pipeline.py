@@ -343,6 +343,16 @@ def test_judge_setting_ignored_by_a_shared_engine_is_refused(tmp_path, capsys, s
     assert main([*args, setting.replace("judge.", "policy."), "--overwrite"]) == 0  # the judge inherits it
 
 
+def test_weak_judge_note_names_the_runs_judge():
+    from rlaif.dataset.report import weak_judge_note
+
+    note = weak_judge_note({"models": {"judge": "vllm:smollm2-135m"}})
+    assert note and note.startswith("The judge of this run, vllm:smollm2-135m, is rlaif's small embedded")
+    assert "policy+fake:smollm2-135m" in weak_judge_note({"models": {"judge": "policy+fake:smollm2-135m"}})
+    for judge in ("vllm:/models/Qwen2.5-7B-Instruct", "openai:gpt-4o@api.example.com", None):
+        assert weak_judge_note({"models": {"judge": judge}}) is None
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])

@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.io.store import atomic_write_text
+from rlaif.models import is_embedded
 
-WEAK_JUDGE_NOTE = (
-    "The embedded SmolLM2-135M is a weak judge: on hand-made pairs with an obviously better answer its "
-    "pairwise verdicts were almost never position-consistent and its 1-5 scores were near chance. Treat this "
-    "dataset as a demonstration of the pipeline; for real data use a stronger judge (vLLM on a GPU, or an "
-    "OpenAI-compatible endpoint) and check it with `rlaif rubric calibrate`.")
+
+def weak_judge_note(manifest: dict[str, Any]) -> str | None:
+    """A warning when the run's judge (manifest ``models.judge``) is rlaif's embedded default model."""
+    judge = str(manifest.get("models", {}).get("judge") or "")
+    if not any(is_embedded(j.split(":", 1)[-1]) for j in judge.split("+")):  # model ids are "engine:model"
+        return None
+    return (f"The judge of this run, {judge}, is rlaif's small embedded default model, a weak judge: on hand-made "
+            "pairs with an obviously better answer its pairwise verdicts were almost never position-consistent and "
+            "its 1-5 scores were near chance. Treat this dataset as a demonstration of the pipeline; for real data "
+            "use a stronger judge (vLLM on a GPU, or an OpenAI-compatible endpoint) and check it with "
+            "`rlaif rubric calibrate`.")
 
 
 def _png(fig: Any) -> str:
@@ -147,8 +154,8 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
     build_counts = stages.get("build", {}).get("counts", {})
     parts = [f"<html><head><meta charset='utf-8'><title>rlaif report</title><style>{CSS}</style></head><body>",
              "<h1>rlaif preference dataset report</h1>"]
-    if "smollm2" in str(manifest.get("models", {}).get("judge") or "").lower():
-        parts.append(f"<p class='note'>{html.escape(WEAK_JUDGE_NOTE)}</p>")
+    if note := weak_judge_note(manifest):
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
     parts.append("<h2>Summary</h2>" + _table([
         ("policy", manifest["models"].get("policy")), ("judge", manifest["models"].get("judge")),
         ("prompts", len(candidates)), ("candidates", sum(len(c["responses"]) for c in candidates)),
@@ -229,8 +236,8 @@ def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], ma
               '"score_rejected": 0.3, "margin": 0.5, "rubric": "...", "judge": "...", "policy": "..."}', "```", "",
               "Train on it with `rlaif train dpo --data DIR` (or TRL's `DPOTrainer` directly).", "",
               "## Limitations", ""]
-    if "smollm2" in str(manifest["models"].get("judge") or "").lower():
-        lines.append(WEAK_JUDGE_NOTE)
+    if note := weak_judge_note(manifest):
+        lines.append(note)
     else:
         lines.append("AI-judged labels carry the judge's biases (length, position, self-preference). Check the "
                      "judge against human labels (`rlaif rubric calibrate`) before training on it.")
