@@ -18,7 +18,7 @@ from rlaif.errors import UserError
 COMMAND_MODULES = [
     "rlaif.commands.pipeline",  # run, generate, judge, build
     "rlaif.commands.rubric",    # rubric lint | preview | calibrate
-    "rlaif.commands.train",     # train rm | dpo | ppo, rm score
+    "rlaif.commands.train",     # train rm | dpo, rm score
 ]
 
 
