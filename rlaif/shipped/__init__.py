@@ -2,9 +2,8 @@
 
 They stay at the top level, where users edit them. A wheel installs them as package data
 (pyproject.toml maps ``rlaif.shipped.rubrics`` -> ``rubrics/`` and ``rlaif.shipped.prompts`` ->
-``prompts/``); in a checkout (editable install, or none) this package's import path also points
-at the checkout's top level. Either way `importlib.resources` finds them, from any working
-directory, and there is one copy of each file.
+``prompts/``); in a checkout (editable install, or none) the checkout's folders are used. Either
+way they are found from any working directory, and there is one copy of each file.
 """
 
 from __future__ import annotations
@@ -15,12 +14,12 @@ from typing import Literal
 
 Kind = Literal["rubrics", "prompts"]
 
-_HERE = Path(__file__).resolve().parent
-_CHECKOUT = _HERE.parents[1]
-if not (_HERE / "rubrics").is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
-    __path__.append(str(_CHECKOUT))  # noqa: F821 (a package's __path__): rlaif.shipped.rubrics -> rubrics/
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def shipped_dir(kind: Kind) -> Path:
-    """The folder of shipped rubrics or prompts (inside the installed package, or the checkout)."""
-    return Path(str(files(f"rlaif.shipped.{kind}") / ""))
+    """The folder of shipped rubrics or prompts: the checkout's own (editable install, or none),
+    else the copy installed inside the package."""
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / kind).is_dir():
+        return _CHECKOUT / kind
+    return Path(str(files(__name__) / kind))
