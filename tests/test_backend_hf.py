@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -153,6 +154,32 @@ def test_sampler_follows_softmax_and_top_p() -> None:
     got = torch.bincount(_sample(logits, SamplingParams(temperature=0.7, top_p=0.8), gens), minlength=5) / 6000
     head = want[:2] / want[:2].sum()
     assert torch.allclose(got[:2], head, atol=0.02) and got[2:].sum() == 0
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 1.0), (1.3, 0.8), (0.0, 1.0)])
+def test_token_ids_and_logprobs_match_a_forward_pass(tiny: HFBackend, temperature: float, top_p: float) -> None:
+    """The returned ids are what was sampled (they decode to the text) and each log-prob is the
+    sampled token's log-prob under softmax(logits / T), top-p filtered and renormalized."""
+    params = SamplingParams(n=2, temperature=temperature, top_p=top_p, max_tokens=10, seed=4, logprobs=True)
+    gens = tiny.chat(CONVS[:2], params, progress=False)
+    plain = tiny.chat(CONVS[:2], dataclasses.replace(params, logprobs=False), progress=False)
+    assert _texts(plain) == _texts(gens)  # asking for log-probs changes no sample
+    assert all(c.logprobs is None and c.token_ids for g in plain for c in g.completions)
+    for conv, g in zip(CONVS[:2], gens):
+        prompt = tiny.tokenizer.encode(render_prompt(tiny.tokenizer, conv), add_special_tokens=False)
+        for c in g.completions:
+            assert len(c.token_ids) == len(c.logprobs) == c.num_tokens
+            assert tiny.tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
+            with torch.inference_mode():
+                logits = tiny.model(torch.tensor([prompt + c.token_ids])).logits[0, len(prompt) - 1:-1].float()
+            logp = torch.log_softmax(logits / (temperature or 1.0), -1)  # (T, V)
+            if top_p < 1.0:
+                probs, order = logp.exp().sort(-1, descending=True)
+                outside = probs.cumsum(-1) - probs >= top_p  # sorted order -> vocabulary order:
+                drop = torch.zeros_like(outside).scatter(-1, order, outside)
+                logp = torch.log_softmax(logp.masked_fill(drop, -math.inf), -1)
+            want = logp.gather(-1, torch.tensor(c.token_ids).unsqueeze(-1)).squeeze(-1)
+            assert torch.allclose(torch.tensor(c.logprobs), want, atol=1e-4), (c.logprobs, want.tolist())
 
 
 def test_missing_model_path_is_a_user_error(tmp_path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Sequence
 
+from rlaif.config import option
 from rlaif.models import DEFAULT_MODEL
 
 Message = dict[str, str]
@@ -27,13 +28,32 @@ class SamplingParams:
     # JSON schema the reply must follow (structured outputs where the engine has them;
     # engines without them ignore it and the caller validates).
     json_schema: dict[str, Any] | None = None
+    # also return each sampled token's log-probability (`Completion.logprobs`)
+    logprobs: bool = False
 
 
 @dataclass
 class Completion:
+    """One sampled reply.
+
+    ``token_ids`` are exactly the tokens the engine sampled, in order (``num_tokens`` of them):
+    the end-of-sequence token is included when generation stopped on it; with a stop string,
+    ``text`` is cut before the stop string while ``token_ids`` run through the token that
+    completed it. Training code uses these ids and never re-tokenizes ``text``. ``None`` where the
+    engine cannot say (an OpenAI-compatible server without ``return_token_ids``).
+
+    ``logprobs`` (only when `SamplingParams.logprobs` is set) holds, per sampled token, its
+    log-probability under the distribution it was drawn from: ``log_softmax(logits / temperature)``
+    restricted to the top-p nucleus and renormalized (with ``top_p=1``, the usual RL setting, just
+    the temperature-scaled log-softmax); greedy (``temperature=0``): ``log_softmax(logits)``.
+    The openai engine reports what the server returns (see `rlaif.backends.openai`).
+    """
+
     text: str
     num_tokens: int
     finish_reason: str  # "stop" | "length" | engine-specific
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
 
 
 @dataclass
@@ -48,25 +68,37 @@ class Generation:
 class BackendConfig:
     """Which engine and model to use, and the engine's knobs."""
 
-    engine: Literal["auto", "vllm", "hf", "openai", "fake"] = "auto"
-    model: str = DEFAULT_MODEL
-    dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU (hf); engine default (vllm)
-    max_model_len: int | None = 4096
+    engine: Literal["auto", "vllm", "hf", "openai", "fake"] = option(
+        "auto", "inference engine: vllm, hf (transformers), openai (HTTP server), fake (tests); "
+                "auto = vllm if installed, else hf")
+    model: str = option(DEFAULT_MODEL, "model: the embedded alias smollm2-135m, a local Hugging Face folder, "
+                                       "a hub id, or (openai) the served model name")
+    dtype: str = option("auto", "weights dtype (auto, float32, bfloat16, float16); auto: bf16 on GPU, "
+                                "fp32 on CPU (hf); vllm: its default, fp32 on CPUs without native bf16")
+    max_model_len: int | None = option(4096, "longest prompt + reply in tokens (null: the model's own limit)")
     # vllm
-    gpu_memory_utilization: float = 0.3  # on CPU: share of one NUMA node's RAM for the KV cache
-    enforce_eager: bool = True
-    enable_prefix_caching: bool = True
-    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = option(0.3, "vllm: share of GPU memory to use; on CPU, share of one "
+                                                "NUMA node's RAM reserved for weights and KV cache")
+    enforce_eager: bool = option(True, "vllm: no CUDA graphs / torch.compile (faster start, slower decode)")
+    enable_prefix_caching: bool = option(True, "vllm: reuse the KV cache of shared prompt prefixes")
+    tensor_parallel_size: int = option(1, "vllm: number of GPUs to split the model across")
+    enable_sample_logprobs: bool = option(False, "vllm: build the engine so that samples can return their "
+                                                 "log-probs (SamplingParams.logprobs; for RL rollouts); costs a "
+                                                 "log-softmax over the vocabulary at every sampling step")
     # hf
-    batch_size: int = 16
-    device: str = "auto"
+    batch_size: int = option(16, "hf: rows (conversation x sample) per forward batch")
+    device: str = option("auto", "hf: torch device (auto: cuda if available, else cpu)")
     # openai
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"  # the key itself is read from this variable, never stored
-    max_concurrency: int = 16
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    retry_backoff_s: float = 1.0  # first wait between retries; doubles each time, at most 30 s
+    base_url: str = option("http://127.0.0.1:8000/v1", "openai: server URL up to /v1")
+    api_key_env: str = option("OPENAI_API_KEY", "openai: environment variable holding the API key "
+                                                "(the key itself is never stored or logged)")
+    max_concurrency: int = option(16, "openai: requests in flight at once")
+    timeout_s: float = option(120.0, "openai: seconds before one HTTP request times out")
+    http_retries: int = option(5, "openai: retries of a failed request (429, 5xx, timeout, connection error)")
+    http_retry_backoff_s: float = option(1.0, "openai: first wait between HTTP retries in seconds; doubles "
+                                              "each time, at most 30 s (a 429's Retry-After is honoured)")
+    return_token_ids: bool = option(False, "openai: ask the server for the sampled token ids "
+                                           "(vLLM's server extension; hosted APIs reject it)")
 
 
 class Backend(Protocol):

@@ -2,7 +2,9 @@
 
 Never the only test of a feature: every real engine is tested with a real model too.
 Replies and choice log-probs are pure functions of (conversation, sample index, seed), so a run
-is reproducible. Tests may pass ``reply_fn`` / ``logprob_fn`` to script the engine's answers.
+is reproducible. A reply's "tokens" are its words: ``token_ids`` are a hash of each word (below
+``FAKE_VOCAB``) and ``logprobs`` (on request) are made-up negative numbers, both deterministic.
+Tests may pass ``reply_fn`` / ``logprob_fn`` to script the engine's answers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Callable, Sequence
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
 from rlaif.io.seeds import digest_int
 
+FAKE_VOCAB = 50_000
 ReplyFn = Callable[[Conversation, int, SamplingParams], str]
 LogprobFn = Callable[[Conversation, Sequence[str], str], dict[str, float]]
 
@@ -36,6 +39,13 @@ def _default_logprobs(conversation: Conversation, choices: Sequence[str], prefix
     logits = [(_digest(conversation, prefix, c) % 1000) / 250.0 for c in choices]
     z = math.log(sum(math.exp(x) for x in logits) + 1.0)  # +1: mass on tokens outside the choices
     return {c: x - z for c, x in zip(choices, logits)}
+
+
+def _completion(text: str, finish: str, want_logprobs: bool) -> Completion:
+    words = text.split()
+    ids = [_digest(w) % FAKE_VOCAB for w in words]
+    lps = [-((_digest(w, k) % 400) + 1) / 100.0 for k, w in enumerate(words)] if want_logprobs else None
+    return Completion(text=text, num_tokens=len(words), finish_reason=finish, token_ids=ids, logprobs=lps)
 
 
 class FakeBackend:
@@ -61,7 +71,7 @@ class FakeBackend:
                 finish = "stop"
                 if ntok > params.max_tokens:
                     text, ntok, finish = " ".join(text.split()[: params.max_tokens]), params.max_tokens, "length"
-                comps.append(Completion(text=text, num_tokens=ntok, finish_reason=finish))
+                comps.append(_completion(text, finish, params.logprobs))
             out.append(Generation(completions=comps, prompt_tokens=prompt_tokens))
         return out
 

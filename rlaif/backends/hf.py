@@ -11,6 +11,11 @@ probability reaches ``top_p``, Holtzman et al. 2020) -> one multinomial draw; ``
 is greedy (argmax). A row finishes on an EOS token ("stop"), on a stop string ("stop", text cut
 before it), or after ``max_tokens`` ("length"). JSON schemas are not enforced here (no
 structured decoding); callers validate replies.
+
+Each completion carries the sampled ``token_ids`` (EOS included when it stopped on EOS) and, with
+``SamplingParams.logprobs``, each sampled token's log-probability under the distribution it was
+drawn from: log of its probability in ``softmax(logits / temperature)`` after the top-p filter,
+renormalized over the kept tokens; greedy: ``log_softmax(logits)`` at the argmax.
 """
 
 from __future__ import annotations
@@ -55,13 +60,23 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None]) -> torch.Tensor:
-    """One next token per row from (B, V) logits; row i draws only from ``generators[i]``.
+    """One next token per row from (B, V) logits; row i draws only from ``generators[i]``."""
+    return _sample_logprobs(logits, params, generators, with_logprobs=False)[0]
+
+
+def _sample_logprobs(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None],
+                     with_logprobs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B,) next tokens and (B,) their log-probs under the distribution they were drawn from.
 
     Inverse-CDF sampling: u_i ~ U(0, 1) from row i's generator, token = first index whose
-    cumulative probability exceeds u_i * total (zero-probability tokens are never picked).
+    cumulative probability exceeds u_i * total (zero-probability tokens are never picked). The
+    log-prob is log(p_token / total): the top-p-filtered distribution, renormalized.
     """
     if params.temperature <= 0:
-        return logits.argmax(dim=-1)
+        tokens = logits.argmax(dim=-1)
+        if not with_logprobs:
+            return tokens, None
+        return tokens, torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)  # (B, V)
     order = None
     if params.top_p < 1.0:
@@ -71,9 +86,10 @@ def _sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch
     cum = probs.cumsum(dim=-1)  # (B, V)
     u = torch.stack([torch.rand((), generator=g) for g in generators]).to(cum.device) * cum[:, -1]  # (B,)
     idx = torch.searchsorted(cum, u.unsqueeze(-1), right=True).clamp(max=cum.shape[-1] - 1)  # (B, 1)
+    logp = (probs.gather(-1, idx).squeeze(-1) / cum[:, -1]).log()  # (B,)
     if order is not None:
         idx = order.gather(-1, idx)
-    return idx.squeeze(-1)
+    return idx.squeeze(-1), logp
 
 
 class HFBackend:
@@ -134,14 +150,18 @@ class HFBackend:
         out = self._forward(ids, mask)
         positions = mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
         tokens: list[list[int]] = [[] for _ in range(B)]
+        logprobs: list[list[float]] = [[] for _ in range(B)]
         finish: list[str | None] = ["length" if r <= 0 else None for r in room]
         stop_text: list[str | None] = [None] * B  # text cut before a stop string
         for _ in range(max(room)):
-            nxt = _sample(out.logits[:, -1, :], params, generators).tolist()  # (B,)
+            nxt_t, logp_t = _sample_logprobs(out.logits[:, -1, :], params, generators, params.logprobs)  # (B,)
+            nxt = nxt_t.tolist()
+            logp = logp_t.tolist() if logp_t is not None else [0.0] * B
             for i, t in enumerate(nxt):
                 if finish[i] is not None:
                     continue
                 tokens[i].append(t)
+                logprobs[i].append(logp[i])
                 if t in self.eos_ids:
                     finish[i] = "stop"
                 elif params.stop:
@@ -162,7 +182,8 @@ class HFBackend:
         for i in range(B):
             body = tokens[i][:-1] if tokens[i] and tokens[i][-1] in self.eos_ids else tokens[i]
             text = stop_text[i] if stop_text[i] is not None else self.tokenizer.decode(body, skip_special_tokens=True)
-            comps.append(Completion(text=text, num_tokens=len(tokens[i]), finish_reason=finish[i] or "length"))  # type: ignore[arg-type]
+            comps.append(Completion(text=text, num_tokens=len(tokens[i]), finish_reason=finish[i] or "length",  # type: ignore[arg-type]
+                                    token_ids=tokens[i], logprobs=logprobs[i] if params.logprobs else None))
         return comps
 
     # -- Backend ---------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 One request per conversation (``n`` samples each), ``max_concurrency`` in flight from a thread
 pool. Transient failures (429, 5xx, timeouts, connection errors) are retried with tenacity,
-waiting ``retry_backoff_s * 2**k`` seconds (at most 30; a 429's ``Retry-After`` is honoured), up to
-``max_retries`` retries; then a one-line UserError names the URL and the last status. Other
+waiting ``http_retry_backoff_s * 2**k`` seconds (at most 30; a 429's ``Retry-After`` is honoured), up
+to ``http_retries`` retries; then a one-line UserError names the URL and the last status. Other
 4xx answers (bad model name, bad request) fail at once with the server's message.
 
 ``config.model`` is sent as-is: it must be the *served* model name (``vllm serve ...
@@ -18,6 +18,16 @@ sent as a final assistant message with vLLM's ``add_generation_prompt: false,
 continue_final_message: true``; hosted APIs that do not support continuing an assistant message
 may ignore or reject these fields. Per-sample token counts come from ``usage`` when ``n == 1``
 and from the returned per-token log-probs when ``n > 1``.
+
+Token ids and log-probs of the samples (`Completion.token_ids` / ``logprobs``): with
+``SamplingParams.logprobs`` the request asks for ``logprobs: true`` and each completion carries
+the server's per-token ``logprob`` values. They are whatever the server computes: vLLM's server
+reports the raw model log-probs (temperature 1, no top-p) unless it was started with
+``--logprobs-mode processed_logprobs``, which matches the other engines. Token ids come only
+from servers that return them: with ``return_token_ids`` the request sets vLLM's
+``return_token_ids: true`` extension (vLLM >= 0.10; checked on 0.32) and each choice's
+``token_ids`` are used; hosted APIs reject that field, and without it ``token_ids`` is None
+(never re-derived by tokenizing the text).
 """
 
 from __future__ import annotations
@@ -96,14 +106,14 @@ class OpenAIBackend:
                                         f"body that is not JSON: {_short(response.text, 120)}")) from None
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = min(30.0, self.config.retry_backoff_s * 2 ** (state.attempt_number - 1))
+        backoff = min(30.0, self.config.http_retry_backoff_s * 2 ** (state.attempt_number - 1))
         e = state.outcome.exception() if state.outcome else None
         if isinstance(e, TransientHTTPError) and e.retry_after is not None:
             return max(backoff, min(e.retry_after, 60.0))
         return backoff
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        attempts = self.config.max_retries + 1
+        attempts = self.config.http_retries + 1
         retrying = Retrying(stop=stop_after_attempt(attempts), wait=self._wait,
                             retry=retry_if_exception(_is_transient), reraise=True)
         try:
@@ -144,27 +154,35 @@ class OpenAIBackend:
             body["seed"] = mix_seed(seed) & 0x7FFFFFFF  # 31 bits: accepted everywhere
         if params.stop:
             body["stop"] = list(params.stop)
-        if params.n > 1:
+        if params.n > 1 or params.logprobs:
             body["logprobs"] = True  # per-sample token counts (usage only has the total)
+        if self.config.return_token_ids:
+            body["return_token_ids"] = True  # vLLM server extension
         if params.json_schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "reply", "schema": params.json_schema, "strict": True}}
         return body
 
     @staticmethod
-    def _generation(reply: dict[str, Any], n: int) -> Generation:
+    def _generation(reply: dict[str, Any], n: int, want_logprobs: bool = False) -> Generation:
         usage = reply.get("usage") or {}
         comps = []
         for choice in sorted(reply.get("choices", []), key=lambda c: c.get("index", 0)):
             text = (choice.get("message") or {}).get("content") or ""
             tokens = ((choice.get("logprobs") or {}).get("content")) or None
-            if tokens is not None:
+            ids = choice.get("token_ids")
+            ids = [int(t) for t in ids] if isinstance(ids, list) else None
+            if ids is not None:
+                num = len(ids)
+            elif tokens is not None:
                 num = len(tokens)
             elif n == 1 and "completion_tokens" in usage:
                 num = int(usage["completion_tokens"])
             else:  # no per-sample count from this server: split the total by text length
                 num = -1
-            comps.append(Completion(text=text, num_tokens=num, finish_reason=choice.get("finish_reason") or "length"))
+            lps = [float(t["logprob"]) for t in tokens] if want_logprobs and tokens is not None else None
+            comps.append(Completion(text=text, num_tokens=num, finish_reason=choice.get("finish_reason") or "length",
+                                    token_ids=ids, logprobs=lps))
         unknown = [c for c in comps if c.num_tokens < 0]
         if unknown:
             total = int(usage.get("completion_tokens", 0))
@@ -179,7 +197,8 @@ class OpenAIBackend:
             raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
         bodies = [self._chat_body(c, params, seeds[i] if seeds is not None else params.seed)
                   for i, c in enumerate(conversations)]
-        return self._map(lambda b: self._generation(self._post(b), params.n), bodies, "openai chat", progress)
+        return self._map(lambda b: self._generation(self._post(b), params.n, params.logprobs), bodies,
+                         "openai chat", progress)
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:

@@ -8,7 +8,17 @@ share a sample stream. ``json_schema`` goes through vLLM structured outputs (gui
 
 ``choice_logprobs`` renders the prompt itself (chat template + assistant prefix, see
 `rlaif.backends.choices`) and asks for exactly the choice tokens' log-probabilities with
-``logprob_token_ids`` (no top-k truncation). ``update_weights`` loads new policy weights into
+``logprob_token_ids`` (no top-k truncation).
+
+Every completion carries vLLM's ``token_ids``; with ``SamplingParams.logprobs`` the request asks
+for ``logprobs=0`` (the sampled token's log-prob only). That needs an engine built with
+``enable_sample_logprobs``: `build_llm` then passes ``logprobs_mode="processed_logprobs"``, so the
+log-probs are those of the distribution the token was drawn from (after temperature and top-p;
+see `Completion`), not vLLM's default raw log-probs. It is off by default because vLLM then
+computes a full-vocabulary log-softmax at every sampling step (~12 ms per step for 96 rows on one
+core here, whether or not a request asks); it changes no sample on CPU, and on CUDA makes vLLM use
+its PyTorch sampler instead of FlashInfer's.
+``update_weights`` loads new policy weights into
 the running engine (for PPO rollouts) without touching the disk.
 """
 
@@ -57,6 +67,8 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
         tensor_parallel_size=config.tensor_parallel_size, seed=0,
         worker_extension_cls="rlaif.backends.vllm.WeightUpdateExtension",
     )
+    if config.enable_sample_logprobs:  # Completion.logprobs: the sampling distribution's
+        kwargs["logprobs_mode"] = "processed_logprobs"
     if config.dtype != "auto":
         kwargs["dtype"] = config.dtype
     elif _cpu_without_bf16():
@@ -88,6 +100,16 @@ class WeightUpdateExtension:
         return len(weights)
 
 
+def _completion(o: Any, with_logprobs: bool) -> Completion:
+    """A `Completion` from one ``vllm.CompletionOutput``."""
+    ids = list(o.token_ids)
+    lps = None
+    if with_logprobs:  # one {token_id: Logprob} per position; logprobs=0 holds the sampled token
+        lps = [step[t].logprob for step, t in zip(o.logprobs, ids)]
+    return Completion(text=o.text, num_tokens=len(ids), finish_reason=o.finish_reason or "length",
+                      token_ids=ids, logprobs=lps)
+
+
 class VLLMBackend:
     """``Backend`` over a ``vllm.LLM``. Pass ``llm=`` to wrap an engine you already built."""
 
@@ -106,7 +128,7 @@ class VLLMBackend:
         return vllm.SamplingParams(
             n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
             seed=None if seed is None else mix_seed(seed), stop=list(params.stop) or None,
-            structured_outputs=structured,
+            structured_outputs=structured, logprobs=0 if params.logprobs else None,
         )
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -127,19 +149,22 @@ class VLLMBackend:
             return []
         if seeds is not None and len(seeds) != len(conversations):
             raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+        if params.logprobs:
+            self._check_logprobs_mode()
         if seeds is None:
             sampling: Any = self._sampling_params(params, params.seed)  # one object: vLLM's fast path
         else:
             sampling = [self._sampling_params(params, s) for s in seeds]
         outputs = self._run(self.llm.chat, [list(c) for c in conversations], sampling, use_tqdm=progress)
-        return [
-            Generation(
-                completions=[Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason=o.finish_reason or "length")
-                             for o in sorted(out.outputs, key=lambda o: o.index)],
-                prompt_tokens=len(out.prompt_token_ids or []),
-            )
-            for out in outputs
-        ]
+        return [Generation(completions=[_completion(o, params.logprobs) for o in sorted(out.outputs, key=lambda o: o.index)],
+                           prompt_tokens=len(out.prompt_token_ids or [])) for out in outputs]
+
+    def _check_logprobs_mode(self) -> None:
+        mode = getattr(self.llm.llm_engine.model_config, "logprobs_mode", None)
+        if mode != "processed_logprobs":
+            raise UserError(f"vllm engine: SamplingParams.logprobs needs an engine built with "
+                            f"enable_sample_logprobs=true (vLLM logprobs_mode='processed_logprobs'; "
+                            f"this one has {mode!r})")
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:
