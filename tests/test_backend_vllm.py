@@ -140,8 +140,9 @@ def test_token_ids_and_logprobs_match_transformers(engine, embedded_model_dir: s
             scaled += (got - torch.log_softmax(logits / temperature, -1).gather(-1, ids).squeeze(-1)).abs().tolist()
             raw += (got - torch.log_softmax(logits, -1).gather(-1, ids).squeeze(-1)).abs().tolist()
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    # vLLM here may run bf16 kernels against this fp32 reference: a few hundredths on average
-    assert mean(scaled) < 0.05 and max(scaled) < 0.5, (mean(scaled), max(scaled))
+    # vLLM may run bf16 kernels (AVX512-BF16 CPUs) against this fp32 reference: measured there
+    # mean 0.031, max 0.45 over 274 tokens at T=0.6 (0.035 / 0.26 over 470 at T=1)
+    assert mean(scaled) < 0.06 and max(scaled) < 1.0, (mean(scaled), max(scaled))
     assert mean(raw) > 3 * mean(scaled)  # and they are the temperature-scaled ones
 
 
