@@ -33,8 +33,8 @@ $(STAMP): pyproject.toml
 # The main job on the embedded model (policy and judge: SmolLM2-135M-Instruct via vLLM on CPU).
 # Rerunning resumes/skips finished stages; add DEMO_ARGS=--overwrite to start over.
 demo: $(STAMP)
-	@# 58 prompts x 4 candidates of <= 64 tokens, judged for helpfulness: about 8 minutes on 2 CPU
-	@# cores (logprob judging is prefill-bound there: ~1 candidate/s). Add rubrics with DEMO_ARGS.
+	@# 58 prompts x 4 candidates of <= 64 tokens, judged for helpfulness (duration: see README).
+	@# Add rubrics with DEMO_ARGS.
 	$(VENV)/bin/rlaif run --prompts prompts/demo.jsonl --rubric helpfulness \
 		--out outputs/demo n=4 max_tokens=64 $(DEMO_ARGS)
 	@echo "demo done: preference dataset in outputs/demo/preferences/, report in outputs/demo/report.html"
