@@ -87,33 +87,44 @@ def test_run_writes_contract_layout_without_secrets(tmp_path, monkeypatch):
     assert html.count("data:image/png;base64,") >= 4 and "Position consistency" in html
 
 
-SLOW_FAKE = (
-    "import sys, time\n"
+# The fake engine, in a subprocess, hangs on its second call of ``HANG_ON`` (chat: generation;
+# choice_logprobs: logprob judging) so the test can kill it mid-stage whatever the machine's load.
+HANGING_FAKE = (
+    "import os, sys, time\n"
     "from rlaif.backends.fake import FakeBackend\n"
-    "chat, lp = FakeBackend.chat, FakeBackend.choice_logprobs\n"
-    "FakeBackend.chat = lambda self, *a, **k: (time.sleep(0.1), chat(self, *a, **k))[1]\n"
-    "FakeBackend.choice_logprobs = lambda self, *a, **k: (time.sleep(0.1), lp(self, *a, **k))[1]\n"
+    "hang_on, calls = os.environ.get('HANG_ON'), {}\n"
+    "def slow(name):\n"
+    "    real = getattr(FakeBackend, name)\n"
+    "    def call(self, *a, **k):\n"
+    "        calls[name] = calls.get(name, 0) + 1\n"
+    "        if name == hang_on and calls[name] == 2:\n"
+    "            time.sleep(120)\n"
+    "        return real(self, *a, **k)\n"
+    "    setattr(FakeBackend, name, call)\n"
+    "slow('chat'); slow('choice_logprobs')\n"
     "from rlaif.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
 
-def _run_cli(args: list[str], cwd: Path, kill_when: Path | None = None) -> int:
-    """Run `rlaif` (fake engine slowed down) in a subprocess; SIGKILL it once ``kill_when`` has a row."""
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_FAKE, *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+def _run_cli(args: list[str], cwd: Path, kill_when: Path | None = None, hang_on: str = "") -> int:
+    """Run `rlaif` (fake engine) in a subprocess; SIGKILL it once ``kill_when`` has a row (the engine
+    hangs on its second ``hang_on`` call, so the kill always lands mid-stage)."""
+    env = {**os.environ, "HANG_ON": hang_on}
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_FAKE, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
     if kill_when is None:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
         return 0
-    deadline = time.time() + 60
+    deadline = time.time() + 100
     while time.time() < deadline and proc.poll() is None:
         if kill_when.exists() and kill_when.stat().st_size > 0:
             os.kill(proc.pid, signal.SIGKILL)
             break
-        time.sleep(0.005)
+        time.sleep(0.01)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
     return proc.returncode
 
 
@@ -127,9 +138,9 @@ def test_kill_9_mid_stage_then_resume_equals_uninterrupted_run(tmp_path):
     reference = snapshot(tmp_path / "a" / "out")
 
     work = tmp_path / "b" / "out" / ".rlaif"
-    _run_cli(args, tmp_path / "b", kill_when=work / "candidates.jsonl")  # killed while generating
+    _run_cli(args, tmp_path / "b", kill_when=work / "candidates.jsonl", hang_on="chat")  # killed generating
     assert not (tmp_path / "b" / "out" / "candidates.jsonl").exists()
-    _run_cli(args, tmp_path / "b", kill_when=work / "judgements.jsonl")  # resumed, then killed judging
+    _run_cli(args, tmp_path / "b", kill_when=work / "judgements.jsonl", hang_on="choice_logprobs")  # then judging
     assert (tmp_path / "b" / "out" / "candidates.jsonl").exists()
     assert not (tmp_path / "b" / "out" / "judgements.jsonl").exists()
     _run_cli(args, tmp_path / "b")  # resumed to the end
