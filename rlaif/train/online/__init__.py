@@ -1,0 +1,1 @@
+"""Online RL: GRPO, RLOO and PPO with rollouts from a live engine."""
