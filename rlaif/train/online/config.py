@@ -1,0 +1,183 @@
+"""Config of ``rlaif train grpo | rloo | ppo`` (light: no torch import, so ``--help`` stays fast).
+
+One dataclass, `OnlineConfig`, holds what the three algorithms share; `GRPOConfig`, `RLOOConfig`
+and `PPOConfig` change the defaults to each recipe's (GRPO: Shao et al. 2024, TRL defaults; RLOO:
+Ahmadian et al. 2024; PPO: "The N+ implementation details of RLHF with PPO", Huang et al. 2024).
+Every field is a ``key=value`` / ``--config`` option with its help text in ``--help``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from rlaif.backends.base import BackendConfig
+from rlaif.config import option
+from rlaif.errors import UserError
+from rlaif.train.config import LoraOptions
+
+
+@dataclass
+class RolloutOptions:
+    """The rollout engine's knobs (the policy's weights are pushed into it after every update)."""
+
+    dtype: str = option("auto", "engine weights dtype (auto, float32, bfloat16); auto: float32 on CPU so "
+                                "engine and trainer log-probs agree, bf16 on GPU")
+    max_model_len: int = option(2048, "vllm: longest prompt + completion in tokens")
+    gpu_memory_utilization: float = option(0.3, "vllm: share of GPU memory (on CPU: of one NUMA node's RAM) "
+                                                "for weights and KV cache")
+    enforce_eager: bool = option(True, "vllm: no CUDA graphs / torch.compile (faster start, slower decode)")
+    enable_prefix_caching: bool = option(True, "vllm: reuse the KV cache of the k samples' shared prompt")
+    batch_size: int = option(64, "hf: sequences per generate() call")
+
+    def backend_config(self, engine: str, model_dir: str) -> BackendConfig:
+        """The same options as a BackendConfig for the rollout engine."""
+        return BackendConfig(engine=engine, model=model_dir, dtype=self.dtype, max_model_len=self.max_model_len,
+                             gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager,
+                             enable_prefix_caching=self.enable_prefix_caching, enable_sample_logprobs=True,
+                             batch_size=self.batch_size)
+
+
+def _judge_default() -> BackendConfig:
+    return BackendConfig()
+
+
+@dataclass
+class OnlineConfig:
+    """Options the three online algorithms share (``algorithm`` is set by the verb)."""
+
+    algorithm: ClassVar[str] = "grpo"
+
+    # data, model, output
+    prompts: str = option("", "prompt file (JSONL/TXT/parquet, as for `rlaif generate`); also --prompts")
+    prompt_column: str = option("prompt", "column holding the prompt (a string or a message list)")
+    model: str = option("smollm2-135m", "policy to start from: alias, local folder or hub id; also --model")
+    out: str = option("", "output folder (final policy, checkpoints, logs, rollouts); also --out")
+    overwrite: bool = option(False, "start over: delete what the trainer wrote in --out first (else a rerun "
+                                    "resumes from the last checkpoint, if its settings match)")
+    # rewards
+    reward: list[str] = option(list, "reward specs: rm:DIR (an `rlaif train rm` output), judge:RUBRIC (direct "
+                                      "RLAIF), python:FILE.py:FUNC; several are mixed; also --reward (repeatable)")
+    reward_weights: list[float] = option(list, "weight of each reward spec, in order (empty: 1 each)")
+    judge: BackendConfig = option(_judge_default, "engine of judge: rewards (judge.engine, judge.model ...)")
+    verdict_retries: int = option(2, "judge: verdict rubrics: re-asks of an invalid verdict before it counts as "
+                                     "failed (a failed judgement masks the sample)")
+    # rollouts
+    engine: Literal["auto", "vllm", "hf"] = option("auto", "rollout engine: vllm (weights synced in place), hf "
+                                                           "(samples with the trained policy itself); auto = "
+                                                           "vllm if installed, else hf")
+    rollout: RolloutOptions = option(RolloutOptions, "rollout engine options (rollout.dtype ...)")
+    k: int = option(8, "completions sampled per prompt")
+    prompts_per_step: int = option(8, "prompts per step (a step's batch is prompts_per_step * k completions)")
+    max_tokens: int = option(128, "completion tokens at most (a completion cut here has no EOS)")
+    max_prompt_length: int = option(512, "prompt tokens kept (from the end)")
+    temperature: float = option(1.0, "sampling temperature; the trainer divides its logits by the same value")
+    top_p: float = option(1.0, "nucleus sampling threshold")
+    # optimisation
+    steps: int = option(100, "rollout steps (each: sample, score, update, sync)")
+    lr: float = option(1e-6, "learning rate (AdamW, constant)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    epochs_per_step: int = option(1, "passes over each step's rollouts")
+    minibatch_size: int = option(0, "completions per optimizer update; 0 = the whole step's batch")
+    micro_batch_size: int = option(8, "completions per forward/backward (gradients accumulate up to a minibatch)")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 = no clipping")
+    beta: float = option(0.0, "KL coefficient against the reference (the starting policy)")
+    clip_eps: float = option(0.2, "PPO-clip range of the probability ratio")
+    seed: int = option(0, "seed of prompt order, sampling and minibatch order")
+    precision: Literal["auto", "fp32", "bf16"] = option(
+        "auto", "auto = bf16 autocast on a GPU that has it, else fp32")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, slower)")
+    lora: LoraOptions = option(LoraOptions, "LoRA options (lora.enabled=true ...); the reference is then the "
+                                            "base with the adapters disabled")
+    # logging and checkpoints
+    save_steps: int = option(50, "checkpoint every N steps; 0 = never")
+    save_total_limit: int = option(2, "checkpoints kept (oldest removed)")
+    logging_steps: int = option(1, "write metrics every N steps")
+    log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps; 0 = never")
+    progress: bool = option(True, "show a progress bar with reward and KL")
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    """GRPO (Shao et al. 2024) with TRL's defaults: k = 8, no KL (no reference model loaded)."""
+
+    algorithm: ClassVar[str] = "grpo"
+    k: int = option(8, "completions sampled per prompt (a group; >= 2)")
+    beta: float = option(0.0, "k3 KL coefficient in the loss; 0 = no reference model loaded")
+    scale_rewards: Literal["group", "batch", "none"] = option(
+        "group", "divide advantages by the group's reward std (group), the batch's (batch), or not (none: "
+                 "Dr. GRPO, Liu et al. 2025)")
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = option(
+        "dapo", "grpo: mean over each sequence then batch; dapo: sum over the batch's active tokens (Yu et al. "
+                "2025); dr_grpo: sum / (batch * max_tokens), no length bias (Liu et al. 2025)")
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    """RLOO (Ahmadian et al. 2024): leave-one-out baseline, sequence k1 KL in the reward."""
+
+    algorithm: ClassVar[str] = "rloo"
+    k: int = option(4, "completions sampled per prompt (>= 2: each one's baseline is the others' mean)")
+    beta: float = option(0.05, "coefficient of the sequence KL (k1, summed over tokens) subtracted from the reward")
+    lr: float = option(3e-6, "learning rate (AdamW, constant)")
+
+
+@dataclass
+class PPOConfig(OnlineConfig):
+    """PPO as in the N+ implementation details (Huang et al. 2024): per-token k1 KL in the reward,
+    reward on the EOS token, GAE, whitened advantages, clipped policy and value losses."""
+
+    algorithm: ClassVar[str] = "ppo"
+    k: int = option(1, "completions sampled per prompt")
+    lr: float = option(3e-6, "learning rate of policy and value model (AdamW, constant)")
+    epochs_per_step: int = option(4, "passes over each step's rollouts")
+    temperature: float = option(0.7, "sampling temperature; policy and reference logits are divided by it too")
+    beta: float = option(0.05, "per-token k1 KL coefficient in the reward (the starting value when adaptive_kl)")
+    adaptive_kl: bool = option(False, "adapt beta towards kl_target (Ziegler et al. 2019)")
+    kl_target: float = option(6.0, "adaptive_kl: target sequence KL")
+    kl_horizon: int = option(10000, "adaptive_kl: horizon of the controller")
+    vf_coef: float = option(0.1, "weight of the value loss")
+    value_clip: float = option(0.2, "clip range of the value update")
+    gamma: float = option(1.0, "GAE discount")
+    lam: float = option(0.95, "GAE lambda")
+    whiten_advantages: bool = option(True, "whiten advantages over the batch")
+    missing_eos_score: float | None = option(-1.0, "score given to a completion cut by max_tokens (no EOS); "
+                                                   "null = keep its reward")
+    value_model: str = option("", "value model init: empty = from the reward model when a reward is rm:DIR, "
+                                  "else from the policy; or a model folder")
+
+
+CONFIGS: dict[str, type[OnlineConfig]] = {"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig}
+
+
+def check_config(cfg: OnlineConfig) -> None:
+    """One-line UserError for a missing required option or a value out of range."""
+    name = cfg.algorithm
+    for key, flag in (("prompts", "--prompts"), ("out", "--out")):
+        if not getattr(cfg, key):
+            raise UserError(f"train {name}: {flag} is required")
+    if not cfg.reward:
+        raise UserError(f"train {name}: at least one --reward SPEC is required (rm:DIR, judge:RUBRIC, "
+                        f"python:FILE.py:FUNC)")
+    if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward):
+        raise UserError(f"option 'reward_weights': {len(cfg.reward_weights)} weights for {len(cfg.reward)} "
+                        f"reward specs")
+    low_k = 1 if name == "ppo" else 2
+    checks = [("k", cfg.k >= low_k, f">= {low_k}" + ("" if low_k == 1 else " (a group baseline needs 2 samples)")),
+              ("steps", cfg.steps >= 1, ">= 1"), ("prompts_per_step", cfg.prompts_per_step >= 1, ">= 1"),
+              ("max_tokens", cfg.max_tokens >= 1, ">= 1"), ("max_prompt_length", cfg.max_prompt_length >= 1, ">= 1"),
+              ("temperature", cfg.temperature > 0, "> 0"), ("top_p", 0 < cfg.top_p <= 1, "in (0, 1]"),
+              ("lr", cfg.lr > 0, "> 0"), ("epochs_per_step", cfg.epochs_per_step >= 1, ">= 1"),
+              ("minibatch_size", cfg.minibatch_size >= 0, ">= 0"), ("micro_batch_size", cfg.micro_batch_size >= 1, ">= 1"),
+              ("max_grad_norm", cfg.max_grad_norm >= 0, ">= 0"), ("beta", cfg.beta >= 0, ">= 0"),
+              ("clip_eps", cfg.clip_eps > 0, "> 0"), ("save_steps", cfg.save_steps >= 0, ">= 0"),
+              ("logging_steps", cfg.logging_steps >= 1, ">= 1"),
+              ("log_rollouts_every", cfg.log_rollouts_every >= 0, ">= 0"),
+              ("verdict_retries", cfg.verdict_retries >= 0, ">= 0")]
+    if isinstance(cfg, PPOConfig):
+        checks += [("gamma", 0 < cfg.gamma <= 1, "in (0, 1]"), ("lam", 0 <= cfg.lam <= 1, "in [0, 1]"),
+                   ("vf_coef", cfg.vf_coef >= 0, ">= 0"), ("value_clip", cfg.value_clip > 0, "> 0"),
+                   ("kl_target", cfg.kl_target > 0, "> 0"), ("kl_horizon", cfg.kl_horizon >= 1, ">= 1")]
+    for key, ok, rule in checks:
+        if not ok:
+            raise UserError(f"train {name}: option '{key}' must be {rule}, got {getattr(cfg, key)!r}")
