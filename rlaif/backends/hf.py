@@ -109,12 +109,27 @@ class HFBackend:
         except (OSError, ValueError) as e:
             raise UserError(f"model '{config.model}': could not load it with transformers: "
                             f"{str(e).splitlines()[0]}") from None
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        self._set_special_ids()
+        self.model_id = f"hf:{config.model}"
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, config: BackendConfig | None = None) -> "HFBackend":
+        """An engine over a model already in memory (e.g. the policy being trained: RL rollouts
+        then sample from its current weights). It runs on the model's own device and dtype."""
+        self = cls.__new__(cls)
+        self.config = config or BackendConfig(engine="hf", max_model_len=None)
+        self.device = next(model.parameters()).device
+        self.tokenizer, self.model = tokenizer, model
+        self._set_special_ids()
+        self.model_id = "hf:in-memory"
+        return self
+
+    def _set_special_ids(self) -> None:
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos = [self.tokenizer.eos_token_id] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = {e for e in eos if e is not None}
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
-        self.model_id = f"hf:{config.model}"
 
     # -- helpers ---------------------------------------------------------------------------
     def _encode(self, conversation: Conversation, assistant_prefix: str = "") -> list[int]:
@@ -191,10 +206,19 @@ class HFBackend:
              seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
         if seeds is not None and len(seeds) != len(conversations):
             raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
-        prompts = [self._encode(c) for c in conversations]
-        # one row per (conversation, sample); row r = conversation r // n, sample r % n
+        return self.generate_ids([self._encode(c) for c in conversations], params, seeds, progress)
+
+    def generate_ids(self, prompts: Sequence[list[int]], params: SamplingParams,
+                     seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
+        """`chat` on prompts already tokenized (chat template applied): ``params.n`` samples each.
+
+        Sample k of prompt i draws from a generator seeded ``mix_seed(seeds[i]) + k`` (or
+        ``params.seed``; ``None``: random), so it ignores its batch companions."""
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        # one row per (prompt, sample); row r = prompt r // n, sample r % n
         n = params.n
-        rows = [(c, k) for c in range(len(conversations)) for k in range(n)]
+        rows = [(c, k) for c in range(len(prompts)) for k in range(n)]
         results: list[Completion | None] = [None] * len(rows)
         with tqdm(total=len(rows), desc="hf generate", unit="sample", disable=not progress) as bar:
             for batch in self._batches(len(rows), [len(prompts[c]) for c, _ in rows]):
@@ -204,12 +228,12 @@ class HFBackend:
                     seed = seeds[c] if seeds is not None else params.seed
                     seed = random.getrandbits(62) if seed is None else mix_seed(seed)
                     gens.append(torch.Generator().manual_seed(seed + k))
-                comps = self._generate_rows([prompts[rows[r][0]] for r in batch], params, gens)
+                comps = self._generate_rows([list(prompts[rows[r][0]]) for r in batch], params, gens)
                 for r, comp in zip(batch, comps):
                     results[r] = comp
                 bar.update(len(batch))
         return [Generation(completions=[results[c * n + k] for k in range(n)],  # type: ignore[misc]
-                           prompt_tokens=len(prompts[c])) for c in range(len(conversations))]
+                           prompt_tokens=len(prompts[c])) for c in range(len(prompts))]
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:
