@@ -1,0 +1,152 @@
+"""Run state of the online trainers: settings, prompt order, checkpoints and resume.
+
+A checkpoint (``out/checkpoints/step-N/``) holds the policy's trainable weights (the LoRA adapters
+alone when training LoRA), the value model (PPO), the optimizer, every RNG, and
+``trainer_state.json`` = step, KL coefficient, prompt position and the run's *settings* (the
+config minus what cannot change the weights, the prompt file as a digest), in the format of
+`rlaif.train.checkpoints`, whose refusal and overwrite logic is reused: a rerun with the same
+settings resumes, with other settings it is refused, with ``overwrite`` it starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlaif.config import to_dict
+from rlaif.io.seeds import stable_seed
+from rlaif.io.store import fingerprint
+from rlaif.train.checkpoints import IGNORED, _flatten, check_out, checkpoint_dirs
+from rlaif.train.online.config import OnlineConfig
+
+# Online-only keys that change no weight (how often rollouts are logged).
+ONLINE_IGNORED = IGNORED + ("log_rollouts_every",)
+# What the online trainers write in --out besides `checkpoints.OWNED` (removed by overwrite).
+ONLINE_OWNED = ("rollouts.jsonl", "value")
+
+
+def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
+    """The keys that shape the result, flat and dotted, with the algorithm and the prompt file's digest."""
+    flat = _flatten({k: v for k, v in to_dict(cfg).items() if k not in ONLINE_IGNORED})
+    flat["algorithm"] = cfg.algorithm
+    flat["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16]
+    return {**flat, "fingerprint": fingerprint(flat)}
+
+
+def prepare_out(cfg: OnlineConfig, out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """`checkpoints.check_out` (refuse other settings, or clear with overwrite) plus the online files.
+    Returns the summary of a finished run with these settings, else None."""
+    if cfg.overwrite:
+        for name in ONLINE_OWNED:
+            p = out / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return check_out(cfg, out, settings)  # type: ignore[arg-type]
+
+
+def prompt_order(n_prompts: int, seed: int, step: int, per_step: int) -> list[int]:
+    """Prompt indices of ``step``: positions [step * per_step, (step + 1) * per_step) of an endless
+    sequence of seeded shuffles of the file (epoch e shuffled with stable_seed(seed, "prompts", e))."""
+    out = []
+    for pos in range(step * per_step, (step + 1) * per_step):
+        epoch, offset = divmod(pos, n_prompts)
+        order = list(range(n_prompts))
+        random.Random(stable_seed(seed, "prompts", epoch)).shuffle(order)
+        out.append(order[offset])
+    return out
+
+
+@dataclass
+class Restored:
+    step: int
+    kl_coef: float | None
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
+def save_checkpoint(out: Path, step: int, limit: int, settings: dict[str, Any], policy: torch.nn.Module,
+                    value: torch.nn.Module | None, optimizer: torch.optim.Optimizer, kl_coef: float | None,
+                    prompt_position: int) -> Path:
+    """Write ``out/checkpoints/step-{step}`` via a temporary folder renamed at the end (a kill leaves
+    the whole checkpoint or none); keep the last ``limit``."""
+    final = out / "checkpoints" / f"step-{step}"
+    tmp = out / "checkpoints" / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(_trainable(policy), tmp / "policy.pt")
+    if value is not None:
+        torch.save(_trainable(value), tmp / "value.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({
+        "step": step, "settings": settings, "kl_coef": kl_coef, "prompt_position": prompt_position}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(out)[:-limit] if limit > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, policy: torch.nn.Module, value: torch.nn.Module | None,
+                    optimizer: torch.optim.Optimizer) -> Restored:
+    """Restore what `save_checkpoint` wrote into the live objects."""
+    policy.load_state_dict(torch.load(path / "policy.pt", weights_only=True), strict=False)
+    if value is not None:
+        value.load_state_dict(torch.load(path / "value.pt", weights_only=True), strict=False)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    state = json.loads((path / "trainer_state.json").read_text())
+    return Restored(step=int(state["step"]), kl_coef=state.get("kl_coef"))
+
+
+def resume_or_start(out: Path, policy: torch.nn.Module, value: torch.nn.Module | None,
+                    optimizer: torch.optim.Optimizer) -> Restored | None:
+    """Load the last checkpoint and cut metrics.jsonl / rollouts.jsonl back to its step (later steps
+    are redone); with none, clear the logs of an earlier attempt and return None."""
+    existing = checkpoint_dirs(out)
+    if not existing:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for name in ("metrics.jsonl", "rollouts.jsonl"):
+            (out / name).unlink(missing_ok=True)
+        return None
+    restored = load_checkpoint(existing[-1], policy, value, optimizer)
+    for name in ("metrics.jsonl", "rollouts.jsonl"):
+        path = out / name
+        if path.is_file():
+            kept = [x for x in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if x.endswith("\n") and json.loads(x)["step"] <= restored.step]
+            path.write_text("".join(kept), encoding="utf-8")
+    return restored
