@@ -126,3 +126,182 @@ def test_grpo_masked_sample() -> None:
     adv = grpo_advantages(torch.tensor([0.0, 2.0, float("nan"), 7.0]), 4, "group", valid=valid)
     s = math.sqrt(13) + 1e-4
     close(adv, [-3 / s, -1 / s, 0.0, 4 / s])
+
+
+# ----------------------------------------------------------------------------- GAE and PPO rewards
+
+def test_gae_gamma_1_lambda_095_with_padding() -> None:
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 9.0], [0.2, -1.0, 9.0, 9.0]])    # 9: junk on padding
+    values = torch.tensor([[0.5, 0.6, 0.7, 9.0], [0.1, 0.3, 9.0, 9.0]])
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    # row 0: delta2 = 1 - 0.7 = 0.3 (no value after the last token); delta1 = 0.7 - 0.6 = 0.1,
+    # A1 = 0.1 + 0.95 * 0.3 = 0.385; delta0 = 0.6 - 0.5 = 0.1, A0 = 0.1 + 0.95 * 0.385 = 0.46575
+    # row 1: A1 = -1 - 0.3 = -1.3; A0 = 0.2 + 0.3 - 0.1 + 0.95 * -1.3 = -0.835
+    close(adv, [[0.46575, 0.385, 0.3, 0.0], [-0.835, -1.3, 0.0, 0.0]])
+    close(ret, [[0.96575, 0.985, 1.0, 0.0], [-0.735, -1.0, 0.0, 0.0]])      # A + V
+
+
+def test_gae_lambda_1_returns_are_reward_to_go() -> None:
+    mask = torch.tensor([[1, 1, 1]])
+    _, ret = gae(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[5.0, -4.0, 0.5]]), mask, gamma=0.5, lam=1.0)
+    # discounted reward-to-go: 1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3 (whatever the values)
+    close(ret, [[2.75, 3.5, 3.0]])
+
+
+def test_ppo_token_rewards_uses_the_mask_not_the_pad_id() -> None:
+    eos = pad = 2                                            # a tokenizer whose pad is its eos
+    ids = torch.tensor([[5, 7, eos, pad, pad], [5, 6, 7, 8, 9], [pad, pad, pad, pad, pad]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    # the pad id cannot tell the real EOS from padding: `ids != pad` ends row 0 one token early
+    assert (ids[0] != pad).nonzero().max().item() == 1
+    logp = torch.tensor([[-1.0, -2.0, -0.5, 0.0, 0.0], [-1.0] * 5, [0.0] * 5])
+    ref = torch.tensor([[-1.5, -2.0, -1.0, 0.0, 0.0], [-1.0] * 5, [0.0] * 5])
+    rewards = ppo_token_rewards(torch.tensor([2.0, -1.0, 5.0]), logp, ref, mask, beta=0.1)
+    # -0.1 * k1 = -0.1 * [0.5, 0, 0.5]; the score on the EOS (index 2), nothing on the pads;
+    # row 1 was cut by max_tokens: the score sits on its last token; row 2 has no tokens: nothing
+    close(rewards, [[-0.05, 0.0, 1.95, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, -1.0], [0.0] * 5])
+
+
+# ----------------------------------------------------------------------------- policy loss
+
+def _seqs(logp_shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two sequences, lengths 1 and 3 (T = 3): (logp with grad, old_logp, mask)."""
+    old = torch.tensor([[-1.0, 0.0, 0.0], [-2.0, -0.5, -1.5]])
+    logp = (old + logp_shift).clone().requires_grad_(True)
+    return logp, old, torch.tensor([[1, 0, 0], [1, 1, 1]])
+
+
+def test_policy_loss_ratio_one_is_minus_mean_advantage() -> None:
+    adv = torch.tensor([1.0, -3.0])
+    expected = {"dapo": 2.0,           # tokens: -1 once and +3 three times: (-1 + 9) / 4
+                "token_mean": 2.0,
+                "grpo": 1.0,           # per sequence -1 and +3, mean 1 = -(1 - 3) / 2
+                "dr_grpo": 1.0}        # (-1 + 9) / (2 sequences * 4 max tokens)
+    for loss_type, value in expected.items():
+        logp, old, mask = _seqs()
+        loss, stats = policy_loss(logp, old, adv, mask, 0.2, "token", loss_type, max_completion_length=4)
+        close(loss.detach(), value)
+        assert stats["clip_fraction"] == 0.0 and stats["approx_kl"] == 0.0
+        assert stats["ratio_mean"] == pytest.approx(1.0)
+
+
+def test_policy_loss_clipped_ratio_has_no_gradient_and_counts() -> None:
+    old = torch.tensor([[0.0, 0.0]])
+    logp = torch.tensor([[math.log(1.5), 0.0]], requires_grad=True)    # ratios 1.5 and 1.0
+    loss, stats = policy_loss(logp, old, torch.tensor([1.0]), torch.tensor([[1, 1]]), 0.2, "token", "dapo")
+    loss.backward()
+    # token 0: max(-1.5, -1.2) = -1.2, the clipped branch; token 1: -1.0; dapo: (-1.2 - 1) / 2
+    close(loss.detach(), -1.1)
+    close(logp.grad, [[0.0, -0.5]])                          # d(-ratio)/dlogp / 2 tokens on token 1
+    assert stats["clip_fraction"] == 0.5
+    assert stats["ratio_mean"] == pytest.approx(1.25)
+    assert stats["approx_kl"] == pytest.approx(0.5 * math.log(1.5) ** 2 / 2)
+
+
+def test_policy_loss_negative_advantage_is_not_clipped_above() -> None:
+    logp = torch.tensor([[math.log(1.5)]], requires_grad=True)
+    loss, stats = policy_loss(logp, torch.tensor([[0.0]]), torch.tensor([-1.0]), torch.tensor([[1]]), 0.2)
+    loss.backward()
+    close(loss.detach(), 1.5)                                # max(1.5, 1.2): pessimistic, keeps the gradient
+    close(logp.grad, [[1.5]])
+    assert stats["clip_fraction"] == 0.0
+
+
+def _token_gradients(loss_type: str) -> torch.Tensor:
+    logp, old, mask = _seqs()
+    loss, _ = policy_loss(logp, old, torch.tensor([-1.0, -1.0]), mask, 0.2, "token", loss_type,
+                          max_completion_length=3)
+    loss.backward()
+    return logp.grad
+
+
+def test_aggregation_length_bias() -> None:
+    """Two wrong answers (A = -1), 1 and 3 tokens. Per-token gradient = weight of the token in the loss.
+
+    grpo divides each sequence by its own length: the long wrong answer is pushed down 3x less per
+    token, so wrong answers drift longer (Liu et al. 2025, sec. 3.1). dr_grpo divides by a constant
+    (B * max tokens) and dapo by the batch's token count: every token weighs the same.
+    """
+    close(_token_gradients("grpo"), [[1 / 2, 0, 0], [1 / 6, 1 / 6, 1 / 6]])        # 1 / (len * B)
+    close(_token_gradients("dr_grpo"), [[1 / 6, 0, 0], [1 / 6, 1 / 6, 1 / 6]])     # 1 / (2 * 3)
+    close(_token_gradients("dapo"), [[1 / 4, 0, 0], [1 / 4, 1 / 4, 1 / 4]])        # 1 / 4 tokens
+
+
+def test_aggregation_normalizer_for_micro_batches() -> None:
+    logp, old, mask = _seqs()
+    loss, _ = policy_loss(logp, old, torch.tensor([1.0, -3.0]), mask, 0.2, "token", "dapo", normalizer=8.0)
+    close(loss.detach(), 1.0)                                # (-1 + 9) / 8
+    with pytest.raises(ValueError, match="max_completion_length"):
+        policy_loss(logp, old, torch.tensor([1.0, -3.0]), mask, 0.2, "token", "dr_grpo")
+    with pytest.raises(ValueError, match="loss_type"):
+        policy_loss(logp, old, torch.tensor([1.0, -3.0]), mask, 0.2, "token", "mean")  # type: ignore[arg-type]
+
+
+def test_policy_loss_sequence_level() -> None:
+    old = torch.zeros(2, 2)
+    logp = torch.tensor([[0.1, 0.1], [0.0, 0.0]], requires_grad=True)
+    loss, stats = policy_loss(logp, old, torch.tensor([1.0, 2.0]), torch.ones(2, 2), 0.2, "sequence")
+    loss.backward()
+    # row 0: rho = exp(0.1 + 0.1) = 1.2214 > 1.2, A = 1: clipped, -1.2; row 1: rho = 1, -2; mean -1.6
+    close(loss.detach(), -1.6)
+    close(logp.grad, [[0.0, 0.0], [-1.0, -1.0]])             # d(-2 rho)/dlogp_t / 2 sequences
+    assert stats["clip_fraction"] == 0.5
+    assert stats["ratio_mean"] == pytest.approx((math.exp(0.2) + 1) / 2)
+
+
+# ----------------------------------------------------------------------------- value loss, EV, entropy
+
+def test_value_loss_clipping() -> None:
+    values = torch.tensor([[1.0, 2.5, 7.0]], requires_grad=True)     # 7.0 on padding
+    old, returns, mask = torch.tensor([[0.5, 2.0, 0.0]]), torch.tensor([[0.0, 3.0, 0.0]]), torch.tensor([[1, 1, 0]])
+    loss, stats = value_loss(values, old, returns, mask, clip_range=0.2)
+    loss.backward()
+    # token 0: V_clip = 0.7: max((1 - 0)^2, 0.7^2) = 1, unclipped; token 1: V_clip = 2.2:
+    # max(0.5^2, 0.8^2) = 0.64, the clipped branch (no gradient). 0.5 * (1 + 0.64) / 2
+    close(loss.detach(), 0.41)
+    close(values.grad, [[0.5, 0.0, 0.0]])                    # 0.5 * 2 * (1 - 0) / 2
+    assert stats["value_clip_fraction"] == 0.5
+    assert stats["value_mean"] == pytest.approx(1.75)
+
+
+def test_explained_variance() -> None:
+    returns, mask = torch.tensor([[1.0, 2.0, 3.0, 50.0]]), torch.tensor([[1, 1, 1, 0]])
+    assert explained_variance(torch.tensor([[1.0, 2.0, 3.0, 0.0]]), returns, mask) == pytest.approx(1.0)
+    # residuals 1, 0, -1 have var 1, as the returns: 1 - 1 = 0
+    assert explained_variance(torch.tensor([[2.0, 2.0, 2.0, 0.0]]), returns, mask) == pytest.approx(0.0)
+    # residuals 0, 0, -2: unbiased var 4/3: 1 - 4/3
+    assert explained_variance(torch.tensor([[1.0, 2.0, 5.0, 0.0]]), returns, mask) == pytest.approx(-1 / 3)
+    assert math.isnan(explained_variance(returns, torch.ones(1, 4), torch.tensor([[1, 0, 0, 0]])))
+
+
+def test_entropy_from_logits() -> None:
+    logits = torch.tensor([[[0.0, math.log(3.0)], [100.0, 0.0], [0.0, 0.0]]])    # (1, 3, 2)
+    # p = 1/4, 3/4: -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.5623351; uniform: ln 2; the peaked one is padding
+    close(entropy_from_logits(logits, torch.tensor([[1, 0, 1]])), (0.5623351 + math.log(2)) / 2)
+    close(entropy_from_logits(logits[:, 1:2], torch.tensor([[1]])), 0.0)
+
+
+# ----------------------------------------------------------------------------- KL controllers
+
+def test_adaptive_kl_controller_ziegler_formula() -> None:
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    ctl.update(9.0, n_steps=256)                             # 9/6 - 1 = 0.5, clipped to 0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000))
+    ctl.value = 0.1
+    ctl.update(6.6, n_steps=256)                             # error 0.1, inside the clip
+    assert ctl.value == pytest.approx(0.1 * 1.00256)
+    ctl.value = 0.1
+    ctl.update(6.0, n_steps=256)                             # on target: unchanged
+    assert ctl.value == pytest.approx(0.1)
+    ctl.update(0.0, n_steps=256)                             # -1 clipped to -0.2
+    assert ctl.value == pytest.approx(0.1 * (1 - 0.2 * 256 / 10000))
+    restored = AdaptiveKLController(0.5, target=6.0, horizon=10000)
+    restored.load_state_dict(ctl.state_dict())
+    assert restored.value == ctl.value
+
+
+def test_fixed_kl_controller_never_moves() -> None:
+    ctl = FixedKLController(0.05)
+    ctl.update(100.0, n_steps=1000)
+    assert ctl.value == 0.05
