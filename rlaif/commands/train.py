@@ -3,6 +3,7 @@
     rlaif train rm  --data outputs/run1 --model smollm2-135m --out outputs/rm  [--config F] [k=v ...]
     rlaif train dpo --data outputs/run1 --model smollm2-135m --out outputs/dpo beta=0.1 loss_type=ipo
     rlaif rm score  --model outputs/rm --data pairs.jsonl [--out scores.jsonl]
+    rlaif train grpo|rloo|ppo --prompts FILE --model M --reward SPEC [--reward SPEC2 ...] --out DIR [k=v ...]
 
 Multi-GPU: ``accelerate launch -m rlaif.cli train dpo ...`` (same options).
 """
@@ -47,6 +48,45 @@ def _run_dpo(args: argparse.Namespace) -> int:
 
     train_dpo(cfg)
     return 0
+
+
+def _run_online(args: argparse.Namespace) -> int:
+    from rlaif.config import load_config
+    from rlaif.train.online.config import CONFIGS
+
+    flags: dict[str, Any] = {k: getattr(args, k) for k in ("prompts", "model", "out") if getattr(args, k) is not None}
+    if args.reward:
+        flags["reward"] = args.reward
+    if args.overwrite_flag:
+        flags["overwrite"] = True
+    cfg = load_config(CONFIGS[args.trainer], args.config, args.overrides, flags=flags)
+    from rlaif.train.online.trainer import train_online
+
+    train_online(cfg)
+    return 0
+
+
+def _add_online_parsers(verbs: argparse._SubParsersAction) -> None:
+    from rlaif.config import add_config_arguments
+    from rlaif.train.online.config import CONFIGS
+
+    texts = {"grpo": "policy by GRPO: k samples per prompt, group-normalised rewards (Shao et al. 2024)",
+             "rloo": "policy by RLOO: k samples per prompt, leave-one-out baseline (Ahmadian et al. 2024)",
+             "ppo": "policy by PPO with a value model and GAE (N+ implementation details, Huang et al. 2024)"}
+    for name, cls in CONFIGS.items():
+        p = verbs.add_parser(name, help=texts[name], description=texts[name] + ". Rollouts come from a live "
+                             "engine (vllm or hf) whose weights follow the policy after every update.")
+        p.add_argument("--prompts", help="prompt file (JSONL with prompt or messages, TXT, parquet); same as prompts=")
+        p.add_argument("--model", help="starting policy: smollm2-135m, a local folder or a hub id; same as model=")
+        p.add_argument("--reward", action="append", metavar="SPEC",
+                       help="reward: rm:DIR (an `rlaif train rm` output), judge:RUBRIC (direct RLAIF, judge.* "
+                            "options pick the engine), python:FILE.py:FUNC (FUNC(prompts, completions, "
+                            "**columns) -> list[float | None]); repeat to mix (reward_weights=[...])")
+        p.add_argument("--out", help="output folder (final policy, checkpoints, metrics, rollouts); same as out=")
+        p.add_argument("--overwrite", dest="overwrite_flag", action="store_true",
+                       help="start over: delete what an earlier run wrote in --out (same as overwrite=true)")
+        add_config_arguments(p, cls)
+        p.set_defaults(func=_run_online)
 
 
 def _read_score_rows(path: Path) -> list[dict[str, Any]]:
@@ -113,7 +153,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from rlaif.config import add_config_arguments
     from rlaif.train.config import DPOConfig, RMConfig, ScoreConfig
 
-    train = sub.add_parser("train", help="train a reward model or a policy on a preference dataset")
+    train = sub.add_parser("train", help="train a reward model or a policy (on preferences: rm, dpo; online RL: "
+                                               "grpo, rloo, ppo)")
     verbs = train.add_subparsers(dest="trainer", metavar="TRAINER")
     for name, cls, func, text in (
         ("rm", RMConfig, _run_rm, "reward model: scalar head on a causal LM, Bradley-Terry loss"),
@@ -128,6 +169,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="start over: delete what an earlier run wrote in --out (same as overwrite=true)")
         add_config_arguments(p, cls)
         p.set_defaults(func=func)
+    _add_online_parsers(verbs)
 
     rm = sub.add_parser("rm", help="use a trained reward model")
     rm_verbs = rm.add_subparsers(dest="rm_verb", metavar="VERB")

@@ -1,0 +1,126 @@
+"""What an online run is built from: policy, reference, value model, optimizer, rollout engine,
+rewards. The reference is a frozen copy of the starting policy, or (LoRA) the same model with its
+adapters disabled; GRPO with beta = 0 loads none. PPO's value model starts from the reward model
+when a reward is ``rm:DIR`` (N+ details), else from the policy."""
+
+from __future__ import annotations
+
+import importlib.util
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator
+
+import torch
+
+from rlaif.train.online.config import OnlineConfig
+
+
+@dataclass
+class Run:
+    """The live objects of one run."""
+
+    tokenizer: Any
+    policy: Any
+    reference: Callable[[], ContextManager[Any]] | None  # `with reference() as ref_model:`
+    value_model: Any
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    engine: Any
+    rewards: list[Any]
+    weights: dict[str, float]
+    kl: Any  # maths.FixedKLController | AdaptiveKLController
+    device: torch.device
+    autocast: Callable[[], ContextManager[Any]]
+
+    def close(self) -> None:
+        self.engine.close()
+        for source in self.rewards:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+
+def _autocast(cfg: OnlineConfig, device: torch.device) -> Callable[[], ContextManager[Any]]:
+    bf16 = device.type == "cuda" and (cfg.precision == "bf16" or (
+        cfg.precision == "auto" and torch.cuda.is_bf16_supported()))
+    if bf16:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def load_policy(cfg: OnlineConfig, base: str, device: torch.device) -> Any:
+    """The trained policy (fp32 weights; LoRA and gradient checkpointing as configured)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train.modeling import prepare_model
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    return prepare_model(model, cfg, task_type="CAUSAL_LM").to(device)  # type: ignore[arg-type]
+
+
+def make_reference(cfg: OnlineConfig, base: str, policy: Any, device: torch.device
+                   ) -> Callable[[], ContextManager[Any]] | None:
+    """None when no KL term is used; else a context giving the frozen reference model."""
+    if cfg.beta == 0 and not getattr(cfg, "adaptive_kl", False):
+        return None
+    if cfg.lora.enabled:
+        @contextmanager
+        def adapters_off() -> Iterator[Any]:
+            with policy.disable_adapter():
+                yield policy
+        return adapters_off
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device).eval()
+    ref.requires_grad_(False)
+
+    @contextmanager
+    def frozen() -> Iterator[Any]:
+        yield ref
+    return frozen
+
+
+def make_value_model(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]], device: torch.device) -> Any:
+    """PPO's value model: from ``value_model`` if set, else the first rm: reward, else the policy."""
+    if cfg.algorithm != "ppo":
+        return None
+    from rlaif.train.online.value import build_value_model
+
+    rm_dir = getattr(cfg, "value_model", "") or next((t for s, t, _ in specs if s == "rm"), None)
+    return build_value_model(base, rm_dir, torch.float32).to(device).train()
+
+
+def resolve_engine(name: str) -> str:
+    if name == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    return name
+
+
+def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]]) -> Run:
+    """Everything the step loop needs, in the order that fails cheapest first."""
+    from rlaif.train.modeling import load_tokenizer
+    from rlaif.train.online import maths
+    from rlaif.train.online.rewards import load_rewards
+    from rlaif.train.online.rollouts import RolloutEngine
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(base)
+    rewards = load_rewards(cfg.reward, judge=cfg.judge, seed=cfg.seed, verdict_retries=cfg.verdict_retries)
+    policy = load_policy(cfg, base, device)
+    reference = make_reference(cfg, base, policy, device)
+    value_model = make_value_model(cfg, base, specs, device)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if value_model is not None:
+        params += [p for p in value_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if getattr(cfg, "adaptive_kl", False):
+        kl: Any = maths.AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)  # type: ignore[attr-defined]
+    else:
+        kl = maths.FixedKLController(cfg.beta)
+    engine_name = resolve_engine(cfg.engine)
+    engine = RolloutEngine(engine_name, base, tokenizer, backend_options=cfg.rollout.backend_config(engine_name, base),
+                           max_prompt_length=cfg.max_prompt_length,
+                           hf_model=policy if engine_name == "hf" else None)
+    weights = {f"{s}:{t}": w for s, t, w in specs}
+    return Run(tokenizer, policy, reference, value_model, optimizer, params, engine, rewards, weights, kl, device,
+               _autocast(cfg, device))

@@ -1,0 +1,205 @@
+"""The step loop of ``rlaif train grpo | rloo | ppo``.
+
+Each step s: the seeded batch of prompts (state.prompt_order) -> k rollouts each from the engine
+(seed stable_seed(seed, "rollout", s)) -> rewards per source (None masks the sample and is
+counted) -> old-policy log-probs (logits / T) and the stale-weights gap to the engine's log-probs
+-> reference log-probs -> advantages (step.advantages) -> epochs_per_step passes of minibatch
+updates -> engine.sync(policy) -> metrics. Output folder (``--out DIR``)::
+
+    DIR/config.json, model.safetensors, tokenizer*   final policy (plain from_pretrained(DIR); LoRA merged)
+    DIR/adapter/                                     LoRA adapter alone (when lora.enabled)
+    DIR/value/                                       PPO value model
+    DIR/checkpoints/step-N/                          see state.py
+    DIR/metrics.jsonl, DIR/runs/                     one line / TensorBoard point per logged step
+    DIR/rollouts.jsonl                               every log_rollouts_every steps: what the policy wrote
+    DIR/summary.json                                 first/last rewards, config, settings
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlaif.config import to_dict
+from rlaif.io.records import Prompt, read_prompts
+from rlaif.io.seeds import stable_seed
+from rlaif.train.online import maths
+from rlaif.train.online.config import OnlineConfig, check_config
+from rlaif.train.online.setup import Run, build_run
+from rlaif.train.online.state import prepare_out, prompt_order, resume_or_start, run_settings, save_checkpoint
+from rlaif.train.online.step import advantages, build_batch, score_batch, update
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
+def collect_rewards(run: Run, prompts: list[Prompt], rollouts: list[Any]) -> tuple[dict[str, list], list]:
+    """Each source's rewards for the rollouts, and their weighted mix (None = masked)."""
+    from rlaif.train.online.rewards import combine_rewards
+
+    chats = [prompts[r.prompt_index].messages for r in rollouts]
+    rows = [{**prompts[r.prompt_index].metadata, "id": prompts[r.prompt_index].id} for r in rollouts]
+    texts = [r.text for r in rollouts]
+    per_source = {source.name: source(chats, texts, rows) for source in run.rewards}
+    return per_source, combine_rewards(per_source, run.weights)
+
+
+def reward_tensor(cfg: OnlineConfig, total: list, rollouts: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (N,) with masked samples at 0, and validity (N,); PPO's missing-EOS score applied."""
+    valid = torch.tensor([r is not None for r in total], dtype=torch.float)
+    scores = torch.tensor([0.0 if r is None else float(r) for r in total])
+    eos_score = getattr(cfg, "missing_eos_score", None)
+    if eos_score is not None:
+        cut = torch.tensor([not r.finished for r in rollouts])
+        scores = torch.where(cut & (valid > 0), torch.tensor(float(eos_score)), scores)
+    return scores, valid
+
+
+def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict[int, list[int]],
+                 step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """One step (0-based ``step``): sample, reward, score, update, sync. Returns metrics and rollout rows."""
+    order = prompt_order(len(prompts), cfg.seed, step, cfg.prompts_per_step)
+    batch_prompts = [prompts[i] for i in order]
+    ids = [cache[i] if i in cache else cache.setdefault(i, run.engine.prompt_ids(prompts[i].messages))
+           for i in order]
+    t0 = time.perf_counter()
+    rollouts = run.engine.generate(ids, cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   max_tokens=cfg.max_tokens, seed=stable_seed(cfg.seed, "rollout", step))
+    t1 = time.perf_counter()
+    per_source, total = collect_rewards(run, batch_prompts, rollouts)
+    t2 = time.perf_counter()
+    scores, valid = reward_tensor(cfg, total, rollouts)
+    batch = build_batch(rollouts, run.tokenizer.pad_token_id)
+    run.policy.eval()
+    scored = score_batch(cfg, batch, run.policy, run.reference, run.value_model, run.device, run.autocast)
+    adv = advantages(cfg, batch, scores, valid, scored, run.kl.value)
+    run.policy.train()
+    train_stats = update(cfg, step, batch, scored, adv, valid, run.policy, run.value_model, run.optimizer,
+                         run.params, run.device, run.autocast)
+    t3 = time.perf_counter()
+    sync_s = run.engine.sync(run.policy)
+    metrics = {"time/generation": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2, "time/sync": sync_s,
+               **step_metrics(run, rollouts, batch, scored, adv, valid, per_source, total, t1 - t0), **train_stats}
+    run.kl.update(metrics["kl"], len(rollouts))
+    rows = [{"step": step + 1, "prompt_id": batch_prompts[r.prompt_index].id,
+             "prompt": batch_prompts[r.prompt_index].messages, "response": r.text,
+             "rewards": {name: values[i] for name, values in per_source.items()}, "reward": total[i],
+             "kl": float(adv["kl"][i]), "finished": r.finished} for i, r in enumerate(rollouts)]
+    return metrics, rows
+
+
+def step_metrics(run: Run, rollouts: list[Any], batch: Any, scored: Any, adv: dict[str, torch.Tensor],
+                 valid: torch.Tensor, per_source: dict[str, list], total: list, gen_s: float) -> dict[str, float]:
+    """Rollout, reward, KL, entropy, value and stale-weights metrics of one step.
+
+    logprob_gap = mean over completion tokens of |engine log-prob - trainer log-prob|: near 0 when
+    the engine samples from the trainer's weights, larger when a sync was missed (TRL #5312)."""
+    tokens = float(batch.mask.sum())
+    gap = float(((batch.engine_logp - scored.old_logp).abs() * batch.mask).sum() / max(tokens, 1.0))
+    metrics = {"rollout/tokens_per_s": tokens / max(gen_s, 1e-9), "logprob_gap": gap,
+               "response_length": tokens / len(rollouts),
+               "eos_rate": sum(r.finished for r in rollouts) / len(rollouts),
+               "masked": float(len(rollouts) - valid.sum()), "entropy": scored.entropy,
+               "kl": float(adv["kl"].mean()), "beta": run.kl.value}
+    metrics["reward/mean"], metrics["reward/std"] = _stats([r for r in total if r is not None])
+    for name, values in per_source.items():
+        metrics[f"reward/{name}/mean"], metrics[f"reward/{name}/std"] = _stats([v for v in values if v is not None])
+    if run.value_model is not None:
+        mask = batch.mask * valid.unsqueeze(-1)
+        metrics["explained_variance"] = maths.explained_variance(scored.old_values, adv["returns"], mask)
+    return metrics
+
+
+def train_online(cfg: OnlineConfig) -> dict[str, Any]:
+    """Train ``cfg.model`` online with ``cfg.algorithm`` (grpo | rloo | ppo); returns the summary."""
+    from rlaif.models import check_causal_lm, resolve_model
+    from rlaif.train.online.rewards import parse_reward_specs
+
+    check_config(cfg)
+    specs = parse_reward_specs(cfg.reward, cfg.reward_weights)
+    prompts = read_prompts(cfg.prompts, cfg.prompt_column)
+    out = Path(cfg.out)
+    settings = run_settings(cfg)
+    finished = prepare_out(cfg, out, settings)
+    if finished is not None:
+        print(f"{out} already holds a policy trained with these settings (summary.json); "
+              f"pass --overwrite to train again")
+        return finished
+    base = resolve_model(cfg.model)
+    check_causal_lm(base)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    run = build_run(cfg, base, specs)
+    try:
+        return _loop(cfg, run, prompts, out, settings)
+    finally:
+        run.close()
+
+
+def _loop(cfg: OnlineConfig, run: Run, prompts: list[Prompt], out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from rlaif.train.runtime import MetricsLog
+
+    restored = resume_or_start(out, run.policy, run.value_model, run.optimizer)
+    start = restored.step if restored else 0
+    if restored is not None:
+        if restored.kl_coef is not None:
+            run.kl.value = restored.kl_coef
+        run.engine.sync(run.policy)  # the engine was built from the base weights: push the restored ones
+        print(f"resuming from step {start} of {cfg.steps}")
+    log = MetricsLog(out, True)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.algorithm}", disable=not cfg.progress)
+    cache: dict[int, list[int]] = {}
+    history: list[dict[str, float]] = []
+    try:
+        for step in range(start, cfg.steps):
+            metrics, rows = rollout_step(cfg, run, prompts, cache, step)
+            done = step + 1
+            history.append(metrics)
+            if done % cfg.logging_steps == 0 or done == cfg.steps:
+                log.log(done, metrics)
+            if cfg.log_rollouts_every and (done % cfg.log_rollouts_every == 0 or done == 1):
+                with (out / "rollouts.jsonl").open("a", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            if cfg.save_steps and done % cfg.save_steps == 0 and done != cfg.steps:
+                save_checkpoint(out, done, cfg.save_total_limit, settings, run.policy, run.value_model,
+                                run.optimizer, run.kl.value, done * cfg.prompts_per_step)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.3f}")
+    finally:
+        bar.close()
+        log.close()
+    return save_final(cfg, run, out, settings, start, history)
+
+
+def save_final(cfg: OnlineConfig, run: Run, out: Path, settings: dict[str, Any], start: int,
+               history: list[dict[str, float]]) -> dict[str, Any]:
+    """The policy as a plain causal LM (LoRA merged; adapter kept in adapter/), the value model
+    (PPO), the tokenizer and summary.json."""
+    policy = run.policy
+    if cfg.lora.enabled:
+        policy.save_pretrained(out / "adapter")
+        policy = policy.merge_and_unload()
+    policy.config.use_cache = True
+    policy.save_pretrained(out, safe_serialization=True)
+    run.tokenizer.save_pretrained(out)
+    if run.value_model is not None:
+        from rlaif.train.online.value import save_value_model
+
+        save_value_model(run.value_model, out / "value")
+    rewards = [h["reward/mean"] for h in history]
+    summary = {"trainer": cfg.algorithm, "steps": cfg.steps, "resumed_from": start,
+               "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
+               "last_step": history[-1] if history else {}, "config": to_dict(cfg), "settings": settings}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"saved {cfg.algorithm} policy to {out}")
+    return summary
