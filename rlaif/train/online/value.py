@@ -1,0 +1,126 @@
+"""PPO's value model V(x, y_<=t): a transformer backbone (no LM head) and a Linear(hidden, 1) head,
+one value per token.
+
+Initialisation ("The N+ implementation details of RLHF with PPO", Huang et al. 2024, arXiv
+2403.17031, detail 2): from the reward model when the reward is one (``rlaif train rm`` output,
+a ``*ForSequenceClassification`` with a ``score`` head): its backbone, and the value head copied
+from the score head, so V at the last token starts at the RM's score and the critic starts out
+knowing what the reward rewards. Without an RM (judge / python rewards) it starts from the
+policy's backbone with a zero head: V = 0 everywhere at step 0, so the first advantages are the
+plain returns (no noise from a random head), and the head learns from a backbone that already
+reads the policy's text. The value model reads the policy's token ids, so an RM whose tokenizer
+differs from the policy's is refused.
+
+On disk (``save_value_model``): the backbone's ``save_pretrained`` files plus
+``value_head.safetensors`` (weight (1, H), bias (1,), fp32).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlaif.errors import UserError
+from rlaif.train.modeling import position_ids, score_head, unwrap
+
+HEAD_FILE = "value_head.safetensors"
+
+
+class ValueModel(torch.nn.Module):
+    """backbone (AutoModel of a causal LM or of the RM) + Linear(hidden, 1) in fp32."""
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = backbone.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-token values (B, T) in fp32, for any padding side (positions count real tokens)."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids(attention_mask), use_cache=False)
+        hidden = out.last_hidden_state                                  # (B, T, H)
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, T)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Passed on to the backbone (the trainer's ``gradient_checkpointing`` setting)."""
+        self.backbone.config.use_cache = False
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
+
+def _head(hidden: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.nn.Linear:
+    """Linear(hidden, 1) in fp32, zero unless ``weight`` (1, H) / ``bias`` (1,) are given."""
+    head = torch.nn.Linear(hidden, 1, bias=True, dtype=torch.float32)
+    with torch.no_grad():
+        head.weight.copy_(weight if weight is not None else torch.zeros(1, hidden))
+        head.bias.copy_(bias if bias is not None else torch.zeros(1))
+    return head
+
+
+def _same_tokenizer(policy_dir: str, reward_model_dir: str) -> bool:
+    """Both folders' tokenizers map the same strings to the same ids."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(policy_dir).get_vocab() == \
+        AutoTokenizer.from_pretrained(reward_model_dir).get_vocab()
+
+
+def _from_reward_model(policy_dir: str, reward_model_dir: str, dtype: Any) -> ValueModel:
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        same = _same_tokenizer(policy_dir, reward_model_dir)
+        rm = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=1, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise UserError(f"value model: cannot load reward model '{reward_model_dir}': "
+                        f"{str(err).splitlines()[0]}") from None
+    if not same:
+        raise UserError(f"value model: reward model '{reward_model_dir}' has another tokenizer than the "
+                        f"policy '{policy_dir}'; the value model reads the policy's tokens, so it cannot "
+                        f"start from this RM (train the RM on the policy's tokenizer)")
+    score = score_head(rm)
+    bias = score.bias.detach().float() if getattr(score, "bias", None) is not None else None
+    head = _head(rm.config.hidden_size, score.weight.detach().float(), bias)
+    return ValueModel(rm.base_model, head)
+
+
+def build_value_model(policy_dir: str, reward_model_dir: str | None, dtype: Any = torch.float32) -> ValueModel:
+    """The value model: from the RM (backbone + score head) when given, else the policy's backbone
+    with a zero head. ``dtype``: the backbone's weights (a torch dtype or its name)."""
+    if reward_model_dir:
+        return _from_reward_model(policy_dir, reward_model_dir, dtype)
+    from transformers import AutoModel
+
+    try:
+        backbone = AutoModel.from_pretrained(policy_dir, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise UserError(f"value model: cannot load '{policy_dir}': {str(err).splitlines()[0]}") from None
+    return ValueModel(backbone, _head(backbone.config.hidden_size))
+
+
+def save_value_model(model: torch.nn.Module, out_dir: str | Path) -> None:
+    """Write the backbone (``save_pretrained``, safetensors) and ``value_head.safetensors`` to out_dir."""
+    from safetensors.torch import save_file
+
+    model = unwrap(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.backbone.save_pretrained(out, safe_serialization=True)
+    head = {"weight": model.head.weight.detach().float().cpu().contiguous(),
+            "bias": model.head.bias.detach().float().cpu().contiguous()}
+    save_file(head, str(out / HEAD_FILE))
+
+
+def load_value_model(path: str | Path, dtype: Any = "auto") -> ValueModel:
+    """A value model written by :func:`save_value_model` (backbone in its saved dtype by default)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    head_file = Path(path) / HEAD_FILE
+    if not head_file.is_file():
+        raise UserError(f"value model '{path}': no {HEAD_FILE} (not written by save_value_model)")
+    backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
+    head = load_file(str(head_file))
+    return ValueModel(backbone, _head(backbone.config.hidden_size, head["weight"], head["bias"]))
