@@ -161,14 +161,15 @@ def test_group_items_groups_consecutive_completions_of_a_prompt() -> None:
         ("p0", texts[:3], [0, 1, 2]), ("p1", texts[3:], [3, 4, 5])]
 
 
-@pytest.mark.parametrize("rubric, k, calls_per_item", [("helpfulness", 3, 3), ("overall_preference", 3, 6)])
-def test_judge_reward_on_fake_engine(rubric: str, k: int, calls_per_item: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("rubric", ["helpfulness", "overall_preference", "truthfulness"])  # logprob, pairwise, verdict
+def test_judge_reward_on_fake_engine(rubric: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import rlaif.judging.judge as judge_mod
 
     seen: list[list] = []
     real = judge_mod.judge_items
     monkeypatch.setattr(judge_mod, "judge_items", lambda b, r, items, **kw: seen.append(items) or real(b, r, items, **kw))
     (source,) = load(f"judge:{rubric}")
+    k = 3
     prompts, texts, rows = batch(k)
     rewards = source(prompts, texts, rows)
     assert len(seen) == 1 and [len(item.responses) for item in seen[0]] == [k, k]  # one item per prompt
