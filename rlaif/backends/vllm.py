@@ -99,6 +99,32 @@ class WeightUpdateExtension:
         self.model_runner.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)  # type: ignore[attr-defined]
         return len(weights)
 
+    def rlaif_map_shared(self, path: str, numel: int, dtype: str,
+                         layout: list[tuple[str, int, list[int]]]) -> int:
+        """Map the trainer's shared-memory mirror (`SharedWeights`): one flat file, one view per
+        ``(name, offset, shape)``; kept until `rlaif_unmap_shared`. Returns the bytes mapped."""
+        import torch
+
+        flat = torch.from_file(path, shared=True, size=numel, dtype=getattr(torch, dtype))
+        self._rlaif_shared = [(name, flat[off:off + _numel(shape)].view(shape)) for name, off, shape in layout]
+        return flat.numel() * flat.element_size()
+
+    def rlaif_load_shared(self) -> int:
+        """Load the mapped mirror into the model in place (vLLM's reload: CPU kernels repack)."""
+        shared = self._rlaif_shared
+        self.model_runner.reload_weights(weights_iterator=iter(shared), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        return len(shared)
+
+    def rlaif_unmap_shared(self) -> None:
+        self._rlaif_shared = []
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
 
 def _completion(o: Any, with_logprobs: bool) -> Completion:
     """A `Completion` from one ``vllm.CompletionOutput``."""
@@ -118,6 +144,7 @@ class VLLMBackend:
         self.llm = llm if llm is not None else build_llm(config)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_id = f"vllm:{config.model}"
+        self._mirror: _SharedMirror | None = None
 
     def _sampling_params(self, params: SamplingParams, seed: int | None) -> "vllm.SamplingParams":
         import vllm
@@ -159,6 +186,25 @@ class VLLMBackend:
         return [Generation(completions=[_completion(o, params.logprobs) for o in sorted(out.outputs, key=lambda o: o.index)],
                            prompt_tokens=len(out.prompt_token_ids or [])) for out in outputs]
 
+    def generate_ids(self, prompts: Sequence[list[int]], params: SamplingParams,
+                     seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
+        """`chat` on prompts already tokenized (chat template applied): the engine gets exactly
+        these ids (``TokensPrompt``), ``params.n`` samples each."""
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if params.logprobs:
+            self._check_logprobs_mode()
+        sampling: Any = (self._sampling_params(params, params.seed) if seeds is None
+                         else [self._sampling_params(params, s) for s in seeds])
+        outputs = self._run(self.llm.generate, [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+                            sampling, use_tqdm=progress)
+        return [Generation(completions=[_completion(o, params.logprobs) for o in sorted(out.outputs, key=lambda o: o.index)],
+                           prompt_tokens=len(p)) for p, out in zip(prompts, outputs)]
+
     def _check_logprobs_mode(self) -> None:
         mode = getattr(self.llm.llm_engine.model_config, "logprobs_mode", None)
         if mode != "processed_logprobs":
@@ -197,20 +243,73 @@ class VLLMBackend:
         from safetensors.torch import save
 
         blob = save({name: t.detach().to("cpu").contiguous() for name, t in named_tensors})
+        self._rpc("rlaif_load_weights", blob)
+        self.llm.reset_prefix_cache()
+
+    def _rpc(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
         try:
-            self.llm.collective_rpc("rlaif_load_weights", args=(blob,))
+            return self.llm.collective_rpc(method, timeout=timeout, args=args)
         except Exception as e:
-            if "rlaif_load_weights" in str(e):
-                raise RuntimeError("update_weights needs an LLM built by rlaif.backends.vllm.build_llm "
+            if method in str(e):
+                raise RuntimeError(f"{method} needs an LLM built by rlaif.backends.vllm.build_llm "
                                    "(worker_extension_cls=rlaif.backends.vllm.WeightUpdateExtension)") from e
             raise
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]], timeout_s: float = 600.0) -> None:
+        """`update_weights` through shared memory, for a trainer that pushes the same parameters
+        every step: the first call lays out one flat buffer in /dev/shm (in the engine's dtype)
+        that this process and every worker map; each call then copies the tensors into it (a
+        memcpy, converting dtype) and one small RPC makes the workers load the mapped views in
+        place, then the prefix cache is dropped. The file is unlinked as soon as the workers have
+        mapped it, so a crash leaks nothing. A different set of names or shapes re-lays it out.
+        An RPC that takes longer than ``timeout_s`` raises ``TimeoutError`` (no silent hang)."""
+        import torch
+
+        tensors = [(name, t.detach()) for name, t in named_tensors]
+        layout = [(name, tuple(t.shape)) for name, t in tensors]
+        if self._mirror is None or self._mirror.layout != layout:
+            self._mirror = None
+            self._mirror = _SharedMirror(self, layout, self.llm.llm_engine.model_config.dtype, timeout_s)
+        with torch.no_grad():
+            for (_, t), view in zip(tensors, self._mirror.views):
+                view.copy_(t)
+        self._rpc("rlaif_load_shared", timeout=timeout_s)
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
+        self._mirror = None
         if llm is not None:
             engine = getattr(llm, "llm_engine", None)
             core = getattr(engine, "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             del llm
+
+
+class _SharedMirror:
+    """One flat, file-backed shared tensor in /dev/shm holding every synced parameter, mapped by
+    this process and by the engine's workers (`WeightUpdateExtension.rlaif_map_shared`)."""
+
+    def __init__(self, backend: VLLMBackend, layout: list[tuple[str, tuple[int, ...]]], dtype: "torch.dtype",
+                 timeout_s: float) -> None:
+        import os
+        import tempfile
+
+        import torch
+
+        self.layout = layout
+        offsets, total = [], 0
+        for _, shape in layout:
+            offsets.append(total)
+            total += _numel(shape)
+        fd, path = tempfile.mkstemp(prefix="rlaif-weights-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.truncate(total * torch.empty((), dtype=dtype).element_size())
+            flat = torch.from_file(path, shared=True, size=total, dtype=dtype)
+            spec = [(name, off, list(shape)) for (name, shape), off in zip(layout, offsets)]
+            backend._rpc("rlaif_map_shared", path, total, str(dtype).removeprefix("torch."), spec, timeout=timeout_s)
+        finally:
+            os.unlink(path)  # both sides hold their mapping; the memory goes with the last of them
+        self.views = [flat[off:off + _numel(shape)].view(shape) for (_, shape), off in zip(layout, offsets)]
