@@ -204,6 +204,8 @@ def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, ad
                 mb = batch.rows(idx)
                 w = mb.mask.shape[1]
                 mb.mask = mb.mask * valid[idx].unsqueeze(-1)
+                if float(mb.mask.sum()) == 0:  # only masked samples: nothing to learn, no stats
+                    continue
                 t = {"old_logp": scored.old_logp[idx, :w], "adv": adv["adv"][idx] if adv["adv"].dim() == 1
                      else adv["adv"][idx, :w]}
                 if scored.ref_logp is not None:

@@ -1,0 +1,127 @@
+"""Online trainers end to end on the tiny random Llama with the hf engine and Python rewards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlaif.errors import UserError
+from rlaif.train.config import LoraOptions
+from rlaif.train.online.config import CONFIGS, GRPOConfig, PPOConfig, RLOOConfig, check_config
+from rlaif.train.online.state import prompt_order
+
+ASSETS = Path(__file__).parent / "assets"
+REWARDS = ASSETS / "rewards_trainer.py"
+
+
+def write_prompts(path: Path, n: int = 4) -> str:
+    rows = [{"id": f"p{i}", "prompt": f"Say something about number {i}.", "topic": f"t{i}"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def small(cls: type, tmp_path: Path, model: str, **kw: object) -> object:
+    base = dict(prompts=write_prompts(tmp_path / "prompts.jsonl"), model=model, out=str(tmp_path / "out"),
+                reward=[f"python:{REWARDS}:length_target"], engine="hf", steps=2, k=2, prompts_per_step=2,
+                max_tokens=8, micro_batch_size=2, progress=False, log_rollouts_every=1, lr=1e-3)
+    base.update(kw)
+    return cls(**base)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "ppo"])
+def test_two_steps_write_metrics_rollouts_and_a_loadable_policy(algorithm, tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train.online.trainer import train_online
+
+    cfg = small(CONFIGS[algorithm], tmp_path, tiny_model_dir, epochs_per_step=2, minibatch_size=2)
+    summary = train_online(cfg)
+    out = Path(cfg.out)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    for key in ("time/generation", "time/reward", "time/train", "time/sync", "rollout/tokens_per_s", "reward/mean",
+                "reward/std", "kl", "entropy", "clip_fraction", "response_length", "eos_rate", "logprob_gap",
+                "masked", f"reward/python:{REWARDS}:length_target/mean"):
+        assert key in lines[0], key
+    assert lines[0]["logprob_gap"] < 1e-3  # hf engine samples with the trained model itself
+    assert lines[0]["response_length"] <= 8
+    if algorithm == "ppo":
+        assert "value_loss" in lines[0] and "explained_variance" in lines[0]
+        assert (out / "value" / "value_head.safetensors").is_file()
+    rollouts = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 2 * 2 * 2 and {r["step"] for r in rollouts} == {1, 2}
+    assert set(rollouts[0]) >= {"step", "prompt_id", "prompt", "response", "rewards", "reward", "kl"}
+    words = len(rollouts[0]["response"].split())
+    assert rollouts[0]["reward"] == pytest.approx(-abs(words - 8) / 8)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    moved = sum(float((a - b).detach().abs().sum()) for a, b in zip(model.parameters(), start.parameters()))
+    assert moved > 0  # the policy was updated
+    assert summary["steps"] == 2 and json.loads((out / "summary.json").read_text())["trainer"] == algorithm
+
+
+def test_masked_rewards_are_counted_not_fatal(tmp_path, tiny_model_dir):
+    from rlaif.train.online.trainer import train_online
+
+    cfg = small(RLOOConfig, tmp_path, tiny_model_dir, k=3, steps=1,
+                reward=[f"python:{REWARDS}:none_every_third"])
+    train_online(cfg)
+    line = json.loads((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["masked"] == 2.0  # 6 completions, every third None
+    rows = [json.loads(x) for x in (Path(cfg.out) / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["reward"] is None for r in rows] == [False, False, True] * 2
+
+
+def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train.online.trainer import train_online
+
+    lora = LoraOptions(enabled=True, r=4, alpha=8, dropout=0.0)
+    cfg = small(RLOOConfig, tmp_path, tiny_model_dir, steps=1, lora=lora)
+    train_online(cfg)
+    out = Path(cfg.out)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_rerun_with_other_settings_is_refused_and_overwrite_starts_over(tmp_path, tiny_model_dir):
+    from rlaif.train.online.trainer import train_online
+
+    cfg = small(GRPOConfig, tmp_path, tiny_model_dir, steps=1)
+    train_online(cfg)
+    assert train_online(cfg)["steps"] == 1  # same settings: the finished summary, nothing trained
+    changed = small(GRPOConfig, tmp_path, tiny_model_dir, steps=1, lr=2e-3)
+    with pytest.raises(UserError, match=r"other settings: lr 0.001 -> 0.002"):
+        train_online(changed)
+    changed.overwrite = True
+    assert train_online(changed)["config"]["lr"] == 2e-3
+    assert len((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_config_checks_name_the_option():
+    with pytest.raises(UserError, match=r"option 'k' must be >= 2"):
+        check_config(GRPOConfig(prompts="p", out="o", reward=["python:f.py:g"], k=1))
+    check_config(PPOConfig(prompts="p", out="o", reward=["python:f.py:g"], k=1))
+    with pytest.raises(UserError, match=r"--prompts is required"):
+        check_config(RLOOConfig(out="o", reward=["python:f.py:g"]))
+    with pytest.raises(UserError, match=r"2 weights for 1 reward specs"):
+        check_config(RLOOConfig(prompts="p", out="o", reward=["python:f.py:g"], reward_weights=[1.0, 2.0]))
+
+
+def test_prompt_order_is_seeded_and_covers_each_epoch():
+    first = prompt_order(5, 0, 0, 5)
+    assert sorted(first) == list(range(5))
+    assert prompt_order(5, 0, 0, 5) == first and prompt_order(5, 1, 0, 5) != first
+    assert prompt_order(5, 0, 1, 2) == first[2:4]
+    assert sorted(prompt_order(5, 0, 1, 5)) == list(range(5))  # the next epoch, another shuffle
