@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlaif.train.online.maths import (
-    AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance, gae,
+    AdaptiveKLController, FixedKLController, aggregate_loss, entropy_from_logits, explained_variance, gae,
     grpo_advantages, kl_k1, kl_k3, masked_mean, masked_whiten, policy_loss, ppo_token_rewards,
     rloo_advantages, value_loss,
 )
@@ -226,6 +226,14 @@ def test_aggregation_length_bias() -> None:
     close(_token_gradients("grpo"), [[1 / 2, 0, 0], [1 / 6, 1 / 6, 1 / 6]])        # 1 / (len * B)
     close(_token_gradients("dr_grpo"), [[1 / 6, 0, 0], [1 / 6, 1 / 6, 1 / 6]])     # 1 / (2 * 3)
     close(_token_gradients("dapo"), [[1 / 4, 0, 0], [1 / 4, 1 / 4, 1 / 4]])        # 1 / 4 tokens
+
+
+def test_aggregate_loss_on_a_token_quantity() -> None:
+    per_token = torch.tensor([[1.0, 9.0, 9.0], [2.0, 2.0, 2.0]])         # 9: padding
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    close(aggregate_loss(per_token, mask, "grpo", None), 1.5)             # (1 + 2) / 2 sequences
+    close(aggregate_loss(per_token, mask, "dapo", None), 7 / 4)           # (1 + 6) / 4 tokens
+    close(aggregate_loss(per_token, mask, "dr_grpo", 3), 7 / 6)           # (1 + 6) / (2 * 3)
 
 
 def test_aggregation_normalizer_for_micro_batches() -> None:

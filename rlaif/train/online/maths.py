@@ -213,9 +213,10 @@ class AdaptiveKLController(FixedKLController):
 LossType = Literal["grpo", "dapo", "dr_grpo", "token_mean"]
 
 
-def _aggregate(losses: Tensor, m: Tensor, loss_type: str, max_completion_length: int | None,
-               normalizer: float | None) -> Tensor:
-    """Per-token losses (B, T) -> scalar, by ``loss_type`` (see :func:`policy_loss`)."""
+def aggregate_loss(losses: Tensor, m: Tensor, loss_type: str, max_completion_length: int | None,
+                   normalizer: float | None = None) -> Tensor:
+    """Per-token losses (B, T) -> scalar, by ``loss_type`` as in :func:`policy_loss` (also for GRPO's
+    k3 KL term, aggregated like the policy loss)."""
     total = (losses * m).sum()
     if loss_type == "grpo":
         lengths = m.sum(-1)                                             # (B,)
@@ -228,6 +229,9 @@ def _aggregate(losses: Tensor, m: Tensor, loss_type: str, max_completion_length:
             raise ValueError("dr_grpo needs max_completion_length (the max_tokens of the rollouts)")
         return total / (normalizer or losses.shape[0] * max_completion_length)
     raise ValueError(f"loss_type must be grpo, dapo, dr_grpo or token_mean, got {loss_type!r}")
+
+
+_aggregate = aggregate_loss  # the name trainer code first used
 
 
 def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
@@ -270,7 +274,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     if level == "sequence":
         loss = (losses * weights).sum() / (normalizer or weights.sum().clamp(min=1))
     else:
-        loss = _aggregate(losses, m, loss_type, max_completion_length, normalizer)
+        loss = aggregate_loss(losses, m, loss_type, max_completion_length, normalizer)
     with torch.no_grad():
         stats = {"clip_fraction": masked_mean((clipped > unclipped).to(m.dtype), weights).item(),
                  "approx_kl": masked_mean(0.5 * log_ratio ** 2, weights).item(),
