@@ -1,0 +1,201 @@
+"""Online RL throughput: rlaif grpo against TRL's GRPOTrainer, one after the other in one run.
+
+Same CPU, model (the embedded SmolLM2-135M-Instruct, fp32), prompts (the first --prompts rows of
+prompts/demo.jsonl, so every step sees the same prompts in both), k (num_generations), max_tokens
+(max_completion_length), prompts per step, steps, lr (constant), beta=0 (no reference model),
+loss_type, one PPO-clip update per rollout batch (num_iterations=1), temperature 1.0 / top_p 1.0,
+and the same Python reward (`length_reward` below, a length target). TRL samples with
+transformers' `model.generate` (its default; `--trl-vllm` tries its vLLM colocate mode, which
+expects a GPU); rlaif samples with its vllm engine and syncs the weights into it every step.
+The first step of each run is warm-up and is reported apart. Seconds per step are split into
+generation / reward / training / sync (TRL's "training" is the step time less generation and
+reward, so it includes TRL's own batch preparation).
+
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py [--prompts 4] [--k 4] [--max-tokens 32]
+        [--steps 4] [--only rlaif|trl] [--trl-vllm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = ROOT / "prompts" / "demo.jsonl"
+TARGET_CHARS = 60
+
+
+def length_reward(prompts, completions, **kwargs) -> list[float]:
+    """Length target: 0 at TARGET_CHARS characters, -1 per TARGET_CHARS away (TRL-style signature).
+
+    Completions may be strings (rlaif) or message lists (TRL's conversational format)."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [-abs(len(t) - TARGET_CHARS) / TARGET_CHARS for t in texts]
+
+
+def write_prompts(path: Path, n: int) -> list[dict]:
+    rows = [json.loads(x) for x in PROMPTS.read_text().splitlines() if x.strip()][:n]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def summarise(steps: list[dict]) -> dict:
+    """Warm-up (first step) apart; medians of the later steps for each part of a step."""
+    keys = ("total", "generation", "reward", "training", "sync")
+    timed = steps[1:] or steps
+    res = {f"warmup_{k}": steps[0].get(k, 0.0) for k in keys}
+    res.update({k: statistics.median(s.get(k, 0.0) for s in timed) for k in keys})
+    res["tokens_per_s_gen"] = sum(s["tokens"] for s in timed) / max(sum(s["generation"] for s in timed), 1e-9)
+    res["reward_first"], res["reward_last"] = steps[0]["reward_mean"], steps[-1]["reward_mean"]
+    res["steps"] = len(steps)
+    return res
+
+
+def trl_run(rows: list[dict], model_dir: str, out: Path, args: argparse.Namespace) -> dict:
+    """TRL GRPOTrainer, timed per optimizer step with wrappers around its generate and reward calls."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=args.prompts * args.k, gradient_accumulation_steps=1,
+        num_generations=args.k, max_completion_length=args.max_tokens, max_steps=args.steps,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, beta=0.0, num_iterations=1,
+        epsilon=0.2, loss_type=args.loss_type, scale_rewards="group", temperature=1.0, top_p=1.0, top_k=0,
+        bf16=False, use_cpu=True, gradient_checkpointing=False, report_to=[], save_strategy="no",
+        logging_steps=1, seed=args.seed, dataloader_num_workers=0, disable_tqdm=True, log_completions=False,
+        use_vllm=args.trl_vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=0.2)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
+    steps: list[dict] = []
+    cur: dict = {}
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            cur.clear()
+            cur.update(generation=0.0, reward=0.0, sync=0.0, tokens=0, reward_mean=0.0, t0=time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            total = time.perf_counter() - cur.pop("t0")
+            gen = cur["generation"] - cur["sync"]
+            steps.append({**cur, "total": total, "generation": gen,
+                          "training": total - gen - cur["reward"] - cur["sync"]})
+
+    trainer = GRPOTrainer(model=model, reward_funcs=length_reward, args=cfg, train_dataset=dataset,
+                          processing_class=tok, callbacks=[Timer()])
+    _wrap(trainer, "_generate", "generation", cur, count=lambda r: sum(len(c) for c in r[1]))
+    _wrap(trainer, "_calculate_rewards", "reward", cur, mean=lambda r: float(r.nanmean()))
+    if args.trl_vllm:
+        _wrap(trainer.vllm_generation, "sync_weights", "sync", cur)
+    load = time.perf_counter() - t0
+    trainer.train()
+    mode = ("vLLM colocate" if args.trl_vllm else "transformers generate")
+    return {**summarise(steps), "load_s": load, "wall_s": time.perf_counter() - t0, "mode": mode}
+
+
+def _wrap(obj, name: str, key: str, cur: dict, count=None, mean=None) -> None:
+    """Replace obj.name by a timed call that adds its seconds to cur[key] (and tokens / reward mean)."""
+    inner = getattr(obj, name)
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        res = inner(*a, **k)
+        cur[key] = cur.get(key, 0.0) + time.perf_counter() - t
+        if count:
+            cur["tokens"] = cur.get("tokens", 0) + count(res)
+        if mean:
+            cur["reward_mean"] = mean(res)
+        return res
+
+    setattr(obj, name, timed)
+
+
+def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace) -> dict:
+    """rlaif grpo (vllm engine), timed from its own per-step metrics.jsonl."""
+    from rlaif.train.online.config import GRPOConfig
+    from rlaif.train.online.trainer import train_online
+
+    cfg = GRPOConfig(prompts=str(prompts), model=model_dir, out=str(out),
+                     reward=[f"python:{Path(__file__).resolve()}:length_reward"],
+                     engine="vllm", prompts_per_step=args.prompts, num_generations=args.k,
+                     max_tokens=args.max_tokens, steps=args.steps, lr=args.lr, beta=0.0, loss_type=args.loss_type,
+                     scale_rewards="group", temperature=1.0, top_p=1.0, seed=args.seed, precision="fp32",
+                     save_steps=0, logging_steps=1, progress=False, overwrite=True)
+    t0 = time.perf_counter()
+    train_online(cfg)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [_rlaif_step(r) for r in rows if "time/generation" in r]
+    return {**summarise(steps), "load_s": None, "wall_s": wall, "mode": "vllm engine, in-place weight sync"}
+
+
+def _rlaif_step(r: dict) -> dict:
+    gen, rew, sync = r["time/generation"], r["time/reward"], r.get("time/sync", 0.0)
+    total = r.get("time/step", gen + rew + r["time/training"] + sync)
+    return {"total": total, "generation": gen, "reward": rew, "sync": sync, "training": total - gen - rew - sync,
+            "tokens": r.get("rollout/tokens", 0), "reward_mean": r.get("reward/mean", float("nan"))}
+
+
+def print_table(results: dict, args: argparse.Namespace) -> None:
+    import transformers
+    import trl
+
+    print(f"\nSmolLM2-135M-Instruct, CPU fp32 ({torch.get_num_threads()} torch threads), {args.prompts} prompts x "
+          f"k={args.k}, max {args.max_tokens} new tokens, {args.steps} steps (first = warm-up), lr {args.lr}, "
+          f"beta 0, loss_type {args.loss_type}; torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, trl {trl.__version__}\n")
+    print("| run | rollouts | s/step | generation | reward | training | sync | gen tokens/s | steps/min "
+          "| warm-up step s | reward first -> last |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for who, r in results.items():
+        print(f"| {who} | {r['mode']} | {r['total']:.2f} | {r['generation']:.2f} | {r['reward']:.3f} | "
+              f"{r['training']:.2f} | {r['sync']:.2f} | {r['tokens_per_s_gen']:.0f} | {60 / r['total']:.1f} | "
+              f"{r['warmup_total']:.1f} | {r['reward_first']:.2f} -> {r['reward_last']:.2f} |")
+    if len(results) == 2:
+        a, b = results["rlaif"], results["trl"]
+        print(f"\nsteps/min ratio rlaif / TRL: {b['total'] / a['total']:.2f}x (goal >= 2x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step (the first N demo prompts)")
+    parser.add_argument("--k", type=int, default=4, help="completions per prompt (num_generations)")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run, the first is warm-up")
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--loss-type", default="dapo", choices=["grpo", "dapo", "dr_grpo"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["rlaif", "trl"], default=None)
+    parser.add_argument("--trl-vllm", action="store_true", help="TRL with use_vllm=True, vllm_mode=colocate")
+    parser.add_argument("--model", default="smollm2-135m", help="alias or local folder")
+    args = parser.parse_args()
+
+    from rlaif.models import resolve_model
+
+    model_dir = resolve_model(args.model)
+    tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-rl-"))
+    try:
+        rows = write_prompts(tmp / "prompts.jsonl", args.prompts)
+        results = {}
+        for who in ("trl", "rlaif") if args.only is None else (args.only,):
+            torch.manual_seed(args.seed)
+            res = (trl_run(rows, model_dir, tmp / "trl", args) if who == "trl"
+                   else rlaif_run(tmp / "prompts.jsonl", model_dir, tmp / "rlaif", args))
+            results[who] = res
+            print(f"{who}: {json.dumps(res)}", flush=True)
+        print_table(results, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
