@@ -154,7 +154,7 @@ def test_vllm_rollouts_ids_text_and_stale_weights(vllm_engine, embedded_model_di
     trainer = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
     prompts = [engine.prompt_ids(m) for m in MESSAGES]
     for m, p in zip(MESSAGES, prompts):
-        assert p == tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True)
+        assert p == tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
     kw = dict(temperature=0.9, top_p=1.0, max_tokens=48, seed=5)
     out = engine.generate(prompts, 2, **kw)
     assert [r.prompt_index for r in out] == [0, 0, 1, 1, 2, 2]
@@ -175,9 +175,9 @@ def test_vllm_rollouts_ids_text_and_stale_weights(vllm_engine, embedded_model_di
     seconds = engine.sync(trainer)
     synced = mean_gap(trainer, engine.generate(prompts, 2, **kw), 0.9)
     print(f"gap same={same:.2e} stale={stale:.3f} synced={synced:.2e} sync={seconds:.2f}s")
-    assert same < 2e-3 and synced < 2e-3 and stale > 0.1
+    assert same < 1e-3 and synced < 1e-3 and stale > 0.1  # measured: 5e-6, 3e-5, 9.1
     with torch.no_grad():  # leave the engine as it was
         for n, p in trainer.named_parameters():
             p.copy_(original[n])
     engine.sync(trainer)
-    assert mean_gap(trainer, engine.generate(prompts, 2, **kw), 0.9) < 2e-3
+    assert mean_gap(trainer, engine.generate(prompts, 2, **kw), 0.9) < 1e-3

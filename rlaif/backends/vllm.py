@@ -96,8 +96,21 @@ class WeightUpdateExtension:
         from safetensors.torch import load
 
         weights = load(blob)
-        self.model_runner.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        self._rlaif_reload(weights.items())
         return len(weights)
+
+    def _rlaif_reload(self, weights: Iterable[tuple[str, "torch.Tensor"]]) -> None:
+        """vLLM's in-place reload (CPU kernels repack their weights), then re-tie a tied LM head:
+        the reload skips it ("ParallelLMHead: Failed to load weights") and on CPU it keeps the
+        old packed copy of the embeddings, so the logits would come from the old weights."""
+        runner = self.model_runner  # type: ignore[attr-defined]
+        runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        model = runner.get_model()
+        tied = getattr(runner.model_config.hf_text_config, "tie_word_embeddings", False)
+        head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+        if tied and head is not None and embed is not None:
+            model.lm_head = head.tie_weights(embed)
+            model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
 
     def rlaif_map_shared(self, path: str, numel: int, dtype: str,
                          layout: list[tuple[str, int, list[int]]]) -> int:
@@ -112,7 +125,7 @@ class WeightUpdateExtension:
     def rlaif_load_shared(self) -> int:
         """Load the mapped mirror into the model in place (vLLM's reload: CPU kernels repack)."""
         shared = self._rlaif_shared
-        self.model_runner.reload_weights(weights_iterator=iter(shared), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        self._rlaif_reload(shared)
         return len(shared)
 
     def rlaif_unmap_shared(self) -> None:
