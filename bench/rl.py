@@ -120,29 +120,45 @@ def _wrap(obj, name: str, key: str, cur: dict, count=None, mean=None) -> None:
 
 
 def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace) -> dict:
-    """rlaif grpo (vllm engine), timed from its own per-step metrics.jsonl."""
+    """rlaif grpo (vllm engine): the parts from its metrics.jsonl, the step from a timer around
+    each call of its step function (so both totals include everything a step does)."""
+    from rlaif.train.online import trainer
     from rlaif.train.online.config import GRPOConfig
-    from rlaif.train.online.trainer import train_online
 
+    walls: list[float] = []
+    inner = trainer.rollout_step
+
+    def timed_step(*a, **k):
+        t = time.perf_counter()
+        res = inner(*a, **k)
+        walls.append(time.perf_counter() - t)
+        return res
+
+    n = args.prompts * args.k
     cfg = GRPOConfig(prompts=str(prompts), model=model_dir, out=str(out),
-                     reward=[f"python:{Path(__file__).resolve()}:length_reward"],
-                     engine="vllm", prompts_per_step=args.prompts, num_generations=args.k,
-                     max_tokens=args.max_tokens, steps=args.steps, lr=args.lr, beta=0.0, loss_type=args.loss_type,
-                     scale_rewards="group", temperature=1.0, top_p=1.0, seed=args.seed, precision="fp32",
-                     save_steps=0, logging_steps=1, progress=False, overwrite=True)
+                     reward=[f"python:{Path(__file__).resolve()}:length_reward"], engine="vllm",
+                     prompts_per_step=args.prompts, k=args.k, max_tokens=args.max_tokens, steps=args.steps,
+                     lr=args.lr, beta=0.0, loss_type=args.loss_type, scale_rewards="group", temperature=1.0,
+                     top_p=1.0, clip_eps=0.2, epochs_per_step=1, minibatch_size=n, micro_batch_size=n,
+                     seed=args.seed, precision="fp32", save_steps=0, logging_steps=1, log_rollouts_every=0,
+                     progress=False, overwrite=True)
     t0 = time.perf_counter()
-    train_online(cfg)
+    trainer.rollout_step = timed_step
+    try:
+        trainer.train_online(cfg)
+    finally:
+        trainer.rollout_step = inner
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [_rlaif_step(r) for r in rows if "time/generation" in r]
-    return {**summarise(steps), "load_s": None, "wall_s": wall, "mode": "vllm engine, in-place weight sync"}
+    steps = [_rlaif_step(r, w) for r, w in zip([r for r in rows if "time/generation" in r], walls)]
+    load = wall - sum(walls)
+    return {**summarise(steps), "load_s": load, "wall_s": wall, "mode": "vllm engine, in-place weight sync"}
 
 
-def _rlaif_step(r: dict) -> dict:
-    gen, rew, sync = r["time/generation"], r["time/reward"], r.get("time/sync", 0.0)
-    total = r.get("time/step", gen + rew + r["time/training"] + sync)
+def _rlaif_step(r: dict, total: float) -> dict:
+    gen, rew, sync = r["time/generation"], r["time/reward"], r["time/sync"]
     return {"total": total, "generation": gen, "reward": rew, "sync": sync, "training": total - gen - rew - sync,
-            "tokens": r.get("rollout/tokens", 0), "reward_mean": r.get("reward/mean", float("nan"))}
+            "tokens": r["rollout/tokens_per_s"] * gen, "reward_mean": r["reward/mean"]}
 
 
 def print_table(results: dict, args: argparse.Namespace) -> None:
