@@ -24,16 +24,21 @@ class RolloutOptions:
     dtype: str = option("auto", "engine weights dtype (auto, float32, bfloat16); auto: float32 on CPU so "
                                 "engine and trainer log-probs agree, bf16 on GPU")
     max_model_len: int = option(2048, "vllm: longest prompt + completion in tokens")
-    gpu_memory_utilization: float = option(0.3, "vllm: share of GPU memory (on CPU: of one NUMA node's RAM) "
-                                                "for weights and KV cache")
+    gpu_memory_utilization: float | None = option(None, "vllm: share of GPU memory (on CPU: of one NUMA node's "
+                                                        "RAM) for weights and KV cache; null = 0.3 on GPU, 0.15 on CPU")
     enforce_eager: bool = option(True, "vllm: no CUDA graphs / torch.compile (faster start, slower decode)")
     enable_prefix_caching: bool = option(True, "vllm: reuse the KV cache of the k samples' shared prompt")
     batch_size: int = option(64, "hf: sequences per generate() call")
 
     def backend_config(self, engine: str, model_dir: str) -> BackendConfig:
         """The same options as a BackendConfig for the rollout engine."""
+        share = self.gpu_memory_utilization
+        if share is None:
+            import torch
+
+            share = 0.3 if torch.cuda.is_available() else 0.15
         return BackendConfig(engine=engine, model=model_dir, dtype=self.dtype, max_model_len=self.max_model_len,
-                             gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager,
+                             gpu_memory_utilization=share, enforce_eager=self.enforce_eager,
                              enable_prefix_caching=self.enable_prefix_caching, enable_sample_logprobs=True,
                              batch_size=self.batch_size)
 

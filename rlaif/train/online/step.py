@@ -172,7 +172,7 @@ def micro_loss(cfg: OnlineConfig, mb: RolloutBatch, policy: Any, value_model: An
                                     loss_type=loss_type, max_completion_length=cfg.max_tokens, normalizer=norm)
     if grpo_beta > 0:  # k3 KL in the loss, aggregated like the policy loss (TRL GRPO)
         per_token = maths.kl_k3(logp, t["ref_logp"]) * mb.mask
-        loss = loss + grpo_beta * maths._aggregate(per_token, mb.mask, loss_type, cfg.max_tokens, norm)
+        loss = loss + grpo_beta * maths.aggregate_loss(per_token, mb.mask, loss_type, cfg.max_tokens, norm)
     if value_model is not None:
         values = token_values(value_model, mb)
         vloss, vstats = maths.value_loss(values, t["old_values"], t["returns"], mb.mask, cfg.value_clip)  # type: ignore[attr-defined]
