@@ -19,7 +19,8 @@ computes a full-vocabulary log-softmax at every sampling step (~12 ms per step f
 core here, whether or not a request asks); it changes no sample on CPU, and on CUDA makes vLLM use
 its PyTorch sampler instead of FlashInfer's.
 ``update_weights`` loads new policy weights into
-the running engine (for PPO rollouts) without touching the disk.
+the running engine (for RL rollouts) without touching the disk; ``sync_weights`` does the same
+every step through a shared-memory mirror of the parameters (no serialisation; see its docstring).
 """
 
 from __future__ import annotations
