@@ -198,3 +198,25 @@ def test_it_learns_a_length_target_on_the_embedded_model_with_vllm(algorithm, tm
           f"logprob_gap max {max(gaps):.2e}; s/step {sum(x['time/train'] + x['time/generation'] for x in lines) / len(lines):.1f}")
     assert max(gaps) < 0.02  # the engine follows the trained weights
     assert margin > 3.0, (first, last, margin)
+
+
+def test_ppo_with_an_rm_reward_starts_its_value_model_from_the_rm(tmp_path, tiny_model_dir):
+    """rm:DIR reward: the value head starts as the RM's score head (N+ details); the run trains both."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlaif.train.online.setup import make_value_model
+    from rlaif.train.online.trainer import train_online
+
+    rm_dir = tmp_path / "rm"
+    torch.manual_seed(3)
+    rm = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tiny_model_dir, num_labels=1))
+    rm.save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm_dir)
+    cfg = small(PPOConfig, tmp_path, tiny_model_dir, steps=1, reward=[f"rm:{rm_dir}"])
+    specs = [("rm", str(rm_dir), 1.0)]
+    value = make_value_model(cfg, tiny_model_dir, specs, torch.device("cpu"))
+    assert torch.equal(value.head.weight.detach(), rm.score.weight.detach())
+    train_online(cfg)
+    head = load_file(str(Path(cfg.out) / "value" / "value_head.safetensors"))
+    assert not torch.equal(head["weight"], rm.score.weight.detach())  # the critic was trained

@@ -98,7 +98,8 @@ class OnlineConfig:
     save_steps: int = option(50, "checkpoint every N steps; 0 = never")
     save_total_limit: int = option(2, "checkpoints kept (oldest removed)")
     logging_steps: int = option(1, "write metrics every N steps")
-    log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps; 0 = never")
+    log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps (and the "
+                                                "first step's); 0 = never")
     progress: bool = option(True, "show a progress bar with reward and KL")
 
 

@@ -87,7 +87,10 @@ def make_value_model(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, f
     from rlaif.train.online.value import build_value_model
 
     rm_dir = getattr(cfg, "value_model", "") or next((t for s, t, _ in specs if s == "rm"), None)
-    return build_value_model(base, rm_dir, torch.float32).to(device).train()
+    model = build_value_model(base, rm_dir, torch.float32)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(device).train()
 
 
 def resolve_engine(name: str) -> str:
