@@ -63,7 +63,8 @@ def test_sigkill_mid_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
     whole = run_cli(args("ppo", prompts, tiny_model_dir, tmp_path / "whole", "length_target", "steps=5",
                          "save_steps=1", "epochs_per_step=2"))
     assert whole.returncode == 0, whole.stderr[-2000:]
-    a, b = load_file(str(tmp_path / "killed" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
+    a = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    b = load_file(str(tmp_path / "whole" / "model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] == b[name]).all(), name

@@ -194,8 +194,9 @@ def test_it_learns_a_length_target_on_the_embedded_model_with_vllm(algorithm, tm
     first, last, margin = _first_last(Path(cfg.out), spec, 3)
     lines = [json.loads(x) for x in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     gaps = [x["logprob_gap"] for x in lines]
+    per_step = sum(x["time/train"] + x["time/generation"] for x in lines) / len(lines)
     print(f"{algorithm}: reward first 3 steps {first:.3f}, last 3 {last:.3f}, +{margin:.1f} SE; "
-          f"logprob_gap max {max(gaps):.2e}; s/step {sum(x['time/train'] + x['time/generation'] for x in lines) / len(lines):.1f}")
+          f"logprob_gap max {max(gaps):.2e}; s/step {per_step:.1f}")
     assert max(gaps) < 0.02  # the engine follows the trained weights
     assert margin > 3.0, (first, last, margin)
 

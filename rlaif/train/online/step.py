@@ -16,7 +16,6 @@ A masked sample (no reward) is left out of the baselines and of the loss.
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -142,7 +141,8 @@ def advantages(cfg: OnlineConfig, batch: RolloutBatch, scores: torch.Tensor, val
     ref_logp = scored.ref_logp if scored.ref_logp is not None else scored.old_logp  # no reference: KL 0
     kl = (maths.kl_k1(scored.old_logp, ref_logp) * batch.mask).sum(-1)
     if cfg.algorithm == "grpo":
-        return {"adv": maths.grpo_advantages(scores, cfg.k, cfg.scale_rewards, valid), "kl": kl}  # type: ignore[attr-defined]
+        scale = cfg.scale_rewards  # type: ignore[attr-defined]
+        return {"adv": maths.grpo_advantages(scores, cfg.k, scale, valid), "kl": kl}
     if cfg.algorithm == "rloo":
         return {"adv": maths.rloo_advantages(scores - kl_coef * kl, cfg.k, valid), "kl": kl}
     token_rewards = maths.ppo_token_rewards(scores, scored.old_logp, ref_logp, mask, kl_coef)
@@ -175,7 +175,8 @@ def micro_loss(cfg: OnlineConfig, mb: RolloutBatch, policy: Any, value_model: An
         loss = loss + grpo_beta * maths.aggregate_loss(per_token, mb.mask, loss_type, cfg.max_tokens, norm)
     if value_model is not None:
         values = token_values(value_model, mb)
-        vloss, vstats = maths.value_loss(values, t["old_values"], t["returns"], mb.mask, cfg.value_clip)  # type: ignore[attr-defined]
+        clip = cfg.value_clip  # type: ignore[attr-defined]
+        vloss, vstats = maths.value_loss(values, t["old_values"], t["returns"], mb.mask, clip)
         share = float(mb.mask.sum()) / value_norm
         loss = loss + cfg.vf_coef * vloss * share  # type: ignore[attr-defined]
         stats = {**stats, "value_loss": vloss.item(), **vstats}
