@@ -8,8 +8,10 @@ and the same Python reward (`length_reward` below, a length target). TRL samples
 transformers' `model.generate` (its default; `--trl-vllm` tries its vLLM colocate mode, which
 expects a GPU); rlaif samples with its vllm engine and syncs the weights into it every step.
 The first step of each run is warm-up and is reported apart. Seconds per step are split into
-generation / reward / training / sync (TRL's "training" is the step time less generation and
-reward, so it includes TRL's own batch preparation).
+generation / reward / scoring / update / sync: scoring is the no-grad work between rewards and the
+update (rlaif: its old-policy log-prob pass, `score_batch`; TRL: the rest of
+`_generate_and_score_completions`, which skips that pass when num_iterations == 1), update is
+the rest of the step (forward + backward + optimizer step).
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py [--prompts 4] [--k 4] [--max-tokens 32]
         [--steps 4] [--only rlaif|trl] [--trl-vllm]
@@ -18,6 +20,7 @@ reward, so it includes TRL's own batch preparation).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import statistics
@@ -47,11 +50,12 @@ def write_prompts(path: Path, n: int) -> list[dict]:
 
 
 def summarise(steps: list[dict]) -> dict:
-    """Warm-up (first step) apart; medians of the later steps for each part of a step."""
-    keys = ("total", "generation", "reward", "training", "sync")
+    """Warm-up (first step) apart; means of the later steps (so the parts add up to the step)."""
+    keys = ("total", "generation", "reward", "scoring", "update", "sync")
     timed = steps[1:] or steps
     res = {f"warmup_{k}": steps[0].get(k, 0.0) for k in keys}
-    res.update({k: statistics.median(s.get(k, 0.0) for s in timed) for k in keys})
+    res.update({k: statistics.mean(s.get(k, 0.0) for s in timed) for k in keys})
+    res["step_totals"] = [round(s["total"], 1) for s in steps]
     res["tokens_per_s_gen"] = sum(s["tokens"] for s in timed) / max(sum(s["generation"] for s in timed), 1e-9)
     res["reward_first"], res["reward_last"] = steps[0]["reward_mean"], steps[-1]["reward_mean"]
     res["steps"] = len(steps)
@@ -82,16 +86,19 @@ def trl_run(rows: list[dict], model_dir: str, out: Path, args: argparse.Namespac
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
             cur.clear()
-            cur.update(generation=0.0, reward=0.0, sync=0.0, tokens=0, reward_mean=0.0, t0=time.perf_counter())
+            cur.update(generation=0.0, reward=0.0, sync=0.0, prep=0.0, tokens=0, reward_mean=0.0,
+                       t0=time.perf_counter())
 
         def on_step_end(self, *a, **k):
             total = time.perf_counter() - cur.pop("t0")
-            gen = cur["generation"] - cur["sync"]
-            steps.append({**cur, "total": total, "generation": gen,
-                          "training": total - gen - cur["reward"] - cur["sync"]})
+            gen, prep = cur["generation"] - cur["sync"], cur.pop("prep")
+            scoring = prep - cur["generation"] - cur["reward"]
+            steps.append({**cur, "total": total, "generation": gen, "scoring": scoring,
+                          "update": total - prep})
 
     trainer = GRPOTrainer(model=model, reward_funcs=length_reward, args=cfg, train_dataset=dataset,
                           processing_class=tok, callbacks=[Timer()])
+    _wrap(trainer, "_generate_and_score_completions", "prep", cur)
     _wrap(trainer, "_generate", "generation", cur, count=lambda r: sum(len(c) for c in r[1]))
     _wrap(trainer, "_calculate_rewards", "reward", cur, mean=lambda r: float(r.nanmean()))
     if args.trl_vllm:
@@ -123,10 +130,16 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
     """rlaif grpo (vllm engine): the parts from its metrics.jsonl, the step from a timer around
     each call of its step function (so both totals include everything a step does)."""
     from rlaif.train.online import trainer
-    from rlaif.train.online.config import GRPOConfig
+    from rlaif.train.online.config import GRPOConfig, RolloutOptions
 
     walls: list[float] = []
-    inner = trainer.rollout_step
+    inner, inner_score = trainer.rollout_step, trainer.score_batch
+
+    def timed_score(*a, **k):
+        t = time.perf_counter()
+        res = inner_score(*a, **k)
+        walls.append(-(time.perf_counter() - t))  # negative: a scoring time, paired with the next step
+        return res
 
     def timed_step(*a, **k):
         t = time.perf_counter()
@@ -141,23 +154,26 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
                      lr=args.lr, beta=0.0, loss_type=args.loss_type, scale_rewards="group", temperature=1.0,
                      top_p=1.0, clip_eps=0.2, epochs_per_step=1, minibatch_size=n, micro_batch_size=n,
                      seed=args.seed, precision="fp32", save_steps=0, logging_steps=1, log_rollouts_every=0,
-                     progress=False, overwrite=True)
+                     progress=False, overwrite=True,
+                     rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory))
     t0 = time.perf_counter()
-    trainer.rollout_step = timed_step
+    trainer.rollout_step, trainer.score_batch = timed_step, timed_score
     try:
         trainer.train_online(cfg)
     finally:
-        trainer.rollout_step = inner
+        trainer.rollout_step, trainer.score_batch = inner, inner_score
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [_rlaif_step(r, w) for r, w in zip([r for r in rows if "time/generation" in r], walls)]
-    load = wall - sum(walls)
+    scoring, totals = [-w for w in walls if w < 0], [w for w in walls if w >= 0]
+    steps = [_rlaif_step(r, w, sc) for r, w, sc in zip([r for r in rows if "time/generation" in r], totals, scoring)]
+    load = wall - sum(totals)
     return {**summarise(steps), "load_s": load, "wall_s": wall, "mode": "vllm engine, in-place weight sync"}
 
 
-def _rlaif_step(r: dict, total: float) -> dict:
+def _rlaif_step(r: dict, total: float, scoring: float) -> dict:
     gen, rew, sync = r["time/generation"], r["time/reward"], r["time/sync"]
-    return {"total": total, "generation": gen, "reward": rew, "sync": sync, "training": total - gen - rew - sync,
+    return {"total": total, "generation": gen, "reward": rew, "sync": sync, "scoring": scoring,
+            "update": total - gen - rew - sync - scoring,
             "tokens": r["rollout/tokens_per_s"] * gen, "reward_mean": r["reward/mean"]}
 
 
@@ -169,12 +185,12 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
           f"k={args.k}, max {args.max_tokens} new tokens, {args.steps} steps (first = warm-up), lr {args.lr}, "
           f"beta 0, loss_type {args.loss_type}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}, trl {trl.__version__}\n")
-    print("| run | rollouts | s/step | generation | reward | training | sync | gen tokens/s | steps/min "
+    print("| run | rollouts | s/step | generation | reward | scoring | update | sync | gen tokens/s | steps/min "
           "| warm-up step s | reward first -> last |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for who, r in results.items():
         print(f"| {who} | {r['mode']} | {r['total']:.2f} | {r['generation']:.2f} | {r['reward']:.3f} | "
-              f"{r['training']:.2f} | {r['sync']:.2f} | {r['tokens_per_s_gen']:.0f} | {60 / r['total']:.1f} | "
+              f"{r['scoring']:.2f} | {r['update']:.2f} | {r['sync']:.2f} | {r['tokens_per_s_gen']:.0f} | {60 / r['total']:.1f} | "
               f"{r['warmup_total']:.1f} | {r['reward_first']:.2f} -> {r['reward_last']:.2f} |")
     if len(results) == 2:
         a, b = results["rlaif"], results["trl"]
@@ -193,6 +209,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["rlaif", "trl"], default=None)
     parser.add_argument("--trl-vllm", action="store_true", help="TRL with use_vllm=True, vllm_mode=colocate")
     parser.add_argument("--model", default="smollm2-135m", help="alias or local folder")
+    parser.add_argument("--rollout-memory", type=float, default=0.1,
+                        help="rlaif's vLLM KV-cache share of RAM (CPU: of one NUMA node; default 0.15 may not fit "
+                             "next to the TRL run on a small machine)")
     args = parser.parse_args()
 
     from rlaif.models import resolve_model
@@ -207,6 +226,7 @@ def main() -> None:
             res = (trl_run(rows, model_dir, tmp / "trl", args) if who == "trl"
                    else rlaif_run(tmp / "prompts.jsonl", model_dir, tmp / "rlaif", args))
             results[who] = res
+            gc.collect()  # the TRL trainer's model and optimizer go before vLLM reserves its memory
             print(f"{who}: {json.dumps(res)}", flush=True)
         print_table(results, args)
     finally:
