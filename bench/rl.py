@@ -190,7 +190,8 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for who, r in results.items():
         print(f"| {who} | {r['mode']} | {r['total']:.2f} | {r['generation']:.2f} | {r['reward']:.3f} | "
-              f"{r['scoring']:.2f} | {r['update']:.2f} | {r['sync']:.2f} | {r['tokens_per_s_gen']:.0f} | {60 / r['total']:.1f} | "
+              f"{r['scoring']:.2f} | {r['update']:.2f} | {r['sync']:.2f} | {r['tokens_per_s_gen']:.0f} | "
+              f"{60 / r['total']:.1f} | "
               f"{r['warmup_total']:.1f} | {r['reward_first']:.2f} -> {r['reward_last']:.2f} |")
     if len(results) == 2:
         a, b = results["rlaif"], results["trl"]
