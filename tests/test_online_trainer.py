@@ -172,7 +172,7 @@ def _first_last(out: Path, spec: str, window: int) -> tuple[float, float, float]
 
 LEARN = {  # a few minutes each on 2 CPU cores: small batches, a high learning rate
     "grpo": dict(k=4, prompts_per_step=2, lr=3e-5),
-    "rloo": dict(k=4, prompts_per_step=2, lr=3e-5, beta=0.01),
+    "rloo": dict(k=4, prompts_per_step=2, lr=1e-4, beta=0.01),  # raw-scale advantages (no std division)
     "ppo": dict(k=1, prompts_per_step=8, lr=3e-5, epochs_per_step=2, beta=0.01),
 }
 
