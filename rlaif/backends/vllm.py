@@ -18,9 +18,8 @@ see `Completion`), not vLLM's default raw log-probs. It is off by default becaus
 computes a full-vocabulary log-softmax at every sampling step (~12 ms per step for 96 rows on one
 core here, whether or not a request asks); it changes no sample on CPU, and on CUDA makes vLLM use
 its PyTorch sampler instead of FlashInfer's.
-``update_weights`` loads new policy weights into
-the running engine (for RL rollouts) without touching the disk; ``sync_weights`` does the same
-every step through a shared-memory mirror of the parameters (no serialisation; see its docstring).
+``update_weights`` loads new policy weights into the running engine in place (for RL rollouts),
+through a shared-memory mirror of the parameters: no disk, no serialisation (see its docstring).
 """
 
 from __future__ import annotations
@@ -92,13 +91,6 @@ def _has_cuda() -> bool:
 
 class WeightUpdateExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``); runs inside each worker."""
-
-    def rlaif_load_weights(self, blob: bytes) -> int:
-        from safetensors.torch import load
-
-        weights = load(blob)
-        self._rlaif_reload(weights.items())
-        return len(weights)
 
     def _rlaif_reload(self, weights: Iterable[tuple[str, "torch.Tensor"]]) -> None:
         """vLLM's in-place reload (CPU kernels repack their weights), then re-tie a tied LM head:
@@ -245,21 +237,6 @@ class VLLMBackend:
             results.append(combine({t: lp.logprob for t, lp in step.items()}, ids_by_choice))
         return results
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]]) -> None:
-        """Load new weights (Hugging Face checkpoint names, e.g. ``model.named_parameters()`` of
-        the trained policy) into the running engine in place, then drop the prefix cache, whose
-        KV entries were computed with the old weights. Partial updates are fine.
-
-        The tensors travel to the engine's worker processes as one safetensors blob in memory
-        (vLLM's RPC encoding does not carry tensors in arguments); the worker side is
-        `WeightUpdateExtension`, installed by `build_llm`.
-        """
-        from safetensors.torch import save
-
-        blob = save({name: t.detach().to("cpu").contiguous() for name, t in named_tensors})
-        self._rpc("rlaif_load_weights", blob)
-        self.llm.reset_prefix_cache()
-
     def _rpc(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
         try:
             return self.llm.collective_rpc(method, timeout=timeout, args=args)
@@ -269,9 +246,11 @@ class VLLMBackend:
                                    "(worker_extension_cls=rlaif.backends.vllm.WeightUpdateExtension)") from e
             raise
 
-    def sync_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]], timeout_s: float = 600.0) -> None:
-        """`update_weights` through shared memory, for a trainer that pushes the same parameters
-        every step: the first call lays out one flat buffer in /dev/shm (in the engine's dtype)
+    def update_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]], timeout_s: float = 600.0) -> None:
+        """Load new weights (Hugging Face checkpoint names, e.g. ``model.named_parameters()`` of
+        the trained policy) into the running engine in place, then drop the prefix cache, whose
+        KV entries were computed with the old weights. Built for a trainer that pushes the same
+        parameters every step: the first call lays out one flat buffer in /dev/shm (in the engine's dtype)
         that this process and every worker map; each call then copies the tensors into it (a
         memcpy, converting dtype) and one small RPC makes the workers load the mapped views in
         place, then the prefix cache is dropped. The file is unlinked as soon as the workers have

@@ -14,7 +14,7 @@ Seeds: prompt i of a call with seed s samples from ``stable_seed(s, i)`` (sample
 
 Engines:
 - ``vllm``: its own copy of the weights; `RolloutEngine.sync` pushes the trainer's parameters
-  through a shared-memory mirror (`rlaif.backends.vllm.VLLMBackend.sync_weights`) and drops
+  through a shared-memory mirror (`rlaif.backends.vllm.VLLMBackend.update_weights`) and drops
   the prefix cache. Float32 on CPU by default, so engine and trainer log-probs agree.
 - ``hf``: samples with the trainer's live model itself (`HFBackend.from_model`); sync is a no-op.
 """
@@ -190,7 +190,7 @@ class RolloutEngine:
         engine samples with the live model)."""
         start = time.perf_counter()
         if self.engine == "vllm":
-            self.backend.sync_weights(policy_weights(model))
+            self.backend.update_weights(policy_weights(model))
         self.last_sync_s = time.perf_counter() - start
         return self.last_sync_s
 
