@@ -69,9 +69,10 @@ def _refuse_if_different(old: dict[str, Any] | None, new: dict[str, Any], where:
                     f"or pick another --out")
 
 
-def clear_owned(out: Path) -> None:
-    """Remove what the trainers write in ``out`` (`OWNED`); other files are left alone."""
-    for pattern in OWNED:
+def clear_owned(out: Path, owned: tuple[str, ...] = OWNED) -> None:
+    """Remove what the trainer writes in ``out`` (``owned``: names or glob patterns); other files
+    are left alone."""
+    for pattern in owned:
         for p in out.glob(pattern):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
@@ -79,20 +80,24 @@ def clear_owned(out: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """Overwrite, or refuse a folder made with other settings. Returns the summary of a finished run
-    with these settings (nothing to train), else None (train: resume if a checkpoint is left)."""
+def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any],
+              owned: tuple[str, ...] = OWNED) -> dict[str, Any] | None:
+    """Overwrite (remove ``owned`` first), or refuse a folder made with other settings. Returns the
+    summary of a finished run with these settings (nothing to train), else None (train: resume if
+    a checkpoint is left)."""
     from accelerate import PartialState
 
     if cfg.overwrite:
         state = PartialState()  # under `accelerate launch` only the main process removes files
         if state.is_main_process:
-            clear_owned(out)
+            clear_owned(out, owned)
         state.wait_for_everyone()
         return None
     if (out / "summary.json").is_file() and (out / "config.json").is_file():
         summary = json.loads((out / "summary.json").read_text())
         _refuse_if_different(summary.get("settings"), settings, out, "a trained model")
+        print(f"{out} already holds a model trained with these settings (summary.json); "
+              f"pass --overwrite to train again")
         return summary
     existing = checkpoint_dirs(out)
     if existing:
@@ -110,6 +115,28 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def publish_checkpoint(tmp: Path, final: Path, out: Path, limit: int) -> None:
+    """Rename a fully written ``tmp`` checkpoint folder to ``final`` (a kill leaves the whole
+    checkpoint or none), then keep only the last ``limit`` checkpoints (0: all)."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(out)[:-limit] if limit > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def cut_logs(out: Path, names: tuple[str, ...], step: int | None) -> None:
+    """Keep the lines of the JSONL logs ``names`` up to ``step`` (later steps are redone after a
+    resume; a torn last line goes too); ``step=None``: delete them (a fresh start)."""
+    for name in names:
+        path = out / name
+        if step is None:
+            path.unlink(missing_ok=True)
+        elif path.is_file():
+            kept = [x for x in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if x.endswith("\n") and json.loads(x)["step"] <= step]
+            path.write_text("".join(kept), encoding="utf-8")
+
+
 def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int, settings: dict[str, Any]) -> Path:
     """model + optimizer + scheduler + RNG (accelerate), the step and the settings; written to a
     temporary folder first and renamed, so a kill leaves either the whole checkpoint or none."""
@@ -122,10 +149,7 @@ def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int, settings
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "settings": settings}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(out)[:-limit] if limit > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_checkpoint(tmp, final, out, limit)
     accelerator.wait_for_everyone()
     return final
 

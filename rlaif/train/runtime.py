@@ -30,7 +30,8 @@ import torch
 
 from rlaif.config import to_dict
 from rlaif.errors import UserError
-from rlaif.train.checkpoints import check_out, checkpoint_dirs, load_checkpoint, run_settings, save_checkpoint
+from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, load_checkpoint, run_settings,
+                                     save_checkpoint)
 from rlaif.train.config import TrainConfig
 from rlaif.train.data import Batch, TokenizedPair, collate, epoch_batches, load_splits, tokenize_rows
 from rlaif.train.modeling import load_tokenizer
@@ -64,8 +65,6 @@ def prepare_run(cfg: TrainConfig, check_base: Callable[[str], None] | None = Non
     settings = run_settings(cfg)
     finished = check_out(cfg, out, settings)
     if finished is not None:
-        print(f"{out} already holds a model trained with these settings (summary.json); "
-              f"pass --overwrite to train again")
         return finished
     base = resolve_model(cfg.model)
     if check_base is not None:
@@ -231,15 +230,12 @@ def resume_or_start(accelerator: Any, out: Path, total: int) -> int:
     if existing:
         start = load_checkpoint(accelerator, existing[-1])
         accelerator.print(f"resuming from {existing[-1]} (step {start} of {total})")
-        metrics = out / "metrics.jsonl"
-        if accelerator.is_main_process and metrics.is_file():
-            kept = [x for x in metrics.read_text().splitlines(keepends=True)
-                    if x.endswith("\n") and json.loads(x)["step"] <= start]
-            metrics.write_text("".join(kept))
+        if accelerator.is_main_process:
+            cut_logs(out, ("metrics.jsonl",), start)
         return start
     if accelerator.is_main_process:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        cut_logs(out, ("metrics.jsonl",), None)
     return 0
 
 

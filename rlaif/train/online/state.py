@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -24,13 +23,14 @@ import torch
 from rlaif.config import to_dict
 from rlaif.io.seeds import stable_seed
 from rlaif.io.store import fingerprint
-from rlaif.train.checkpoints import IGNORED, _flatten, check_out, checkpoint_dirs
+from rlaif.train.checkpoints import IGNORED, OWNED, _flatten, checkpoint_dirs, cut_logs, publish_checkpoint
 from rlaif.train.online.config import OnlineConfig
 
 # Online-only keys that change no weight (how often rollouts are logged).
 ONLINE_IGNORED = IGNORED + ("log_rollouts_every",)
-# What the online trainers write in --out besides `checkpoints.OWNED` (removed by overwrite).
-ONLINE_OWNED = ("rollouts.jsonl", "value")
+# What the online trainers write in --out (removed by overwrite): the offline trainers' files too.
+ONLINE_OWNED = OWNED + ("rollouts.jsonl", "value")
+LOGS = ("metrics.jsonl", "rollouts.jsonl")
 
 
 def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
@@ -39,16 +39,6 @@ def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
     flat["algorithm"] = cfg.algorithm
     flat["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16]
     return {**flat, "fingerprint": fingerprint(flat)}
-
-
-def prepare_out(cfg: OnlineConfig, out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """`checkpoints.check_out` (refuse other settings, or clear with overwrite) plus the online files.
-    Returns the summary of a finished run with these settings, else None."""
-    if cfg.overwrite:
-        for name in ONLINE_OWNED:
-            p = out / name
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    return check_out(cfg, out, settings)  # type: ignore[arg-type]
 
 
 def prompt_order(n_prompts: int, seed: int, step: int, per_step: int) -> list[int]:
@@ -113,10 +103,7 @@ def save_checkpoint(out: Path, step: int, limit: int, settings: dict[str, Any], 
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({
         "step": step, "settings": settings, "kl_coef": kl_coef, "prompt_position": prompt_position}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in checkpoint_dirs(out)[:-limit] if limit > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    publish_checkpoint(tmp, final, out, limit)
     return final
 
 
@@ -139,14 +126,8 @@ def resume_or_start(out: Path, policy: torch.nn.Module, value: torch.nn.Module |
     existing = checkpoint_dirs(out)
     if not existing:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in ("metrics.jsonl", "rollouts.jsonl"):
-            (out / name).unlink(missing_ok=True)
+        cut_logs(out, LOGS, None)
         return None
     restored = load_checkpoint(existing[-1], policy, value, optimizer)
-    for name in ("metrics.jsonl", "rollouts.jsonl"):
-        path = out / name
-        if path.is_file():
-            kept = [x for x in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                    if x.endswith("\n") and json.loads(x)["step"] <= restored.step]
-            path.write_text("".join(kept), encoding="utf-8")
+    cut_logs(out, LOGS, restored.step)
     return restored

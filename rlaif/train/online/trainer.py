@@ -31,7 +31,8 @@ from rlaif.io.seeds import stable_seed
 from rlaif.train.online import maths
 from rlaif.train.online.config import OnlineConfig, check_config
 from rlaif.train.online.setup import Run, build_run
-from rlaif.train.online.state import prepare_out, prompt_order, resume_or_start, run_settings, save_checkpoint
+from rlaif.train.checkpoints import check_out
+from rlaif.train.online.state import ONLINE_OWNED, prompt_order, resume_or_start, run_settings, save_checkpoint
 from rlaif.train.online.step import advantages, build_batch, score_batch, update
 
 
@@ -128,10 +129,8 @@ def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
     out = Path(cfg.out)
     settings = run_settings(cfg)
-    finished = prepare_out(cfg, out, settings)
+    finished = check_out(cfg, out, settings, ONLINE_OWNED)  # type: ignore[arg-type]
     if finished is not None:
-        print(f"{out} already holds a policy trained with these settings (summary.json); "
-              f"pass --overwrite to train again")
         return finished
     base = resolve_model(cfg.model)
     check_causal_lm(base)
