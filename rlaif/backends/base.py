@@ -127,6 +127,16 @@ class Backend(Protocol):
         """
         ...
 
+    def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
+                          progress: bool = True) -> list[list[float]]:
+        """Log-probability of each token of ``responses[i]`` after ``conversations[i]``.
+
+        Prompt and reply tokens are split by `rlaif.backends.turns.reply_token_ids` on every
+        engine (the reply's tokens plus the chat template's end-of-turn marker), so engines agree.
+        One prefill per pair, no sampling. Engines that cannot score given text raise `UserError`.
+        """
+        ...
+
     def close(self) -> None:
         """Release the engine (processes, GPU memory, HTTP clients)."""
         ...
