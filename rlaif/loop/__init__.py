@@ -1,0 +1,1 @@
+"""AI-feedback loops (`rlaif loop`) and head-to-head evaluation (`rlaif eval`)."""
