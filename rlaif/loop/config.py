@@ -1,0 +1,106 @@
+"""Options of ``rlaif loop`` (light: no torch import, so ``rlaif loop --help`` stays fast).
+
+`LoopConfig` reuses the option groups of the verbs it drives instead of copying them: the
+generate / judge / build options of ``rlaif run`` sit at the top level (``n=8``,
+``rubrics=[...]``, ``policy.model=...``, ``judge.*`` defaulting to ``policy.*``), and each
+trainer's own config is nested under its name (``dpo.beta=0.1``, ``grpo.k=4``, ``ppo.lr=...``,
+``rm.epochs=...``); ``eval.*`` holds the `rlaif eval` options. The keys that the loop sets
+itself in every round (data, model, out, prompts, overwrite, seed, reward) are listed in
+`LOOP_SET` and are refused when given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rlaif.config import option
+from rlaif.dataset.options import BuildOptions, CommonOptions, GenerateOptions, JudgeOptions
+from rlaif.errors import UserError
+from rlaif.train.config import DPOConfig, RMConfig
+from rlaif.train.online.config import GRPOConfig, PPOConfig
+
+TRAINERS = ("dpo", "grpo", "rm+ppo")
+# Nested keys the loop fills in each round; a user value would be silently replaced, so it is refused.
+LOOP_SET = {"dpo": ("data", "model", "out", "overwrite", "seed"), "rm": ("data", "model", "out", "overwrite", "seed"),
+            "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights"),
+            "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights")}
+
+
+@dataclass
+class LoopEvalOptions:
+    """How each round's policy is judged against the starting and the previous policy (`rlaif eval`)."""
+
+    rubrics: list[str] = option(list, "eval rubrics (name or YAML path); empty = the loop's rubrics when no eval "
+                                      "rewards are given")
+    rewards: list[str] = option(list, "eval rewards judged per response: python:FILE.py:FUNC or rm:DIR (pointwise; "
+                                      "the higher-scored response wins)")
+    max_tokens: int = option(256, "maximum new tokens per eval response")
+    temperature: float = option(0.0, "eval sampling temperature (0 = greedy, the same prompt gives the same answer)")
+
+
+@dataclass
+class LoopConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
+    """``rlaif loop``: rounds of generate -> judge -> build -> train -> eval."""
+
+    out: str = option("outputs/loop", "output folder: round-K/{prompts.jsonl,data,model,eval}, manifest.json, "
+                                      "report.html (a rerun resumes it)")
+    prompts: str = option("", "training prompt file (.jsonl/.txt/.json/.parquet); each round takes a fresh seeded "
+                              "slice of it")
+    eval_prompts: str = option("", "eval prompt file, never trained on (prompts that also appear in --prompts are "
+                                   "dropped from training); empty = hold out eval_size prompts of --prompts")
+    eval_size: int = option(16, "prompts held out of --prompts for eval when eval_prompts is empty")
+    rounds: int = option(2, "rounds to run (raise it and rerun to add rounds to a finished loop)")
+    prompts_per_round: int = option(32, "training prompts per round (a fresh seeded slice; a new shuffle starts "
+                                        "when the pool runs out)")
+    trainer: Literal["dpo", "grpo", "rm+ppo"] = option(
+        "dpo", "dpo: DPO on each round's judged pairs; grpo: online GRPO on the round's prompts with `rewards` "
+               "(no pair data); rm+ppo: a reward model on the round's pairs, then PPO with it")
+    reference: Literal["initial", "previous"] = option(
+        "initial", "DPO reference model: the starting policy in every round (RLHFlow) or the previous round's")
+    rewards: list[str] = option(list, "grpo rewards: judge:RUBRIC, python:FILE.py:FUNC, rm:DIR (mixed by "
+                                      "reward_weights)")
+    reward_weights: list[float] = option(list, "grpo: one weight per reward spec (empty: 1 each)")
+    dpo: DPOConfig = option(DPOConfig, "DPO trainer options (trainer=dpo), as in `rlaif train dpo`")
+    grpo: GRPOConfig = option(GRPOConfig, "GRPO trainer options (trainer=grpo), as in `rlaif train grpo`")
+    rm: RMConfig = option(RMConfig, "reward-model options (trainer=rm+ppo), as in `rlaif train rm`")
+    ppo: PPOConfig = option(PPOConfig, "PPO options (trainer=rm+ppo), as in `rlaif train ppo`")
+    eval: LoopEvalOptions = option(LoopEvalOptions, "eval options (see `rlaif eval`)")
+
+
+def given_keys(data: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of a nested override mapping."""
+    keys: set[str] = set()
+    for k, v in data.items():
+        keys |= given_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + str(k)}
+    return keys
+
+
+def check_loop_config(cfg: LoopConfig, given: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """One-line UserErrors for what the types cannot say; ``given``: the dotted keys the user set."""
+    for section, keys in LOOP_SET.items():
+        for key in keys:
+            if f"{section}.{key}" in given:
+                raise UserError(f"option '{section}.{key}': set by the loop in every round; use the loop's own "
+                                f"{'policy.model' if key == 'model' else key} option instead")
+    if not cfg.prompts:
+        raise UserError("option 'prompts': give a training prompt file (--prompts FILE)")
+    if cfg.rounds < 1:
+        raise UserError(f"option 'rounds': must be >= 1, got {cfg.rounds}")
+    if cfg.prompts_per_round < 1:
+        raise UserError(f"option 'prompts_per_round': must be >= 1, got {cfg.prompts_per_round}")
+    if not cfg.eval_prompts and cfg.eval_size < 1:
+        raise UserError("option 'eval_prompts': no eval prompts; give an eval prompt file or eval_size >= 1 "
+                        "(eval prompts are held out and never trained on)")
+    if cfg.trainer == "grpo" and not cfg.rewards:
+        raise UserError("option 'rewards': trainer=grpo needs at least one reward (judge:RUBRIC, "
+                        "python:FILE.py:FUNC or rm:DIR)")
+    if cfg.trainer != "grpo" and not cfg.rubrics:
+        raise UserError(f"option 'rubrics': trainer={cfg.trainer} needs at least one rubric to judge the round's "
+                        f"candidates")
+    if cfg.trainer != "grpo" and (cfg.rewards or cfg.reward_weights):
+        raise UserError(f"option 'rewards': only used with trainer=grpo (trainer={cfg.trainer} learns from the "
+                        f"judged pairs of `rubrics`)")
+    if cfg.reference == "initial" and cfg.trainer == "dpo" and cfg.dpo.reference == "model" and cfg.rounds > 1:
+        raise UserError("option 'dpo.reference': reference=initial needs dpo.reference=precompute (the reference "
+                        "log-probs are computed with the starting policy)")

@@ -1,0 +1,295 @@
+"""``rlaif loop``: rounds of generate -> judge -> build -> train -> eval, each resumable.
+
+Round K (1-based), with pi_0 the starting policy and pi_{K-1} the current one::
+
+    DIR/round-K/prompts.jsonl   this round's fresh seeded slice of the training prompts (loop/prompts.py)
+    DIR/round-K/data/           `rlaif run` with pi_{K-1} as policy (dpo, rm+ppo; grpo samples online instead)
+    DIR/round-K/rm/             rm+ppo: the reward model trained on data/
+    DIR/round-K/model/          pi_K: `train_dpo` (reference pi_0 or pi_{K-1}) or `train_online`
+    DIR/round-K/eval/vs-initial/, vs-previous/   `run_eval` of pi_K against pi_0 and pi_{K-1}
+    DIR/round-K/round.json      the round's results; written last, so it marks the round done
+
+plus ``DIR/eval_prompts.jsonl`` (held out, never trained on), ``DIR/manifest.json`` and
+``DIR/report.html``. Each stage resumes on its own (the pipeline's stage files, the trainers'
+checkpoints, eval's rows); a finished round is skipped whole. ``DIR/.rlaif/loop.json`` holds the
+settings fingerprint: a rerun with other settings is refused unless ``overwrite``; ``rounds``
+is not part of it, so raising ``rounds`` continues a finished loop.
+
+Engines: every stage loads its models, and closes them before the next stage starts (gc between
+stages), so memory stays flat from round to round (``rss_mb`` per round in the manifest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rlaif.config import to_dict
+from rlaif.errors import UserError
+from rlaif.io.records import Prompt
+from rlaif.io.store import atomic_write_text, fingerprint
+from rlaif.loop.config import LoopConfig, check_loop_config
+from rlaif.loop.prompts import round_prompts, split_prompts, write_prompts
+
+STATE = Path(".rlaif") / "loop.json"
+# What `rlaif loop` writes in --out; overwrite removes these and nothing else.
+OWNED = ("round-*", "manifest.json", "report.html", "eval_prompts.jsonl", str(STATE))
+# Options that cannot change any round's result.
+NOT_SETTINGS = ("out", "overwrite", "progress", "rounds")
+
+
+def _log(msg: str) -> None:
+    print(f"rlaif loop: {msg}", file=sys.stderr, flush=True)
+
+
+def round_dir(cfg: LoopConfig, k: int) -> Path:
+    return Path(cfg.out) / f"round-{k}"
+
+
+def policy_of(cfg: LoopConfig, k: int) -> str:
+    """pi_k: the starting policy for k = 0, else round k's trained model folder."""
+    return cfg.policy.model if k == 0 else str(round_dir(cfg, k) / "model")
+
+
+# ----------------------------------------------------------------------------- settings and resume
+def loop_settings(cfg: LoopConfig, pool: list[Prompt], evals: list[Prompt]) -> dict[str, Any]:
+    """Flat settings that shape the results (the prompts by content), with their fingerprint."""
+    flat = _flatten({k: v for k, v in to_dict(cfg).items() if k not in NOT_SETTINGS})
+    flat = {k: v for k, v in flat.items() if not k.endswith(".progress")}
+    flat["prompts"] = fingerprint([(p.id, p.messages, p.metadata) for p in pool])
+    flat["eval_prompts"] = fingerprint([(p.id, p.messages, p.metadata) for p in evals])
+    return {**flat, "fingerprint": fingerprint(flat)}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def prepare_out(cfg: LoopConfig, settings: dict[str, Any]) -> None:
+    """Overwrite: remove what the loop wrote. Else refuse a folder holding another loop's rounds."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"option 'out': {out} exists and is not a folder")
+    if cfg.overwrite:
+        for pattern in OWNED:
+            for p in out.glob(pattern):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    state = out / STATE
+    if state.is_file():
+        old = json.loads(state.read_text())
+        if old.get("fingerprint") != settings["fingerprint"]:
+            keys = [k for k in settings if k != "fingerprint" and old.get(k) != settings[k]]
+            keys += [k for k in old if k not in settings]
+            what = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in keys[:3])
+            raise UserError(f"{out}: holds a loop made with other settings ({what}"
+                            f"{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}); rerun with --overwrite "
+                            f"(overwrite=true) to start over, or pick another --out")
+    elif any(out.glob("round-*")):
+        raise UserError(f"{out}: holds round folders not made by these settings (no {STATE}); rerun with "
+                        f"--overwrite or pick another --out")
+    atomic_write_text(state, json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- stages
+def _free() -> None:
+    """Drop what a finished stage left (models, engines) before the next one loads its own."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def stage_data(cfg: LoopConfig, k: int) -> dict[str, Any]:
+    """`rlaif run` of round k's prompts with pi_{k-1} as the policy; counts of the build stage."""
+    from rlaif.dataset.options import RunConfig
+    from rlaif.dataset.pipeline import run_all
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {name: getattr(cfg, name) for name in fields if hasattr(cfg, name)}
+    values.update(prompts=str(round_dir(cfg, k) / "prompts.jsonl"), prompt_column="prompt",
+                  out=str(round_dir(cfg, k) / "data"), overwrite=False,
+                  policy=dataclasses.replace(cfg.policy, model=policy_of(cfg, k - 1)))
+    counts = run_all(RunConfig(**values))
+    if not counts.get("train_pairs"):
+        done = f"rounds 1-{k - 1} are kept" if k > 1 else "no earlier round"
+        raise UserError(f"round {k}: `rlaif run` produced no training pairs (see {values['out']}/report.html: all "
+                        f"tied, failed or filtered); try a larger n, strategy=all-pairs or another judge ({done})")
+    return counts
+
+
+def stage_train(cfg: LoopConfig, k: int) -> dict[str, Any]:
+    """Train pi_k from pi_{k-1}; returns the trainer's summary (trimmed to numbers worth a report)."""
+    rd = round_dir(cfg, k)
+    base, out = policy_of(cfg, k - 1), str(rd / "model")
+    common = {"model": base, "out": out, "overwrite": False, "seed": cfg.seed, "progress": cfg.progress}
+    if cfg.trainer == "dpo":
+        from rlaif.train.dpo import train_dpo
+
+        dcfg = dataclasses.replace(cfg.dpo, data=str(rd / "data"), **common)
+        reference = policy_of(cfg, 0) if cfg.reference == "initial" else base
+        if reference != base:
+            from rlaif.loop.reference import check_reference_used, prefill_reference
+
+            prefill_reference(dcfg, reference)
+        summary = train_dpo(dcfg)
+        if reference != base:
+            check_reference_used(dcfg, reference)
+        return {"trainer": "dpo", "reference": reference, "steps": summary.get("steps"),
+                "test": summary.get("test", {}), "train_margin_last_steps": summary.get("train_margin_last_steps")}
+    from rlaif.train.online.trainer import train_online
+
+    if cfg.trainer == "grpo":
+        ocfg = dataclasses.replace(cfg.grpo, prompts=str(rd / "prompts.jsonl"), prompt_column="prompt",
+                                   reward=list(cfg.rewards), reward_weights=list(cfg.reward_weights), **common)
+    else:  # rm+ppo: a reward model on this round's pairs (from the starting policy), then PPO with it
+        from rlaif.train.rm import train_rm
+
+        train_rm(dataclasses.replace(cfg.rm, data=str(rd / "data"), model=policy_of(cfg, 0), out=str(rd / "rm"),
+                                     overwrite=False, seed=cfg.seed, progress=cfg.progress))
+        _free()
+        ocfg = dataclasses.replace(cfg.ppo, prompts=str(rd / "prompts.jsonl"), prompt_column="prompt",
+                                   reward=[f"rm:{rd / 'rm'}"], reward_weights=[], **common)
+    summary = train_online(ocfg)
+    return {"trainer": cfg.trainer, "steps": summary.get("steps"), "reward_first": summary.get("reward_first"),
+            "reward_last": summary.get("reward_last")}
+
+
+EvalFn = Callable[[LoopConfig, str, str, Path], dict[str, Any]]
+
+
+def stage_eval(cfg: LoopConfig, a: str, b: str, out: Path) -> dict[str, Any]:
+    """`run_eval` of model ``a`` against model ``b`` on the held-out eval prompts."""
+    from rlaif.loop.evaluate import EvalConfig, run_eval
+
+    rubrics = list(cfg.eval.rubrics) or ([] if cfg.eval.rewards else list(cfg.rubrics))
+    ecfg = EvalConfig(a=a, b=b, prompts=str(Path(cfg.out) / "eval_prompts.jsonl"), out=str(out),
+                      rubrics=rubrics, rewards=list(cfg.eval.rewards), seed=cfg.seed, progress=cfg.progress)
+    return run_eval(ecfg)
+
+
+# ----------------------------------------------------------------------------- rounds
+def _rss_mb() -> float:
+    """Resident memory of this process in MB (Linux /proc; 0 where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_round(cfg: LoopConfig, k: int, prompts: list[Prompt], evaluate: EvalFn) -> tuple[dict[str, Any], dict]:
+    """Run (or finish) round k; returns its record (written to round.json) and its timings."""
+    rd = round_dir(cfg, k)
+    timings: dict[str, float] = {}
+    write_prompts(rd / "prompts.jsonl", prompts)
+    record: dict[str, Any] = {"round": k, "policy_in": policy_of(cfg, k - 1), "policy_out": policy_of(cfg, k),
+                              "prompts": len(prompts)}
+    if cfg.trainer != "grpo":
+        t = time.perf_counter()
+        _log(f"round {k}: generate -> judge -> build with {policy_of(cfg, k - 1)}")
+        counts = stage_data(cfg, k)
+        record["data"] = {key: counts.get(key) for key in ("train_pairs", "test_pairs")}
+        timings["data_s"] = time.perf_counter() - t
+        _free()
+    t = time.perf_counter()
+    _log(f"round {k}: train ({cfg.trainer})")
+    record["train"] = stage_train(cfg, k)
+    timings["train_s"] = time.perf_counter() - t
+    _free()
+    t = time.perf_counter()
+    record["eval"] = {}
+    for name, other in (("vs-initial", 0), ("vs-previous", k - 1)):
+        if name == "vs-previous" and k == 1:
+            continue  # pi_0 is both: see vs-initial
+        _log(f"round {k}: eval {name} ({policy_of(cfg, k)} vs {policy_of(cfg, other)})")
+        record["eval"][name] = evaluate(cfg, policy_of(cfg, k), policy_of(cfg, other), rd / "eval" / name)
+        _free()
+    timings["eval_s"] = time.perf_counter() - t
+    atomic_write_text(rd / "round.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return record, timings
+
+
+def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
+    """`rlaif loop`: every round not yet done, then manifest.json, report.html and the win-rate table."""
+    from rlaif.dataset.manifest import package_versions
+    from rlaif.loop.report import win_rate_table, write_report
+
+    start = time.perf_counter()
+    check_loop_config(cfg)
+    pool, evals = split_prompts(cfg.prompts, cfg.eval_prompts, cfg.eval_size, cfg.seed, cfg.prompt_column)
+    slices = [round_prompts(pool, cfg.seed, cfg.prompts_per_round, k) for k in range(1, cfg.rounds + 1)]
+    _preflight(cfg)
+    settings = loop_settings(cfg, pool, evals)
+    prepare_out(cfg, settings)
+    out = Path(cfg.out)
+    write_prompts(out / "eval_prompts.jsonl", evals)
+    manifest: dict[str, Any] = {"format": "rlaif-loop/1", "versions": package_versions(), "config": to_dict(cfg),
+                                "settings_fingerprint": settings["fingerprint"],
+                                "prompts": {"training_pool": len(pool), "eval": len(evals),
+                                            "per_round": cfg.prompts_per_round},
+                                "rounds": [], "timings": {"rounds": {}}}
+    for k in range(1, cfg.rounds + 1):
+        marker = round_dir(cfg, k) / "round.json"
+        if marker.is_file():
+            _log(f"round {k}: already done (same settings), skipped")
+            record, timings = json.loads(marker.read_text()), {}
+        else:
+            record, timings = run_round(cfg, k, slices[k - 1], evaluate)
+        timings["rss_mb"] = round(_rss_mb(), 1)
+        manifest["rounds"].append(record)
+        manifest["timings"]["rounds"][str(k)] = {key: round(v, 3) for key, v in timings.items()}
+        manifest["timings"]["total_seconds_this_invocation"] = round(time.perf_counter() - start, 3)
+        _write_manifest(out, manifest)
+    write_report(out / "report.html", manifest)
+    print(win_rate_table(manifest["rounds"]))
+    return manifest
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _preflight(cfg: LoopConfig) -> None:
+    """Check rubrics, rewards and models before anything is written (bad input never costs a round)."""
+    from rlaif.dataset.options import check_options, check_shared_engine
+    from rlaif.dataset.pipeline import resolve_backend_model
+
+    check_options(cfg)
+    check_shared_engine(cfg.policy, cfg.judge)
+    resolve_backend_model(cfg.policy)
+    if cfg.trainer != "grpo":
+        from rlaif.judging.rubrics import load_rubric
+
+        for r in cfg.rubrics:
+            load_rubric(r)
+        resolve_backend_model(cfg.judge)
+    else:
+        from rlaif.train.online.rewards import parse_reward_specs
+
+        parse_reward_specs(cfg.rewards, cfg.reward_weights)
+    for r in cfg.eval.rubrics:
+        from rlaif.judging.rubrics import load_rubric
+
+        load_rubric(r)
+    if cfg.eval.rewards:
+        from rlaif.train.online.rewards import parse_reward_specs
+
+        parse_reward_specs(cfg.eval.rewards, [])
