@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -154,3 +155,25 @@ def test_verdict_retries_reach_the_judge(monkeypatch: pytest.MonkeyPatch, capsys
     assert main(args + ["verdict_retries=-1"]) == 2
     assert "option 'verdict_retries': must be >= 0, got -1" in capsys.readouterr().err
     assert main(args + ["max_retries=1"]) == 2  # the old name is gone
+
+
+def test_calibrate_triples_with_fault_kinds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--examples takes labelled-set rows (prompt, better, worse, fault) and prints a per-fault table."""
+    monkeypatch.setattr(base, "load_backend", lambda cfg: oracle(True))
+    rows = [{"prompt": ex.prompt, "better": ex.response_a if ex.better == "a" else ex.response_b,
+             "worse": ex.response_b if ex.better == "a" else ex.response_a, "fault": kind}
+            for kind, name in (("wrong", "helpfulness"), ("unsafe", "harmlessness"))
+            for ex in load_rubric(name).examples[:3]]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["rubric", "calibrate", "helpfulness", "--examples", str(path), "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "per fault kind:" in out and "6/6 = 100%" in out
+    assert [line.split()[:2] for line in out.splitlines() if line.strip().startswith(("wrong", "unsafe"))] == \
+        [["wrong", "3"], ["unsafe", "3"]]
+    assert json.loads((tmp_path / "r.json").read_text())["by_fault"]["unsafe"] == \
+        {"n": 3, "agreement": 1.0, "position_consistency": None}
+    path.write_text(json.dumps({"prompt": "p", "better": "x", "worse": "y", "fault": 3}) + "\n")
+    assert main(["rubric", "calibrate", "helpfulness", "--examples", str(path)]) == 2
+    assert f"{path}:1: field 'fault': expected a string" in capsys.readouterr().err

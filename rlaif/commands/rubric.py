@@ -3,7 +3,7 @@
     rlaif rubric lint [FILES...] [--tokens]                       # default: every rubrics/*.yaml
     rlaif rubric preview RUBRIC --prompt TEXT --response TEXT [--response-b TEXT]
     rlaif rubric preview RUBRIC --from candidates.jsonl --row N
-    rlaif rubric calibrate RUBRIC [--examples FILE] [--min-agreement 0.8]
+    rlaif rubric calibrate RUBRIC [--examples FILE] [--min-agreement 0.8]   # FILE: e.g. bench/data/judge_pairs.jsonl
 
 The judge is ``judge.*`` (engine "auto" = vLLM if installed, else transformers; model: the
 embedded SmolLM2-135M-Instruct, a weak judge); change it with key=value or --config.
@@ -63,8 +63,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     cal = verbs.add_parser("calibrate", help="agreement with labelled pairs, position consistency, verbosity bias")
     cal.add_argument("rubric", metavar="RUBRIC", help="rubric name or YAML path")
-    cal.add_argument("--examples", metavar="FILE", help="labelled pairs (YAML list or JSONL of prompt, response_a, "
-                     "response_b, better: a|b); default: the rubric's own examples")
+    cal.add_argument("--examples", metavar="FILE", help="labelled pairs, YAML list or JSONL: rows of prompt, "
+                     "response_a, response_b, better: a|b, or of prompt, better, worse (texts); an optional 'fault' "
+                     "on every row adds a per-fault-kind table (e.g. bench/data/judge_pairs.jsonl); default: "
+                     "the rubric's own examples")
     cal.add_argument("--min-agreement", type=float, metavar="X", help="exit 1 when agreement is below X (0-1)")
     cal.add_argument("--worst", type=int, default=3, metavar="K", help="how many disagreements to show")
     cal.add_argument("--json", metavar="FILE", help="also write the judgements and metrics as JSON")
@@ -271,9 +273,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(format_report(report, worst=args.worst))
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "rubric": report.rubric, "judge": report.judge, "agreement": report.agreement,
-            "position_consistency": report.position_consistency, "length_pearson": report.length_pearson,
-            "length_spearman": report.length_spearman,
+            "rubric": report.rubric, "judge": report.judge, **report.metrics(),
+            "length_pearson": report.length_pearson, "length_spearman": report.length_spearman,
             "judgements": [o.judgement for o in report.outcomes]}, indent=1) + "\n", encoding="utf-8")
     if args.min_agreement is not None and report.agreement < args.min_agreement:
         print(f"agreement {report.agreement:.2f} is below --min-agreement {args.min_agreement}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """`rlaif rubric calibrate`: how well does a judge + rubric agree with labelled pairs?
 
-Each example is (prompt, response_a, response_b, better). The rubric judges both responses of an
-example as one item; the judge *agrees* when the better response gets the higher score (score
+Each example is (prompt, response_a, response_b, better), read from a rubric's ``examples:`` or
+a file (`read_examples`: YAML/JSONL rows of that shape, or labelled-set rows ``{prompt, better,
+worse, fault}`` with the responses as text). The rubric judges both responses of an example as one
+item; the judge *agrees* when the better response gets the higher score (score
 methods) or a preference p > 0.5 (pairwise, p averaged over both orders). Reported:
 
 - agreement with the labels (ties count as disagreement) and, pairwise, the agreement a naive
@@ -9,7 +11,9 @@ methods) or a preference p > 0.5 (pairwise, p averaged over both orders). Report
   prefer the same response);
 - verbosity bias: Pearson and Spearman correlation of score with response length (characters),
   and how often the judge prefers the longer response vs how often the labels do;
-- the worst disagreements (largest margin in the wrong direction).
+- the worst disagreements (largest margin in the wrong direction);
+- the same figures per fault kind, when every example names one (``fault``; or ``note`` when
+  notes repeat: at most one distinct note per two examples).
 """
 
 from __future__ import annotations
@@ -28,6 +32,19 @@ from rlaif.judging.judge import JudgeItem, judge_items
 from rlaif.judging.rubrics import CalibrationExample, Rubric, rubric_schema
 
 LOW_AGREEMENT = 0.75
+# a labelled-set row: the responses as text, which one is better is implied by the key
+TRIPLE_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["prompt", "better", "worse"],
+    "properties": {"id": {"type": "string"}, "prompt": {"type": "string", "minLength": 1},
+                   "better": {"type": "string"}, "worse": {"type": "string"},
+                   "fault": {"type": "string", "minLength": 1}, "note": {"type": "string"}}}
+
+
+@dataclass
+class LabelledExample(CalibrationExample):
+    """A calibration example that names the kind of fault the worse response has."""
+
+    fault: str = ""
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -106,6 +123,41 @@ class CalibrationReport:
         vals = [o.first_order_agrees for o in self.outcomes if o.first_order_agrees is not None]
         return sum(vals) / len(vals) if vals else None
 
+    def by_fault(self) -> dict[str, "CalibrationReport"]:
+        """One sub-report per fault kind (see `fault_kinds`), in order of first appearance; {} if none."""
+        kinds = fault_kinds([o.example for o in self.outcomes])
+        if kinds is None:
+            return {}
+        groups: dict[str, list[Outcome]] = {}
+        for kind, o in zip(kinds, self.outcomes):
+            groups.setdefault(kind, []).append(o)
+        return {k: CalibrationReport(self.rubric, self.method, self.judge, v, None, None, None, 0.0)
+                for k, v in groups.items()}
+
+    def metrics(self) -> dict[str, Any]:
+        """The headline figures as JSON-ready numbers (also per fault kind)."""
+        out: dict[str, Any] = {"n": self.n, "agreement": self.agreement, "failures": self.failures,
+                               "position_consistency": self.position_consistency,
+                               "first_order_agreement": self.first_order_agreement}
+        out["margins"] = [o.margin for o in self.outcomes]
+        faults = self.by_fault()
+        if faults:
+            out["by_fault"] = {k: {"n": r.n, "agreement": r.agreement, "position_consistency":
+                                   r.position_consistency} for k, r in faults.items()}
+        return out
+
+
+def fault_kinds(examples: Sequence[CalibrationExample]) -> list[str] | None:
+    """Each example's fault kind: its ``fault``; else its ``note`` when notes repeat (at most one
+    distinct note per two examples, so free-text notes do not make one group per example); else None."""
+    faults = [getattr(ex, "fault", "") for ex in examples]
+    if examples and all(faults):
+        return faults
+    notes = [ex.note for ex in examples]
+    if examples and all(notes) and 2 * len(set(notes)) <= len(notes):
+        return notes
+    return None
+
 
 def calibrate(backend: Any, rubric: Rubric, examples: Sequence[CalibrationExample], *, seed: int = 0,
               verdict_retries: int = 2, progress: bool = True) -> CalibrationReport:
@@ -168,6 +220,15 @@ def format_report(r: CalibrationReport, worst: int = 3) -> str:
     lines.append(f"verbosity bias:         corr(score, length) Pearson {_fmt(r.length_pearson)}, "
                  f"Spearman {_fmt(r.length_spearman)}; judge prefers the longer response in "
                  f"{_fmt(r.judge_prefers_longer, True)} of pairs, labels in {_fmt(r.labels_prefer_longer, True)}")
+    faults = r.by_fault()
+    if faults:
+        width = max(len(k) for k in faults)
+        head = f"  {'fault':<{width}}  {'n':>3}  agreement" + ("  consistency" if r.method == "pairwise" else "")
+        lines += ["per fault kind:", head]
+        for kind, sub in faults.items():
+            agree_k = sum(o.agrees for o in sub.outcomes)
+            cons = f"  {_fmt(sub.position_consistency, True):>11}" if r.method == "pairwise" else ""
+            lines.append(f"  {kind:<{width}}  {sub.n:>3}  {agree_k:>3}/{sub.n:<3} {_fmt(sub.agreement, True):>4}{cons}")
     wrong = sorted((o for o in r.outcomes if not o.agrees),  # most confidently wrong first
                    key=lambda o: math.inf if o.margin is None else o.margin)[:worst]
     if wrong:
@@ -175,8 +236,8 @@ def format_report(r: CalibrationReport, worst: int = 3) -> str:
         for o in wrong:
             ex = o.example
             score = lambda s: "failed" if s is None else f"{s:.2f}"  # noqa: E731
-            lines.append(f"  [{ex.id}] {_short(ex.prompt, 60)}  label: {ex.better}"
-                         + (f" ({ex.note})" if ex.note else ""))
+            why = getattr(ex, "fault", "") or ex.note
+            lines.append(f"  [{ex.id}] {_short(ex.prompt, 60)}  label: {ex.better}" + (f" ({why})" if why else ""))
             lines.append(f"     a={score(o.score_a)}  {_short(ex.response_a)}")
             lines.append(f"     b={score(o.score_b)}  {_short(ex.response_b)}")
     if r.agreement < LOW_AGREEMENT:
@@ -187,7 +248,13 @@ def format_report(r: CalibrationReport, worst: int = 3) -> str:
 
 
 def read_examples(path: str | Path) -> list[CalibrationExample]:
-    """Labelled pairs from a YAML file (a list, or a mapping with ``examples:``) or JSONL."""
+    """Labelled pairs from a YAML file (a list, or a mapping with ``examples:``) or JSONL.
+
+    A row is either a rubric example (prompt, response_a, response_b, better: a|b, optional id,
+    note, fault) or a labelled-set triple (prompt, better, worse as text, optional id, fault,
+    note). Triples alternate which position the better response takes (row 0: a, row 1: b, ...),
+    so a judge that always prefers one position scores 50%, not 100%.
+    """
     import jsonschema
 
     path = Path(path)
@@ -196,14 +263,28 @@ def read_examples(path: str | Path) -> list[CalibrationExample]:
     rows = list(iter_jsonl(path)) if path.suffix == ".jsonl" else _yaml_rows(path)
     if not rows:
         raise UserError(f"{path}: no examples")
-    validator = jsonschema.Draft202012Validator(rubric_schema()["$defs"]["example"])
-    out = []
+    pair_check = jsonschema.Draft202012Validator(rubric_schema()["$defs"]["example"])
+    triple_check = jsonschema.Draft202012Validator(TRIPLE_SCHEMA)
+    out: list[CalibrationExample] = []
     for k, (line, ex) in enumerate(rows):
-        err = next(iter(validator.iter_errors(ex)), None)
+        if not isinstance(ex, dict):
+            raise UserError(f"{where(path, line)}expected a mapping (prompt, better, worse | response_a, ...)")
+        triple = "worse" in ex
+        fault = ex.get("fault", "")
+        if not isinstance(fault, str):
+            raise UserError(f"{where(path, line, 'fault')}expected a string")
+        rest = ex if triple else {key: v for key, v in ex.items() if key != "fault"}
+        err = next(iter((triple_check if triple else pair_check).iter_errors(rest)), None)
         if err is not None:
             fld = ".".join(map(str, err.absolute_path)) or None
             raise UserError(f"{where(path, line, fld)}{err.message}")
-        out.append(CalibrationExample(**{"id": f"{path.stem}-{k}", **ex}))
+        fields = {"id": f"{path.stem}-{k}", **rest, "fault": fault}
+        if triple:
+            good, bad = fields.pop("better"), fields.pop("worse")
+            a_first = len(out) % 2 == 0
+            fields.update(response_a=good if a_first else bad, response_b=bad if a_first else good,
+                          better="a" if a_first else "b")
+        out.append(LabelledExample(**fields))
     return out
 
 
