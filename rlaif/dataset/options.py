@@ -59,6 +59,12 @@ class BuildOptions:
     rubric_weights: dict[str, float] = option(dict, "weight per rubric when combining normalised scores (default 1 each)")
     strategy: Literal["best-vs-worst", "all-pairs"] = option("best-vs-worst", "which pairs to take per prompt")
     min_margin: float = option(0.0, "all-pairs/best-vs-worst: minimum combined-score margin in [0,1] (ties always dropped)")
+    truncated: Literal["reject_only", "drop", "keep"] = option(
+        "reject_only", "candidates cut off at max_tokens (finish_reason 'length'): reject_only = never chosen, may be "
+        "rejected; drop = never paired; keep = ranked like any other (unknown finish reasons count as complete)")
+    noise_margin: float | None = option(None, "margin in [0,1] below which the judge's preference is no better than "
+                                        "chance (from `rlaif rubric calibrate`); the report counts kept pairs "
+                                        "inside it (null: the measured figure for the embedded judge, else unknown)")
     pairwise_min_confidence: float = option(0.6, "pairwise rubrics: keep a pair only if P(chosen better) >= this")
     require_position_consistent: bool = option(True, "pairwise rubrics: keep a pair only if both orders agreed")
     test_fraction: float = option(0.1, "share of prompts (with pairs) in preferences/test.jsonl")
@@ -108,8 +114,10 @@ def check_options(cfg: Any) -> None:
             raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
     if not 0 <= getattr(cfg, "test_fraction", 0.0) < 1:
         raise bad("test_fraction", f"must be in [0, 1), got {cfg.test_fraction}")
-    if getattr(cfg, "min_margin", 0.0) < 0:
-        raise bad("min_margin", f"must be >= 0, got {cfg.min_margin}")
+    for key in ("min_margin", "noise_margin"):
+        value = getattr(cfg, key, None)
+        if value is not None and not 0 <= value <= 1:
+            raise bad(key, f"must be in [0, 1] (a margin between scores normalised to [0, 1]), got {value}")
     if isinstance(cfg, (RunConfig, JudgeConfig)) and not cfg.rubrics:
         raise bad("rubrics", "give at least one rubric (--rubric NAME)")
     for name, w in getattr(cfg, "rubric_weights", {}).items():

@@ -13,6 +13,14 @@ in both orders, Lee et al. 2023), a pair is kept only if that comparison prefers
 response with probability >= ``pairwise_min_confidence`` and, unless disabled, both orders
 agreed (position-consistent). Every dropped pair or response is counted by reason.
 
+Truncation. A candidate whose generation stopped at ``max_tokens`` (finish_reason "length") is
+cut off mid-answer. ``truncated`` decides what it may become: ``reject_only`` (default) never
+chosen, but rejected where the judge ranked it lower (a complete answer over a cut-off one is a
+useful pair); ``drop`` never paired; ``keep`` ranked like any other. With ``reject_only``,
+best-vs-worst takes the best *complete* response as chosen and the worst of all as rejected.
+Candidates whose finish reason is unknown (user-made candidates files) count as complete; they
+are counted as ``responses_finish_unknown``.
+
 Split. Prompts with pairs are shuffled with the seed and a ``test_fraction`` of them (at least
 one when there are two or more) go to test, so no prompt is in both files.
 """
@@ -25,6 +33,17 @@ from collections import Counter
 from rlaif.dataset.options import BuildOptions
 
 TIE_EPS = 1e-9
+
+
+def truncation_flags(cand: dict) -> list[bool | None]:
+    """Per response: True if cut off at max_tokens (finish_reason "length"), False if it finished,
+    None if unknown (user candidates carry "unknown"; a row without finish reasons gives None)."""
+    reasons = cand.get("finish_reasons") or []
+    out: list[bool | None] = []
+    for k in range(len(cand["responses"])):
+        reason = reasons[k] if k < len(reasons) else "unknown"
+        out.append(None if reason == "unknown" else reason == "length")
+    return out
 
 
 def normalise(score: float | None, scale: list[float]) -> float | None:
@@ -61,21 +80,34 @@ def _comparison_p(row: dict, chosen: int, rejected: int) -> tuple[float | None, 
     return None, None
 
 
-def _candidate_pairs(scores: list[float | None], options: BuildOptions, stats: Counter) -> list[tuple[int, int]]:
+def _candidate_pairs(scores: list[float | None], truncated: list[bool | None], options: BuildOptions,
+                     stats: Counter) -> list[tuple[int, int]]:
+    """(chosen, rejected) index pairs of one prompt by the strategy, the margin and the truncation rule."""
+    mode = getattr(options, "truncated", "keep")
+    cut = [bool(t) for t in truncated]
     scored = [(k, s) for k, s in enumerate(scores) if s is not None]
     stats["responses_failed"] += len(scores) - len(scored)
+    if mode == "drop":
+        stats["responses_truncated_dropped"] += sum(cut[k] for k, _ in scored)
+        scored = [(k, s) for k, s in scored if not cut[k]]
     if len(scored) < 2:
         stats["prompts_too_few_scored"] += 1
         return []
+    may_choose = [(k, s) for k, s in scored if mode == "keep" or not cut[k]]
     if options.strategy == "best-vs-worst":
         # First index wins among equals: deterministic, and a tie is detected by the margin below.
-        best = max(scored, key=lambda t: (t[1], -t[0]))
+        top = max(scored, key=lambda t: (t[1], -t[0]))
         worst = min(scored, key=lambda t: (t[1], t[0]))
-        margin = best[1] - worst[1]
-        if margin <= TIE_EPS:
+        if top[1] - worst[1] <= TIE_EPS:
             stats["prompts_all_tied"] += 1
             return []
-        if margin < options.min_margin:
+        if cut[top[0]] and mode == "reject_only":
+            stats["prompts_best_truncated"] += 1  # the pair takes the best complete response as chosen
+        best = max(may_choose, key=lambda t: (t[1], -t[0]), default=None)
+        if best is None or best[1] - worst[1] <= TIE_EPS:
+            stats["prompts_no_complete_chosen"] += 1  # no complete response scored above another one
+            return []
+        if best[1] - worst[1] < options.min_margin:
             stats["pairs_below_margin"] += 1
             return []
         return [(best[0], worst[0])]
@@ -83,13 +115,16 @@ def _candidate_pairs(scores: list[float | None], options: BuildOptions, stats: C
     for a in range(len(scored)):
         for b in range(a + 1, len(scored)):
             (i, si), (j, sj) = scored[a], scored[b]
+            chosen, rejected = (i, j) if si > sj else (j, i)
             margin = abs(si - sj)
             if margin <= TIE_EPS:
                 stats["pairs_tied"] += 1
             elif margin < options.min_margin:
                 stats["pairs_below_margin"] += 1
+            elif cut[chosen] and mode == "reject_only":
+                stats["pairs_chosen_truncated"] += 1
             else:
-                pairs.append((i, j) if si > sj else (j, i))
+                pairs.append((chosen, rejected))
     return pairs
 
 
@@ -105,6 +140,10 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
     rubric_label = "+".join(rubrics)
     for cand in candidates:
         stats["prompts"] += 1
+        truncated = truncation_flags(cand)
+        stats["responses"] += len(truncated)
+        stats["responses_truncated"] += sum(t is True for t in truncated)
+        stats["responses_finish_unknown"] += sum(t is None for t in truncated)
         rows = by_id.get(cand["id"], {})
         if set(rows) != set(rubrics):
             stats["prompts_missing_judgement"] += 1
@@ -113,7 +152,7 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
         scores = combined_scores(rows, options.rubric_weights)
         judge = "+".join(dict.fromkeys(row["judge"] for row in rows.values()))
         kept = 0
-        for chosen, rejected in _candidate_pairs(scores, options, stats):
+        for chosen, rejected in _candidate_pairs(scores, truncated, options, stats):
             if cand["responses"][chosen] == cand["responses"][rejected]:
                 stats["pairs_identical_text"] += 1
                 continue
@@ -142,9 +181,31 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
                 "rubric": rubric_label, "judge": judge, "policy": cand["policy"],
             })
             kept += 1
+            stats["kept_chosen_truncated"] += truncated[chosen] is True
+            stats["kept_rejected_truncated"] += truncated[rejected] is True
         stats["prompts_with_pairs"] += kept > 0
     stats["pairs"] = len(pairs)
     return pairs, stats
+
+
+# The judge's noise: the combined-score margin below which the judge's preferences agreed with a
+# labelled set no better than chance. Measured for the embedded judge with bench/judge_quality.py on
+# bench/data/judge_pairs.jsonl, per rubric set ("+"-joined names as in a pair's ``rubric``).
+EMBEDDED_NOISE_MARGIN: dict[str, float] = {}
+
+
+def judge_noise(options: BuildOptions, judge: str, rubric_label: str) -> tuple[float | None, str]:
+    """The noise margin to report against, and where it came from (None: unknown for this judge)."""
+    from rlaif.models import is_embedded
+
+    if getattr(options, "noise_margin", None) is not None:
+        return options.noise_margin, "option noise_margin"
+    judges = [j.split(":", 1)[-1] for j in judge.split("+")]  # model ids are "engine:model"
+    if judges and all(is_embedded(j) for j in judges) and rubric_label in EMBEDDED_NOISE_MARGIN:
+        return EMBEDDED_NOISE_MARGIN[rubric_label], ("measured for the embedded judge on the labelled set "
+                                                    "bench/data/judge_pairs.jsonl (bench/judge_quality.py)")
+    return None, ("unknown for this judge and rubric set: measure agreement against margin with `rlaif rubric "
+                  "calibrate` and set noise_margin")
 
 
 def split_by_prompt(pairs: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

@@ -24,8 +24,8 @@ from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_c
                               read_jsonl, read_prompts)
 from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl
 from rlaif.dataset.manifest import assemble_manifest, finish_manifest
-from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, CommonOptions, GenerateConfig, JudgeConfig,
-                                   RunConfig, check_options, check_weights)
+from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, BuildOptions, CommonOptions, GenerateConfig,
+                                   JudgeConfig, RunConfig, check_options, check_weights)
 
 
 def resolve_backend_model(config: BackendConfig) -> str | None:
@@ -137,14 +137,17 @@ def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: E
                                 prompt_tokens=plan.prompt_tokens, chunk_tokens=cfg.chunk_tokens)
     rows = stage.finish([p.id for p in plan.prompts])
     tokens = sum(sum(r["num_tokens"]) for r in rows)
+    cut = sum(f == "length" for r in rows for f in r["finish_reasons"])
+    total = sum(len(r["responses"]) for r in rows)
     state.update("generate", done=True, model_id=backend.model_id,
-                 counts={"prompts": len(rows), "candidates": sum(len(r["responses"]) for r in rows),
-                         "tokens": tokens,
-                         "finished_by_length": sum(f == "length" for r in rows for f in r["finish_reasons"])},
+                 counts={"prompts": len(rows), "candidates": total, "tokens": tokens, "finished_by_length": cut},
                  config={k: v for k, v in asdict(cfg).items() if k in GenerateConfig.__dataclass_fields__},
                  timings={"seconds": stats["seconds"], "tokens_per_s": stats["tokens_per_s"],
                           "rows_resumed": stats["resumed"]})
     _log(f"generate: {len(rows)} prompts x {cfg.n} -> {out / 'candidates.jsonl'}")
+    if cut:
+        _log(f"generate: {cut} of {total} candidates ({cut / total:.0%}) stopped at max_tokens={cfg.max_tokens}, cut "
+             "off mid-answer (build: option truncated); raise max_tokens to cut fewer")
     return rows
 
 
@@ -236,27 +239,60 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
     return rows
 
 
+def build_fingerprint(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
+                      rubric_names: Sequence[str]) -> str:
+    """What shapes the build's outputs: its inputs, every build option, the seed, and the earlier
+    stages' settings the report shows. A changed option gives a new fingerprint, so the build reruns."""
+    options = {k: getattr(cfg, k) for k in BuildOptions.__dataclass_fields__}
+    return fingerprint({"options": options, "seed": cfg.seed, "rubrics": list(rubric_names),
+                        "candidates": fingerprint(candidates), "judgements": fingerprint(judgements),
+                        "stages": {s: state.stage(s).get("config") for s in ("generate", "judge")}})
+
+
+def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
+    cut, total = counts.get("responses_truncated", 0), counts.get("responses", 0)
+    if not cut:
+        return None
+    what = {"reject_only": "never chosen, rejected only", "drop": "dropped", "keep": "ranked like any other"}[mode]
+    return (f"{cut} of {total} candidates ({cut / max(total, 1):.0%}) were cut off at max_tokens: {what} "
+            f"(truncated={mode}); raise max_tokens to cut fewer")
+
+
 def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
               rubric_names: Sequence[str]) -> dict[str, Any]:
-    from rlaif.dataset.pairs import build_pairs, split_by_prompt
+    from rlaif.dataset.pairs import build_pairs, judge_noise, split_by_prompt
     from rlaif.dataset.report import write_dataset_card, write_report
 
     out = Path(cfg.out)
+    fp = build_fingerprint(cfg, candidates, judgements, state, rubric_names)
+    info = state.stage("build")
+    if info.get("fingerprint") == fp and info.get("done") and all((out / n).exists() for n in STAGE_OUTPUTS["build"]):
+        _log(f"build: already done in {out} (same settings), skipped")
+        return info["counts"]
     start = time.perf_counter()
     pairs, stats = build_pairs(candidates, judgements, list(rubric_names), cfg)
     train, test = split_by_prompt(pairs, cfg.test_fraction, cfg.seed)
     write_jsonl(out / "preferences" / "train.jsonl", train)
     write_jsonl(out / "preferences" / "test.jsonl", test)
-    counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
     models = {"policy": "+".join(dict.fromkeys(c["policy"] for c in candidates)),
               "judge": "+".join(dict.fromkeys(j["judge"] for j in judgements if j["rubric"] in rubric_names))}
-    state.update("build", done=True, counts=counts, rubrics=list(rubric_names), models=models,
+    noise, noise_source = judge_noise(cfg, models["judge"], "+".join(rubric_names))
+    if noise is not None:
+        stats["kept_inside_noise"] = sum(p["margin"] < noise for p in pairs)
+    counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
+    state.update("build", done=True, fingerprint=fp, counts=counts, rubrics=list(rubric_names), models=models,
+                 noise_margin={"value": noise, "source": noise_source},
                  config={k: v for k, v in asdict(cfg).items() if k in BuildConfig.__dataclass_fields__},
                  timings={"seconds": round(time.perf_counter() - start, 3)})
     manifest = assemble_manifest(state)
     write_report(out / "report.html", candidates, judgements, train, test, manifest)
     write_dataset_card(out / "README.md", train, test, manifest)
     _log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}")
+    if note := _truncation_note(counts, cfg.truncated):
+        _log(f"build: {note}")
+    if noise is not None and pairs:
+        _log(f"build: {stats['kept_inside_noise']} of {len(pairs)} pairs have a margin below the judge's noise "
+             f"({noise:g}); raise min_margin to drop them")
     if not pairs:
         _log("build: no pairs survived (see counts in manifest.json and report.html): all tied, failed or "
              "filtered; try strategy=all-pairs, more candidates (n) or a stronger judge")
