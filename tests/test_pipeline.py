@@ -197,6 +197,9 @@ def finished_run(tmp_path_factory):
     (["--prompts", str(DEMO), "n=many"], "option 'n': expected int"),
     (["--prompts", str(DEMO), "no_such_option=1"], "unknown option 'no_such_option'"),
     (["--prompts", str(DEMO), "rubric_weights.honesty=2"], "'honesty' is not one of the rubrics"),
+    (["--prompts", str(DEMO), "truncated=sometimes"], "option 'truncated': expected one of"),
+    (["--prompts", str(DEMO), "min_margin=1.5"], "option 'min_margin': must be in [0, 1]"),
+    (["--prompts", str(DEMO), "noise_margin=-0.1"], "option 'noise_margin': must be in [0, 1]"),
 ])
 def test_bad_input_one_line_exit_2_outputs_intact(finished_run, capsys, args, message):
     before = snapshot(finished_run)
@@ -390,3 +393,85 @@ def test_token_chunks_keep_prefill_within_budget():
     assert token_chunks([10, 20, 30, 40, 5], 2, 64, 100) == [range(0, 2), range(2, 3), range(3, 5)]
     assert token_chunks([10, 20, 30, 40, 5], 1, 2, 1000) == [range(0, 2), range(2, 4), range(4, 5)]
     assert token_chunks([500], 4, 64, 100) == [range(0, 1)]  # a long prompt still goes, alone
+
+
+def _cut_texts(out: Path) -> set[tuple[str, str]]:
+    """(prompt id, text) of every candidate cut off at max_tokens whose text no complete candidate shares."""
+    cut = set()
+    for c in read_jsonl(out / "candidates.jsonl"):
+        complete = {t for t, f in zip(c["responses"], c["finish_reasons"]) if f != "length"}
+        cut |= {(c["id"], t) for t, f in zip(c["responses"], c["finish_reasons"])
+                if f == "length" and t not in complete}
+    return cut
+
+
+def _pairs(out: Path) -> list[dict]:
+    return [*read_jsonl(out / "preferences" / "train.jsonl"), *read_jsonl(out / "preferences" / "test.jsonl")]
+
+
+def test_truncated_candidates_counted_and_handled_in_run_and_build(tmp_path, capsys):
+    """Fake replies are 3-14 words; max_tokens=8 cuts some. reject_only (default) never chooses a cut-off
+    answer; drop never pairs one; a changed option changes the build fingerprint and rebuilds."""
+    out = tmp_path / "out"
+    base = ["run", "--prompts", str(small_prompts(tmp_path, 12)), "--rubric", "helpfulness", "--out", str(out), *FAKE,
+            "max_tokens=8", "strategy=all-pairs"]
+    assert main(base) == 0
+    err = capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    n_cut = manifest["stages"]["generate"]["counts"]["finished_by_length"]
+    build = manifest["stages"]["build"]
+    assert 0 < n_cut < 48 and build["counts"]["responses_truncated"] == n_cut
+    assert f"{n_cut} of 48 candidates" in err and "max_tokens=8" in err
+    cut = _cut_texts(out)
+    pairs = _pairs(out)
+    assert pairs and not any((p["id"], p["chosen"][0]["content"]) in cut for p in pairs)
+    rejected_cut = sum((p["id"], p["rejected"][0]["content"]) in cut for p in pairs)
+    assert rejected_cut == build["counts"]["kept_rejected_truncated"]
+    assert build["counts"]["kept_rejected_truncated"] > 0 and build["counts"]["pairs_chosen_truncated"] > 0
+    report, card = (out / "report.html").read_text(), (out / "README.md").read_text()
+    assert f"{n_cut} of 48 candidates" in report and "truncated=reject_only" in card
+
+    fp = json.loads((out / ".rlaif" / "state.json").read_text())["build"]["fingerprint"]
+    before = snapshot(out)
+    assert main(base) == 0  # same settings: the build is skipped, same bytes
+    assert "build: already done" in capsys.readouterr().err and snapshot(out) == before
+    assert main([*base, "truncated=drop"]) == 0
+    state = json.loads((out / ".rlaif" / "state.json").read_text())
+    assert state["build"]["fingerprint"] != fp
+    assert not any((p["id"], t["content"]) in cut for p in _pairs(out) for t in p["chosen"] + p["rejected"])
+    counts = json.loads((out / "manifest.json").read_text())["stages"]["build"]["counts"]
+    assert counts["responses_truncated_dropped"] == n_cut and "truncated=drop" in (out / "README.md").read_text()
+    assert main([*base, "truncated=keep"]) == 0
+    counts = json.loads((out / "manifest.json").read_text())["stages"]["build"]["counts"]
+    assert counts["kept_chosen_truncated"] > 0 and len(_pairs(out)) > len(pairs)
+
+
+def test_build_fingerprint_follows_every_build_option(finished_run):
+    from rlaif.dataset.options import BuildConfig, BuildOptions
+    from rlaif.dataset.pipeline import build_fingerprint
+    from rlaif.io.store import RunState
+
+    cands, judgements = read_jsonl(finished_run / "candidates.jsonl"), read_jsonl(finished_run / "judgements.jsonl")
+    state = RunState(finished_run)
+    base = build_fingerprint(BuildConfig(), cands, judgements, state, ["helpfulness"])
+    assert build_fingerprint(BuildConfig(progress=False), cands, judgements, state, ["helpfulness"]) == base
+    changed = {"rubric_weights": {"helpfulness": 2.0}, "strategy": "all-pairs", "min_margin": 0.5,
+               "truncated": "drop", "noise_margin": 0.1, "pairwise_min_confidence": 0.9,
+               "require_position_consistent": False, "test_fraction": 0.5}
+    assert set(changed) == set(BuildOptions.__dataclass_fields__)  # a new option must be listed here
+    for key, value in changed.items():
+        assert build_fingerprint(BuildConfig(**{key: value}), cands, judgements, state, ["helpfulness"]) != base, key
+    assert build_fingerprint(BuildConfig(seed=1), cands, judgements, state, ["helpfulness"]) != base
+    assert build_fingerprint(BuildConfig(), cands[:-1], judgements, state, ["helpfulness"]) != base
+
+
+def test_user_candidates_without_finish_reasons_build_and_are_counted(tmp_path):
+    out = tmp_path / "j"
+    assert main(["judge", "--candidates", str(ASSETS / "candidates_user.jsonl"), "--rubric", "helpfulness",
+                 "--out", str(out), "judge.engine=fake", "progress=false"]) == 0
+    assert main(["build", "--judgements", str(out / "judgements.jsonl"), "--out", str(out), "truncated=drop",
+                 "progress=false"]) == 0
+    counts = json.loads((out / "manifest.json").read_text())["stages"]["build"]["counts"]
+    n = sum(len(c["responses"]) for c in read_jsonl(out / "candidates.jsonl"))
+    assert counts["responses_finish_unknown"] == n and counts["responses_truncated"] == 0 and counts["pairs"] > 0
+    assert "no known finish reason" in (out / "report.html").read_text()

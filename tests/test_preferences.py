@@ -3,7 +3,8 @@
 import pytest
 
 from rlaif.dataset.options import BuildOptions
-from rlaif.dataset.pairs import build_pairs, combined_scores, normalise, split_by_prompt
+from rlaif.dataset.pairs import (build_pairs, combined_scores, judge_noise, normalise, split_by_prompt,
+                                 truncation_flags)
 from rlaif.io.records import PAIR_SCHEMA, validate
 
 
@@ -113,3 +114,85 @@ def test_split_by_prompt_is_seeded_and_disjoint():
     small_train, small_test = split_by_prompt(pairs[:6], 0.1, seed=0)  # 2 prompts: still one in test
     assert len({p["id"] for p in small_test}) == 1 and len({p["id"] for p in small_train}) == 1
     assert split_by_prompt(pairs, 0.0, seed=0) == (pairs, [])
+
+
+# ----------------------------------------------------------------------------- truncated candidates
+def cut(pid, responses, finish):
+    """Candidates with given finish reasons ("L": cut off at max_tokens, "S": stopped, "?": unknown)."""
+    c = cand(pid, responses)
+    c["finish_reasons"] = [{"L": "length", "S": "stop", "?": "unknown"}[f] for f in finish]
+    return c
+
+
+def texts(pairs):
+    return [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs]
+
+
+def test_reject_only_never_chooses_a_cut_off_answer_but_rejects_one():
+    cands = [cut("top_cut", ["a", "b", "c"], "LSS"), cut("worst_cut", ["a", "b"], "SL"),
+             cut("only_cut_wins", ["a", "b"], "LS")]
+    judgements = [judg("top_cut", "h", [5, 3, 1]), judg("worst_cut", "h", [5, 1]), judg("only_cut_wins", "h", [5, 1])]
+    pairs, stats = build_pairs(cands, judgements, ["h"], BuildOptions(truncated="reject_only"))
+    # top_cut: the best complete answer (b) is chosen over the worst (c); worst_cut: complete a over cut-off b
+    assert texts(pairs) == [("b", "c"), ("a", "b")]
+    assert pairs[0]["margin"] == 0.5  # the margin is the pair's own, not the cut-off top's
+    assert stats["prompts_best_truncated"] == 2 and stats["prompts_no_complete_chosen"] == 1
+    assert stats["responses_truncated"] == 3 and stats["kept_rejected_truncated"] == 1
+    assert stats["kept_chosen_truncated"] == 0 and stats["responses"] == 7
+
+
+def test_keep_ranks_cut_off_answers_like_any_other():
+    cands = [cut("x", ["a", "b", "c"], "LSS")]
+    pairs, stats = build_pairs(cands, [judg("x", "h", [5, 3, 1])], ["h"], BuildOptions(truncated="keep"))
+    assert texts(pairs) == [("a", "c")] and stats["kept_chosen_truncated"] == 1
+    assert "prompts_best_truncated" not in stats
+
+
+def test_drop_never_pairs_a_cut_off_answer():
+    cands = [cut("x", ["a", "b", "c", "d"], "LSLS"), cut("y", ["a", "b", "c"], "LSL")]
+    judgements = [judg("x", "h", [5, 3, 1, 2]), judg("y", "h", [5, 3, 1])]
+    pairs, stats = build_pairs(cands, judgements, ["h"], BuildOptions(truncated="drop"))
+    assert texts(pairs) == [("b", "d")]
+    assert stats["responses_truncated_dropped"] == 4 and stats["prompts_too_few_scored"] == 1
+    assert stats["kept_chosen_truncated"] == 0 and stats["kept_rejected_truncated"] == 0
+
+
+def test_all_pairs_reject_only_drops_pairs_with_a_cut_off_chosen():
+    cands = [cut("x", ["a", "b", "c"], "LSS")]
+    judgements = [judg("x", "h", [3, 5, 1])]
+    pairs, stats = build_pairs(cands, judgements, ["h"], BuildOptions(strategy="all-pairs", truncated="reject_only"))
+    assert sorted(texts(pairs)) == [("b", "a"), ("b", "c")]  # (a, c) would choose the cut-off a
+    assert stats["pairs_chosen_truncated"] == 1 and stats["kept_rejected_truncated"] == 1
+    kept, _ = build_pairs(cands, judgements, ["h"], BuildOptions(strategy="all-pairs", truncated="keep"))
+    assert len(kept) == 3
+
+
+def test_unknown_finish_reasons_count_as_complete():
+    """User candidates files carry "unknown"; an old row without finish reasons reads the same."""
+    old = cand("old", ["a", "b"])
+    del old["finish_reasons"]
+    cands = [cut("user", ["a", "b"], "??"), old]
+    judgements = [judg("user", "h", [5, 1]), judg("old", "h", [1, 5])]
+    for mode in ("reject_only", "drop", "keep"):
+        pairs, stats = build_pairs(cands, judgements, ["h"], BuildOptions(truncated=mode))
+        assert texts(pairs) == [("a", "b"), ("b", "a")]
+        assert stats["responses_finish_unknown"] == 4 and stats["responses_truncated"] == 0
+
+
+def test_truncation_flags():
+    assert truncation_flags(cut("x", ["a", "b", "c"], "LS?")) == [True, False, None]
+    other = cand("x", ["a", "b"])
+    other["finish_reasons"] = ["length"]  # shorter than responses: the rest unknown
+    assert truncation_flags(other) == [True, None]
+
+
+def test_judge_noise_from_option_measurement_or_unknown(monkeypatch):
+    import rlaif.dataset.pairs as pairs_mod
+
+    monkeypatch.setitem(pairs_mod.EMBEDDED_NOISE_MARGIN, "h", 0.07)
+    assert judge_noise(BuildOptions(noise_margin=0.2), "vllm:smollm2-135m", "h")[0] == 0.2
+    value, source = judge_noise(BuildOptions(), "vllm:smollm2-135m", "h")
+    assert value == 0.07 and "measured" in source
+    value, source = judge_noise(BuildOptions(), "openai:gpt-x", "h")
+    assert value is None and "noise_margin" in source
+    assert judge_noise(BuildOptions(), "vllm:smollm2-135m", "h+other")[0] is None

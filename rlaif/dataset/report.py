@@ -105,6 +105,53 @@ def plot_counts(counts: dict[str, int], title: str) -> str:
     return _png(fig)
 
 
+def plot_margins(margins: list[float], lines: dict[str, float]) -> str:
+    """Histogram of kept pairs' margins on [0, 1], with vertical lines (e.g. min_margin, judge noise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.hist(margins, bins=20, range=(0, 1), color="#4c72b0")
+    for (label, x), color in zip(lines.items(), ("#c44e52", "#8172b2")):
+        ax.axvline(x, color=color, linestyle="--", label=f"{label} {x:g}")
+    if lines:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("margin (combined score, [0, 1])")
+    ax.set_ylabel("pairs")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def truncation_summary(build: dict[str, Any]) -> str:
+    """One sentence: how many candidates were cut off at max_tokens and what the build did with them."""
+    counts = build.get("counts", {})
+    mode = build.get("config", {}).get("truncated", "keep")
+    total, cut, unknown = counts.get("responses", 0), counts.get("responses_truncated", 0), \
+        counts.get("responses_finish_unknown", 0)
+    text = f"{cut} of {total} candidates ({cut / max(total, 1):.0%}) were cut off at max_tokens"
+    text += {"reject_only": f" (truncated=reject_only: never chosen; {counts.get('kept_rejected_truncated', 0)} kept "
+                            "pairs reject one)",
+             "drop": f" (truncated=drop: {counts.get('responses_truncated_dropped', 0)} dropped before pairing)",
+             "keep": f" (truncated=keep: ranked like any other; {counts.get('kept_chosen_truncated', 0)} kept pairs "
+                     "choose one)"}.get(mode, "")
+    if unknown:
+        text += f"; {unknown} have no known finish reason (user candidates) and count as complete"
+    return text + "."
+
+
+def noise_summary(build: dict[str, Any], margins: list[float]) -> str:
+    """One sentence: how many kept pairs have a margin inside the judge's noise, and what that noise is."""
+    noise = build.get("noise_margin") or {}
+    value, source = noise.get("value"), noise.get("source", "unknown")
+    if value is None:
+        return f"Judge noise: {source}."
+    inside = sum(m < value for m in margins)
+    return (f"{inside} of {len(margins)} kept pairs ({inside / max(len(margins), 1):.0%}) have a margin below "
+            f"{value:g}, the judge's noise ({source}): below it the judge's preference was no better than chance.")
+
+
 def position_consistency(judgements: list[dict]) -> dict[str, dict[str, int]]:
     """Per pairwise rubric: comparisons that were consistent, inconsistent, or failed."""
     out: dict[str, dict[str, int]] = {}
@@ -180,6 +227,15 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
         parts.append(f"<img src='{plot_counts(failures, 'judge failures per rubric')}'>")
         parts.append(_table(list(failures.items())))
     parts.append("<h3>Pair building</h3>" + _table(sorted(build_counts.items())))
+    build = stages.get("build", {})
+    parts.append(f"<h2>Truncated candidates</h2><p>{html.escape(truncation_summary(build))}</p>")
+    margins = [p["margin"] for p in train + test]
+    lines = {"min_margin": build.get("config", {}).get("min_margin") or 0.0}
+    if (build.get("noise_margin") or {}).get("value") is not None:
+        lines["judge noise"] = build["noise_margin"]["value"]
+    parts.append(f"<h2>Margins of the kept pairs</h2><p>{html.escape(noise_summary(build, margins))}</p>")
+    if margins:
+        parts.append(f"<img src='{plot_margins(margins, lines)}'>")
     parts.append("<h2>Chosen / rejected examples</h2>")
     parts.extend(_example(p) for p in train[:n_examples])
     if not train:
@@ -222,7 +278,10 @@ def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], ma
         lines.append(f"- sampling: n={gen_cfg.get('n')}, temperature={gen_cfg.get('temperature')}, "
                      f"top_p={gen_cfg.get('top_p')}, max_tokens={gen_cfg.get('max_tokens')}, seed={gen_cfg.get('seed')}")
     lines.append(f"- pair strategy: {build.get('config', {}).get('strategy')}, "
-                 f"min_margin={build.get('config', {}).get('min_margin')}")
+                 f"min_margin={build.get('config', {}).get('min_margin')}, "
+                 f"truncated={build.get('config', {}).get('truncated')}")
+    lines.append(f"- {truncation_summary(build)}")
+    lines.append(f"- {noise_summary(build, [p['margin'] for p in train + test])}")
     lines += ["", "## Rubrics", "", "| rubric | method | weight |", "|---|---|---|"]
     lines += [f"| {r['name']} | {r['method']} | {weights.get(r['name'], 1.0)} |" for r in rubrics]
     lines += ["", "Scores: each rubric's score is normalised to [0, 1] by its scale and the rubrics are "
