@@ -139,6 +139,9 @@ def test_reject_only_never_chooses_a_cut_off_answer_but_rejects_one():
     assert stats["prompts_best_truncated"] == 2 and stats["prompts_no_complete_chosen"] == 1
     assert stats["responses_truncated"] == 3 and stats["kept_rejected_truncated"] == 1
     assert stats["kept_chosen_truncated"] == 0 and stats["responses"] == 7
+    tied, stats = build_pairs([cut("tie", ["a", "b", "c"], "LSS")], [judg("tie", "h", [5, 5, 1])], ["h"],
+                              BuildOptions())
+    assert texts(tied) == [("b", "c")] and "prompts_best_truncated" not in stats  # b is as good as the cut-off a
 
 
 def test_keep_ranks_cut_off_answers_like_any_other():

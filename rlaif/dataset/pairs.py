@@ -101,9 +101,9 @@ def _candidate_pairs(scores: list[float | None], truncated: list[bool | None], o
         if top[1] - worst[1] <= TIE_EPS:
             stats["prompts_all_tied"] += 1
             return []
-        if cut[top[0]] and mode == "reject_only":
-            stats["prompts_best_truncated"] += 1  # the pair takes the best complete response as chosen
         best = max(may_choose, key=lambda t: (t[1], -t[0]), default=None)
+        if best is None or top[1] - best[1] > TIE_EPS:
+            stats["prompts_best_truncated"] += 1  # the pair, if any, takes the best complete response as chosen
         if best is None or best[1] - worst[1] <= TIE_EPS:
             stats["prompts_no_complete_chosen"] += 1  # no complete response scored above another one
             return []
