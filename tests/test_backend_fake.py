@@ -20,3 +20,11 @@ def test_fake_token_ids_and_logprobs_are_deterministic() -> None:
         assert len({(w, t) for w, t in zip(words, c.token_ids)}) == len(set(words))
     plain = FakeBackend().chat([CONV], SamplingParams(n=3, max_tokens=5, seed=2), progress=False)[0].completions
     assert [c.text for c in plain] == [c.text for c in a] and all(c.logprobs is None for c in plain)
+
+
+def test_fake_response_logprobs_one_per_word_plus_end_of_turn() -> None:
+    eng = FakeBackend()
+    got = eng.response_logprobs([CONV, CONV], ["one two three", ""], progress=False)
+    assert [len(g) for g in got] == [4, 1] and all(lp < 0 for g in got for lp in g)
+    assert got == FakeBackend().response_logprobs([CONV, CONV], ["one two three", ""], progress=False)
+    assert got[0] != eng.response_logprobs([[{"role": "user", "content": "Other"}]], ["one two three"])[0]

@@ -33,11 +33,14 @@ def ok_reply(n: int = 1, text: str = "hi there") -> dict[str, Any]:
 
 class Scripted:
     """A local server answering from a script: a list of (status, body, headers); the last
-    entry repeats forever. Records every request's headers and JSON body."""
+    entry repeats forever; or ``route(path, body) -> (status, body)`` when set. Records every
+    request's headers and JSON body, and its path in ``paths``."""
 
     def __init__(self) -> None:
         self.script: list[tuple[int, Any, dict[str, str]]] = [(200, ok_reply(), {})]
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.paths: list[str] = []
+        self.route: Any = None
         self.lock = threading.Lock()
         outer = self
 
@@ -46,7 +49,11 @@ class Scripted:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
                     outer.requests.append((dict(self.headers), body))
-                    status, reply, headers = outer.script[0] if len(outer.script) == 1 else outer.script.pop(0)
+                    outer.paths.append(self.path)
+                    if outer.route is not None:
+                        status, reply, headers = (*outer.route(self.path, body), {})
+                    else:
+                        status, reply, headers = outer.script[0] if len(outer.script) == 1 else outer.script.pop(0)
                 data = (reply if isinstance(reply, str) else json.dumps(reply)).encode()
                 self.send_response(status)
                 for k, v in headers.items():
@@ -190,6 +197,41 @@ def test_sample_logprobs_and_token_ids(server: Scripted) -> None:
     comp = engine(server.url).chat([CONV], SamplingParams(), progress=False)[0].completions[0]
     assert "return_token_ids" not in server.requests[-1][1] and "logprobs" not in server.requests[-1][1]
     assert comp.token_ids is None and comp.logprobs is None
+
+
+def _vllm_like(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """A vLLM server's /tokenize and /v1/completions, for a 'tokenizer' of one id per word
+    (its length) and ChatML-like markers: 99 opens the assistant turn, 98 ends it, 97 newline."""
+    if path == "/tokenize":
+        ids = [len(w) for m in body["messages"] for w in m["content"].split()]
+        strs = ["w"] * len(ids)
+        if body["add_generation_prompt"]:
+            return 200, {"tokens": ids + [99], "token_strs": strs + ["<a>"], "count": 0, "max_model_len": 64}
+        prompt = [len(w) for m in body["messages"][:-1] for w in m["content"].split()] + [99]
+        reply = [len(w) for w in body["messages"][-1]["content"].split()] + [98, 97]
+        return 200, {"tokens": prompt + reply, "token_strs": ["w"] * (len(prompt) + len(reply) - 2) + ["<e>", "Ċ"]}
+    if path == "/v1/completions":
+        steps = [None] + [{str(t): {"logprob": -t / 10, "rank": 1}} for t in body["prompt"][1:]]
+        return 200, {"choices": [{"index": 0, "text": "x", "prompt_logprobs": steps}]}
+    return 404, {"error": "Not Found"}
+
+
+def test_response_logprobs_reads_the_reply_positions_of_prompt_logprobs(server: Scripted) -> None:
+    server.route = _vllm_like
+    conv = [{"role": "user", "content": "say hello"}]
+    got = engine(server.url).response_logprobs([conv, conv], ["hello there", ""], progress=False)
+    assert got == [[-0.5, -0.5, -9.8], [-9.8]]  # words of length 5, 5, then the end-of-turn marker
+    completions = [b for p, (_, b) in zip(server.paths, server.requests) if p == "/v1/completions"]
+    assert sorted(b["prompt"] for b in completions) == [[3, 5, 99, 5, 5, 98], [3, 5, 99, 98]]
+    assert all(b["prompt_logprobs"] == 0 and b["max_tokens"] == 1 for b in completions)
+    assert server.paths.count("/tokenize") == 3  # the shared prompt is tokenized once
+
+
+def test_response_logprobs_on_a_hosted_api_is_one_clear_error(server: Scripted) -> None:
+    server.route = lambda path, body: (404, {"error": {"message": "Not found"}})
+    with pytest.raises(UserError) as e:
+        engine(server.url).response_logprobs([CONV], ["hi"], progress=False)
+    assert "needs a vLLM server" in str(e.value) and "404" in str(e.value) and "\n" not in str(e.value)
 
 
 # --------------------------------------------------------------------------- real vLLM server

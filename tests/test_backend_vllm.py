@@ -146,6 +146,31 @@ def test_token_ids_and_logprobs_match_transformers(engine, embedded_model_dir: s
     assert mean(raw) > 3 * mean(scaled)  # and they are the temperature-scaled ones
 
 
+def test_response_logprobs_match_transformers_on_the_shared_split(engine, embedded_model_dir: str) -> None:
+    """One prefill per pair: the reply positions' prompt log-probs are a transformers forward pass's
+    log p(reply token | prompt ids, earlier reply ids) on the ids of `reply_token_ids`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.backends.turns import reply_token_ids
+
+    convs = [CONVS[0], CONVS[0], CONVS[2]]
+    replies = ["The capital of France is Paris.", "The capital of France is Berlin, a city in Spain.", ""]
+    got = engine.response_logprobs(convs, replies, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
+    diffs = []
+    for conv, reply, lps in zip(convs, replies, got):
+        prompt, ids = reply_token_ids(engine.tokenizer, conv, reply)
+        assert len(lps) == len(ids) and all(lp <= 0 for lp in lps)
+        with torch.inference_mode():
+            ref = torch.log_softmax(model(torch.tensor([prompt + ids])).logits[0].float(), -1)  # (T, V)
+        diffs += [abs(lp - ref[len(prompt) + k - 1, t].item()) for k, (lp, t) in enumerate(zip(lps, ids))]
+    # bf16 kernels on AVX512-BF16 CPUs against this fp32 reference: measured max 0.09 over 22 tokens
+    assert max(diffs) < 0.5 and sum(diffs) / len(diffs) < 0.1, diffs
+    mean = [sum(x) / len(x) for x in got]
+    assert mean[0] > mean[1] + 1.0  # the right answer is far likelier per token
+
+
 def test_logprobs_refused_by_an_engine_built_without_them(engine, monkeypatch: pytest.MonkeyPatch) -> None:
     # vLLM's default raw log-probs are not the sampling distribution's: refused, not returned
     monkeypatch.setattr(engine.llm.llm_engine.model_config, "logprobs_mode", "raw_logprobs")

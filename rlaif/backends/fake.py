@@ -4,7 +4,9 @@ Never the only test of a feature: every real engine is tested with a real model 
 Replies and choice log-probs are pure functions of (conversation, sample index, seed), so a run
 is reproducible. A reply's "tokens" are its words: ``token_ids`` are a hash of each word (below
 ``FAKE_VOCAB``) and ``logprobs`` (on request) are made-up negative numbers, both deterministic.
-Tests may pass ``reply_fn`` / ``logprob_fn`` to script the engine's answers.
+``response_logprobs`` gives one made-up log-prob per word of the reply plus one for the end of
+the turn, a pure function of (conversation, reply).
+Tests may pass ``reply_fn`` / ``logprob_fn`` / ``response_fn`` to script the engine's answers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rlaif.io.seeds import digest_int
 FAKE_VOCAB = 50_000
 ReplyFn = Callable[[Conversation, int, SamplingParams], str]
 LogprobFn = Callable[[Conversation, Sequence[str], str], dict[str, float]]
+ResponseFn = Callable[[Conversation, str], list[float]]
 
 
 def _digest(*parts: object) -> int:
@@ -41,6 +44,11 @@ def _default_logprobs(conversation: Conversation, choices: Sequence[str], prefix
     return {c: x - z for c, x in zip(choices, logits)}
 
 
+def _default_response_logprobs(conversation: Conversation, reply: str) -> list[float]:
+    words = reply.split() + ["<end>"]
+    return [-((_digest(conversation, w, k) % 400) + 1) / 100.0 for k, w in enumerate(words)]
+
+
 def _completion(text: str, finish: str, want_logprobs: bool) -> Completion:
     words = text.split()
     ids = [_digest(w) % FAKE_VOCAB for w in words]
@@ -50,10 +58,11 @@ def _completion(text: str, finish: str, want_logprobs: bool) -> Completion:
 
 class FakeBackend:
     def __init__(self, config: BackendConfig | None = None, reply_fn: ReplyFn | None = None,
-                 logprob_fn: LogprobFn | None = None) -> None:
+                 logprob_fn: LogprobFn | None = None, response_fn: ResponseFn | None = None) -> None:
         self.model_id = f"fake:{(config or BackendConfig()).model}"
         self.reply_fn = reply_fn or _default_reply
         self.logprob_fn = logprob_fn or _default_logprobs
+        self.response_fn = response_fn or _default_response_logprobs
         self.calls = 0
 
     def chat(self, conversations: Sequence[Conversation], params: SamplingParams,
@@ -79,6 +88,13 @@ class FakeBackend:
                         assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:
         self.calls += 1
         return [self.logprob_fn(conv, choices, assistant_prefix) for conv in conversations]
+
+    def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
+                          progress: bool = True) -> list[list[float]]:
+        if len(responses) != len(conversations):
+            raise ValueError(f"{len(responses)} responses for {len(conversations)} conversations")
+        self.calls += 1
+        return [self.response_fn(c, r) for c, r in zip(conversations, responses)]
 
     def close(self) -> None:
         pass

@@ -28,6 +28,17 @@ from servers that return them: with ``return_token_ids`` the request sets vLLM's
 ``return_token_ids: true`` extension (vLLM >= 0.10; checked on 0.32) and each choice's
 ``token_ids`` are used; hosted APIs reject that field, and without it ``token_ids`` is None
 (never re-derived by tokenizing the text).
+
+``response_logprobs`` (likelihood judging) needs vLLM's server extensions; hosted APIs cannot
+score given text, and the first refusal is a one-line UserError. Per pair: ``POST /tokenize``
+(at the server root, beside ``/v1``) of the conversation with the generation prompt, and of the
+conversation plus the reply as an assistant message (``return_token_strs``); the reply ids are
+the second list past the first, with trailing whitespace-only tokens dropped: the split of
+`rlaif.backends.turns` done by the server's own tokenizer and template (a template that does not
+render the reply as a continuation of the prompt is an error here). Then one
+``POST /v1/completions`` with the token-id prompt, ``max_tokens: 1, prompt_logprobs: 0``, and
+the reply positions of ``choices[0].prompt_logprobs`` are read. Conversations shared by several
+replies are tokenized once.
 """
 
 from __future__ import annotations
@@ -87,8 +98,9 @@ class OpenAIBackend:
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
-    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = self.client.post(self.url, json=body)
+    def _post_once(self, body: dict[str, Any], url: str | None = None) -> dict[str, Any]:
+        url = url or self.url
+        response = self.client.post(url, json=body)
         if response.status_code == 429 or response.status_code >= 500:
             retry_after = response.headers.get("retry-after")
             try:
@@ -97,12 +109,12 @@ class OpenAIBackend:
                 wait = None
             raise TransientHTTPError(response.status_code, _short(response.text), wait)
         if response.status_code >= 400:
-            raise UserError(self._scrub(f"openai engine: {self.url} answered {response.status_code}: "
+            raise UserError(self._scrub(f"openai engine: {url} answered {response.status_code}: "
                                         f"{_short(response.text)}"))
         try:
             return response.json()
         except ValueError:
-            raise UserError(self._scrub(f"openai engine: {self.url} answered {response.status_code} with a "
+            raise UserError(self._scrub(f"openai engine: {url} answered {response.status_code} with a "
                                         f"body that is not JSON: {_short(response.text, 120)}")) from None
 
     def _wait(self, state: RetryCallState) -> float:
@@ -112,19 +124,20 @@ class OpenAIBackend:
             return max(backoff, min(e.retry_after, 60.0))
         return backoff
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, body: dict[str, Any], url: str | None = None) -> dict[str, Any]:
+        url = url or self.url
         attempts = self.config.http_retries + 1
         retrying = Retrying(stop=stop_after_attempt(attempts), wait=self._wait,
                             retry=retry_if_exception(_is_transient), reraise=True)
         try:
-            return retrying(self._post_once, body)
+            return retrying(self._post_once, body, url)
         except TransientHTTPError as e:
-            msg = f"openai engine: {self.url} failed after {attempts} attempts; last status {e.status}: {e.body}"
+            msg = f"openai engine: {url} failed after {attempts} attempts; last status {e.status}: {e.body}"
         except httpx.TimeoutException as e:
-            msg = (f"openai engine: {self.url} timed out after {attempts} attempts "
+            msg = (f"openai engine: {url} timed out after {attempts} attempts "
                    f"(timeout_s={self.config.timeout_s}; {type(e).__name__})")
         except httpx.TransportError as e:
-            msg = (f"openai engine: cannot reach {self.url} after {attempts} attempts "
+            msg = (f"openai engine: cannot reach {url} after {attempts} attempts "
                    f"({type(e).__name__}: {_short(str(e), 120)}); is the server running?")
         raise UserError(self._scrub(msg)) from None
 
@@ -232,5 +245,62 @@ class OpenAIBackend:
 
         return self._map(score, list(conversations), "openai choice logprobs", progress)
 
+    def _vllm_only(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except UserError as e:
+            raise UserError(self._scrub(f"openai engine: response_logprobs (likelihood judging) needs a vLLM server "
+                                        f"({what}); {str(e).removeprefix('openai engine: ')}")) from None
+
+    def _tokenize_chat(self, messages: Conversation, generation_prompt: bool) -> tuple[list[int], list[str]]:
+        root = self.config.base_url.rstrip("/").removesuffix("/v1")
+        body = {"model": self.config.model, "messages": list(messages), "add_generation_prompt": generation_prompt,
+                "return_token_strs": True}
+        reply = self._vllm_only("its /tokenize endpoint", lambda: self._post(body, root + "/tokenize"))
+        return [int(t) for t in reply["tokens"]], list(reply.get("token_strs") or [])
+
+    def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
+                          progress: bool = True) -> list[list[float]]:
+        if len(responses) != len(conversations):
+            raise ValueError(f"{len(responses)} responses for {len(conversations)} conversations")
+        unique = {repr(c): c for c in conversations}  # an item's candidates share the judge's prompt
+        tokenized = self._map(lambda c: self._tokenize_chat(c, True)[0], list(unique.values()), "openai tokenize",
+                              False)
+        prompts = dict(zip(unique, tokenized))
+
+        def split(conversation: Conversation, response: str) -> tuple[list[int], list[int]]:
+            prompt = prompts[repr(conversation)]
+            full, strs = self._tokenize_chat(list(conversation) + [{"role": "assistant", "content": response}], False)
+            if full[:len(prompt)] != prompt:
+                raise UserError(f"openai engine: response_logprobs: the server's chat template does not render "
+                                f"the reply as a continuation of the generation prompt ({self.config.model})")
+            end = len(full)
+            while end > len(prompt) + 1 and strs and not _visible(strs[end - 1]):
+                end -= 1  # the template's newline after the end-of-turn marker
+            return prompt, full[len(prompt):end]
+
+        def score(pair: tuple[Conversation, str]) -> list[float]:
+            prompt, reply = split(*pair)
+            body = {"model": self.config.model, "prompt": prompt + reply, "max_tokens": 1, "temperature": 0.0,
+                    "prompt_logprobs": 0}
+            url = self.config.base_url.rstrip("/") + "/completions"
+            out = self._vllm_only("prompt_logprobs", lambda: self._post(body, url))
+            steps = ((out.get("choices") or [{}])[0]).get("prompt_logprobs")
+            if not isinstance(steps, list) or len(steps) != len(prompt) + len(reply):
+                raise UserError(f"openai engine: response_logprobs (likelihood judging) needs a vLLM server: {url} "
+                                f"returned no prompt_logprobs")
+            return [float(steps[len(prompt) + k][str(t)]["logprob"]) for k, t in enumerate(reply)]
+
+        return self._map(score, list(zip(conversations, responses)), "openai response logprobs", progress)
+
     def close(self) -> None:
         self.client.close()
+
+
+def _visible(token: str) -> bool:
+    """False for a token string that is only whitespace (byte-level BPE writes space/newline/tab
+    as Ġ/Ċ/ĉ, SentencePiece a space as ▁)."""
+    return bool(token.translate(_WHITESPACE_MARKS).strip())
+
+
+_WHITESPACE_MARKS = str.maketrans({"Ġ": " ", "Ċ": "\n", "ĉ": "\t", "č": "\r", "▁": " "})

@@ -10,6 +10,11 @@ share a sample stream. ``json_schema`` goes through vLLM structured outputs (gui
 `rlaif.backends.choices`) and asks for exactly the choice tokens' log-probabilities with
 ``logprob_token_ids`` (no top-k truncation).
 
+``response_logprobs`` (likelihood judging) sends each pair as one token-id prompt, the prompt ids
+followed by the reply ids (`rlaif.backends.turns.reply_token_ids`), with ``max_tokens=1,
+prompt_logprobs=0``: one prefill, and vLLM returns log p(token_t | tokens_<t) for every prompt
+position; the reply positions are read. These are the model's raw log-probs (temperature 1).
+
 Every completion carries vLLM's ``token_ids``; with ``SamplingParams.logprobs`` the request asks
 for ``logprobs=0`` (the sampled token's log-prob only). That needs an engine built with
 ``enable_sample_logprobs``: `build_llm` then passes ``logprobs_mode="processed_logprobs"``, so the
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
 from rlaif.backends.choices import choice_token_ids, combine, render_prompt
+from rlaif.backends.turns import reply_token_ids
 from rlaif.errors import UserError
 from rlaif.io.seeds import mix_seed
 from rlaif.models import check_causal_lm, resolve_model
@@ -235,6 +241,26 @@ class VLLMBackend:
         for out in outputs:
             step = out.outputs[0].logprobs[0]  # {token_id: Logprob} for the one generated position
             results.append(combine({t: lp.logprob for t, lp in step.items()}, ids_by_choice))
+        return results
+
+    def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
+                          progress: bool = True) -> list[list[float]]:
+        """log p(reply token | everything before it) for each reply token, one prefill per pair."""
+        import vllm
+        from vllm.inputs import TokensPrompt
+
+        if len(responses) != len(conversations):
+            raise ValueError(f"{len(responses)} responses for {len(conversations)} conversations")
+        if not conversations:
+            return []
+        splits = [reply_token_ids(self.tokenizer, c, r) for c, r in zip(conversations, responses)]
+        prompts = [TokensPrompt(prompt_token_ids=p + r) for p, r in splits]
+        sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self._run(self.llm.generate, prompts, sampling, use_tqdm=progress)
+        results = []
+        for (prompt, reply), out in zip(splits, outputs):
+            steps = out.prompt_logprobs  # one {token_id: Logprob} per prompt position (None at 0)
+            results.append([steps[len(prompt) + k][t].logprob for k, t in enumerate(reply)])
         return results
 
     def _rpc(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
