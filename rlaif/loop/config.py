@@ -4,7 +4,7 @@
 generate / judge / build options of ``rlaif run`` sit at the top level (``n=8``,
 ``rubrics=[...]``, ``policy.model=...``, ``judge.*`` defaulting to ``policy.*``), and each
 trainer's own config is nested under its name (``dpo.beta=0.1``, ``grpo.k=4``, ``ppo.lr=...``,
-``rm.epochs=...``); ``eval.*`` holds the `rlaif eval` options. The keys that the loop sets
+``rm.epochs=...``), and so are the `rlaif eval` options (``eval.temperature=0``). The keys that the loop sets
 itself in every round (data, model, out, prompts, overwrite, seed, reward) are listed in
 `LOOP_SET` and are refused when given.
 """
@@ -17,6 +17,7 @@ from typing import Literal
 from rlaif.config import option
 from rlaif.dataset.options import BuildOptions, CommonOptions, GenerateOptions, JudgeOptions
 from rlaif.errors import UserError
+from rlaif.loop.evaluate import EvalConfig
 from rlaif.train.config import DPOConfig, RMConfig
 from rlaif.train.online.config import GRPOConfig, PPOConfig
 
@@ -24,19 +25,8 @@ TRAINERS = ("dpo", "grpo", "rm+ppo")
 # Nested keys the loop fills in each round; a user value would be silently replaced, so it is refused.
 LOOP_SET = {"dpo": ("data", "model", "out", "overwrite", "seed"), "rm": ("data", "model", "out", "overwrite", "seed"),
             "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights"),
-            "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights")}
-
-
-@dataclass
-class LoopEvalOptions:
-    """How each round's policy is judged against the starting and the previous policy (`rlaif eval`)."""
-
-    rubrics: list[str] = option(list, "eval rubrics (name or YAML path); empty = the loop's rubrics when no eval "
-                                      "rewards are given")
-    rewards: list[str] = option(list, "eval rewards judged per response: python:FILE.py:FUNC or rm:DIR (pointwise; "
-                                      "the higher-scored response wins)")
-    max_tokens: int = option(256, "maximum new tokens per eval response")
-    temperature: float = option(0.0, "eval sampling temperature (0 = greedy, the same prompt gives the same answer)")
+            "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights"),
+            "eval": ("a", "b", "prompts", "prompt_column", "out", "overwrite", "seed", "policy", "judge")}
 
 
 @dataclass
@@ -65,7 +55,11 @@ class LoopConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
     grpo: GRPOConfig = option(GRPOConfig, "GRPO trainer options (trainer=grpo), as in `rlaif train grpo`")
     rm: RMConfig = option(RMConfig, "reward-model options (trainer=rm+ppo), as in `rlaif train rm`")
     ppo: PPOConfig = option(PPOConfig, "PPO options (trainer=rm+ppo), as in `rlaif train ppo`")
-    eval: LoopEvalOptions = option(LoopEvalOptions, "eval options (see `rlaif eval`)")
+    measure_kl: bool = option(True, "measure KL(pi_K || pi_0) on pi_K's eval responses each round (loads both "
+                                    "models with transformers; see rlaif/loop/kl.py)")
+    eval: EvalConfig = option(EvalConfig, "eval options, as in `rlaif eval` (its engines are the loop's policy.* and "
+                                          "judge.*); no eval.rubrics/rewards = the loop's rubrics (dpo, rm+ppo) or "
+                                          "its rewards (grpo: judge:R as rubric R)")
 
 
 def given_keys(data: dict, prefix: str = "") -> set[str]:
@@ -80,9 +74,9 @@ def check_loop_config(cfg: LoopConfig, given: set[str] = frozenset()) -> None:  
     """One-line UserErrors for what the types cannot say; ``given``: the dotted keys the user set."""
     for section, keys in LOOP_SET.items():
         for key in keys:
-            if f"{section}.{key}" in given:
-                raise UserError(f"option '{section}.{key}': set by the loop in every round; use the loop's own "
-                                f"{'policy.model' if key == 'model' else key} option instead")
+            if any(g == f"{section}.{key}" or g.startswith(f"{section}.{key}.") for g in given):
+                raise UserError(f"option '{section}.{key}': the loop sets it in every round (from its own prompts, "
+                                f"policy.*, judge.*, rewards, seed and out); set those instead")
     if not cfg.prompts:
         raise UserError("option 'prompts': give a training prompt file (--prompts FILE)")
     if cfg.rounds < 1:

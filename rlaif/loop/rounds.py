@@ -173,14 +173,39 @@ def stage_train(cfg: LoopConfig, k: int) -> dict[str, Any]:
 EvalFn = Callable[[LoopConfig, str, str, Path], dict[str, Any]]
 
 
-def stage_eval(cfg: LoopConfig, a: str, b: str, out: Path) -> dict[str, Any]:
-    """`run_eval` of model ``a`` against model ``b`` on the held-out eval prompts."""
-    from rlaif.loop.evaluate import EvalConfig, run_eval
+def eval_sources(cfg: LoopConfig) -> tuple[list[str], list[str]]:
+    """(rubrics, rewards) of the eval: eval.* when given; else the loop's rubrics (dpo, rm+ppo), or its
+    grpo rewards (python:/rm: as rewards, judge:R as rubric R): the policy is judged by what it learnt from."""
+    if cfg.eval.rubrics or cfg.eval.rewards:
+        return list(cfg.eval.rubrics), list(cfg.eval.rewards)
+    if cfg.trainer != "grpo":
+        return list(cfg.rubrics), []
+    return ([r.split(":", 1)[1] for r in cfg.rewards if r.startswith("judge:")],
+            [r for r in cfg.rewards if not r.startswith("judge:")])
 
-    rubrics = list(cfg.eval.rubrics) or ([] if cfg.eval.rewards else list(cfg.rubrics))
-    ecfg = EvalConfig(a=a, b=b, prompts=str(Path(cfg.out) / "eval_prompts.jsonl"), out=str(out),
-                      rubrics=rubrics, rewards=list(cfg.eval.rewards), seed=cfg.seed, progress=cfg.progress)
+
+def stage_eval(cfg: LoopConfig, a: str, b: str, out: Path) -> dict[str, Any]:
+    """`run_eval` of ``a`` against ``b`` (models or candidates files) on the held-out eval prompts, with the
+    loop's engines (policy.* for generation, judge.* for rubrics)."""
+    from rlaif.loop.evaluate import run_eval
+
+    rubrics, rewards = eval_sources(cfg)
+    ecfg = dataclasses.replace(cfg.eval, a=a, b=b, prompts=str(Path(cfg.out) / "eval_prompts.jsonl"),
+                               prompt_column="prompt", out=str(out), overwrite=False, seed=cfg.seed,
+                               rubrics=rubrics, rewards=rewards, policy=cfg.policy, judge=cfg.judge,
+                               progress=cfg.progress)
     return run_eval(ecfg)
+
+
+def eval_sides(cfg: LoopConfig, k: int, name: str) -> tuple[str, str]:
+    """Sides of round k's eval ``name``. Generation happens once per policy: pi_0's eval responses are
+    round 1's side B, later rounds reuse them, and pi_{k-1}'s are round k-1's side A (same prompts, seed and
+    sampling settings, so the same responses a fresh generation would give)."""
+    first = round_dir(cfg, 1) / "eval" / "vs-initial"
+    if name == "vs-initial":
+        return policy_of(cfg, k), policy_of(cfg, 0) if k == 1 else str(first / "candidates_b.jsonl")
+    mine = str(round_dir(cfg, k) / "eval" / "vs-initial" / "candidates_a.jsonl")
+    return mine, str(round_dir(cfg, k - 1) / "eval" / "vs-initial" / "candidates_a.jsonl")
 
 
 # ----------------------------------------------------------------------------- rounds
@@ -220,9 +245,19 @@ def run_round(cfg: LoopConfig, k: int, prompts: list[Prompt], evaluate: EvalFn) 
         if name == "vs-previous" and k == 1:
             continue  # pi_0 is both: see vs-initial
         _log(f"round {k}: eval {name} ({policy_of(cfg, k)} vs {policy_of(cfg, other)})")
-        record["eval"][name] = evaluate(cfg, policy_of(cfg, k), policy_of(cfg, other), rd / "eval" / name)
+        a, b = eval_sides(cfg, k, name)
+        record["eval"][name] = evaluate(cfg, a, b, rd / "eval" / name)
         _free()
     timings["eval_s"] = time.perf_counter() - t
+    if cfg.measure_kl:
+        from rlaif.io.records import read_candidates
+        from rlaif.loop.kl import policy_kl
+
+        t = time.perf_counter()
+        rows = read_candidates(rd / "eval" / "vs-initial" / "candidates_a.jsonl")
+        record["kl"] = policy_kl(policy_of(cfg, k), policy_of(cfg, 0), rows)
+        timings["kl_s"] = time.perf_counter() - t
+        _free()
     atomic_write_text(rd / "round.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return record, timings
 
@@ -268,28 +303,29 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 
 
 def _preflight(cfg: LoopConfig) -> None:
-    """Check rubrics, rewards and models before anything is written (bad input never costs a round)."""
+    """Check rubrics, rewards, models and eval options before anything is written (bad input never
+    costs a round)."""
     from rlaif.dataset.options import check_options, check_shared_engine
     from rlaif.dataset.pipeline import resolve_backend_model
+    from rlaif.judging.rubrics import load_rubric
+    from rlaif.loop.evaluate import check_eval_options
+    from rlaif.train.online.rewards import parse_reward_specs
 
     check_options(cfg)
     check_shared_engine(cfg.policy, cfg.judge)
     resolve_backend_model(cfg.policy)
-    if cfg.trainer != "grpo":
-        from rlaif.judging.rubrics import load_rubric
-
+    if cfg.trainer == "grpo":
+        parse_reward_specs(cfg.rewards, cfg.reward_weights)
+    else:
         for r in cfg.rubrics:
             load_rubric(r)
-        resolve_backend_model(cfg.judge)
-    else:
-        from rlaif.train.online.rewards import parse_reward_specs
-
-        parse_reward_specs(cfg.rewards, cfg.reward_weights)
-    for r in cfg.eval.rubrics:
-        from rlaif.judging.rubrics import load_rubric
-
+    rubrics, rewards = eval_sources(cfg)
+    check_eval_options(dataclasses.replace(cfg.eval, a="new", b="old", rubrics=rubrics, rewards=rewards))
+    for r in rubrics:
         load_rubric(r)
-    if cfg.eval.rewards:
-        from rlaif.train.online.rewards import parse_reward_specs
-
-        parse_reward_specs(cfg.eval.rewards, [])
+    for scheme, target, _ in parse_reward_specs(rewards, []) if rewards else []:
+        if scheme not in ("python", "rm"):
+            raise UserError(f"option 'eval.rewards': {scheme}:{target}: eval takes python:FILE.py:FUNC or rm:DIR; "
+                            f"give a judged rubric in eval.rubrics")
+    if rubrics or cfg.trainer != "grpo":
+        resolve_backend_model(cfg.judge)
