@@ -28,7 +28,10 @@ deviation of ``d`` over all pairs,
 
 fitted by maximum likelihood on the soft targets ``o`` (a tie is the target 1/2) with a small
 ridge penalty ``lambda/2 (theta_0^2 + theta_1^2)`` so that a perfectly separable judge (always
-the longer answer) still has a finite fit; Newton's method. AlpacaEval's instruction-difficulty
+the longer answer) still has a finite fit; Newton's method. Such a judge has no defined preference at
+zero difference (its verdict jumps from 0 to 1 there), and the ridge then decides the read-out
+(about 0.6-0.75 on our hand-made data); a judge whose preference rises smoothly with length is
+read correctly as 1/2 (tests/test_eval_stats.py). AlpacaEval's instruction-difficulty
 term needs many models judged on the same prompts and is left out: with one pair of models it is
 not identified.
 """
