@@ -243,3 +243,18 @@ def test_direct_rlaif_with_the_embedded_judge(tmp_path, tiny_model_dir, embedded
     start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     trained = final_weights(Path(cfg.out))
     assert any(not torch.equal(start[k], trained[k]) for k in start if k in trained)
+
+
+def test_missing_eos_warning_once_when_no_sample_stops(tmp_path, tiny_model_dir, capsys):
+    """PPO with missing_eos_score on and max_tokens=2 (the random model never stops that soon): every
+    sample gets the penalty, so the run says so once; without the penalty it says nothing."""
+    from rlaif.train.online.trainer import train_online
+
+    train_online(small(PPOConfig, tmp_path, tiny_model_dir, steps=2, max_tokens=2))
+    err = capsys.readouterr().err
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert all(x["eos_rate"] == 0.0 for x in lines)
+    assert err.count("warning: eos_rate 0.00") == 1 and "missing_eos_score=-1.0" in err
+    train_online(small(PPOConfig, tmp_path, tiny_model_dir, steps=2, max_tokens=2, missing_eos_score=None,
+                       overwrite=True))
+    assert "warning: eos_rate" not in capsys.readouterr().err

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator
 
 import torch
@@ -31,6 +31,7 @@ class Run:
     kl: Any  # maths.FixedKLController | AdaptiveKLController
     device: torch.device
     autocast: Callable[[], ContextManager[Any]]
+    warned: set[str] = field(default_factory=set)  # one-time warnings already given
 
     def close(self) -> None:
         self.engine.close()

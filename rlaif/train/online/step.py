@@ -101,30 +101,47 @@ def micro_batches(n: int, size: int) -> Iterator[list[int]]:
 
 @dataclass
 class Scored:
-    """What the no-grad passes give, per completion token (N, T)."""
+    """What the no-grad passes give, per completion token (N, T). ``old_logp`` is None when the
+    old-policy pass was skipped (:func:`reuses_current_logp`); `update` then fills it and ``entropy``."""
 
-    old_logp: torch.Tensor
+    old_logp: torch.Tensor | None
     ref_logp: torch.Tensor | None
     old_values: torch.Tensor | None
     entropy: float
 
 
+def reuses_current_logp(cfg: OnlineConfig, n: int, kl_coef: float) -> bool:
+    """Whether the old-policy pass can be skipped: the batch is used for exactly one optimizer
+    update (one epoch, one minibatch), so every forward of the update runs on the weights that
+    sampled the batch and old_logp = logp.detach() (ratio exp(logp - logp.detach()) = 1, gradient
+    of logp: the on-policy policy gradient, as TRL GRPO with num_iterations = 1). The advantages
+    must not need old_logp before the update: GRPO's never do (its KL is in the loss); RLOO's and
+    PPO's do when beta > 0 (the k1 KL is in the reward)."""
+    single = cfg.epochs_per_step == 1 and (cfg.minibatch_size == 0 or cfg.minibatch_size >= n)
+    return single and (cfg.algorithm == "grpo" or (kl_coef == 0 and not getattr(cfg, "adaptive_kl", False)))
+
+
 @torch.no_grad()
 def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: Any, value_model: Any,
-                device: Any, autocast: Any) -> Scored:
-    """Old-policy and reference log-probs (and PPO values) in micro-batches, full width (N, T)."""
+                device: Any, autocast: Any, old_policy: bool = True) -> Scored:
+    """Old-policy (unless ``old_policy`` is False) and reference log-probs, and PPO values, in
+    micro-batches, full width (N, T)."""
     n, width = batch.mask.shape
-    old, ref = torch.zeros(n, width), (torch.zeros(n, width) if reference is not None else None)
+    old = torch.zeros(n, width) if old_policy else None
+    ref = torch.zeros(n, width) if reference is not None else None
     values = torch.zeros(n, width) if value_model is not None else None
+    if old is None and ref is None and values is None:
+        return Scored(None, None, None, float("nan"))
     entropy, tokens = 0.0, 0.0
     for idx in micro_batches(n, cfg.micro_batch_size):
         mb = batch.rows(idx).to(device)
         w = mb.mask.shape[1]
         with autocast():
-            logp, ent = token_logprobs(policy, mb, cfg.temperature, entropy=True)
-            old[idx, :w] = logp.float().cpu()
-            count = float(mb.mask.sum())
-            entropy, tokens = entropy + float(ent) * count, tokens + count
+            if old is not None:
+                logp, ent = token_logprobs(policy, mb, cfg.temperature, entropy=True)
+                old[idx, :w] = logp.float().cpu()
+                count = float(mb.mask.sum())
+                entropy, tokens = entropy + float(ent) * count, tokens + count
             if reference is not None:
                 with reference() as ref_model:
                     ref[idx, :w] = token_logprobs(ref_model, mb, cfg.temperature)[0].float().cpu()
@@ -136,20 +153,32 @@ def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: 
 def advantages(cfg: OnlineConfig, batch: RolloutBatch, scores: torch.Tensor, valid: torch.Tensor,
                scored: Scored, kl_coef: float) -> dict[str, torch.Tensor]:
     """Per-algorithm advantages: ``adv`` (N,) for grpo/rloo, (N, T) for ppo; ``returns`` (ppo);
-    ``kl`` (N,) the sequence k1 KL to the reference (0 without one)."""
+    ``kl`` (N,) the sequence k1 KL to the reference (0 without one; NaN until `update` fills
+    ``scored.old_logp`` when the old-policy pass was skipped, see :func:`sequence_kl`)."""
     mask = batch.mask * valid.unsqueeze(-1)
-    ref_logp = scored.ref_logp if scored.ref_logp is not None else scored.old_logp  # no reference: KL 0
-    kl = (maths.kl_k1(scored.old_logp, ref_logp) * batch.mask).sum(-1)
+    kl = sequence_kl(scored, batch.mask)
     if cfg.algorithm == "grpo":
         scale = cfg.scale_rewards  # type: ignore[attr-defined]
         return {"adv": maths.grpo_advantages(scores, cfg.k, scale, valid), "kl": kl}
     if cfg.algorithm == "rloo":
-        return {"adv": maths.rloo_advantages(scores - kl_coef * kl, cfg.k, valid), "kl": kl}
-    token_rewards = maths.ppo_token_rewards(scores, scored.old_logp, ref_logp, mask, kl_coef)
+        penalised = scores - kl_coef * kl if kl_coef else scores
+        return {"adv": maths.rloo_advantages(penalised, cfg.k, valid), "kl": kl}
+    logp = scored.old_logp if scored.old_logp is not None else torch.zeros_like(mask)  # skipped: beta is 0
+    ref_logp = scored.ref_logp if scored.ref_logp is not None else logp               # no reference: KL 0
+    token_rewards = maths.ppo_token_rewards(scores, logp, ref_logp, mask, kl_coef)
     adv, returns = maths.gae(token_rewards, scored.old_values, mask, cfg.gamma, cfg.lam)  # type: ignore[attr-defined]
     if cfg.whiten_advantages:  # type: ignore[attr-defined]
         adv = maths.masked_whiten(adv, mask) * mask
     return {"adv": adv, "returns": returns, "kl": kl}
+
+
+def sequence_kl(scored: Scored, mask: torch.Tensor) -> torch.Tensor:
+    """sum_t k1(old_logp, ref_logp) per sequence (N,): 0 without a reference, NaN without old_logp."""
+    if scored.old_logp is None:
+        return torch.full((mask.shape[0],), float("nan"))
+    if scored.ref_logp is None:
+        return torch.zeros(mask.shape[0])
+    return (maths.kl_k1(scored.old_logp, scored.ref_logp) * mask).sum(-1)
 
 
 def _normalizer(cfg: OnlineConfig, mask: torch.Tensor) -> float:
@@ -163,12 +192,17 @@ def _normalizer(cfg: OnlineConfig, mask: torch.Tensor) -> float:
 
 
 def micro_loss(cfg: OnlineConfig, mb: RolloutBatch, policy: Any, value_model: Any, t: dict[str, torch.Tensor],
-               norm: float, value_norm: float, grpo_beta: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one micro-batch (its share of the minibatch loss) and its stats."""
-    logp, _ = token_logprobs(policy, mb, cfg.temperature)
+               norm: float, value_norm: float, grpo_beta: float
+               ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
+    """The loss of one micro-batch (its share of the minibatch loss), its stats, the detached
+    log-probs (n, T) and, when ``t`` has no ``old_logp`` (pass skipped: old = current, detached),
+    the mean entropy (else None)."""
+    fresh = "old_logp" not in t
+    logp, ent = token_logprobs(policy, mb, cfg.temperature, entropy=fresh)
+    old_logp = logp.detach() if fresh else t["old_logp"]
     level = "sequence" if cfg.algorithm == "rloo" else "token"
     loss_type = getattr(cfg, "loss_type", "token_mean") if cfg.algorithm == "grpo" else "token_mean"
-    loss, stats = maths.policy_loss(logp, t["old_logp"], t["adv"], mb.mask, cfg.clip_eps, level=level,
+    loss, stats = maths.policy_loss(logp, old_logp, t["adv"], mb.mask, cfg.clip_eps, level=level,
                                     loss_type=loss_type, max_completion_length=cfg.max_tokens, normalizer=norm)
     if grpo_beta > 0:  # k3 KL in the loss, aggregated like the policy loss (TRL GRPO)
         per_token = maths.kl_k3(logp, t["ref_logp"]) * mb.mask
@@ -180,17 +214,30 @@ def micro_loss(cfg: OnlineConfig, mb: RolloutBatch, policy: Any, value_model: An
         share = float(mb.mask.sum()) / value_norm
         loss = loss + cfg.vf_coef * vloss * share  # type: ignore[attr-defined]
         stats = {**stats, "value_loss": vloss.item(), **vstats}
-    return loss, stats
+    return loss, stats, logp.detach(), ent
+
+
+def _grad_norm(params: Any) -> float:
+    """L2 norm of the gradients of ``params`` (those that have one)."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, adv: dict[str, torch.Tensor],
            valid: torch.Tensor, policy: Any, value_model: Any, optimizer: torch.optim.Optimizer,
            params: list[torch.nn.Parameter], device: Any, autocast: Any) -> dict[str, float]:
-    """``epochs_per_step`` passes of shuffled minibatches; gradients accumulate over micro-batches."""
+    """``epochs_per_step`` passes of shuffled minibatches; gradients accumulate over micro-batches.
+
+    When the old-policy pass was skipped (``scored.old_logp`` None, see :func:`reuses_current_logp`)
+    the update's own detached log-probs are the old ones: it writes them and the entropy into
+    ``scored`` for the step's metrics (the stale-weights gap, the KL). Logs the gradient norms of
+    the policy and the value model apart (before the joint clip)."""
     n = batch.mask.shape[0]
     mini = cfg.minibatch_size or n
     sums: dict[str, float] = {}
     count = 0
+    fresh = torch.zeros_like(batch.mask) if scored.old_logp is None else None
+    entropy, tokens = 0.0, 0.0
     for epoch in range(cfg.epochs_per_step):
         order = list(range(n))
         random.Random(stable_seed(cfg.seed, "minibatch", step, epoch)).shuffle(order)
@@ -207,29 +254,39 @@ def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, ad
                 mb.mask = mb.mask * valid[idx].unsqueeze(-1)
                 if float(mb.mask.sum()) == 0:  # only masked samples: nothing to learn, no stats
                     continue
-                t = {"old_logp": scored.old_logp[idx, :w], "adv": adv["adv"][idx] if adv["adv"].dim() == 1
-                     else adv["adv"][idx, :w]}
+                t = {"adv": adv["adv"][idx] if adv["adv"].dim() == 1 else adv["adv"][idx, :w]}
+                if fresh is None:
+                    t["old_logp"] = scored.old_logp[idx, :w]
                 if scored.ref_logp is not None:
                     t["ref_logp"] = scored.ref_logp[idx, :w]
                 if value_model is not None:
                     t.update(old_values=scored.old_values[idx, :w], returns=adv["returns"][idx, :w])
                 mb, t = mb.to(device), {k: v.to(device) for k, v in t.items()}
                 with autocast():
-                    loss, stats = micro_loss(cfg, mb, policy, value_model, t, norm, value_norm,
-                                             cfg.beta if cfg.algorithm == "grpo" else 0.0)
+                    loss, stats, logp, ent = micro_loss(cfg, mb, policy, value_model, t, norm, value_norm,
+                                                        cfg.beta if cfg.algorithm == "grpo" else 0.0)
                 loss.backward()
+                if fresh is not None and ent is not None:
+                    fresh[idx, :w] = logp.float().cpu()
+                    count_tokens = float(mb.mask.sum())
+                    entropy, tokens = entropy + float(ent) * count_tokens, tokens + count_tokens
                 for k, v in {"loss": loss.item(), **stats}.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
+            if value_model is not None:
+                sums["value_grad_norm"] = sums.get("value_grad_norm", 0.0) + _grad_norm(value_model.parameters())
+                sums["policy_grad_norm"] = sums.get("policy_grad_norm", 0.0) + _grad_norm(policy.parameters())
             if cfg.max_grad_norm > 0:
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sums["updates"] = sums.get("updates", 0.0) + 1
+    if fresh is not None:
+        scored.old_logp, scored.entropy = fresh, entropy / max(tokens, 1.0)
     updates = max(sums.pop("updates", 0.0), 1.0)
-    out = {k: v / max(count, 1) for k, v in sums.items() if k != "grad_norm"}
-    if "grad_norm" in sums:
-        out["grad_norm"] = sums["grad_norm"] / updates
+    per_update = ("grad_norm", "value_grad_norm", "policy_grad_norm")
+    out = {k: v / max(count, 1) for k, v in sums.items() if k not in per_update}
+    out.update({k: sums[k] / updates for k in per_update if k in sums})
     out["loss"] = out.get("loss", 0.0) * count / updates  # micro losses sum to the minibatch loss
     return out

@@ -2,9 +2,10 @@
 
 Each step s: the seeded batch of prompts (state.prompt_order) -> k rollouts each from the engine
 (seed stable_seed(seed, "rollout", s)) -> rewards per source (None masks the sample and is
-counted) -> old-policy log-probs (logits / T) and the stale-weights gap to the engine's log-probs
--> reference log-probs -> advantages (step.advantages) -> epochs_per_step passes of minibatch
-updates -> engine.sync(policy) -> metrics. Output folder (``--out DIR``)::
+counted) -> old-policy log-probs (logits / T; skipped when the batch makes one optimizer update,
+step.reuses_current_logp, and taken from the update's own forward) and the stale-weights gap to the
+engine's log-probs -> reference log-probs -> advantages (step.advantages) -> epochs_per_step passes
+of minibatch updates -> engine.sync(policy) -> metrics. Output folder (``--out DIR``)::
 
     DIR/config.json, model.safetensors, tokenizer*   final policy (plain from_pretrained(DIR); LoRA merged)
     DIR/adapter/                                     LoRA adapter alone (when lora.enabled)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,9 @@ from rlaif.train.online.config import OnlineConfig, check_config
 from rlaif.train.online.setup import Run, build_run
 from rlaif.train.checkpoints import check_out
 from rlaif.train.online.state import ONLINE_OWNED, prompt_order, resume_or_start, run_settings, save_checkpoint
-from rlaif.train.online.step import advantages, build_batch, score_batch, update
+from rlaif.train.online.step import advantages, build_batch, reuses_current_logp, score_batch, sequence_kl, update
+
+EOS_RATE_FLOOR = 0.05  # below it, "every sample is cut by max_tokens" for the missing-EOS warning
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -80,21 +84,40 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     scores, valid = reward_tensor(cfg, total, rollouts)
     batch = build_batch(rollouts, run.tokenizer.pad_token_id)
     run.policy.eval()
-    scored = score_batch(cfg, batch, run.policy, run.reference, run.value_model, run.device, run.autocast)
+    old_policy = not reuses_current_logp(cfg, len(rollouts), run.kl.value)
+    scored = score_batch(cfg, batch, run.policy, run.reference, run.value_model, run.device, run.autocast,
+                         old_policy=old_policy)
     adv = advantages(cfg, batch, scores, valid, scored, run.kl.value)
     run.policy.train()
+    t3 = time.perf_counter()
     train_stats = update(cfg, step, batch, scored, adv, valid, run.policy, run.value_model, run.optimizer,
                          run.params, run.device, run.autocast)
-    t3 = time.perf_counter()
+    if not old_policy:
+        adv["kl"] = sequence_kl(scored, batch.mask)  # the update filled scored.old_logp
+    t4 = time.perf_counter()
     sync_s = run.engine.sync(run.policy)
-    metrics = {"time/generation": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2, "time/sync": sync_s,
+    metrics = {"time/generation": t1 - t0, "time/reward": t2 - t1, "time/train": t4 - t2, "time/scoring": t3 - t2,
+               "time/update": t4 - t3, "time/sync": sync_s,
                **step_metrics(run, rollouts, batch, scored, adv, valid, per_source, total, t1 - t0), **train_stats}
+    warn_missing_eos(cfg, run, metrics["eos_rate"])
     run.kl.update(metrics["kl"], len(rollouts))
     rows = [{"step": step + 1, "prompt_id": batch_prompts[r.prompt_index].id,
              "prompt": batch_prompts[r.prompt_index].messages, "response": r.text,
              "rewards": {name: values[i] for name, values in per_source.items()}, "reward": total[i],
              "kl": float(adv["kl"][i]), "finished": r.finished} for i, r in enumerate(rollouts)]
     return metrics, rows
+
+
+def warn_missing_eos(cfg: OnlineConfig, run: Run, eos_rate: float) -> None:
+    """Once per run, on stderr: a missing-EOS score is on and (almost) no sample stopped, so (almost)
+    every sample gets the same score and the reward carries no signal."""
+    eos_score = getattr(cfg, "missing_eos_score", None)
+    if eos_score is None or eos_rate >= EOS_RATE_FLOOR or "missing_eos" in run.warned:
+        return
+    run.warned.add("missing_eos")
+    print(f"warning: eos_rate {eos_rate:.2f}: (almost) no completion ends before max_tokens={cfg.max_tokens}, so "
+          f"missing_eos_score={eos_score} replaces (almost) every reward and the rewards carry no signal; raise "
+          f"max_tokens or set missing_eos_score=null", file=sys.stderr, flush=True)
 
 
 def step_metrics(run: Run, rollouts: list[Any], batch: Any, scored: Any, adv: dict[str, torch.Tensor],
@@ -104,7 +127,8 @@ def step_metrics(run: Run, rollouts: list[Any], batch: Any, scored: Any, adv: di
     logprob_gap = mean over completion tokens of |engine log-prob - trainer log-prob|: near 0 when
     the engine samples from the trainer's weights, larger when a sync was missed (TRL #5312)."""
     tokens = float(batch.mask.sum())
-    gap = float(((batch.engine_logp - scored.old_logp).abs() * batch.mask).sum() / max(tokens, 1.0))
+    scored_mask = batch.mask * valid.unsqueeze(-1)  # a skipped old-policy pass leaves masked samples unscored
+    gap = float(((batch.engine_logp - scored.old_logp).abs() * scored_mask).sum() / max(float(scored_mask.sum()), 1.0))
     metrics = {"rollout/tokens_per_s": tokens / max(gen_s, 1e-9), "logprob_gap": gap,
                "response_length": tokens / len(rollouts),
                "eos_rate": sum(r.finished for r in rollouts) / len(rollouts),

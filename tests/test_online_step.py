@@ -1,0 +1,93 @@
+"""rlaif.train.online.step on the tiny random Llama: the skipped old-policy pass gives the same
+update as the pass it replaces, and when it may be skipped."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlaif.train.online.config import GRPOConfig, PPOConfig, RLOOConfig
+from rlaif.train.online.step import (
+    advantages, build_batch, reuses_current_logp, score_batch, sequence_kl, token_logprobs, update,
+)
+
+
+def _rollouts(vocab: int, n: int = 4) -> list[SimpleNamespace]:
+    """n rollouts of random ids, prompts of 3-5 tokens, completions of 2-6 tokens (ragged)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        p, c = 3 + i % 3, 2 + (i * 3) % 5
+        ids = torch.randint(5, vocab, (p + c,), generator=g).tolist()
+        out.append(SimpleNamespace(prompt_ids=ids[:p], completion_ids=ids[p:], engine_logprobs=[0.0] * c))
+    return out
+
+
+def _setup(tiny_model_dir: str, cfg: object):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    batch = build_batch(_rollouts(policy.config.vocab_size), pad_id=0)
+    return policy, batch
+
+
+def _one_step(cfg, policy, batch, old_policy: bool) -> tuple[dict, object, dict]:
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    scores = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    valid = torch.ones(4)
+    policy.eval()
+    scored = score_batch(cfg, batch, policy, None, None, "cpu", nullcontext, old_policy=old_policy)
+    adv = advantages(cfg, batch, scores, valid, scored, 0.0)
+    policy.train()
+    stats = update(cfg, 0, batch, scored, adv, valid, policy, None, optimizer, list(policy.parameters()), "cpu",
+                   nullcontext)
+    return stats, scored, {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("cls", [GRPOConfig, RLOOConfig])
+def test_skipped_old_policy_pass_gives_the_same_update(cls, tiny_model_dir):
+    """One epoch, one minibatch: old_logp = logp.detach() from the update's own forward gives the
+    same weights, stats, old log-probs and entropy as the separate no-grad pass."""
+    cfg = cls(k=2, micro_batch_size=2, epochs_per_step=1, minibatch_size=0, temperature=0.7, beta=0.0)
+    assert reuses_current_logp(cfg, 4, 0.0)
+    policy, batch = _setup(tiny_model_dir, cfg)
+    start = copy.deepcopy(policy.state_dict())
+    with_pass, scored_a, weights_a = _one_step(cfg, policy, batch, old_policy=True)
+    policy.load_state_dict(start)
+    skipped, scored_b, weights_b = _one_step(cfg, policy, batch, old_policy=False)
+    moved = max(float((weights_a[k] - start[k]).abs().max()) for k in start)
+    assert moved > 1e-4  # the step did change the weights, so equality below means something
+    for k in start:
+        torch.testing.assert_close(weights_b[k], weights_a[k], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(scored_b.old_logp, scored_a.old_logp, atol=1e-5, rtol=0)
+    assert scored_b.entropy == pytest.approx(scored_a.entropy, rel=1e-5)
+    assert skipped["loss"] == pytest.approx(with_pass["loss"], rel=1e-5, abs=1e-7)
+    assert skipped["clip_fraction"] == 0.0 and skipped["ratio_mean"] == pytest.approx(1.0)
+
+
+def test_skipped_pass_logprobs_are_the_models(tiny_model_dir):
+    cfg = GRPOConfig(k=2, micro_batch_size=4)
+    policy, batch = _setup(tiny_model_dir, cfg)
+    with torch.no_grad():
+        expected, _ = token_logprobs(policy.eval(), batch, cfg.temperature)
+    _, scored, _ = _one_step(cfg, policy, batch, old_policy=False)
+    torch.testing.assert_close(scored.old_logp, expected, atol=1e-5, rtol=0)
+    assert torch.isfinite(sequence_kl(scored, batch.mask)).all()
+
+
+def test_when_the_old_policy_pass_may_be_skipped():
+    n = 16
+    assert reuses_current_logp(GRPOConfig(epochs_per_step=1, minibatch_size=0), n, 0.0)
+    assert reuses_current_logp(GRPOConfig(epochs_per_step=1, minibatch_size=n), n, 0.0)
+    assert reuses_current_logp(GRPOConfig(beta=0.1), n, 0.1)        # GRPO's KL is in the loss
+    assert not reuses_current_logp(GRPOConfig(epochs_per_step=2), n, 0.0)
+    assert not reuses_current_logp(GRPOConfig(minibatch_size=8), n, 0.0)  # 2 updates: the 2nd is off-policy
+    assert reuses_current_logp(RLOOConfig(beta=0.0), n, 0.0)
+    assert not reuses_current_logp(RLOOConfig(), n, 0.05)           # k1 KL of old_logp in the reward
+    assert not reuses_current_logp(PPOConfig(), n, 0.05)            # 4 epochs
+    assert not reuses_current_logp(PPOConfig(epochs_per_step=1, adaptive_kl=True, beta=0.0), n, 0.0)
