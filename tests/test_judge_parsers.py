@@ -91,3 +91,27 @@ def test_softmax_is_stable_for_tiny_logprobs() -> None:
 
 def test_pairwise_probability() -> None:
     assert pairwise_probability({"A": math.log(0.6), "B": math.log(0.2)}, "A", "B") == pytest.approx(0.75)
+
+
+def test_verdict_schema_caps_string_fields_to_fit_max_tokens(tiny_tokenizer_dir: str) -> None:
+    """The loaded schema caps the rationale so a verdict written to the cap closes within
+    max_tokens, counted with a small-vocabulary tokenizer (many tokens per character)."""
+    from transformers import AutoTokenizer
+
+    from rlaif.judging.rubrics import capped_verdict_schema, verdict_char_budget
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    raw = {"type": "object", "required": ["rationale", "score"], "additionalProperties": False,
+           "properties": {"rationale": {"type": "string", "maxLength": 800},
+                          "score": {"type": "integer", "minimum": 1, "maximum": 5}}}
+    sentence = "The response names Sydney, but the capital of Australia is Canberra (since 1913). "
+    for max_tokens in (48, 128, 256, 1024):
+        capped = capped_verdict_schema(raw, max_tokens)
+        cap = capped["properties"]["rationale"]["maxLength"]
+        assert cap == min(800, verdict_char_budget(raw, max_tokens)) and raw["properties"]["rationale"]["maxLength"] == 800
+        verdict = json.dumps({"rationale": (sentence * 40)[:cap], "score": 5}, separators=(",", ":"))
+        assert len(tok.encode(verdict, add_special_tokens=False)) <= max_tokens, (max_tokens, cap)
+    assert capped_verdict_schema(raw, 1024)["properties"]["rationale"]["maxLength"] == 800  # a smaller cap stays
+    assert SCHEMA["properties"]["rationale"]["maxLength"] < 800  # the shipped verdict rubric is capped on load
+    text = (REPLIES / "malformed_rationale_too_long.txt").read_text()
+    assert parse_verdict(text, raw, "score", [1, 2, 3, 4, 5]).error is None  # fitted the uncapped schema

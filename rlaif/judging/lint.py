@@ -6,6 +6,11 @@ matches the file name; template syntax; template variables (unknown ones, and re
 used, via jinja2.meta; see the table in `rlaif.judging.rubrics`); rendering on a sample and on every
 calibration example; optionally (``tokenizer``) that every score/choice string is one token after
 the assistant prefix, so the judge's next-token probabilities cover it.
+
+rules rubrics have no template: their checks are validated (kind, regex, JSON Schema via
+``check_schema``, weights, min <= max) and run once on the sample and on every calibration
+example. Verdict rubrics get a warning where the schema's string fields are capped to fit
+``max_tokens`` (`rlaif.judging.rubrics.capped_verdict_schema`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import jinja2
 from jinja2 import meta
 
 from rlaif.io.records import as_messages
-from rlaif.judging.rubrics import (REQUIRED_VARIABLES, TEMPLATE_VARIABLES, RubricError, template_source, environment,
-                           judge_conversation, key_lines, line_of, read_rubric_data, rubric_from_file,
-                           schema_errors, semantic_errors)
+from rlaif.judging.rubrics import (REQUIRED_VARIABLES, TEMPLATE_VARIABLES, RubricError, contrast_conversation,
+                                   environment, judge_conversation, key_lines, line_of, read_rubric_data,
+                                   rubric_from_file, schema_errors, semantic_errors, template_source,
+                                   verdict_char_budget)
+from rlaif.judging.rules import score_response
 
 SAMPLE_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 SAMPLE_RESPONSES = ("The capital of France is Paris.", "It is Lyon.")
@@ -62,13 +69,21 @@ def lint_file(path: str | Path, tokenizer: Any = None) -> list[Finding]:
     except RubricError as e:
         return [_from_error(path, e)]
     lines = key_lines(text)
-    out = [Finding(path, line_of(lines, p) or 1, msg) for p, msg in schema_errors(data) + semantic_errors(data)]
+    problems = schema_errors(data) + semantic_errors(data, path.parent)
+    out = [Finding(path, line_of(lines, p) or 1, msg) for p, msg in problems]
     if out:
         return out
     method = data["method"]
     if data["name"] != path.stem:
         out.append(Finding(path, lines.get(("name",)), f"name '{data['name']}' differs from the file name "
                            f"'{path.stem}' (rubrics are looked up by file name; judgements are keyed by name)"))
+    if method == "rules":
+        if not data.get("examples"):
+            out.append(Finding(path, None, "no calibration examples: `rlaif rubric calibrate` will need --examples",
+                               "warning"))
+        return out + _rules_checks(path, lines)
+    if method == "verdict":
+        out += _verdict_cap_warnings(path, data, lines)
     try:
         template, tpath, offset = template_source(path, data, lines)
     except RubricError as e:
@@ -78,6 +93,12 @@ def lint_file(path: str | Path, tokenizer: Any = None) -> list[Finding]:
     except jinja2.TemplateSyntaxError as e:
         return out + [Finding(tpath, offset + (e.lineno or 1), f"template syntax: {e.message}")]
     used = meta.find_undeclared_variables(ast)
+    if data.get("contrast_template"):
+        try:
+            used |= meta.find_undeclared_variables(environment().parse(data["contrast_template"]))
+        except jinja2.TemplateSyntaxError as e:
+            return out + [Finding(path, (lines.get(("contrast_template",)) or 0) + (e.lineno or 1),
+                                  f"contrast_template syntax: {e.message}")]
     allowed = {v for v, (methods, _) in TEMPLATE_VARIABLES.items() if method in methods}
     for name in sorted(used - allowed):
         hint = "" if name not in TEMPLATE_VARIABLES else f" (not available to the {method} method)"
@@ -108,7 +129,7 @@ def lint_file(path: str | Path, tokenizer: Any = None) -> list[Finding]:
     if any(f.level == "error" for f in out):
         return out
     out += _render_checks(path, data, lines)
-    if tokenizer is not None and method != "verdict" and not any(f.level == "error" for f in out):
+    if tokenizer is not None and method in ("logprob", "pairwise") and not any(f.level == "error" for f in out):
         out += _token_checks(path, lines, rubric_from_file(path), tokenizer)
     return out
 
@@ -126,6 +147,10 @@ def _render_checks(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...]
         try:
             if rubric.method == "pairwise":
                 judge_conversation(rubric, messages, response_a=a, response_b=b, principles=rubric.principles)
+            elif rubric.method == "likelihood":
+                judge_conversation(rubric, messages, principles=rubric.principles)
+                if rubric.contrast:
+                    contrast_conversation(rubric, messages, principles=rubric.principles)
             else:
                 judge_conversation(rubric, messages, response=a, principles=rubric.principles)
         except RubricError as e:
@@ -134,6 +159,37 @@ def _render_checks(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...]
                 f.message += f" (rendering example {k}, line {lines.get(('examples', k))})"
             return [f]
     return []
+
+
+def _rules_checks(path: Path, lines: dict[tuple[Any, ...], int]) -> list[Finding]:
+    """Load the rubric and run its checks on the sample and every calibration example's responses."""
+    try:
+        rubric = rubric_from_file(path)
+    except RubricError as e:
+        return [_from_error(path, e)]
+    responses = list(SAMPLE_RESPONSES) + [r for ex in rubric.examples for r in (ex.response_a, ex.response_b)]
+    for k, response in enumerate(responses):
+        try:
+            score_response(rubric.checks, response, "stop", len(response.split()))
+        except Exception as e:  # a check that cannot run (e.g. a schema that jsonschema cannot resolve)
+            ex = (k - len(SAMPLE_RESPONSES)) // 2
+            at = f" (example {ex}, line {lines.get(('examples', ex))})" if k >= len(SAMPLE_RESPONSES) else ""
+            return [Finding(path, lines.get(("checks",)), f"a check failed to run{at}: {type(e).__name__}: {e}")]
+    return []
+
+
+def _verdict_cap_warnings(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...], int]) -> list[Finding]:
+    """String fields whose maxLength (or none) would not fit max_tokens: the loader caps them."""
+    schema = data["verdict_schema"]
+    budget = verdict_char_budget(schema, data.get("max_tokens", 384))
+    out = []
+    for key, prop in (schema.get("properties") or {}).items():
+        if isinstance(prop, dict) and prop.get("type") == "string" and prop.get("maxLength", budget + 1) > budget:
+            have = f"maxLength {prop['maxLength']}" if "maxLength" in prop else "no maxLength"
+            out.append(Finding(path, line_of(lines, ("verdict_schema", "properties", key)),
+                               f"verdict field '{key}' has {have}: capped to {budget} characters so the verdict "
+                               f"closes within max_tokens {data.get('max_tokens', 384)}", "warning"))
+    return out
 
 
 def _token_checks(path: Path, lines: dict[tuple[Any, ...], int], rubric: Any, tokenizer: Any) -> list[Finding]:

@@ -6,6 +6,8 @@
 - `pairwise_probability`: P(first-shown response better) = p(A) / (p(A) + p(B)).
 - `parse_verdict`: find the JSON verdict in a generated reply (bare, fenced, or after prose),
   validate it with jsonschema and read the score.
+- `likelihood_score`: GPTScore's length-normalised log-likelihood (Fu et al. 2023, arXiv
+  2302.04166) on a bounded scale, optionally contrasted with a neutral context (PMI variant).
 """
 
 from __future__ import annotations
@@ -46,6 +48,31 @@ def pairwise_probability(logprobs: Mapping[str, float], choice_first: str, choic
     """P(the response shown first is better) = p(first) / (p(first) + p(second))."""
     dist, _ = softmax_over(logprobs, [choice_first, choice_second])
     return dist[choice_first]
+
+
+def likelihood_score(logprobs: Sequence[float], neutral: Sequence[float] | None = None) -> tuple[float, dict[str, Any]]:
+    """(score in [0, 1], details) from a response's per-token log-probs.
+
+    m = mean_t logprobs[t] (the length-normalised log-likelihood); score = exp(m), the per-token
+    geometric-mean probability. With ``neutral`` (the same tokens' log-probs under a neutral
+    context; mean m0): score = sigmoid(m - m0) = 1 / (1 + exp(m0 - m)), a logistic of the mean
+    per-token pointwise mutual information. Details keep the raw means (and token count).
+    ValueError for no tokens or a non-finite log-prob.
+    """
+    def mean(xs: Sequence[float], what: str) -> float:
+        if not xs:
+            raise ValueError(f"no {what}tokens to score")
+        if not all(math.isfinite(x) for x in xs):
+            raise ValueError(f"a non-finite {what}log-probability from the engine")
+        return sum(xs) / len(xs)
+
+    m = mean(logprobs, "")
+    details: dict[str, Any] = {"mean_logprob": m, "tokens": len(logprobs)}
+    if neutral is None:
+        return math.exp(m), details
+    m0 = mean(neutral, "neutral ")
+    details.update(mean_logprob_neutral=m0, pmi=m - m0)
+    return 1.0 / (1.0 + math.exp(min(700.0, m0 - m))), details
 
 
 def json_objects(text: str) -> list[dict[str, Any]]:
