@@ -164,7 +164,10 @@ def _row_item(path: str, row: int) -> Any:
         raise UserError(f"{where(p, row, 'responses')}expected 'responses' (list), 'response' or 'response_a'")
     if not all(isinstance(r, str) for r in responses):
         raise UserError(f"{where(p, row, 'responses')}expected strings")
-    return JudgeItem(str(rec.get("id", f"{p.name}:{row}")), messages, responses)
+    finish, ntok = rec.get("finish_reasons"), rec.get("num_tokens")  # candidates.jsonl: for rules checks
+    return JudgeItem(str(rec.get("id", f"{p.name}:{row}")), messages, responses,
+                     finish_reasons=finish if isinstance(finish, list) else None,
+                     num_tokens=ntok if isinstance(ntok, list) else None)
 
 
 def chat_text(backend: Any, conversation: list[dict[str, str]], assistant_prefix: str) -> str:
@@ -178,6 +181,18 @@ def chat_text(backend: Any, conversation: list[dict[str, str]], assistant_prefix
     return f"{text}\n[assistant]\n{assistant_prefix}\n(messages as sent; the engine applies its chat template)"
 
 
+def scored_text(backend: Any, conversation: list[dict[str, str]], reply: str) -> str:
+    """likelihood: the exact scored input, the scored reply tokens between >>> and <<<."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is not None and hasattr(tokenizer, "apply_chat_template"):
+        from rlaif.backends.turns import reply_token_ids
+
+        prompt, ids = reply_token_ids(tokenizer, conversation, reply)
+        return (f"{tokenizer.decode(prompt)}>>>{tokenizer.decode(ids)}<<<\n"
+                f"(scored: the {len(ids)} tokens between >>> and <<<, {tokenizer.convert_ids_to_tokens(ids)})")
+    return chat_text(backend, conversation, "") + f"\n>>>{reply}<<< (scored, with the end-of-turn marker)"
+
+
 def _bar(p: float, width: int = 30) -> str:
     return "#" * round(p * width)
 
@@ -187,7 +202,29 @@ def format_preview(rubric: Any, item: Any, row: dict[str, Any], inputs: list[tup
     for title, text in inputs:
         out += [f"=== judge input: {title} ===", text, ""]
     out.append(f"=== verdict ({rubric.method}, judge {row['judge']}) ===")
-    if rubric.method == "logprob":
+    if rubric.method == "likelihood":
+        for i, (score, det) in enumerate(zip(row["scores"], row["details"])):
+            if score is None:
+                out.append(f"response {i}: failed: {det.get('error')}")
+                continue
+            line = (f"response {i}: score {score:.4f}  mean log-prob {det['mean_logprob']:.3f} over "
+                    f"{det['tokens']} tokens")
+            if "pmi" in det:
+                line += (f"; neutral {det['mean_logprob_neutral']:.3f}, PMI {det['pmi']:+.3f} per token; "
+                         f"score = sigmoid(PMI)")
+            else:
+                line += " (score = exp(mean log-prob), the per-token geometric-mean probability)"
+            out.append(line)
+    elif rubric.method == "rules":
+        for i, (score, det) in enumerate(zip(row["scores"], row["details"])):
+            total = sum(c["weight"] for c in det["checks"] if c["passed"] is not None)
+            out.append(f"response {i}: score " + ("FAILED: " + det["error"] if score is None else
+                                                  f"{score:.3f} (passed weight / evaluated weight {total:g})"))
+            width = max(len(c["check"]) for c in det["checks"])
+            for c in det["checks"]:
+                mark = {True: "pass", False: "FAIL", None: "skip"}[c["passed"]]
+                out.append(f"  {mark}  {c['check']:<{width}}  w={c['weight']:g}  {c['why']}")
+    elif rubric.method == "logprob":
         for i, (score, det) in enumerate(zip(row["scores"], row["details"])):
             if score is None:
                 out.append(f"response {i}: failed: {det.get('error')}")
@@ -237,11 +274,19 @@ def run_preview(args: argparse.Namespace) -> int:
     if rubric.method == "pairwise" and len(item.responses) < 2:
         raise UserError(f"rubric '{rubric.name}' is pairwise: give --response-b (or a row with 2+ responses)")
     requests = requests_for(rubric, item, 0, cfg.seed)  # renders now: template errors before loading a model
+    if not rubric.needs_judge:  # rules: no model
+        print(format_preview(rubric, item, judge_items(None, rubric, [item], progress=False)[0], []))
+        return 0
     backend = load_backend(cfg.judge)
     try:
         inputs = []
         for r in requests:
             title = f"response {r.i}" if r.j is None else f"A = response {r.i}, B = response {r.j}"
+            if rubric.method == "likelihood":
+                inputs.append((title, scored_text(backend, r.conversation, r.reply)))
+                if r.neutral is not None:
+                    inputs.append((f"{title}, neutral (contrast)", scored_text(backend, r.neutral, r.reply)))
+                continue
             inputs.append((title, chat_text(backend, r.conversation, rubric.assistant_prefix)))
         row = judge_items(backend, rubric, [item], seed=cfg.seed, verdict_retries=cfg.verdict_retries, progress=False)[0]
     finally:
