@@ -233,3 +233,22 @@ def test_likelihood_and_rules_lint_clean(tmp_path: Path) -> None:
     for text, name in ((LIKELIHOOD + "contrast: true\n", "lik"), (LIKELIHOOD, "lik2"), (RULES, "rul")):
         findings = lint_file(write(tmp_path, text, name))
         assert [f.message.split(":")[0] for f in findings] == ["no calibration examples"], [str(f) for f in findings]
+
+
+def test_rules_preview_shows_each_check_without_loading_a_model(tmp_path: Path, capsys, monkeypatch) -> None:
+    import rlaif.backends
+
+    from rlaif.cli import main
+
+    monkeypatch.setattr(rlaif.backends, "load_backend", lambda cfg: pytest.fail("a rules preview loaded a model"))
+    path = write(tmp_path, RULES)
+    assert main(["rubric", "preview", str(path), "--prompt", "Capital of Australia?", "--response",
+                 "I'm sorry, but it is Sydney.", "--response-b", "Canberra."]) == 0
+    out = capsys.readouterr().out
+    assert "response 0: score 0.167" in out and "response 1: score 0.833" in out  # eos skipped: 1/6, (3+1+1)/6
+    assert "FAIL  no_refusal" in out and "skip  finished" in out and "pass  regex" in out
+    cands = tmp_path / "c.jsonl"
+    cands.write_text(json.dumps({"id": "x", "messages": USER, "responses": ["Canberra is it."],
+                                 "finish_reasons": ["length"], "num_tokens": [4]}) + "\n")
+    assert main(["rubric", "preview", str(path), "--from", str(cands)]) == 0
+    assert "FAIL  finished" in capsys.readouterr().out  # the row's finish reason reached the check
