@@ -9,9 +9,10 @@ transformers' `model.generate` (its default; `--trl-vllm` tries its vLLM colocat
 expects a GPU); rlaif samples with its vllm engine and syncs the weights into it every step.
 The first step of each run is warm-up and is reported apart. Seconds per step are split into
 generation / reward / scoring / update / sync: scoring is the no-grad work between rewards and the
-update (rlaif: its old-policy log-prob pass, `score_batch`; TRL: the rest of
-`_generate_and_score_completions`, which skips that pass when num_iterations == 1), update is
-the rest of the step (forward + backward + optimizer step).
+update (rlaif: its metric ``time/scoring``, the batch tensors and `score_batch`, which skips the
+old-policy pass when the batch makes one update; TRL: the rest of `_generate_and_score_completions`,
+which skips that pass when num_iterations == 1), update is the rest of the step (forward +
+backward + optimizer step, and rlaif's step metrics).
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py [--prompts 4] [--k 4] [--max-tokens 32]
         [--steps 4] [--only rlaif|trl] [--trl-vllm]
@@ -133,13 +134,7 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
     from rlaif.train.online.config import GRPOConfig, RolloutOptions
 
     walls: list[float] = []
-    inner, inner_score = trainer.rollout_step, trainer.score_batch
-
-    def timed_score(*a, **k):
-        t = time.perf_counter()
-        res = inner_score(*a, **k)
-        walls.append(-(time.perf_counter() - t))  # negative: a scoring time, paired with the next step
-        return res
+    inner = trainer.rollout_step
 
     def timed_step(*a, **k):
         t = time.perf_counter()
@@ -157,21 +152,20 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
                      progress=False, overwrite=True,
                      rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory))
     t0 = time.perf_counter()
-    trainer.rollout_step, trainer.score_batch = timed_step, timed_score
+    trainer.rollout_step = timed_step
     try:
         trainer.train_online(cfg)
     finally:
-        trainer.rollout_step, trainer.score_batch = inner, inner_score
+        trainer.rollout_step = inner
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    scoring, totals = [-w for w in walls if w < 0], [w for w in walls if w >= 0]
-    steps = [_rlaif_step(r, w, sc) for r, w, sc in zip([r for r in rows if "time/generation" in r], totals, scoring)]
-    load = wall - sum(totals)
+    steps = [_rlaif_step(r, w) for r, w in zip([r for r in rows if "time/generation" in r], walls)]
+    load = wall - sum(walls)
     return {**summarise(steps), "load_s": load, "wall_s": wall, "mode": "vllm engine, in-place weight sync"}
 
 
-def _rlaif_step(r: dict, total: float, scoring: float) -> dict:
-    gen, rew, sync = r["time/generation"], r["time/reward"], r["time/sync"]
+def _rlaif_step(r: dict, total: float) -> dict:
+    gen, rew, sync, scoring = r["time/generation"], r["time/reward"], r["time/sync"], r["time/scoring"]
     return {"total": total, "generation": gen, "reward": rew, "sync": sync, "scoring": scoring,
             "update": total - gen - rew - sync - scoring,
             "tokens": r["rollout/tokens_per_s"] * gen, "reward_mean": r["reward/mean"]}

@@ -91,3 +91,36 @@ def test_when_the_old_policy_pass_may_be_skipped():
     assert not reuses_current_logp(RLOOConfig(), n, 0.05)           # k1 KL of old_logp in the reward
     assert not reuses_current_logp(PPOConfig(), n, 0.05)            # 4 epochs
     assert not reuses_current_logp(PPOConfig(epochs_per_step=1, adaptive_kl=True, beta=0.0), n, 0.0)
+
+
+def test_ppo_advantages_by_hand():
+    """Per-token k1 KL with beta, the score on each row's last real token, GAE over the old values,
+    returns = advantages + values; numbers worked by hand (beta 0.1, gamma 1, lambda 0.5)."""
+    from rlaif.train.online.step import Scored
+
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    old = torch.tensor([[-1.0, -2.0, -1.0], [-1.0, -1.0, 0.0]])
+    ref = torch.tensor([[-1.5, -2.0, -0.5], [-1.0, -2.0, 0.0]])     # k1: [.5, 0, -.5], [0, 1, -]
+    values = torch.tensor([[0.5, 0.2, 0.4], [0.1, -0.3, 9.0]])      # 9.0 sits on padding: never read
+    scored = Scored(old, ref, values, 0.0)
+    cfg = PPOConfig(beta=0.1, gamma=1.0, lam=0.5, whiten_advantages=False)
+    out = advantages(cfg, SimpleNamespace(mask=mask), torch.tensor([1.0, -1.0]), torch.ones(2), scored, 0.1)
+    # rewards: row 0 [-0.05, 0, 1 + 0.05], row 1 [0, -0.1 - 1, pad]
+    # row 0: A2 = 1.05 - 0.4 = 0.65; A1 = (0 + 0.4 - 0.2) + 0.5 * 0.65 = 0.525; A0 = (-0.05 + 0.2 - 0.5) + 0.5 * 0.525
+    # row 1: A1 = -1.1 - (-0.3) = -0.8; A0 = (0 - 0.3 - 0.1) + 0.5 * -0.8 = -0.8
+    torch.testing.assert_close(out["adv"], torch.tensor([[-0.0875, 0.525, 0.65], [-0.8, -0.8, 0.0]]))
+    torch.testing.assert_close(out["returns"], torch.tensor([[0.4125, 0.725, 1.05], [-0.7, -1.1, 0.0]]))
+    torch.testing.assert_close(out["kl"], torch.tensor([0.0, 1.0]))
+    whitened = advantages(PPOConfig(beta=0.1, gamma=1.0, lam=0.5), SimpleNamespace(mask=mask),
+                          torch.tensor([1.0, -1.0]), torch.ones(2), scored, 0.1)["adv"]
+    active = whitened[mask > 0]
+    assert float(active.mean()) == pytest.approx(0.0, abs=1e-6) and float(active.var()) == pytest.approx(1.0, 1e-5)
+    assert whitened[1, 2] == 0.0
+    std = out["adv"][mask > 0].var().sqrt()                          # unbiased, over the 5 real tokens
+    torch.testing.assert_close(whitened, (out["adv"] - (-0.5125 / 5)) / std * mask)  # mean = -0.5125 / 5
+    # a masked sample (no reward) gets no advantage and leaves the whitening statistics
+    masked = advantages(PPOConfig(beta=0.1, gamma=1.0, lam=0.5), SimpleNamespace(mask=mask),
+                        torch.tensor([1.0, -1.0]), torch.tensor([1.0, 0.0]), scored, 0.1)["adv"]
+    assert torch.equal(masked[1], torch.zeros(3))
+    a0 = torch.tensor([-0.0875, 0.525, 0.65])
+    torch.testing.assert_close(masked[0], (a0 - a0.mean()) / a0.var().sqrt(), atol=1e-5, rtol=0)

@@ -130,3 +130,18 @@ def test_one_line_errors(tiny_model_dir: str, tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match=HEAD_FILE):
         load_value_model(tiny_model_dir)
+
+
+def test_start_at_mean_score_sets_every_value_to_the_mean(tiny_model_dir: str) -> None:
+    """Zero head + bias = mean of the valid scores: V is that mean at every token (N+ details'
+    RM-initialised critic starts at the reward's level; without an RM this is the constant guess)."""
+    from rlaif.train.online.value import start_at_mean_score
+
+    model = build_value_model(tiny_model_dir, None)
+    ids, mask = _batch()
+    scores, valid = torch.tensor([-1.0, -2.0, 100.0]), torch.tensor([1.0, 1.0, 0.0])  # the masked 100 is left out
+    assert start_at_mean_score(model, scores, valid) == pytest.approx(-1.5)
+    with torch.no_grad():
+        values = model(ids, mask)
+    torch.testing.assert_close(values[mask > 0], torch.full((int(mask.sum()),), -1.5))
+    assert start_at_mean_score(model, scores, torch.zeros(3)) == 0.0  # nothing valid: back to 0

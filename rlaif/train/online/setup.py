@@ -32,6 +32,7 @@ class Run:
     device: torch.device
     autocast: Callable[[], ContextManager[Any]]
     warned: set[str] = field(default_factory=set)  # one-time warnings already given
+    value_from_policy: bool = False  # PPO value model from the policy (zero head): its bias is set at step 0
 
     def close(self) -> None:
         self.engine.close()
@@ -81,13 +82,18 @@ def make_reference(cfg: OnlineConfig, base: str, policy: Any, device: torch.devi
     return frozen
 
 
+def value_init_dir(cfg: OnlineConfig, specs: list[tuple[str, str, float]]) -> str | None:
+    """Where PPO's value model starts: ``value_model`` if set, else the first rm: reward, else None (the policy)."""
+    return getattr(cfg, "value_model", "") or next((t for s, t, _ in specs if s == "rm"), None)
+
+
 def make_value_model(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]], device: torch.device) -> Any:
     """PPO's value model: from ``value_model`` if set, else the first rm: reward, else the policy."""
     if cfg.algorithm != "ppo":
         return None
     from rlaif.train.online.value import build_value_model
 
-    rm_dir = getattr(cfg, "value_model", "") or next((t for s, t, _ in specs if s == "rm"), None)
+    rm_dir = value_init_dir(cfg, specs)
     model = build_value_model(base, rm_dir, torch.float32)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -127,4 +133,4 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]])
                            hf_model=policy if engine_name == "hf" else None)
     weights = {f"{s}:{t}": w for s, t, w in specs}
     return Run(tokenizer, policy, reference, value_model, optimizer, params, engine, rewards, weights, kl, device,
-               _autocast(cfg, device))
+               _autocast(cfg, device), value_from_policy=value_model is not None and not value_init_dir(cfg, specs))

@@ -82,6 +82,10 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     per_source, total = collect_rewards(run, batch_prompts, rollouts)
     t2 = time.perf_counter()
     scores, valid = reward_tensor(cfg, total, rollouts)
+    if step == 0 and run.value_from_policy:
+        from rlaif.train.online.value import start_at_mean_score
+
+        start_at_mean_score(run.value_model, scores, valid)
     batch = build_batch(rollouts, run.tokenizer.pad_token_id)
     run.policy.eval()
     old_policy = not reuses_current_logp(cfg, len(rollouts), run.kl.value)

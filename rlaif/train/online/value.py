@@ -6,9 +6,14 @@ Initialisation ("The N+ implementation details of RLHF with PPO", Huang et al. 2
 a ``*ForSequenceClassification`` with a ``score`` head): its backbone, and the value head copied
 from the score head, so V at the last token starts at the RM's score and the critic starts out
 knowing what the reward rewards. Without an RM (judge / python rewards) it starts from the
-policy's backbone with a zero head: V = 0 everywhere at step 0, so the first advantages are the
-plain returns (no noise from a random head), and the head learns from a backbone that already
-reads the policy's text. The value model reads the policy's token ids, so an RM whose tokenizer
+policy's backbone with a zero head whose bias the trainer sets, at step 0, to the mean score of
+the first rollouts (`start_at_mean_score`): V = that mean everywhere, the best constant guess,
+as the RM-initialised critic starts at the reward's level. A zero bias would leave V = 0 while
+the returns sit at the reward's mean c (e.g. -1.4 for a length penalty): with GAE (lambda < 1)
+the advantages then carry c * lambda^(T-1-t), a position pattern shared by every sequence
+(74% of the whitened advantages' variance on the embedded model's first batch, measured), noise
+that drowns the reward differences until the critic has learnt c, which at PPO's learning rates
+takes far longer than a run (the head's bias moves about lr per update under Adam). The value model reads the policy's token ids, so an RM whose tokenizer
 differs from the policy's is refused.
 
 On disk (``save_value_model``): the backbone's ``save_pretrained`` files plus
@@ -48,6 +53,17 @@ class ValueModel(torch.nn.Module):
         """Passed on to the backbone (the trainer's ``gradient_checkpointing`` setting)."""
         self.backbone.config.use_cache = False
         self.backbone.gradient_checkpointing_enable(**kwargs)
+
+
+@torch.no_grad()
+def start_at_mean_score(model: torch.nn.Module, scores: torch.Tensor, valid: torch.Tensor) -> float:
+    """Set the (zero) head's bias to the mean of the valid ``scores`` (N,), so V = that mean at every
+    token before any training; returns it (0 when nothing is valid)."""
+    head = unwrap(model).head
+    v = valid.to(scores.dtype)
+    mean = float((scores * v).sum() / v.sum()) if float(v.sum()) > 0 else 0.0
+    head.bias.fill_(mean)
+    return mean
 
 
 def _head(hidden: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.nn.Linear:
