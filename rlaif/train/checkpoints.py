@@ -80,6 +80,14 @@ def clear_owned(out: Path, owned: tuple[str, ...] = OWNED) -> None:
                 p.unlink(missing_ok=True)
 
 
+def launched_on_cpu() -> bool:
+    """Several processes (torchrun / ``accelerate launch``) on a machine without CUDA: accelerate
+    must be told ``cpu=True`` to join them over gloo; without it each process trains alone."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any],
               owned: tuple[str, ...] = OWNED) -> dict[str, Any] | None:
     """Overwrite (remove ``owned`` first), or refuse a folder made with other settings. Returns the
@@ -88,7 +96,7 @@ def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any],
     from accelerate import PartialState
 
     if cfg.overwrite:
-        state = PartialState()  # under `accelerate launch` only the main process removes files
+        state = PartialState(cpu=launched_on_cpu())  # under `accelerate launch` only the main process removes files
         if state.is_main_process:
             clear_owned(out, owned)
         state.wait_for_everyone()

@@ -259,9 +259,11 @@ def pad_right(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, t
 
 
 def epoch_batches(pairs: list[TokenizedPair], batch_size: int, seed: int, epoch: int, group_by_length: bool,
-                  world_size: int = 1, mega_batch_mult: int = 50) -> list[list[int]]:
-    """Global index batches of one epoch, trimmed so every process gets the same number."""
+                  per_step: int = 1, mega_batch_mult: int = 50) -> list[list[int]]:
+    """Global index batches of one epoch, trimmed to a multiple of ``per_step`` (micro-batches per
+    optimizer step over all processes: grad_accum x world_size), so every process gets the same
+    number and an epoch is whole optimizer steps (when it has fewer batches than that: all of them)."""
     batches = length_grouped_batches([p.max_len for p in pairs], batch_size, seed + epoch, mega_batch_mult,
                                      group_by_length)
-    keep = (len(batches) // world_size) * world_size or len(batches)
+    keep = (len(batches) // per_step) * per_step or len(batches)
     return batches[:keep]

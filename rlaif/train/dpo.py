@@ -16,34 +16,42 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from rlaif.errors import UserError
 from rlaif.train.data import Batch, TokenizedPair
 from rlaif.train.config import DPOConfig
 from rlaif.train.modeling import prepare_model, response_logprobs, unwrap
-from rlaif.train.runtime import RunInputs, batched_eval, prepare_run, save_final, train_pairs
+from rlaif.train.runtime import RunInputs, batched_eval, prepare_run, save_final, sharded, train_pairs
 from rlaif.train.losses import dpo_loss
 
 
 def reference_logprobs(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_token_id: int,
                        accelerator: Any, progress: bool) -> torch.Tensor:
-    """(N, 2) reference log-probs [chosen, rejected] per pair; each process does a share, then gathered."""
+    """(N, 2) reference log-probs [chosen, rejected] per pair. The length-sorted batches are the
+    same for any number of processes (so are the numbers); process r takes batches r, r+W...,
+    every process runs as many forward passes (FSDP/ZeRO-3 gather weights in each; a process short
+    of one repeats a batch), and the rows are gathered."""
     from accelerate.utils import gather_object
 
-    mine = pairs[accelerator.process_index::accelerator.num_processes]
+    chunks = list(batched_eval(pairs, batch_size, pad_token_id, "cpu", False, ""))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    mine = chunks[rank::world]
+    mine += chunks[:1] * (math.ceil(len(chunks) / world) - len(mine))
     rows: list[tuple[int, float, float]] = []
     model.eval()
     with torch.no_grad(), accelerator.autocast():
-        for batch in batched_eval(mine, batch_size, pad_token_id, accelerator.device, progress, "reference log-probs"):
-            logps, _ = response_logprobs(model, batch)
+        for batch in tqdm(mine, desc="reference log-probs", disable=not progress, leave=False):
+            logps, _ = response_logprobs(model, batch.to(accelerator.device))
             c, r = logps.chunk(2)
             rows += list(zip(batch.indices, c.tolist(), r.tolist()))
     model.train()
-    if accelerator.num_processes > 1:
+    if world > 1:
         rows = gather_object(rows)
     table = torch.zeros(len(pairs), 2)
     for i, c, r in rows:
@@ -108,26 +116,37 @@ def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair]
     return {name: v / max(n, 1) for name, v in totals.items()}
 
 
-def setup_reference(cfg: DPOConfig, run: RunInputs, model: Any) -> tuple[Any, Any, Any]:
-    """(train table, test table, frozen model): the cached or freshly computed reference log-probs
-    (``reference=precompute``), or a frozen copy of ``model`` (``reference=model`` without LoRA)."""
-    accelerator, pad = run.accelerator, run.tokenizer.pad_token_id
-    if cfg.reference == "precompute":
-        cache = run.out / "ref_logps.pt"
-        key = _fingerprint(run.base, run.train + run.test)
-        cached = torch.load(cache) if cache.is_file() else None
-        if cached is not None and cached.get("key") == key:
-            return cached["train"], cached["test"], None
-        model.to(accelerator.device)
-        bs = cfg.eval_batch_size or cfg.batch_size
-        ref_train = reference_logprobs(model, run.train, bs, pad, accelerator, cfg.progress)
-        ref_test = reference_logprobs(model, run.test, bs, pad, accelerator, cfg.progress)
+class Reference:
+    """Where the reference log-probs come from (``reference=precompute``: ``out/ref_logps.pt``,
+    computed once with the wrapped model before the first step) or the frozen model
+    (``reference=model`` without LoRA; with LoRA the base with the adapter switched off)."""
+
+    def __init__(self, cfg: DPOConfig, run: RunInputs, model: Any) -> None:
+        self.cfg, self.run = cfg, run
+        self.train: torch.Tensor | None = None
+        self.test: torch.Tensor | None = None
+        self.model: Any = None
+        self.cache, self.key = run.out / "ref_logps.pt", _fingerprint(run.base, run.train + run.test)
+        if cfg.reference == "precompute":
+            cached = torch.load(self.cache) if self.cache.is_file() else None
+            if cached is not None and cached.get("key") == self.key:
+                self.train, self.test = cached["train"], cached["test"]
+        elif not cfg.lora.enabled:
+            if sharded(run.accelerator):
+                raise UserError(f"reference=model: a frozen full copy of the policy is not sharded under "
+                                f"{run.accelerator.distributed_type}; use reference=precompute (the default)")
+            self.model = copy.deepcopy(model).eval().requires_grad_(False).to(run.accelerator.device)
+
+    def compute(self, model: Any) -> None:
+        """The missing table, from ``model`` (prepared, not yet trained) on every process; saved once."""
+        if self.cfg.reference != "precompute" or self.train is not None:
+            return
+        cfg, run = self.cfg, self.run
+        accelerator, pad, bs = run.accelerator, run.tokenizer.pad_token_id, cfg.eval_batch_size or cfg.batch_size
+        self.train = reference_logprobs(model, run.train, bs, pad, accelerator, cfg.progress)
+        self.test = reference_logprobs(model, run.test, bs, pad, accelerator, cfg.progress)
         if accelerator.is_main_process:
-            torch.save({"key": key, "train": ref_train, "test": ref_test}, cache)
-        return ref_train, ref_test, None
-    if not cfg.lora.enabled:
-        return None, None, copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
-    return None, None, None  # LoRA: the base with the adapter switched off
+            torch.save({"key": self.key, "train": self.train, "test": self.test}, self.cache)
 
 
 def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
@@ -146,14 +165,18 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     accelerator, test, pad = run.accelerator, run.test, run.tokenizer.pad_token_id
     model = AutoModelForCausalLM.from_pretrained(run.base, dtype=torch.float32)
     model.config.pad_token_id = pad
-    ref_train, ref_test, ref_model = setup_reference(cfg, run, model)
+    reference = Reference(cfg, run, model)
     model = prepare_model(model, cfg, task_type="CAUSAL_LM")
-    objective = DPOObjective(cfg, ref_train, ref_model)
+    objective = DPOObjective(cfg, None, reference.model)
+
+    def on_prepared(m: Any) -> None:
+        reference.compute(m)
+        objective.ref_table = reference.train
 
     def eval_fn(m: Any) -> dict[str, float]:
-        return evaluate_dpo(m, objective, test, ref_test, cfg, pad, accelerator)
+        return evaluate_dpo(m, objective, test, reference.test, cfg, pad, accelerator)
 
-    result = train_pairs(cfg, run, model, objective, eval_fn if test else None, "train dpo")
+    result = train_pairs(cfg, run, model, objective, eval_fn if test else None, "train dpo", on_prepared)
     window = max(1, min(10, len(result.history) // 3))  # first / last steps, for the margin trend
     first, last = result.history[:window], result.history[-window:]
 

@@ -11,8 +11,13 @@ Output folder layout (``--out DIR``)::
     DIR/metrics.jsonl                                one line per logged step / evaluation
     DIR/summary.json                                 final metrics, data stats, config, settings
 
-Multi-GPU: the same code runs under ``accelerate launch`` (DDP or FSDP from the accelerate
-config); each process takes every ``world_size``-th batch of the same deterministic order.
+Several processes (``accelerate launch`` with DDP, FSDP or DeepSpeed from the accelerate config):
+``batch_size`` is per process and micro-batch, so one optimizer step sees
+``batch_size * grad_accum * world_size`` pairs. The global order of micro-batches does not depend
+on ``world_size``: step s takes micro-batches ``[s*A*W, (s+1)*A*W)`` of the epoch's deterministic
+order (A = grad_accum, W = world_size), and each epoch keeps a whole number of steps. So W processes
+with ``grad_accum=A`` reach the weights one process reaches with ``grad_accum=A*W`` (up to float
+summation order; tests/test_train_distributed.py). Logged metrics are averaged over processes.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import torch
 
 from rlaif.config import to_dict
 from rlaif.errors import UserError
-from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, load_checkpoint, run_settings,
-                                     save_checkpoint)
+from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, launched_on_cpu, load_checkpoint,
+                                     run_settings, save_checkpoint)
 from rlaif.train.config import TrainConfig
 from rlaif.train.data import Batch, TokenizedPair, collate, epoch_batches, load_splits, tokenize_rows
 from rlaif.train.modeling import load_tokenizer
@@ -80,11 +85,26 @@ def prepare_run(cfg: TrainConfig, check_base: Callable[[str], None] | None = Non
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
+    """The Accelerator (``grad_accum`` steps; gloo on a machine without CUDA); under DeepSpeed, its
+    ``auto`` micro-batch size and clipping are filled from ``cfg`` and a fixed accumulation in the
+    DeepSpeed config must equal ``grad_accum`` (the DeepSpeed engine decides when to step)."""
     from accelerate import Accelerator
 
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available()
                                        and torch.cuda.is_bf16_supported())
-    return Accelerator(mixed_precision="bf16" if bf16 else "no")
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=launched_on_cpu(),
+                              gradient_accumulation_steps=cfg.grad_accum)
+    ds = getattr(accelerator.state, "deepspeed_plugin", None)
+    if ds is not None:
+        conf = ds.deepspeed_config
+        for key, value in (("train_micro_batch_size_per_gpu", cfg.batch_size), ("gradient_clipping", cfg.max_grad_norm),
+                           ("gradient_accumulation_steps", cfg.grad_accum)):
+            if conf.get(key, "auto") == "auto":
+                conf[key] = value
+        if conf["gradient_accumulation_steps"] != cfg.grad_accum:
+            raise UserError(f"DeepSpeed config: gradient_accumulation_steps={conf['gradient_accumulation_steps']} but "
+                            f"grad_accum={cfg.grad_accum}; set it to \"auto\" (rlaif fills in grad_accum)")
+    return accelerator
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -112,19 +132,22 @@ def make_optimizer(cfg: TrainConfig, model: Any, total: int) -> tuple[Any, Any]:
 
 class MicroBatches:
     """Micro-batch ``m`` of the run for this process: epoch ``m // per_epoch`` of a deterministic,
-    length-grouped order (the same on every run, which is what makes resume exact)."""
+    length-grouped order (the same on every run, which is what makes resume exact). Process r of W
+    takes the epoch's micro-batches r, r+W, r+2W...: its micro-batch ``s*A + k`` is global
+    micro-batch ``(s*A + k)*W + r``, so optimizer step s covers global ``[s*A*W, (s+1)*A*W)`` for any W."""
 
     def __init__(self, cfg: TrainConfig, pairs: list[TokenizedPair], pad_token_id: int, accelerator: Any) -> None:
         self.cfg, self.pairs, self.pad, self.accelerator = cfg, pairs, pad_token_id, accelerator
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.per_epoch = len(self._epoch(0)) // self.world
         if self.per_epoch < 1:
-            raise UserError(f"{len(pairs)} training pairs give no batch of {cfg.batch_size} on {self.world} processes")
+            raise UserError(f"{len(pairs)} training pairs give fewer than grad_accum x processes = "
+                            f"{cfg.grad_accum} x {self.world} batches of batch_size={cfg.batch_size}")
         self._cached: tuple[int, list[list[int]]] = (-1, [])
 
     def _epoch(self, epoch: int) -> list[list[int]]:
         c = self.cfg
-        return epoch_batches(self.pairs, c.batch_size, c.seed, epoch, c.group_by_length, self.world)
+        return epoch_batches(self.pairs, c.batch_size, c.seed, epoch, c.group_by_length, self.world * c.grad_accum)
 
     def __call__(self, m: int) -> Batch:
         epoch, offset = divmod(m, self.per_epoch)
@@ -177,9 +200,11 @@ class MetricsLog:
 
 
 def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, eval_fn: EvalFn | None,
-                desc: str) -> LoopResult:
+                desc: str, on_prepared: Callable[[Any], None] | None = None) -> LoopResult:
     """Optimise ``loss_fn`` over length-grouped batches of ``run.train``; log, evaluate, checkpoint,
-    and resume from the last checkpoint in ``run.out`` (its settings were checked in prepare_run)."""
+    and resume from the last checkpoint in ``run.out`` (its settings were checked in prepare_run).
+    ``on_prepared(model)`` runs once the model is wrapped (DDP/FSDP/DeepSpeed), before any step:
+    under FSDP/ZeRO-3 only the wrapped model holds the real weights on every process."""
     from tqdm.auto import tqdm
 
     accelerator, out = run.accelerator, run.out
@@ -188,6 +213,8 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
     optimizer, scheduler = make_optimizer(cfg, model, total)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
+    if on_prepared is not None:
+        on_prepared(model)
     start = resume_or_start(accelerator, out, total)
 
     log = MetricsLog(out, accelerator.is_main_process)
@@ -241,7 +268,12 @@ def resume_or_start(accelerator: Any, out: Path, total: int) -> int:
 
 def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
                    loss_fn: LossFn, batches: MicroBatches, step: int) -> tuple[dict[str, float], int]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns its metrics and padded tokens."""
+    """One optimizer step over ``grad_accum`` micro-batches on each process; returns its metrics
+    (averaged over processes; tokens summed) and this process's padded tokens.
+
+    ``accelerator.backward`` divides each micro-batch loss by ``grad_accum`` (DeepSpeed's engine
+    does it itself), and DDP averages over processes: the update follows the mean loss of the
+    ``grad_accum * world_size`` micro-batches, as one process with ``grad_accum * world_size`` would."""
     t0 = time.perf_counter()
     sums: dict[str, Any] = {}
     real = padded = 0
@@ -252,7 +284,7 @@ def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: An
         with nullcontext() if sync else accelerator.no_sync(model):
             with accelerator.autocast():
                 loss, metrics = loss_fn(model, batch)
-            accelerator.backward(loss / cfg.grad_accum)
+            accelerator.backward(loss)
         for name, v in metrics.items():
             sums[name] = sums.get(name, 0.0) + v.detach().float() / cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare (FSDP replaces them)
@@ -260,12 +292,16 @@ def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: An
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    values = torch.stack(list(sums.values())).tolist()  # one device sync per step, not per metric
-    entry = {**dict(zip(sums, values)), "lr": scheduler.get_last_lr()[0], "tokens": float(real),
-             "padding_fraction": padded / max(real + padded, 1), "step_time": time.perf_counter() - t0}
+    local = torch.stack([*sums.values(), torch.tensor(float(real)), torch.tensor(float(padded))]).to(accelerator.device)
+    if accelerator.num_processes > 1:  # one all-reduce per step: sum, then the metrics' mean
+        local = accelerator.reduce(local, reduction="sum")
+        local[:len(sums)] /= accelerator.num_processes
+    *values, real_all, padded_all = local.tolist()  # one device sync per step, not per metric
+    entry = {**dict(zip(sums, values)), "lr": scheduler.get_last_lr()[0], "tokens": real_all,
+             "padding_fraction": padded_all / max(real_all + padded_all, 1), "step_time": time.perf_counter() - t0}
     if grad_norm is not None:
         entry["grad_norm"] = float(grad_norm)
-    return entry, padded
+    return entry, int(padded_all)
 
 
 def window_means(window: list[dict[str, float]]) -> dict[str, float]:
@@ -296,13 +332,17 @@ def batched_eval(pairs: list[TokenizedPair], batch_size: int, pad_token_id: int,
 
 # ----------------------------------------------------------------------------- the result
 
+def sharded(accelerator: Any) -> bool:
+    """FSDP or DeepSpeed: the weights are split across processes (or, under ZeRO-3, not materialised)."""
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
+
+
 def save_final(run: RunInputs, model: Any, summary: dict[str, Any], cfg: TrainConfig) -> None:
     """save_pretrained the trained model (LoRA merged in; adapter also kept) + tokenizer + summary."""
     accelerator, out = run.accelerator, run.out
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    fsdp = str(accelerator.distributed_type).endswith("FSDP")
-    state = accelerator.get_state_dict(model) if fsdp else None  # gathers FSDP shards
+    state = accelerator.get_state_dict(model) if sharded(accelerator) else None  # all processes gather the shards
     if accelerator.is_main_process:
         if cfg.lora.enabled:
             unwrapped.save_pretrained(out / "adapter", state_dict=state)
