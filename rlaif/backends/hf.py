@@ -4,22 +4,30 @@ Sampling is a small loop of our own over the model's KV cache rather than ``gene
 row (one sample of one conversation) draws from its own ``torch.Generator`` seeded from the
 conversation's seed and the sample index, so a conversation's samples do not depend on which
 other conversations share its batch (``generate`` draws from one global stream). Rows are
-sorted by prompt length before batching to keep padding small.
+sorted by prompt length before batching to keep padding small; the ``n`` samples of a prompt
+share one prefill (its KV cache is copied to each), only the last position's logits are
+computed, and a finished row leaves the batch at once (its KV cache rows are dropped).
 
 Per step, for each row: logits / temperature -> top-p filter (smallest set of tokens whose
-probability reaches ``top_p``, Holtzman et al. 2020) -> one multinomial draw; ``temperature == 0``
+probability reaches ``top_p``, Holtzman et al. 2020) -> one inverse-CDF draw; ``temperature == 0``
 is greedy (argmax). A row finishes on an EOS token ("stop"), on a stop string ("stop", text cut
-before it), or after ``max_tokens`` ("length"). JSON schemas are not enforced here (no
-structured decoding); callers validate replies.
+before it), or after ``max_tokens`` ("length").
+
+``SamplingParams.json_schema`` is enforced with xgrammar (Dong et al. 2024): each row has a
+grammar matcher; before each draw the tokens that cannot continue valid JSON of the schema get
+logit -inf, and once the JSON is complete only EOS is allowed. Compact JSON (no free whitespace),
+as the vllm engine asks for. A row cut by ``max_tokens`` still ends mid-JSON ("length").
 
 Each completion carries the sampled ``token_ids`` (EOS included when it stopped on EOS) and, with
 ``SamplingParams.logprobs``, each sampled token's log-probability under the distribution it was
-drawn from: log of its probability in ``softmax(logits / temperature)`` after the top-p filter,
-renormalized over the kept tokens; greedy: ``log_softmax(logits)`` at the argmax.
+drawn from: log of its probability in ``softmax(logits / temperature)`` after the grammar mask and
+the top-p filter, renormalized over the kept tokens; greedy: ``log_softmax(logits)`` at the argmax.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import random
 from typing import Any, Sequence
 
@@ -28,6 +36,7 @@ from tqdm.auto import tqdm
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
 from rlaif.backends.choices import choice_token_ids, combine, render_prompt
+from rlaif.backends.turns import reply_token_ids
 from rlaif.errors import UserError
 from rlaif.io.seeds import mix_seed
 from rlaif.models import check_causal_lm, resolve_model
@@ -59,37 +68,54 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), mask.to(device)
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None]) -> torch.Tensor:
-    """One next token per row from (B, V) logits; row i draws only from ``generators[i]``."""
-    return _sample_logprobs(logits, params, generators, with_logprobs=False)[0]
+# top-p candidates looked at before falling back to a full sort: the nucleus almost always fits
+_TOP_P_CANDIDATES = 256
 
 
-def _sample_logprobs(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None],
-                     with_logprobs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B,) next tokens and (B,) their log-probs under the distribution they were drawn from.
+def _sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor | None,
+            with_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B,) next tokens from (B, V) logits and, if asked, (B,) their log-probs under the
+    distribution they were drawn from.
 
-    Inverse-CDF sampling: u_i ~ U(0, 1) from row i's generator, token = first index whose
-    cumulative probability exceeds u_i * total (zero-probability tokens are never picked). The
-    log-prob is log(p_token / total): the top-p-filtered distribution, renormalized.
+    ``temperature == 0``: argmax, log-prob ``log_softmax(logits)`` at it. Otherwise inverse-CDF
+    sampling of ``p = softmax(logits / T)``, restricted to the top-p nucleus (the smallest head of
+    tokens, by probability, whose mass reaches ``top_p``; Holtzman et al. 2020) and renormalized:
+    row i's token is the first whose cumulative kept probability exceeds ``u[i] * kept mass``, so
+    ``u[i] ~ U(0, 1)`` (drawn from row i's own generator) alone decides it, and a token of
+    probability 0 (e.g. masked by a grammar) is never picked. The nucleus is looked for among the
+    top ``_TOP_P_CANDIDATES`` tokens (a top-k, not a sort of the vocabulary); exact whenever their
+    mass reaches ``top_p``, else the full sort is used.
     """
     if params.temperature <= 0:
         tokens = logits.argmax(dim=-1)
         if not with_logprobs:
             return tokens, None
-        return tokens, torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)  # (B, V)
-    order = None
-    if params.top_p < 1.0:
-        probs, order = probs.sort(dim=-1, descending=True)
-        keep = probs.cumsum(dim=-1) - probs < params.top_p  # always keeps the top token
-        probs = probs * keep
-    cum = probs.cumsum(dim=-1)  # (B, V)
-    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(cum.device) * cum[:, -1]  # (B,)
-    idx = torch.searchsorted(cum, u.unsqueeze(-1), right=True).clamp(max=cum.shape[-1] - 1)  # (B, 1)
-    logp = (probs.gather(-1, idx).squeeze(-1) / cum[:, -1]).log()  # (B,)
-    if order is not None:
-        idx = order.gather(-1, idx)
-    return idx.squeeze(-1), logp
+        logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float() - logits.float().logsumexp(-1)
+        return tokens, logp
+    assert u is not None
+    scaled = logits.float() / params.temperature  # (B, V)
+    if params.top_p >= 1.0:
+        probs = torch.softmax(scaled, dim=-1)
+        cum = probs.cumsum(dim=-1)
+        idx = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(-1), right=True).clamp(max=cum.shape[-1] - 1)
+        tokens = idx.squeeze(-1)
+        if not with_logprobs:
+            return tokens, None
+        return tokens, scaled.gather(-1, idx).squeeze(-1) - scaled.logsumexp(-1)
+    lse = scaled.logsumexp(-1, keepdim=True)  # (B, 1)
+    k = min(_TOP_P_CANDIDATES, scaled.shape[-1])
+    head, order = scaled.topk(k, dim=-1)  # sorted, descending
+    probs = (head - lse).exp()
+    if k < scaled.shape[-1] and bool((probs.sum(-1) < params.top_p).any()):
+        head, order = scaled.sort(dim=-1, descending=True)
+        probs = (head - lse).exp()
+    probs = probs * (probs.cumsum(dim=-1) - probs < params.top_p)  # always keeps the top token
+    cum = probs.cumsum(dim=-1)
+    idx = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(-1), right=True).clamp(max=cum.shape[-1] - 1)
+    tokens = order.gather(-1, idx).squeeze(-1)
+    if not with_logprobs:
+        return tokens, None
+    return tokens, (probs.gather(-1, idx).squeeze(-1) / cum[:, -1]).log()
 
 
 class HFBackend:
@@ -148,36 +174,94 @@ class HFBackend:
 
     @torch.inference_mode()
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, past: Any = None,
-                 positions: torch.Tensor | None = None) -> Any:
+                 positions: torch.Tensor | None = None, logits_to_keep: int | torch.Tensor = 1) -> Any:
+        """One forward pass; logits only at ``logits_to_keep`` (default: the last position)."""
         if positions is None:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                          past_key_values=past, use_cache=True)
+                          past_key_values=past, use_cache=True, logits_to_keep=logits_to_keep)
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        """The schema compiled by xgrammar for this tokenizer (cached per schema); compact JSON,
+        no free whitespace, as the vllm engine asks for (``disable_any_whitespace``)."""
+        import xgrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        cache: dict[str, Any] = self.__dict__.setdefault("_grammars", {})
+        if key not in cache:
+            if "_grammar_compiler" not in self.__dict__:
+                vocab = self.model.get_output_embeddings().weight.shape[0]
+                info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab,
+                                                               stop_token_ids=sorted(self.eos_ids))
+                self._grammar_compiler = xgrammar.GrammarCompiler(info)
+            try:
+                cache[key] = self._grammar_compiler.compile_json_schema(key, any_whitespace=False)
+            except Exception as e:  # xgrammar raises RuntimeError/ValueError subclasses for bad schemas
+                raise UserError(f"json_schema: xgrammar cannot compile it: {str(e).splitlines()[0]}") from None
+        return cache[key]
 
     def _generate_rows(self, prompts: list[list[int]], params: SamplingParams,
-                       generators: list[torch.Generator | None]) -> list[Completion]:
-        """Sample one completion per row of one batch (rows share the KV cache loop)."""
+                       generators: list[torch.Generator]) -> list[Completion]:
+        """Sample one completion per row of one batch; rows with the same prompt (consecutive in
+        ``prompts``) share one prefill, and a finished row leaves the batch (its KV cache rows are
+        dropped), so the remaining rows step alone."""
         B = len(prompts)
-        ids, mask = _left_pad(prompts, self.pad_id, self.device)
+        starts = [i for i in range(B) if i == 0 or prompts[i] != prompts[i - 1]]  # one prefill per prompt
+        owner = torch.tensor(list(itertools.accumulate(int(i in starts) for i in range(B))), device=self.device) - 1
         # per-row budget, so a row's result never depends on its batch companions
         room = [params.max_tokens if self.config.max_model_len is None
                 else min(params.max_tokens, self.config.max_model_len - len(p)) for p in prompts]
-        out = self._forward(ids, mask)
-        positions = mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
         tokens: list[list[int]] = [[] for _ in range(B)]
         logprobs: list[list[float]] = [[] for _ in range(B)]
         finish: list[str | None] = ["length" if r <= 0 else None for r in room]
         stop_text: list[str | None] = [None] * B  # text cut before a stop string
-        for _ in range(max(room)):
-            nxt_t, logp_t = _sample_logprobs(out.logits[:, -1, :], params, generators, params.logprobs)  # (B,)
+        steps = max(room)
+        if steps <= 0:
+            return self._completions(tokens, logprobs, finish, stop_text, params)
+        # row i's uniforms for all its steps, from its own generator: batch-independent draws
+        u_all = torch.stack([torch.rand(steps, generator=g) for g in generators]).to(self.device)  # (B, steps)
+        matchers = None
+        if params.json_schema is not None:
+            import xgrammar
+
+            grammar = self._grammar(params.json_schema)
+            matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(B)]
+            bitmask = xgrammar.allocate_token_bitmask(B, self._grammar_compiler.tokenizer_info.vocab_size)
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+
+        ids, mask = _left_pad([prompts[s] for s in starts], self.pad_id, self.device)
+        out = self._forward(ids, mask)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        if len(starts) < B:
+            past.batch_select_indices(owner)
+            mask, logits = mask[owner], logits[owner]
+        positions = mask.sum(-1, keepdim=True) - 1  # (B, 1) position of each row's last token
+        active = [i for i in range(B) if finish[i] is None]  # batch row j is row active[j]
+        if len(active) < B:
+            keep = torch.tensor(active, device=self.device)
+            past.batch_select_indices(keep)
+            mask, logits, positions = mask[keep], logits[keep], positions[keep]
+        for step in range(steps):
+            if not active:
+                break
+            if matchers is not None:
+                for j, i in enumerate(active):
+                    matchers[i].fill_next_token_bitmask(bitmask, j)
+                logits = logits.float()
+                xgrammar.apply_token_bitmask_inplace(logits, bitmask[:len(active)].to(logits.device))
+            u = u_all[active, step] if params.temperature > 0 else None
+            nxt_t, logp_t = _sample(logits, params, u, params.logprobs)
+            is_eos = torch.isin(nxt_t, eos).tolist()
             nxt = nxt_t.tolist()
-            logp = logp_t.tolist() if logp_t is not None else [0.0] * B
-            for i, t in enumerate(nxt):
-                if finish[i] is not None:
-                    continue
+            logp = logp_t.tolist() if logp_t is not None else None
+            for j, i in enumerate(active):
+                t = nxt[j]
                 tokens[i].append(t)
-                logprobs[i].append(logp[i])
-                if t in self.eos_ids:
+                if logp is not None:
+                    logprobs[i].append(logp[j])
+                if matchers is not None:
+                    matchers[i].accept_token(t)
+                if is_eos[j]:
                     finish[i] = "stop"
                 elif params.stop:
                     text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
@@ -186,19 +270,28 @@ class HFBackend:
                         finish[i], stop_text[i] = "stop", text[:cut]
                 if finish[i] is None and len(tokens[i]) >= room[i]:
                     finish[i] = "length"
-            if all(f is not None for f in finish):
+            still = [j for j, i in enumerate(active) if finish[i] is None]
+            if not still:
                 break
-            # finished rows keep stepping (masked tokens are cheap at this size) so shapes stay (B, 1)
-            step = torch.tensor(nxt, device=self.device).unsqueeze(-1)
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=self.device)], dim=-1)
+            if len(still) < len(active):  # finished rows stop stepping
+                keep = torch.tensor(still, device=self.device)
+                past.batch_select_indices(keep)
+                mask, positions, nxt_t = mask[keep], positions[keep], nxt_t[keep]
+                active = [active[j] for j in still]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
             positions = positions + 1
-            out = self._forward(step, mask, out.past_key_values, positions)
+            out = self._forward(nxt_t.unsqueeze(-1), mask, past, positions)
+            past, logits = out.past_key_values, out.logits[:, -1, :]
+        return self._completions(tokens, logprobs, finish, stop_text, params)
+
+    def _completions(self, tokens: list[list[int]], logprobs: list[list[float]], finish: list[str | None],
+                     stop_text: list[str | None], params: SamplingParams) -> list[Completion]:
         comps = []
-        for i in range(B):
-            body = tokens[i][:-1] if tokens[i] and tokens[i][-1] in self.eos_ids else tokens[i]
+        for i, toks in enumerate(tokens):
+            body = toks[:-1] if toks and toks[-1] in self.eos_ids else toks
             text = stop_text[i] if stop_text[i] is not None else self.tokenizer.decode(body, skip_special_tokens=True)
-            comps.append(Completion(text=text, num_tokens=len(tokens[i]), finish_reason=finish[i] or "length",  # type: ignore[arg-type]
-                                    token_ids=tokens[i], logprobs=logprobs[i] if params.logprobs else None))
+            comps.append(Completion(text=text, num_tokens=len(toks), finish_reason=finish[i] or "length",
+                                    token_ids=toks, logprobs=logprobs[i] if params.logprobs else None))
         return comps
 
     # -- Backend ---------------------------------------------------------------------------
@@ -216,13 +309,16 @@ class HFBackend:
         ``params.seed``; ``None``: random), so it ignores its batch companions."""
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        # one row per (prompt, sample); row r = prompt r // n, sample r % n
+        if params.json_schema is not None:
+            self._grammar(params.json_schema)  # a bad schema fails before any sampling
+        # one row per (prompt, sample); row r = prompt r // n, sample r % n; a prompt's rows stay
+        # consecutive after the (stable) sort by length, so they share a prefill
         n = params.n
         rows = [(c, k) for c in range(len(prompts)) for k in range(n)]
         results: list[Completion | None] = [None] * len(rows)
         with tqdm(total=len(rows), desc="hf generate", unit="sample", disable=not progress) as bar:
             for batch in self._batches(len(rows), [len(prompts[c]) for c, _ in rows]):
-                gens: list[torch.Generator | None] = []
+                gens: list[torch.Generator] = []
                 for r in batch:
                     c, k = rows[r]
                     seed = seeds[c] if seeds is not None else params.seed
@@ -234,6 +330,38 @@ class HFBackend:
                 bar.update(len(batch))
         return [Generation(completions=[results[c * n + k] for k in range(n)],  # type: ignore[misc]
                            prompt_tokens=len(prompts[c])) for c in range(len(prompts))]
+
+    def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
+                          progress: bool = True) -> list[list[float]]:
+        """log p(reply token | everything before it) for each reply token (split by
+        `rlaif.backends.turns.reply_token_ids`): one prefill per pair, rows padded on the right
+        (positions 0.. as unpadded), logits only over the span where replies sit."""
+        if len(responses) != len(conversations):
+            raise ValueError(f"{len(responses)} responses for {len(conversations)} conversations")
+        splits = [reply_token_ids(self.tokenizer, c, r) for c, r in zip(conversations, responses)]
+        results: list[list[float]] = [[] for _ in splits]
+        with tqdm(total=len(splits), desc="hf response logprobs", unit="pair", disable=not progress) as bar:
+            for batch in self._batches(len(splits), [len(p) + len(r) for p, r in splits]):
+                rows = [splits[i][0] + splits[i][1] for i in batch]
+                width = max(len(r) for r in rows)
+                ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for j, r in enumerate(rows):
+                    ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
+                # logits at position t predict token t + 1: keep the span from the first reply's predictor
+                first = min(len(splits[i][0]) for i in batch) - 1
+                span = torch.arange(first, width - 1, device=self.device)
+                positions = torch.arange(width, device=self.device).expand(len(rows), width)
+                logits = self._forward(ids.to(self.device), mask.to(self.device), positions=positions,
+                                       logits_to_keep=span).logits.float()  # (B, len(span), V)
+                lse = logits.logsumexp(-1)  # (B, len(span))
+                for j, i in enumerate(batch):
+                    prompt, reply = splits[i]
+                    at = torch.arange(len(prompt) - 1 - first, len(prompt) - 1 - first + len(reply), device=self.device)
+                    target = torch.tensor(reply, device=self.device)
+                    results[i] = (logits[j, at, target] - lse[j, at]).tolist()
+                bar.update(len(batch))
+        return results
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:
