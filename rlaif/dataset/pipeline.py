@@ -280,13 +280,14 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     if noise is not None:
         stats["kept_inside_noise"] = sum(p["margin"] < noise for p in pairs)
     counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
-    state.update("build", done=True, fingerprint=fp, counts=counts, rubrics=list(rubric_names), models=models,
+    state.update("build", done=False, fingerprint=fp, counts=counts, rubrics=list(rubric_names), models=models,
                  noise_margin={"value": noise, "source": noise_source},
                  config={k: v for k, v in asdict(cfg).items() if k in BuildConfig.__dataclass_fields__},
                  timings={"seconds": round(time.perf_counter() - start, 3)})
     manifest = assemble_manifest(state)
     write_report(out / "report.html", candidates, judgements, train, test, manifest)
     write_dataset_card(out / "README.md", train, test, manifest)
+    state.update("build", done=True)  # only now: a build killed before this point reruns
     _log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}")
     if note := _truncation_note(counts, cfg.truncated):
         _log(f"build: {note}")
