@@ -231,3 +231,81 @@ def test_embedded_model_answers_and_judges(embedded_model_dir: str) -> None:
     lp = hf.choice_logprobs([conv], ["Paris", "London"], progress=False)[0]
     assert lp["Paris"] > lp["London"]
     hf.close()
+
+
+def _forward_batch_sizes(backend: HFBackend, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the batch size of every forward pass the engine makes."""
+    sizes: list[int] = []
+    real = backend._forward
+
+    def spy(ids, mask, *args, **kwargs):
+        sizes.append(ids.shape[0])
+        return real(ids, mask, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "_forward", spy)
+    return sizes
+
+
+def test_samples_share_one_prefill_and_finished_rows_stop_stepping(tiny_model_dir: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    lengths = [len(tiny.tokenizer.encode(render_prompt(tiny.tokenizer, c), add_special_tokens=False))
+               for tiny in [HFBackend(BackendConfig(engine="hf", model=tiny_model_dir))] for c in CONVS]
+    # max_model_len gives each prompt a different budget: rows finish ("length") at different steps
+    engine = HFBackend(BackendConfig(engine="hf", model=tiny_model_dir, batch_size=16, max_model_len=max(lengths) + 4))
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=5)
+    sizes = _forward_batch_sizes(engine, monkeypatch)
+    gens = engine.chat(CONVS, params, progress=False)
+    assert sizes[0] == len(CONVS)  # the prefill: one row per prompt, not per sample
+    room = [min(12, max(lengths) + 4 - n) for n in lengths]
+    # decode step s (1-based) runs exactly the rows that still have budget after s tokens
+    assert sizes[1:] == [3 * sum(r > s for r in room) for s in range(1, max(room))]
+    assert [c.num_tokens for g in gens for c in g.completions] == [r for r in room for _ in range(3)]
+    # and the samples are those of one row per batch (no shared prefill, no pruning)
+    alone = HFBackend(BackendConfig(engine="hf", model=tiny_model_dir, batch_size=1, max_model_len=max(lengths) + 4))
+    assert _texts(alone.chat(CONVS, params, progress=False)) == _texts(gens)
+
+
+def test_response_logprobs_match_a_per_row_forward(tiny: HFBackend) -> None:
+    from rlaif.backends.turns import reply_token_ids
+
+    replies = ["Blue light scatters more.", "", "4", "Apples, cherries and plums are red tree fruits, I think."]
+    got = tiny.response_logprobs(CONVS, replies, progress=False)
+    for conv, reply, row in zip(CONVS, replies, got):
+        prompt, ids = reply_token_ids(tiny.tokenizer, conv, reply)
+        with torch.inference_mode():
+            logp = torch.log_softmax(tiny.model(torch.tensor([prompt + ids])).logits[0].float(), -1)
+        want = logp[len(prompt) - 1:-1].gather(-1, torch.tensor(ids).unsqueeze(-1)).squeeze(-1)
+        assert len(row) == len(ids) >= 1  # an empty reply still scores its end-of-turn marker
+        assert torch.allclose(torch.tensor(row), want, atol=1e-4), (row, want.tolist())
+    assert tiny.response_logprobs([], [], progress=False) == []
+    with pytest.raises(ValueError, match="responses"):
+        tiny.response_logprobs(CONVS, replies[:2], progress=False)
+
+
+VERDICT = {"type": "object", "additionalProperties": False, "required": ["rationale", "score"],
+           "properties": {"rationale": {"type": "string", "maxLength": 12},
+                          "score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}}}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_json_schema_makes_even_a_random_model_reply_valid_json(tiny: HFBackend, temperature: float) -> None:
+    import json
+
+    import jsonschema
+
+    params = SamplingParams(n=3, temperature=temperature, max_tokens=48, seed=3, json_schema=VERDICT, logprobs=True)
+    gens = tiny.chat(CONVS, params, progress=False)
+    for g in gens:
+        for c in g.completions:
+            assert c.finish_reason == "stop" and c.token_ids[-1] in tiny.eos_ids, c
+            jsonschema.validate(json.loads(c.text), VERDICT)
+            assert c.text.startswith('{"rationale": "') and c.text.endswith("}")  # no free whitespace
+            assert len(c.logprobs) == c.num_tokens and all(math.isfinite(v) for v in c.logprobs)
+    free = tiny.chat(CONVS, dataclasses.replace(params, json_schema=None), progress=False)
+    with pytest.raises(json.JSONDecodeError):  # without the grammar the random model writes no JSON
+        [json.loads(c.text) for g in free for c in g.completions]
+
+
+def test_json_schema_that_xgrammar_cannot_compile_is_a_user_error(tiny: HFBackend) -> None:
+    with pytest.raises(UserError, match="json_schema"):
+        tiny.chat(CONVS[:1], SamplingParams(max_tokens=4, json_schema={"type": "no-such-type"}), progress=False)

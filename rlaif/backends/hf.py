@@ -15,8 +15,8 @@ before it), or after ``max_tokens`` ("length").
 
 ``SamplingParams.json_schema`` is enforced with xgrammar (Dong et al. 2024): each row has a
 grammar matcher; before each draw the tokens that cannot continue valid JSON of the schema get
-logit -inf, and once the JSON is complete only EOS is allowed. Compact JSON (no free whitespace),
-as the vllm engine asks for. A row cut by ``max_tokens`` still ends mid-JSON ("length").
+logit -inf, and once the JSON is complete only EOS is allowed. No free whitespace (xgrammar's
+``any_whitespace=False``: separators ``", "`` and ``": "``), as the vllm engine asks for. A row cut by ``max_tokens`` still ends mid-JSON ("length").
 
 Each completion carries the sampled ``token_ids`` (EOS included when it stopped on EOS) and, with
 ``SamplingParams.logprobs``, each sampled token's log-probability under the distribution it was
@@ -182,8 +182,8 @@ class HFBackend:
                           past_key_values=past, use_cache=True, logits_to_keep=logits_to_keep)
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
-        """The schema compiled by xgrammar for this tokenizer (cached per schema); compact JSON,
-        no free whitespace, as the vllm engine asks for (``disable_any_whitespace``)."""
+        """The schema compiled by xgrammar for this tokenizer (cached per schema); no free
+        whitespace, as the vllm engine asks for (``disable_any_whitespace``)."""
         import xgrammar
 
         key = json.dumps(schema, sort_keys=True)
@@ -219,14 +219,14 @@ class HFBackend:
         if steps <= 0:
             return self._completions(tokens, logprobs, finish, stop_text, params)
         # row i's uniforms for all its steps, from its own generator: batch-independent draws
-        u_all = torch.stack([torch.rand(steps, generator=g) for g in generators]).to(self.device)  # (B, steps)
+        u_all = torch.stack([torch.rand(params.max_tokens, generator=g) for g in generators]).to(self.device)
         matchers = None
         if params.json_schema is not None:
             import xgrammar
 
             grammar = self._grammar(params.json_schema)
             matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(B)]
-            bitmask = xgrammar.allocate_token_bitmask(B, self._grammar_compiler.tokenizer_info.vocab_size)
+            bitmask = xgrammar.allocate_token_bitmask(B, grammar.tokenizer_info.vocab_size)
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
 
         ids, mask = _left_pad([prompts[s] for s in starts], self.pad_id, self.device)
