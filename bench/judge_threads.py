@@ -1,5 +1,6 @@
 """vLLM CPU thread settings for judging: candidates/s of one-token logprob judging and of likelihood
-judging on the same candidates, one engine per setting, settings alternated round by round.
+judging on the same candidates (and generated tokens/s), one engine per setting, settings
+alternated round by round.
 
 Usage:
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/judge_threads.py [--rounds 2]
@@ -52,7 +53,7 @@ def child(args: argparse.Namespace) -> None:
 
     import vllm
 
-    from rlaif.backends.base import BackendConfig
+    from rlaif.backends.base import BackendConfig, SamplingParams
     from rlaif.backends.vllm import VLLMBackend
     from rlaif.judging.judge import judge_items
     from rlaif.judging.rubrics import load_rubric
@@ -74,6 +75,11 @@ def child(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         judge_items(backend, rubric, items, progress=False)
         out[f"{name}_cand_per_s"] = round(n / (time.perf_counter() - t), 2)
+    convs = [it.messages for it in items[:24]]  # generation: 24 prompts x 4 samples x 64 new tokens
+    t = time.perf_counter()
+    gens = backend.chat(convs, SamplingParams(n=4, temperature=1.0, max_tokens=64, seed=0), progress=False)
+    out["generate_tok_per_s"] = round(sum(c.num_tokens for g in gens for c in g.completions)
+                                      / (time.perf_counter() - t), 1)
     if args.quality:
         variants = {"likelihood": likelihood,
                     "likelihood+system": _rubric(tmp, "sys", "system: You are a careful assistant. Answer "
@@ -116,10 +122,11 @@ def main() -> None:
             print(f"round {k + 1} {config}: {results[config][-1]}", flush=True)
     base = results[next(iter(results))]
     for config, runs in results.items():
-        for what in ("logprob", "likelihood"):
-            mine = statistics.median(r[f"{what}_cand_per_s"] for r in runs)
-            ref = statistics.median(r[f"{what}_cand_per_s"] for r in base)
-            print(f"{config:10s} {what:10s} {mine:7.2f} cand/s  x{mine / ref:.2f} vs {next(iter(results))}")
+        for what in ("logprob_cand_per_s", "likelihood_cand_per_s", "generate_tok_per_s"):
+            mine = statistics.median(r[what] for r in runs)
+            ref = statistics.median(r[what] for r in base)
+            print(f"{config:10s} {what:22s} {mine:7.2f}  x{mine / ref:.2f} vs {next(iter(results))} "
+                  f"(runs: {[r[what] for r in runs]})")
 
 
 if __name__ == "__main__":

@@ -316,3 +316,21 @@ def test_real_vllm_server(vllm_server: str, embedded_model_dir: str) -> None:
             assert len(x.token_ids) == len(x.logprobs) == x.num_tokens and all(lp <= 0 for lp in x.logprobs)
             assert tok.decode(x.token_ids, skip_special_tokens=True) == x.text
     ids_eng.close()
+
+
+@pytest.mark.slow
+def test_real_vllm_server_response_logprobs_use_the_shared_split(vllm_server: str, embedded_model_dir: str) -> None:
+    """The server-side split (/tokenize) gives the ids of `reply_token_ids` with the local tokenizer,
+    and the right answer is likelier per token than the wrong one."""
+    from transformers import AutoTokenizer
+
+    from rlaif.backends.turns import reply_token_ids
+
+    eng = OpenAIBackend(BackendConfig(engine="openai", model="smollm2-135m", base_url=vllm_server))
+    conv = [{"role": "user", "content": "What is the capital of France?"}]
+    replies = ["The capital of France is Paris.", "The capital of France is Berlin.", ""]
+    got = eng.response_logprobs([conv] * 3, replies, progress=False)
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    assert [len(g) for g in got] == [len(reply_token_ids(tok, conv, r)[1]) for r in replies]
+    assert all(lp <= 0 for g in got for lp in g)
+    assert sum(got[0]) / len(got[0]) > sum(got[1]) / len(got[1])
