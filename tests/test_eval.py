@@ -250,3 +250,37 @@ def test_hf_engine_tiny_models_same_model_ties_other_model_differs(tmp_path, tin
     diff = run_eval(config(tmp_path, a=tiny_model_dir, b=other, out=str(tmp_path / "diff"), **common))
     rows = read_jsonl(tmp_path / "diff" / "eval.jsonl")
     assert any(r["response_a"] != r["response_b"] for r in rows) and diff["n"] == 4
+
+
+def test_report_notes_and_table_names():
+    from rlaif.commands.evaluate import short_name
+    from rlaif.loop.eval_report import notes
+
+    weak = notes({"judge": "hf:smollm2-135m", "win_rate": 0.9, "lc_win_rate": 0.5, "position_consistency": 0.2,
+                  "mean_length_a": 90, "mean_length_b": 30, "length_unit": "tokens"})
+    assert len(weak) == 3 and "weak judge" in weak[0] and "40 points" in weak[1] and "20.0%" in weak[2]
+    assert notes({"judge": "openai:gpt-x", "win_rate": 0.9, "lc_win_rate": 0.85, "position_consistency": 0.9}) == []
+    assert short_name("python:/a/b/reward.py:fn") == "python:reward.py:fn" and short_name("rm:/x/rm-dir") == "rm:rm-dir"
+    assert short_name("overall_preference") == "overall_preference"
+
+
+def test_rules_rubric_needs_no_engine_and_sees_finish_reasons(tmp_path):
+    rubric = tmp_path / "finished.yaml"
+    rubric.write_text("name: finished\ndescription: d\nmethod: rules\nchecks:\n  - kind: words\n    min: 5\n"
+                      "  - kind: ends_with_eos\n")
+    a = write_jsonl(tmp_path / "a.jsonl", [{"id": f"p{i}", "prompt": "q", "responses": ["one two three four five"]}
+                                          for i in range(4)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"id": f"p{i}", "prompt": "q", "responses": ["one"]} for i in range(4)])
+
+    def no_engine(config):  # noqa: ANN001, ANN202
+        raise AssertionError("a rules rubric loaded an engine")
+
+    s = run_eval(config(tmp_path, a=str(a), b=str(b), prompts=None, rubrics=[str(rubric)]), factory=no_engine)
+    assert (s["wins"], s["judge"], s["by_source"]["finished"]["kind"]) == (4, None, "rules")
+    engines = Engines()
+    s = run_eval(config(tmp_path, rubrics=[str(rubric)], out=str(tmp_path / "models"), max_tokens=9), factory=engines)
+    assert engines.made == ["long-model", "short-model"]  # no judge engine
+    rows = read_jsonl(tmp_path / "models" / "eval.jsonl")
+    assert all(r["finish_b"] == "stop" and r["finish_a"] in ("stop", "length") for r in rows)
+    cut = [r for r in rows if r["finish_a"] == "length"]  # long replies cut at 9 tokens fail ends_with_eos
+    assert cut and all(r["votes"]["finished"]["score_a"] == 0.5 for r in cut)

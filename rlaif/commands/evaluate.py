@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from rlaif.config import add_config_arguments, load_config
@@ -20,13 +21,22 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def short_name(source: str) -> str:
+    """``python:/long/path/f.py:fn`` -> ``python:f.py:fn``; ``rm:/path/dir`` -> ``rm:dir`` (for the table)."""
+    scheme, sep, target = source.partition(":")
+    if not sep or scheme not in ("python", "rm"):
+        return source
+    file, colon, func = target.rpartition(":") if scheme == "python" else (target, "", "")
+    return f"{scheme}:{Path(file).name}{colon}{func}"
+
+
 def format_table(s: dict[str, Any]) -> str:
     """The short table printed at the end of ``rlaif eval``."""
     from rlaif.loop.eval_report import verdict_line
 
     unit = s.get("length_unit")
     lines = [f"A: {s['a']}", f"B: {s['b']}",
-             f"{'source':<28} {'pairs':>5} {'W/L/T':>11} {'win rate':>9} {'95% interval':>17} {'LC':>7}"]
+             f"{'source':<34} {'pairs':>5} {'W/L/T':>11} {'win rate':>9} {'95% interval':>17} {'LC':>7}"]
     rows = list(s.get("by_source", {}).items())
     if len(rows) > 1:
         rows.append(("all (majority)", s))
@@ -34,7 +44,7 @@ def format_table(s: dict[str, Any]) -> str:
         vci = v.get("win_rate_ci") or [None, None]
         wlt = f"{v['wins']}/{v['losses']}/{v['ties']}"
         interval = f"[{_pct(vci[0])}, {_pct(vci[1])}]"
-        lines.append(f"{name[:28]:<28} {v['n']:>5} {wlt:>11} {_pct(v['win_rate']):>9} {interval:>17} "
+        lines.append(f"{short_name(name)[:34]:<34} {v['n']:>5} {wlt:>11} {_pct(v['win_rate']):>9} {interval:>17} "
                      f"{_pct(v['lc_win_rate']):>7}")
     lines.append(f"position consistency {_pct(s.get('position_consistency'))}   failed pairs {s.get('failed')}")
     lines.append(f"mean length A {s['mean_length_a'] or 0:.1f} / B {s['mean_length_b'] or 0:.1f} {unit}   "

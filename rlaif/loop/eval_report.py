@@ -40,11 +40,16 @@ def verdict_line(s: dict[str, Any]) -> str:
 
 def notes(s: dict[str, Any]) -> list[str]:
     """Plain warnings: a weak embedded judge, a length-driven win, an inconsistent judge."""
-    from rlaif.dataset.report import weak_judge_note
+    from rlaif.models import is_embedded
 
     out = []
-    if s.get("judge") and (note := weak_judge_note({"models": {"judge": s["judge"]}})):
-        out.append(note)
+    judge = str(s.get("judge") or "")
+    if judge and is_embedded(judge.split(":", 1)[-1]):  # model ids are "engine:model"
+        out.append(f"The judge, {judge}, is rlaif's small embedded default model, a weak judge: on hand-made pairs "
+                   "with an obviously better answer its pairwise verdicts were almost never position-consistent and "
+                   "its 1-5 scores were near chance, so its verdicts here say little about A and B. Use a stronger "
+                   "judge (vLLM on a GPU, or an OpenAI-compatible endpoint; check it with `rlaif rubric calibrate`) "
+                   "or a verifiable reward (--reward python:FILE.py:FUNC).")
     wr, lc = s.get("win_rate"), s.get("lc_win_rate")
     if wr is not None and lc is not None and abs(wr - lc) >= 0.1:
         out.append(f"The length-controlled win rate ({_pct(lc)}) differs from the raw one ({_pct(wr)}) by "

@@ -10,7 +10,7 @@ seeded by (seed, prompt id) on both sides; a candidates side contributes its fir
 Judging (`rlaif.loop.winrate` has the statistics). Each source votes on each pair:
 - a pairwise rubric judges the pair in both orders (`rlaif.judging.judge`); A wins when both
   orders prefer A, loses when both prefer B, and a position-inconsistent pair is a tie;
-- a pointwise rubric (logprob, verdict) or a reward (``python:FILE.py:FUNC``, ``rm:DIR``, loaded
+- a pointwise rubric (logprob, verdict, likelihood, rules) or a reward (``python:FILE.py:FUNC``, ``rm:DIR``, loaded
   as in the online trainers) scores both responses; the higher score wins, equal scores tie.
 With several sources a pair's outcome is their majority, ``sign(sum_s (o_s - 1/2))`` (a tie vote
 counts for neither side; as many for A as for B: tie). A source
@@ -247,7 +247,7 @@ def plan_eval(cfg: EvalConfig) -> Plan:
             check_causal_lm(side.model_dir)
             counts = check_prompt_lengths(prompts, side.model_dir, cfg.policy.max_model_len, cfg.max_tokens)
         prompt_tokens[side.name] = counts
-    judge_dir = resolve_backend_model(cfg.judge) if rubrics else None
+    judge_dir = resolve_backend_model(cfg.judge) if any(r.needs_judge for r in rubrics) else None
     return Plan(sides, prompts, sources, given, prompt_tokens, rubrics, rewards, judge_dir)
 
 
@@ -344,19 +344,24 @@ def judge_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile
     todo = [(r, [pr for pr in pairs if not stage.done((pr.key, r.name))]) for r in plan.rubrics]
     if not any(missing for _, missing in todo):
         return
-    if plan.judge_dir is not None:
+    judged = [r for r, missing in todo if missing and r.needs_judge]
+    if judged and plan.judge_dir is not None:
         from rlaif.dataset.judge_context import check_judge_prompt_lengths
 
         items = [{"id": pr.key, "messages": pr.messages, "responses": list(pr.responses)} for pr in pairs]
-        check_judge_prompt_lengths(plan.rubrics, items, plan.judge_dir, cfg.judge.max_model_len, cfg.seed,
+        check_judge_prompt_lengths(judged, items, plan.judge_dir, cfg.judge.max_model_len, cfg.seed,
                                    {pr.key: plan.sources.get(pr.id, "") for pr in pairs})
-    backend = factory(cfg.judge)
+    backend = factory(cfg.judge) if judged else None  # rules rubrics need no model
     try:
-        state.update("votes", judge=backend.model_id)
+        if backend is not None:
+            state.update("votes", judge=backend.model_id)
         for rubric, missing in todo:
             for block in chunks(len(missing), cfg.judge_chunk_size):
                 batch = [missing[i] for i in block]
-                items = [JudgeItem(id=pr.key, messages=pr.messages, responses=list(pr.responses)) for pr in batch]
+                items = [JudgeItem(id=pr.key, messages=pr.messages, responses=list(pr.responses),
+                                   finish_reasons=list(pr.finish) if set(pr.finish) <= {"stop", "length"} else None,
+                                   num_tokens=list(pr.tokens) if None not in pr.tokens else None)  # type: ignore[arg-type]
+                         for pr in batch]
                 rows = judge_items(backend, rubric, items, seed=cfg.seed, verdict_retries=cfg.verdict_retries,
                                    progress=cfg.progress)
                 for pr, row in zip(batch, rows):
@@ -369,7 +374,8 @@ def judge_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile
                     stage.append({"key": pr.key, "source": rubric.name, "kind": rubric.method, **vote})
             _log(f"eval: rubric {rubric.name} ({rubric.method}): {len(missing)} pairs judged")
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
 
 
 def reward_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile) -> None:
@@ -408,7 +414,7 @@ def _votes_fingerprint(cfg: EvalConfig, plan: Plan, pairs: list[Pair]) -> str:
             rewards.append((scheme, target, _model_identity(str(Path(target).expanduser()))))
     return fingerprint({
         "pairs": [(pr.key, pr.messages, pr.responses) for pr in pairs],
-        "judge": (cfg.judge.engine, cfg.judge.model) if plan.rubrics else None,
+        "judge": (cfg.judge.engine, cfg.judge.model) if any(r.needs_judge for r in plan.rubrics) else None,
         "rubrics": [(r.name, r.method, r.template, Path(r.path).read_text(encoding="utf-8") if r.path else "")
                     for r in plan.rubrics],
         "rewards": rewards, "seed": cfg.seed, "verdict_retries": cfg.verdict_retries})
