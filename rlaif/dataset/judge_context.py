@@ -26,6 +26,8 @@ def longest_judge_conversation(rubric: Rubric, item: Mapping[str, Any], counts: 
                                seed: int) -> list[dict[str, str]] | None:
     """The judge chat for the item's longest candidate(s); None where the rubric sends nothing."""
     responses = item["responses"]
+    if not rubric.needs_judge:  # rules: no judge prompt
+        return None
     if rubric.method == "pairwise":
         if len(responses) < 2:
             return None
@@ -47,6 +49,11 @@ def judge_prompt_tokens(tokenizer: Any, rubric: Rubric, item: Mapping[str, Any],
     conversation = longest_judge_conversation(rubric, item, counts, seed)
     if conversation is None:
         return None
+    if rubric.method == "likelihood":  # the scored input is the instruction plus the whole response
+        from rlaif.backends.turns import reply_token_ids
+
+        prompt, reply = reply_token_ids(tokenizer, conversation, responses[_longest(responses, counts, 1)[0]])
+        return len(prompt) + len(reply)
     prefix = rubric.assistant_prefix if rubric.method != "verdict" else ""  # verdicts are plain chat replies
     return len(tokenizer(render_prompt(tokenizer, conversation, prefix), add_special_tokens=False)["input_ids"])
 

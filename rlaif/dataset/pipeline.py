@@ -170,7 +170,7 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates: list[dict] | None,
         raise UserError(f"option 'rubrics': a rubric is named twice ({', '.join(names)})")
     if isinstance(cfg, RunConfig):
         check_weights(cfg.rubric_weights, names)
-    model_dir = resolve_backend_model(cfg.judge)
+    model_dir = resolve_backend_model(cfg.judge) if any(r.needs_judge for r in rubrics) else None
     if model_dir is not None and candidates is not None:
         from rlaif.dataset.judge_context import check_judge_prompt_lengths
 
@@ -195,8 +195,9 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
     stage.load()
     if stage.dropped_torn:
         _log("judge: dropped a torn last row left by an interrupted run")
-    backend = engines.get("judge")
-    items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"])
+    backend = engines.get("judge") if any(r.needs_judge for r in plan.rubrics) else None  # rules: no model
+    items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"],
+                       finish_reasons=c.get("finish_reasons"), num_tokens=c.get("num_tokens"))
              for c in candidates]
     timings: dict[str, Any] = {}
     for rubric in plan.rubrics:
@@ -230,7 +231,8 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
         counts[r.name] = {"method": r.method, "items": len(mine),
                           "failed_scores": sum(s is None for row in mine for s in row["scores"]),
                           "failures": sum(row["failures"] for row in mine)}
-    state.update("judge", done=True, model_id=backend.model_id, counts=counts, timings=timings,
+    state.update("judge", done=True, model_id=backend.model_id if backend is not None else "rules", counts=counts,
+                 timings=timings,
                  config={k: v for k, v in asdict(cfg).items() if k in JudgeConfig.__dataclass_fields__},
                  rubrics=[{"name": r.name, "method": r.method, "path": str(r.path) if r.path else None}
                           for r in plan.rubrics])
