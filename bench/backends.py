@@ -1,15 +1,23 @@
-"""Generated tokens/s: raw vLLM ``LLM.chat`` vs rlaif's vllm engine vs rlaif's hf engine.
+"""Generated tokens/s: raw vLLM ``LLM.chat`` vs rlaif's vllm engine; plain ``model.generate`` vs rlaif's hf engine.
 
 Usage:
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/backends.py [--prompts 24] [--n 4]
-        [--max-tokens 64] [--rounds 3] [--hf-prompts 24] [--gpu-memory-utilization 0.2]
+        [--max-tokens 64] [--rounds 3] [--hf-prompts 24] [--hf-batch-size 32] [--skip-vllm]
+        [--gpu-memory-utilization 0.2]
 
 Same prompts, model (the embedded SmolLM2-135M-Instruct unless --model), sampling settings and
 seed for every engine. Raw vLLM and rlaif's vllm engine share ONE ``vllm.LLM`` (rlaif's engine
 wraps it), run alternately after a warm-up round, so the ratio is not skewed by two engines
 competing for the cores. rlaif's engine is timed twice: one seed for the batch (one
 SamplingParams, like the raw call) and one seed per conversation (a list of SamplingParams, what
-the pipeline uses). The hf engine runs last, once, after the vLLM engine is shut down.
+the pipeline uses).
+
+The hf engine runs after the vLLM engine is shut down, against plain transformers
+``model.generate`` on the SAME model object, the same rows (``--hf-prompts`` prompts x n) in the
+same batches (``--hf-batch-size`` rows: ``batch_size // n`` prompts per ``generate`` call with
+``num_return_sequences=n``, prompts sorted by length as rlaif does), alternating after a warm-up
+round. Tokens count up to and including the first EOS (what rlaif reports); ``generate`` keeps
+stepping a batch until all its rows are done or at ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -46,20 +54,41 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--hf-prompts", type=int, default=24, help="prompts for the (slow) hf engine; 0 skips it")
+    ap.add_argument("--hf-prompts", type=int, default=24, help="prompts for the hf engine; 0 skips it")
+    ap.add_argument("--hf-batch-size", type=int, default=32, help="rows per hf batch (rlaif and plain generate)")
+    ap.add_argument("--hf-dtype", default="auto", help="hf weights dtype (auto: bf16 on GPU, fp32 on CPU)")
+    ap.add_argument("--skip-vllm", action="store_true", help="only the hf half")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads for the hf half (0: torch's default)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
     args = ap.parse_args()
 
+    convs = conversations(args.prompts)
+    results: dict[str, float] = {}
+    if not args.skip_vllm:
+        results.update(vllm_half(args, convs))
+    if args.hf_prompts:
+        results.update(hf_half(args, convs[: args.hf_prompts]))
+    print(f"\n{args.prompts} prompts (hf: {args.hf_prompts}) x n={args.n}, {args.max_tokens} new tokens max, "
+          f"temperature 0.8, model {args.model}; median of {args.rounds} rounds\n")
+    print("| engine | generated tokens/s | vs its baseline |\n|---|---:|---:|")
+    base = None
+    for name, rate in results.items():
+        if name.startswith(("raw", "plain")):
+            base = rate
+        print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |")
+
+
+def vllm_half(args: argparse.Namespace, convs: list) -> dict[str, float]:
     import vllm
 
     from rlaif.backends.base import BackendConfig, SamplingParams
     from rlaif.backends.vllm import VLLMBackend, build_llm
 
-    convs = conversations(args.prompts)
     params = SamplingParams(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)
     cfg = BackendConfig(engine="vllm", model=args.model, gpu_memory_utilization=args.gpu_memory_utilization,
                         max_model_len=2048)
     load_s, llm = timed(lambda: build_llm(cfg))
+    print(f"vLLM load {load_s:.0f} s", flush=True)
     engine = VLLMBackend(cfg, llm=llm)
     raw_params = vllm.SamplingParams(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)
 
@@ -76,34 +105,70 @@ def main() -> None:
         "rlaif vllm (one seed)": lambda: ours(None),
         "rlaif vllm (per-conversation seeds)": lambda: ours(list(range(len(convs)))),
     }
-    for name, fn in runs.items():  # warm-up
+    rates = alternate(runs, args.rounds, before_each=llm.reset_prefix_cache)  # every run starts cold
+    engine.close()
+    return rates
+
+
+def hf_half(args: argparse.Namespace, convs: list) -> dict[str, float]:
+    import torch
+
+    from rlaif.backends.base import BackendConfig, SamplingParams
+    from rlaif.backends.choices import render_prompt
+    from rlaif.backends.hf import HFBackend
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf = HFBackend(BackendConfig(engine="hf", model=args.model, batch_size=args.hf_batch_size, dtype=args.hf_dtype))
+    params = SamplingParams(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)
+    tok, model = hf.tokenizer, hf.model
+    prompts = sorted((tok.encode(render_prompt(tok, c), add_special_tokens=False) for c in convs), key=len,
+                     reverse=True)
+    per_call = max(1, args.hf_batch_size // args.n)
+    eos = torch.tensor(sorted(hf.eos_ids), device=hf.device)
+
+    def plain() -> int:
+        torch.manual_seed(0)
+        tokens = 0
+        for i in range(0, len(prompts), per_call):
+            chunk = prompts[i:i + per_call]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[hf.pad_id] * (width - len(p)) + p for p in chunk], device=hf.device)
+            mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in chunk]).unsqueeze(-1)).long()
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids, attention_mask=mask.to(hf.device), do_sample=True,
+                                     temperature=0.8, top_p=1.0, top_k=0, max_new_tokens=args.max_tokens,
+                                     num_return_sequences=args.n, pad_token_id=hf.pad_id,
+                                     eos_token_id=sorted(hf.eos_ids))[:, width:]
+            done = torch.isin(out, eos)  # length = up to and including the first EOS
+            length = torch.where(done.any(-1), done.long().argmax(-1) + 1, out.shape[1])
+            tokens += int(length.sum())
+        return tokens
+
+    def ours() -> int:
+        gens = hf.chat(convs, params, progress=False)
+        return sum(c.num_tokens for g in gens for c in g.completions)
+
+    rates = alternate({"plain transformers model.generate": plain, "rlaif hf": ours}, args.rounds)
+    where = f"{hf.device.type}, {str(model.dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads"
+    return {f"{name} ({len(convs)} prompts, batch {args.hf_batch_size} rows, {where})": r
+            for name, r in rates.items()}
+
+
+def alternate(runs: dict, rounds: int, before_each=None) -> dict[str, float]:
+    """A warm-up run of each, then ``rounds`` rounds alternating them; median tokens/s per run."""
+    for name, fn in runs.items():
         seconds, tokens = timed(fn)
         print(f"warm-up {name}: {tokens} tokens in {seconds:.1f} s", flush=True)
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, fn in runs.items():
-            llm.reset_prefix_cache()  # every run starts cold, as the raw call would
+            if before_each is not None:
+                before_each()
             seconds, tokens = timed(fn)
             rates[name].append(tokens / seconds)
             print(f"{name}: {tokens} tokens in {seconds:.1f} s", flush=True)
-    engine.close()
-
-    results = {name: statistics.median(r) for name, r in rates.items()}
-    if args.hf_prompts:
-        from rlaif.backends.hf import HFBackend
-
-        hf = HFBackend(BackendConfig(engine="hf", model=args.model, batch_size=32))
-        hf_convs = convs[: args.hf_prompts]
-        seconds, gens = timed(lambda: hf.chat(hf_convs, params, progress=False))
-        results[f"rlaif hf ({len(hf_convs)} prompts, 1 run)"] = sum(
-            c.num_tokens for g in gens for c in g.completions) / seconds
-
-    base = results["raw vLLM LLM.chat"]
-    print(f"\n{args.prompts} prompts x n={args.n}, {args.max_tokens} new tokens max, temperature 0.8, "
-          f"model {args.model}; vLLM load {load_s:.0f} s; median of {args.rounds} rounds\n")
-    print(f"| engine | generated tokens/s | vs raw vLLM |\n|---|---:|---:|")
-    for name, rate in results.items():
-        print(f"| {name} | {rate:.0f} | {rate / base:.2f}x |")
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 if __name__ == "__main__":
