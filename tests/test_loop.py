@@ -115,3 +115,14 @@ def test_table_and_html_report(tmp_path):
     write_report(tmp_path / "report.html", {"rounds": records, "config": {"trainer": "dpo"}})
     text = (tmp_path / "report.html").read_text()
     assert text.count("<svg") == 2 and "WARNING: round 2" in text and "<td>0.62 [0.52, 0.72]</td>" in text
+
+
+@pytest.mark.parametrize("name", ["loop_demo.yaml", "loop_verifiable.yaml"])
+def test_shipped_loop_configs_load_and_pass_the_checks(name):
+    root = Path(__file__).parents[1]
+    cfg = load_config(LoopConfig, root / "configs" / name, inherit={"judge": "policy"})
+    from rlaif.config import read_yaml
+    from rlaif.loop.config import given_keys
+
+    check_loop_config(cfg, given_keys(read_yaml(root / "configs" / name)))
+    assert cfg.rounds == 2 and cfg.eval_size > 0 and cfg.judge.model == cfg.policy.model
