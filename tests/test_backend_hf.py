@@ -309,3 +309,34 @@ def test_json_schema_makes_even_a_random_model_reply_valid_json(tiny: HFBackend,
 def test_json_schema_that_xgrammar_cannot_compile_is_a_user_error(tiny: HFBackend) -> None:
     with pytest.raises(UserError, match="json_schema"):
         tiny.chat(CONVS[:1], SamplingParams(max_tokens=4, json_schema={"type": "no-such-type"}), progress=False)
+
+
+@pytest.mark.slow
+def test_embedded_model_response_logprobs_agree_with_vllm_and_verdicts_parse(embedded_model_dir: str) -> None:
+    import json
+
+    import jsonschema
+
+    pytest.importorskip("vllm")
+    from rlaif.backends.vllm import VLLMBackend
+
+    replies = ["The sky looks blue because air scatters short blue wavelengths of sunlight more than red ones.",
+               "", "4", "Cherries, apples and plums."]
+    hf = HFBackend(BackendConfig(engine="hf", model="smollm2-135m", dtype="float32", batch_size=3))
+    ours = hf.response_logprobs(CONVS, replies, progress=False)
+    schema = {**VERDICT, "properties": {**VERDICT["properties"], "rationale": {"type": "string", "maxLength": 60}}}
+    judge = [[{"role": "user", "content": f"Rate this answer from 1 to 5 as JSON: {r or '(empty)'}"}] for r in replies]
+    verdicts = hf.chat(judge, SamplingParams(temperature=0.7, max_tokens=48, seed=1, json_schema=schema), progress=False)
+    hf.close()
+    for g in verdicts:
+        assert g.completions[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(g.completions[0].text), schema)
+    vllm_engine = VLLMBackend(BackendConfig(engine="vllm", model="smollm2-135m", gpu_memory_utilization=0.1,
+                                            max_model_len=1024))
+    try:
+        theirs = vllm_engine.response_logprobs(CONVS, replies, progress=False)
+    finally:
+        vllm_engine.close()
+    for a, b in zip(ours, theirs):
+        assert len(a) == len(b) >= 1
+        assert max(abs(x - y) for x, y in zip(a, b)) < 0.05, (a, b)

@@ -227,8 +227,6 @@ class HFBackend:
             grammar = self._grammar(params.json_schema)
             matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(B)]
             bitmask = xgrammar.allocate_token_bitmask(B, grammar.tokenizer_info.vocab_size)
-        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
-
         ids, mask = _left_pad([prompts[s] for s in starts], self.pad_id, self.device)
         out = self._forward(ids, mask)
         past, logits = out.past_key_values, out.logits[:, -1, :]
@@ -240,7 +238,7 @@ class HFBackend:
         if len(active) < B:
             keep = torch.tensor(active, device=self.device)
             past.batch_select_indices(keep)
-            mask, logits, positions = mask[keep], logits[keep], positions[keep]
+            mask, logits, positions, u_all = mask[keep], logits[keep], positions[keep], u_all[keep]
         for step in range(steps):
             if not active:
                 break
@@ -249,10 +247,8 @@ class HFBackend:
                     matchers[i].fill_next_token_bitmask(bitmask, j)
                 logits = logits.float()
                 xgrammar.apply_token_bitmask_inplace(logits, bitmask[:len(active)].to(logits.device))
-            u = u_all[active, step] if params.temperature > 0 else None
-            nxt_t, logp_t = _sample(logits, params, u, params.logprobs)
-            is_eos = torch.isin(nxt_t, eos).tolist()
-            nxt = nxt_t.tolist()
+            nxt_t, logp_t = _sample(logits, params, u_all[:, step], params.logprobs)
+            nxt = nxt_t.tolist()  # the step's one device -> host sync (two with log-probs)
             logp = logp_t.tolist() if logp_t is not None else None
             for j, i in enumerate(active):
                 t = nxt[j]
@@ -261,7 +257,7 @@ class HFBackend:
                     logprobs[i].append(logp[j])
                 if matchers is not None:
                     matchers[i].accept_token(t)
-                if is_eos[j]:
+                if t in self.eos_ids:
                     finish[i] = "stop"
                 elif params.stop:
                     text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
@@ -276,7 +272,7 @@ class HFBackend:
             if len(still) < len(active):  # finished rows stop stepping
                 keep = torch.tensor(still, device=self.device)
                 past.batch_select_indices(keep)
-                mask, positions, nxt_t = mask[keep], positions[keep], nxt_t[keep]
+                mask, positions, nxt_t, u_all = mask[keep], positions[keep], nxt_t[keep], u_all[keep]
                 active = [active[j] for j in still]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
             positions = positions + 1
@@ -353,13 +349,13 @@ class HFBackend:
                 span = torch.arange(first, width - 1, device=self.device)
                 positions = torch.arange(width, device=self.device).expand(len(rows), width)
                 logits = self._forward(ids.to(self.device), mask.to(self.device), positions=positions,
-                                       logits_to_keep=span).logits.float()  # (B, len(span), V)
-                lse = logits.logsumexp(-1)  # (B, len(span))
+                                       logits_to_keep=span).logits  # (B, len(span), V), the model's dtype
                 for j, i in enumerate(batch):
                     prompt, reply = splits[i]
-                    at = torch.arange(len(prompt) - 1 - first, len(prompt) - 1 - first + len(reply), device=self.device)
-                    target = torch.tensor(reply, device=self.device)
-                    results[i] = (logits[j, at, target] - lse[j, at]).tolist()
+                    at = len(prompt) - 1 - first  # the row's first reply token is predicted at span[at]
+                    row = logits[j, at:at + len(reply)].float()  # (len(reply), V); one row in float at a time
+                    target = torch.tensor(reply, device=self.device).unsqueeze(-1)
+                    results[i] = (row.gather(-1, target).squeeze(-1) - row.logsumexp(-1)).tolist()
                 bar.update(len(batch))
         return results
 
@@ -372,8 +368,8 @@ class HFBackend:
         with tqdm(total=len(prompts), desc="hf choice logprobs", unit="prompt", disable=not progress) as bar:
             for batch in self._batches(len(prompts), [len(p) for p in prompts]):
                 ids, mask = _left_pad([prompts[i] for i in batch], self.pad_id, self.device)
-                logits = self._forward(ids, mask).logits[:, -1, :]  # (B, V)
-                logp = torch.log_softmax(logits.float(), dim=-1)[:, wanted].cpu()  # (B, len(wanted))
+                logits = self._forward(ids, mask).logits[:, -1, :].float()  # (B, V): one forward, last position only
+                logp = (logits[:, wanted] - logits.logsumexp(-1, keepdim=True)).cpu()  # (B, len(wanted))
                 for row, i in enumerate(batch):
                     results[i] = combine(dict(zip(wanted, logp[row].tolist())), ids_by_choice)
                 bar.update(len(batch))
