@@ -109,8 +109,9 @@ def test_table_and_html_report(tmp_path):
     table = win_rate_table(records)
     lines = table.splitlines()
     assert lines[0].split()[:2] == ["round", "pairs"]
-    assert "0.62 [0.52, 0.72]" in lines[1] and lines[1].count(" - ") >= 1  # round 1 has no vs-previous
-    assert "0.55 [0.45, 0.65]" in lines[2] and "0.200" in lines[2]
+    assert lines[1].startswith("0 (start)") and "40.0" in lines[1]  # the starting policy's length (side B)
+    assert "0.62 [0.52, 0.72]" in lines[2] and lines[2].count(" - ") >= 1  # round 1 has no vs-previous
+    assert "0.55 [0.45, 0.65]" in lines[3] and "0.200" in lines[3]
     assert any(x.startswith("WARNING: round 2") for x in lines)
     write_report(tmp_path / "report.html", {"rounds": records, "config": {"trainer": "dpo"}})
     text = (tmp_path / "report.html").read_text()

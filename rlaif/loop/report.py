@@ -44,9 +44,25 @@ def round_row(record: dict[str, Any]) -> dict[str, str]:
             "KL vs initial": _num(record.get("kl"), "{:.3f}")}
 
 
+def start_row(records: list[dict[str, Any]]) -> dict[str, str] | None:
+    """Row "0": the starting policy's mean score and length (side B of round 1's eval against it)."""
+    first = ((records[0].get("eval") or {}).get("vs-initial") or {}) if records else {}
+    if not first:
+        return None
+    row = {key: "-" for key in round_row(records[0])}
+    row.update({"round": "0 (start)", "mean score": _num(first.get("mean_score_b"), "{:.3f}"),
+                "mean length": _num(first.get("mean_length_b"), "{:.1f}"), "KL vs initial": "0"})
+    return row
+
+
+def table_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    start = start_row(records)
+    return ([start] if start else []) + [round_row(r) for r in records]
+
+
 def win_rate_table(records: list[dict[str, Any]]) -> str:
-    """A plain-text table, one line per round, plus any length warnings."""
-    rows = [round_row(r) for r in records]
+    """A plain-text table, one line per round (and the starting policy), plus any length warnings."""
+    rows = table_rows(records)
     if not rows:
         return "no rounds"
     heads = list(rows[0])
@@ -114,7 +130,7 @@ def _svg(records: list[dict[str, Any]], name: str) -> str:
 def write_report(path: Path, manifest: dict[str, Any]) -> None:
     """DIR/report.html: the table, a plot per comparison, warnings, and each round's training summary."""
     records = manifest.get("rounds", [])
-    rows = [round_row(r) for r in records]
+    rows = table_rows(records)
     esc = html.escape
     table = ""
     if rows:
