@@ -156,6 +156,8 @@ class HFBackend:
         self.eos_ids = {e for e in eos if e is not None}
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
+        self._grammar_compiler: Any = None  # xgrammar, built on the first json_schema
+        self._grammars: dict[str, Any] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def _encode(self, conversation: Conversation, assistant_prefix: str = "") -> list[int]:
@@ -187,18 +189,17 @@ class HFBackend:
         import xgrammar
 
         key = json.dumps(schema, sort_keys=True)
-        cache: dict[str, Any] = self.__dict__.setdefault("_grammars", {})
-        if key not in cache:
-            if "_grammar_compiler" not in self.__dict__:
-                vocab = self.model.get_output_embeddings().weight.shape[0]
+        if key not in self._grammars:
+            if self._grammar_compiler is None:
+                vocab = self.model.get_output_embeddings().weight.shape[0]  # logits width (may exceed the tokenizer's)
                 info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab,
                                                                stop_token_ids=sorted(self.eos_ids))
                 self._grammar_compiler = xgrammar.GrammarCompiler(info)
             try:
-                cache[key] = self._grammar_compiler.compile_json_schema(key, any_whitespace=False)
+                self._grammars[key] = self._grammar_compiler.compile_json_schema(key, any_whitespace=False)
             except Exception as e:  # xgrammar raises RuntimeError/ValueError subclasses for bad schemas
                 raise UserError(f"json_schema: xgrammar cannot compile it: {str(e).splitlines()[0]}") from None
-        return cache[key]
+        return self._grammars[key]
 
     def _generate_rows(self, prompts: list[list[int]], params: SamplingParams,
                        generators: list[torch.Generator]) -> list[Completion]:
@@ -206,8 +207,6 @@ class HFBackend:
         ``prompts``) share one prefill, and a finished row leaves the batch (its KV cache rows are
         dropped), so the remaining rows step alone."""
         B = len(prompts)
-        starts = [i for i in range(B) if i == 0 or prompts[i] != prompts[i - 1]]  # one prefill per prompt
-        owner = torch.tensor(list(itertools.accumulate(int(i in starts) for i in range(B))), device=self.device) - 1
         # per-row budget, so a row's result never depends on its batch companions
         room = [params.max_tokens if self.config.max_model_len is None
                 else min(params.max_tokens, self.config.max_model_len - len(p)) for p in prompts]
@@ -227,12 +226,7 @@ class HFBackend:
             grammar = self._grammar(params.json_schema)
             matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(B)]
             bitmask = xgrammar.allocate_token_bitmask(B, grammar.tokenizer_info.vocab_size)
-        ids, mask = _left_pad([prompts[s] for s in starts], self.pad_id, self.device)
-        out = self._forward(ids, mask)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
-        if len(starts) < B:
-            past.batch_select_indices(owner)
-            mask, logits = mask[owner], logits[owner]
+        past, logits, mask = self._prefill(prompts)
         positions = mask.sum(-1, keepdim=True) - 1  # (B, 1) position of each row's last token
         active = [i for i in range(B) if finish[i] is None]  # batch row j is row active[j]
         if len(active) < B:
@@ -279,6 +273,21 @@ class HFBackend:
             out = self._forward(nxt_t.unsqueeze(-1), mask, past, positions)
             past, logits = out.past_key_values, out.logits[:, -1, :]
         return self._completions(tokens, logprobs, finish, stop_text, params)
+
+    def _prefill(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """KV cache, last-position logits (B, V) and attention mask of left-padded ``prompts``,
+        with one forward row per run of equal consecutive prompts (the n samples of a prompt)."""
+        firsts = [i for i in range(len(prompts)) if i == 0 or prompts[i] != prompts[i - 1]]
+        ids, mask = _left_pad([prompts[i] for i in firsts], self.pad_id, self.device)
+        out = self._forward(ids, mask)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        if len(firsts) < len(prompts):  # copy each prompt's cache row to its samples
+            starts = set(firsts)
+            owner = torch.tensor(list(itertools.accumulate(int(i in starts) for i in range(len(prompts)))),
+                                 device=self.device) - 1
+            past.batch_select_indices(owner)
+            mask, logits = mask[owner], logits[owner]
+        return past, logits, mask
 
     def _completions(self, tokens: list[list[int]], logprobs: list[list[float]], finish: list[str | None],
                      stop_text: list[str | None], params: SamplingParams) -> list[Completion]:
