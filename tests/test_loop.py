@@ -118,7 +118,7 @@ def test_table_and_html_report(tmp_path):
     assert text.count("<svg") == 2 and "WARNING: round 2" in text and "<td>0.62 [0.52, 0.72]</td>" in text
 
 
-@pytest.mark.parametrize("name", ["loop_demo.yaml", "loop_verifiable.yaml"])
+@pytest.mark.parametrize("name", ["loop_demo.yaml", "loop_verifiable.yaml", "loop_rules.yaml"])
 def test_shipped_loop_configs_load_and_pass_the_checks(name):
     root = Path(__file__).parents[1]
     cfg = load_config(LoopConfig, root / "configs" / name, inherit={"judge": "policy"})
