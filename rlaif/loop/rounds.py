@@ -16,7 +16,7 @@ settings fingerprint: a rerun with other settings is refused unless ``overwrite`
 is not part of it, so raising ``rounds`` continues a finished loop.
 
 Engines: every stage loads its models, and closes them before the next stage starts (gc between
-stages), so memory stays flat from round to round (``rss_mb`` per round in the manifest).
+stages), so memory stays flat from round to round (``rss_mb`` per round in the manifest: anonymous RSS).
 """
 
 from __future__ import annotations
@@ -210,10 +210,11 @@ def eval_sides(cfg: LoopConfig, k: int, name: str) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------- rounds
 def _rss_mb() -> float:
-    """Resident memory of this process in MB (Linux /proc; 0 where unavailable)."""
+    """Anonymous resident memory of this process in MB (Linux /proc ``RssAnon``; 0 where unavailable): the
+    heap a leak grows, without the shared-library pages the kernel drops and reloads under memory pressure."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
