@@ -91,8 +91,8 @@ def test_a_round_spanning_two_epochs_holds_no_prompt_twice(tmp_path):
 def _record(k: int, wr: float, lc: float, la: float, lb: float, prev: bool = True) -> dict:
     ev = {"win_rate": wr, "win_rate_ci": [wr - 0.1, wr + 0.1], "lc_win_rate": lc, "mean_length_a": la,
           "mean_length_b": lb, "mean_score_a": 0.5, "length_unit": "tokens"}
-    return {"round": k, "data": {"train_pairs": 10}, "eval": {"vs-initial": ev, **({"vs-previous": ev} if prev else {})},
-            "kl": 0.1 * k}
+    evals = {"vs-initial": ev, **({"vs-previous": ev} if prev else {})}
+    return {"round": k, "data": {"train_pairs": 10}, "eval": evals, "kl": 0.1 * k}
 
 
 def test_length_warning_only_when_length_grows_without_lc_gain():

@@ -21,7 +21,8 @@ ROOT = Path(__file__).parents[1]
 def test_two_grpo_rounds_beat_the_starting_policy_on_their_reward(tmp_path, embedded_model_dir, capsys):
     out = tmp_path / "loop"
     argv = ["loop", "--config", str(ROOT / "configs" / "loop_verifiable.yaml"), "--out", str(out),
-            f"prompts={ROOT / 'prompts' / 'demo.jsonl'}", f"rewards=[python:{ROOT / 'configs' / 'loop_rewards.py'}:brief]",
+            f"prompts={ROOT / 'prompts' / 'demo.jsonl'}",
+            f"rewards=[python:{ROOT / 'configs' / 'loop_rewards.py'}:brief]",
             f"policy.model={embedded_model_dir}", "progress=false"]
     assert main(argv) == 0
     table = capsys.readouterr().out
