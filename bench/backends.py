@@ -47,6 +47,12 @@ def timed(fn):  # -> (seconds, result)
     return time.perf_counter() - start, out
 
 
+def cpu_timed(fn):  # -> (wall seconds, this process's CPU seconds, result)
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -63,19 +69,21 @@ def main() -> None:
     args = ap.parse_args()
 
     convs = conversations(args.prompts)
-    results: dict[str, float] = {}
+    results: dict[str, tuple[float, float | None]] = {}  # name -> (tokens/s, tokens per CPU second)
     if not args.skip_vllm:
-        results.update(vllm_half(args, convs))
+        results.update({name: (rate, None) for name, rate in vllm_half(args, convs).items()})
     if args.hf_prompts:
         results.update(hf_half(args, convs[: args.hf_prompts]))
     print(f"\n{args.prompts} prompts (hf: {args.hf_prompts}) x n={args.n}, {args.max_tokens} new tokens max, "
           f"temperature 0.8, model {args.model}; median of {args.rounds} rounds\n")
-    print("| engine | generated tokens/s | vs its baseline |\n|---|---:|---:|")
-    base = None
-    for name, rate in results.items():
+    print("| engine | generated tokens/s | vs its baseline | tokens per CPU second | vs its baseline |\n"
+          "|---|---:|---:|---:|---:|")
+    base: tuple[float, float | None] = (1.0, None)
+    for name, (rate, per_cpu) in results.items():
         if name.startswith(("raw", "plain")):
-            base = rate
-        print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |")
+            base = (rate, per_cpu)
+        cpu = "- | -" if per_cpu is None or base[1] is None else f"{per_cpu:.1f} | {per_cpu / base[1]:.2f}x"
+        print(f"| {name} | {rate:.1f} | {rate / base[0]:.2f}x | {cpu} |")
 
 
 def vllm_half(args: argparse.Namespace, convs: list) -> dict[str, float]:
@@ -107,10 +115,10 @@ def vllm_half(args: argparse.Namespace, convs: list) -> dict[str, float]:
     }
     rates = alternate(runs, args.rounds, before_each=llm.reset_prefix_cache)  # every run starts cold
     engine.close()
-    return rates
+    return {name: wall for name, (wall, _) in rates.items()}
 
 
-def hf_half(args: argparse.Namespace, convs: list) -> dict[str, float]:
+def hf_half(args: argparse.Namespace, convs: list) -> dict[str, tuple[float, float]]:
     import torch
 
     from rlaif.backends.base import BackendConfig, SamplingParams
@@ -155,20 +163,22 @@ def hf_half(args: argparse.Namespace, convs: list) -> dict[str, float]:
             for name, r in rates.items()}
 
 
-def alternate(runs: dict, rounds: int, before_each=None) -> dict[str, float]:
-    """A warm-up run of each, then ``rounds`` rounds alternating them; median tokens/s per run."""
+def alternate(runs: dict, rounds: int, before_each=None) -> dict[str, tuple[float, float]]:
+    """A warm-up run of each, then ``rounds`` rounds alternating them; per run the median
+    tokens/s (wall clock) and the median tokens per CPU second of this process (steadier than
+    wall time on a shared machine, for work done in this process: the hf half)."""
     for name, fn in runs.items():
-        seconds, tokens = timed(fn)
-        print(f"warm-up {name}: {tokens} tokens in {seconds:.1f} s", flush=True)
-    rates: dict[str, list[float]] = {name: [] for name in runs}
+        seconds, cpu, tokens = cpu_timed(fn)
+        print(f"warm-up {name}: {tokens} tokens in {seconds:.1f} s ({cpu:.1f} CPU s)", flush=True)
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
             if before_each is not None:
                 before_each()
-            seconds, tokens = timed(fn)
-            rates[name].append(tokens / seconds)
-            print(f"{name}: {tokens} tokens in {seconds:.1f} s", flush=True)
-    return {name: statistics.median(r) for name, r in rates.items()}
+            seconds, cpu, tokens = cpu_timed(fn)
+            rates[name].append((tokens / seconds, tokens / max(cpu, 1e-9)))
+            print(f"{name}: {tokens} tokens in {seconds:.1f} s ({cpu:.1f} CPU s)", flush=True)
+    return {name: (statistics.median(w for w, _ in r), statistics.median(c for _, c in r)) for name, r in rates.items()}
 
 
 if __name__ == "__main__":
