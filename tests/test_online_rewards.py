@@ -167,7 +167,8 @@ def test_judge_reward_on_fake_engine(rubric: str, monkeypatch: pytest.MonkeyPatc
 
     seen: list[list] = []
     real = judge_mod.judge_items
-    monkeypatch.setattr(judge_mod, "judge_items", lambda b, r, items, **kw: seen.append(items) or real(b, r, items, **kw))
+    monkeypatch.setattr(judge_mod, "judge_items",
+                        lambda b, r, items, **kw: seen.append(items) or real(b, r, items, **kw))
     (source,) = load(f"judge:{rubric}")
     k = 3
     prompts, texts, rows = batch(k)

@@ -13,8 +13,8 @@ the returns sit at the reward's mean c (e.g. -1.4 for a length penalty): with GA
 the advantages then carry c * lambda^(T-1-t), a position pattern shared by every sequence
 (74% of the whitened advantages' variance on the embedded model's first batch, measured), noise
 that drowns the reward differences until the critic has learnt c, which at PPO's learning rates
-takes far longer than a run (the head's bias moves about lr per update under Adam). The value model reads the policy's token ids, so an RM whose tokenizer
-differs from the policy's is refused.
+takes far longer than a run (the head's bias moves about lr per update under Adam). The value
+model reads the policy's token ids, so an RM whose tokenizer differs from the policy's is refused.
 
 On disk (``save_value_model``): the backbone's ``save_pretrained`` files plus
 ``value_head.safetensors`` (weight (1, H), bias (1,), fp32).
