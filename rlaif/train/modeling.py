@@ -60,6 +60,21 @@ def prepare_model(model: Any, cfg: TrainConfig, task_type: str) -> Any:
     return model
 
 
+def merged_from_adapter(base: str, adapter: Any, trained: Any) -> Any:
+    """``base`` loaded afresh (fp32, this process only) with the LoRA adapter saved in folder
+    ``adapter`` merged in: under FSDP / ZeRO-3 the trained model's weights are shards, so the
+    merge happens on a full copy. ``trained`` (the peft model) tells the task and the pad token."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if str(trained.peft_config["default"].task_type).endswith("SEQ_CLS"):
+        model = load_reward_model(base, trained.config.pad_token_id)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model.config.pad_token_id = trained.config.pad_token_id
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
 def unwrap(model: Any) -> Any:
     """The model inside a DDP wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model

@@ -338,7 +338,11 @@ def sharded(accelerator: Any) -> bool:
 
 
 def save_final(run: RunInputs, model: Any, summary: dict[str, Any], cfg: TrainConfig) -> None:
-    """save_pretrained the trained model (LoRA merged in; adapter also kept) + tokenizer + summary."""
+    """save_pretrained the trained model (LoRA merged in; adapter also kept) + tokenizer + summary.
+    FSDP / DeepSpeed: every process takes part in gathering the full state dict, the main process
+    writes it (with LoRA: the adapter, then the base reloaded with it merged in)."""
+    from rlaif.train.modeling import merged_from_adapter
+
     accelerator, out = run.accelerator, run.out
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -346,7 +350,12 @@ def save_final(run: RunInputs, model: Any, summary: dict[str, Any], cfg: TrainCo
     if accelerator.is_main_process:
         if cfg.lora.enabled:
             unwrapped.save_pretrained(out / "adapter", state_dict=state)
-            unwrapped = unwrapped.merge_and_unload()
+            if state is None:
+                unwrapped = unwrapped.merge_and_unload()
+            else:  # sharded weights cannot be merged in place; ZeRO-3 must not partition this copy
+                ds = getattr(accelerator.state, "deepspeed_plugin", None)
+                with ds.zero3_init_context_manager(enable=False) if ds is not None else nullcontext():
+                    unwrapped = merged_from_adapter(run.base, out / "adapter", unwrapped)
             state = None
         unwrapped.config.use_cache = True
         unwrapped.save_pretrained(out, state_dict=state, safe_serialization=True)
