@@ -127,3 +127,19 @@ def test_shipped_loop_configs_load_and_pass_the_checks(name):
 
     check_loop_config(cfg, given_keys(read_yaml(root / "configs" / name)))
     assert cfg.rounds == 2 and cfg.eval_size > 0 and cfg.judge.model == cfg.policy.model
+
+
+def test_settings_fingerprint_ignores_rounds_and_plumbing_but_not_what_shapes_results(tmp_path):
+    from rlaif.loop.rounds import loop_settings
+
+    pool, evals = split_prompts(prompts_file(tmp_path / "p.jsonl", 10), "", 2, seed=0)
+
+    def fp(*overrides: str) -> str:
+        return loop_settings(load_config(LoopConfig, None, list(overrides)), pool, evals)["fingerprint"]
+
+    base = fp()
+    assert fp("rounds=5", "chunk_size=3", "dpo.save_steps=7", "policy.gpu_memory_utilization=0.1",
+              "eval.judge_chunk_size=2", "progress=false") == base
+    for changed in ("n=8", "dpo.beta=0.2", "eval.temperature=0", "reference=previous", "judge.model=other"):
+        assert fp(changed) != base, changed
+    assert loop_settings(LoopConfig(), pool[1:], evals)["fingerprint"] != base  # other prompts

@@ -40,8 +40,12 @@ from rlaif.loop.prompts import round_prompts, split_prompts, write_prompts
 STATE = Path(".rlaif") / "loop.json"
 # What `rlaif loop` writes in --out; overwrite removes these and nothing else.
 OWNED = ("round-*", "manifest.json", "report.html", "eval_prompts.jsonl", str(STATE))
-# Options that cannot change any round's result.
+# Options that cannot change any round's result (top level), and nested keys of that kind (last part of
+# the dotted name): how often to log or save, resume granularity, memory shares and HTTP plumbing.
 NOT_SETTINGS = ("out", "overwrite", "progress", "rounds")
+NOT_SETTING_LEAVES = ("progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "log_rollouts_every",
+                      "chunk_size", "chunk_tokens", "judge_chunk_size", "gpu_memory_utilization", "max_concurrency",
+                      "timeout_s", "http_retries", "http_retry_backoff_s", "api_key_env")
 
 
 def _log(msg: str) -> None:
@@ -61,7 +65,7 @@ def policy_of(cfg: LoopConfig, k: int) -> str:
 def loop_settings(cfg: LoopConfig, pool: list[Prompt], evals: list[Prompt]) -> dict[str, Any]:
     """Flat settings that shape the results (the prompts by content), with their fingerprint."""
     flat = _flatten({k: v for k, v in to_dict(cfg).items() if k not in NOT_SETTINGS})
-    flat = {k: v for k, v in flat.items() if not k.endswith(".progress")}
+    flat = {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in NOT_SETTING_LEAVES}
     flat["prompts"] = fingerprint([(p.id, p.messages, p.metadata) for p in pool])
     flat["eval_prompts"] = fingerprint([(p.id, p.messages, p.metadata) for p in evals])
     return {**flat, "fingerprint": fingerprint(flat)}
