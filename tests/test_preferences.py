@@ -3,7 +3,7 @@
 import pytest
 
 from rlaif.dataset.options import BuildOptions
-from rlaif.dataset.pairs import (build_pairs, combined_scores, judge_noise, normalise, split_by_prompt,
+from rlaif.dataset.pairs import (build_pairs, combined_scores, judge_noise, normalise, rubric_key, split_by_prompt,
                                  truncation_flags)
 from rlaif.io.records import PAIR_SCHEMA, validate
 
@@ -192,10 +192,13 @@ def test_truncation_flags():
 def test_judge_noise_from_option_measurement_or_unknown(monkeypatch):
     import rlaif.dataset.pairs as pairs_mod
 
-    monkeypatch.setitem(pairs_mod.EMBEDDED_NOISE_MARGIN, "h", 0.07)
-    assert judge_noise(BuildOptions(noise_margin=0.2), "vllm:smollm2-135m", "h")[0] == 0.2
-    value, source = judge_noise(BuildOptions(), "vllm:smollm2-135m", "h")
+    monkeypatch.setitem(pairs_mod.EMBEDDED_NOISE_MARGIN, "h:logprob", 0.07)
+    key = rubric_key([judg("x", "h", [1])], ["h"])
+    assert key == "h:logprob"
+    assert judge_noise(BuildOptions(noise_margin=0.2), "vllm:smollm2-135m", key)[0] == 0.2
+    value, source = judge_noise(BuildOptions(), "vllm:smollm2-135m", key)
     assert value == 0.07 and "measured" in source
-    value, source = judge_noise(BuildOptions(), "openai:gpt-x", "h")
+    value, source = judge_noise(BuildOptions(), "openai:gpt-x", key)
     assert value is None and "noise_margin" in source
-    assert judge_noise(BuildOptions(), "vllm:smollm2-135m", "h+other")[0] is None
+    assert judge_noise(BuildOptions(), "vllm:smollm2-135m", "h:logprob+other:logprob")[0] is None
+    assert judge_noise(BuildOptions(), "vllm:smollm2-135m", "h:likelihood")[0] is None  # another method: unknown

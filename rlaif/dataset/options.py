@@ -58,7 +58,9 @@ class BuildOptions:
 
     rubric_weights: dict[str, float] = option(dict, "weight per rubric when combining normalised scores (default 1 each)")
     strategy: Literal["best-vs-worst", "all-pairs"] = option("best-vs-worst", "which pairs to take per prompt")
-    min_margin: float = option(0.0, "all-pairs/best-vs-worst: minimum combined-score margin in [0,1] (ties always dropped)")
+    min_margin: float | None = option(None, "minimum combined-score margin in [0,1] of a pair (ties always dropped); "
+                                      "null: the judge's noise margin where known (noise_margin, or the measured "
+                                      "figure for the embedded judge), else 0")
     truncated: Literal["reject_only", "drop", "keep"] = option(
         "reject_only", "candidates cut off at max_tokens (finish_reason 'length'): reject_only = never chosen, may be "
         "rejected; drop = never paired; keep = ranked like any other (unknown finish reasons count as complete)")

@@ -7,11 +7,12 @@ to ``(s - lo) / (hi - lo)`` in [0, 1] and the rubrics are combined as a weighted
 or picking ``max``/``min`` over equal scores is how pipelines silently emit bad pairs).
 
 Pairs. ``best-vs-worst`` (default): the highest against the lowest combined score, one pair per
-prompt; equal scores are a tie and give no pair. ``all-pairs``: every pair whose margin is at
-least ``min_margin`` (and > 0). When a rubric is pairwise (the judge compared the two responses
-in both orders, Lee et al. 2023), a pair is kept only if that comparison prefers the chosen
-response with probability >= ``pairwise_min_confidence`` and, unless disabled, both orders
-agreed (position-consistent). Every dropped pair or response is counted by reason.
+prompt; equal scores are a tie and give no pair. ``all-pairs``: every untied pair. Either keeps a
+pair only if its margin ``S_chosen - S_rejected`` is at least ``min_margin`` (None counts as 0
+here; the pipeline resolves None to the judge's noise margin, `judge_noise`). When a rubric is
+pairwise (the judge compared the two responses in both orders, Lee et al. 2023), a pair is kept
+only if that comparison prefers the chosen response with probability >= ``pairwise_min_confidence``
+and, unless disabled, both orders agreed (position-consistent). Every dropped pair or response is counted by reason.
 
 Truncation. A candidate whose generation stopped at ``max_tokens`` (finish_reason "length") is
 cut off mid-answer. ``truncated`` decides what it may become: ``reject_only`` (default) never
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Sequence
 
 from rlaif.dataset.options import BuildOptions
 
@@ -107,7 +109,7 @@ def _candidate_pairs(scores: list[float | None], truncated: list[bool | None], o
         if best is None or best[1] - worst[1] <= TIE_EPS:
             stats["prompts_no_complete_chosen"] += 1  # no complete response scored above another one
             return []
-        if best[1] - worst[1] < options.min_margin:
+        if best[1] - worst[1] < (options.min_margin or 0.0):
             stats["pairs_below_margin"] += 1
             return []
         return [(best[0], worst[0])]
@@ -119,7 +121,7 @@ def _candidate_pairs(scores: list[float | None], truncated: list[bool | None], o
             margin = abs(si - sj)
             if margin <= TIE_EPS:
                 stats["pairs_tied"] += 1
-            elif margin < options.min_margin:
+            elif margin < (options.min_margin or 0.0):
                 stats["pairs_below_margin"] += 1
             elif cut[chosen] and mode == "reject_only":
                 stats["pairs_chosen_truncated"] += 1
@@ -188,22 +190,32 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
     return pairs, stats
 
 
-# The judge's noise: the combined-score margin below which the judge's preferences agreed with a
-# labelled set no better than chance. Measured for the embedded judge with bench/judge_quality.py on
-# bench/data/judge_pairs.jsonl, per rubric set ("+"-joined names as in a pair's ``rubric``).
-EMBEDDED_NOISE_MARGIN: dict[str, float] = {}
+# The judge's noise: the largest margin t such that the labelled pairs whose |margin| < t agreed with
+# the labels no better than chance (their Wilson 95% interval contains 1/2; >= 10 pairs; t on a grid
+# 0.005..0.3). Measured for the embedded judge (vllm, SmolLM2-135M-Instruct) with bench/judge_quality.py
+# on the 90 pairs of bench/data/judge_pairs.jsonl, per rubric set: "name:method" joined by "+".
+# helpfulness (logprob): agreement 58/90 overall; pairs with |margin| < 0.03 agreed 34/56 (61%).
+# Re-measure when a shipped rubric or the embedded model changes.
+EMBEDDED_NOISE_MARGIN: dict[str, float] = {"helpfulness:logprob": 0.03}
 
 
-def judge_noise(options: BuildOptions, judge: str, rubric_label: str) -> tuple[float | None, str]:
-    """The noise margin to report against, and where it came from (None: unknown for this judge)."""
+def rubric_key(rows: Sequence[dict], rubrics: Sequence[str]) -> str:
+    """"name:method" of each rubric (in order) joined by "+", from judgement rows (the noise table's key)."""
+    methods = {row["rubric"]: row["method"] for row in rows}
+    return "+".join(f"{r}:{methods.get(r, '?')}" for r in rubrics)
+
+
+def judge_noise(options: BuildOptions, judge: str, key: str) -> tuple[float | None, str]:
+    """The noise margin to report against, and where it came from (None: unknown for this judge).
+    ``key`` is `rubric_key` of the run's rubrics."""
     from rlaif.models import is_embedded
 
     if getattr(options, "noise_margin", None) is not None:
         return options.noise_margin, "option noise_margin"
     judges = [j.split(":", 1)[-1] for j in judge.split("+")]  # model ids are "engine:model"
-    if judges and all(is_embedded(j) for j in judges) and rubric_label in EMBEDDED_NOISE_MARGIN:
-        return EMBEDDED_NOISE_MARGIN[rubric_label], ("measured for the embedded judge on the labelled set "
-                                                    "bench/data/judge_pairs.jsonl (bench/judge_quality.py)")
+    if judges and all(is_embedded(j) for j in judges) and key in EMBEDDED_NOISE_MARGIN:
+        return EMBEDDED_NOISE_MARGIN[key], ("measured for the embedded judge on the labelled set "
+                                            "bench/data/judge_pairs.jsonl with bench/judge_quality.py")
     return None, ("unknown for this judge and rubric set: measure agreement against margin with `rlaif rubric "
                   "calibrate` and set noise_margin")
 

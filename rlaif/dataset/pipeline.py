@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -262,7 +262,7 @@ def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
 
 def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
               rubric_names: Sequence[str]) -> dict[str, Any]:
-    from rlaif.dataset.pairs import build_pairs, judge_noise, split_by_prompt
+    from rlaif.dataset.pairs import build_pairs, judge_noise, rubric_key, split_by_prompt
     from rlaif.dataset.report import write_dataset_card, write_report
 
     out = Path(cfg.out)
@@ -272,18 +272,20 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
         _log(f"build: already done in {out} (same settings), skipped")
         return info["counts"]
     start = time.perf_counter()
-    pairs, stats = build_pairs(candidates, judgements, list(rubric_names), cfg)
+    models = {"policy": "+".join(dict.fromkeys(c["policy"] for c in candidates)),
+              "judge": "+".join(dict.fromkeys(j["judge"] for j in judgements if j["rubric"] in rubric_names))}
+    noise, noise_source = judge_noise(cfg, models["judge"], rubric_key(judgements, rubric_names))
+    # min_margin null: drop the pairs inside the judge's noise where it is known
+    min_margin = cfg.min_margin if cfg.min_margin is not None else (noise or 0.0)
+    pairs, stats = build_pairs(candidates, judgements, list(rubric_names), replace(cfg, min_margin=min_margin))
     train, test = split_by_prompt(pairs, cfg.test_fraction, cfg.seed)
     write_jsonl(out / "preferences" / "train.jsonl", train)
     write_jsonl(out / "preferences" / "test.jsonl", test)
-    models = {"policy": "+".join(dict.fromkeys(c["policy"] for c in candidates)),
-              "judge": "+".join(dict.fromkeys(j["judge"] for j in judgements if j["rubric"] in rubric_names))}
-    noise, noise_source = judge_noise(cfg, models["judge"], "+".join(rubric_names))
     if noise is not None:
         stats["kept_inside_noise"] = sum(p["margin"] < noise for p in pairs)
     counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
     state.update("build", done=False, fingerprint=fp, counts=counts, rubrics=list(rubric_names), models=models,
-                 noise_margin={"value": noise, "source": noise_source},
+                 noise_margin={"value": noise, "source": noise_source}, min_margin=min_margin,
                  config={k: v for k, v in asdict(cfg).items() if k in BuildConfig.__dataclass_fields__},
                  timings={"seconds": round(time.perf_counter() - start, 3)})
     manifest = assemble_manifest(state)
@@ -293,7 +295,7 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     _log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}")
     if note := _truncation_note(counts, cfg.truncated):
         _log(f"build: {note}")
-    if noise is not None and pairs:
+    if noise is not None and stats["kept_inside_noise"]:
         _log(f"build: {stats['kept_inside_noise']} of {len(pairs)} pairs have a margin below the judge's noise "
              f"({noise:g}); raise min_margin to drop them")
     if not pairs:

@@ -149,7 +149,8 @@ def noise_summary(build: dict[str, Any], margins: list[float]) -> str:
         return f"Judge noise: {source}."
     inside = sum(m < value for m in margins)
     return (f"{inside} of {len(margins)} kept pairs ({inside / max(len(margins), 1):.0%}) have a margin below "
-            f"{value:g}, the judge's noise ({source}): below it the judge's preference was no better than chance.")
+            f"{value:g}, the judge's noise ({source}): below it the judge's preference was no better than chance "
+            f"(min_margin={build.get('min_margin')}).")
 
 
 def position_consistency(judgements: list[dict]) -> dict[str, dict[str, int]]:
@@ -230,7 +231,7 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
     build = stages.get("build", {})
     parts.append(f"<h2>Truncated candidates</h2><p>{html.escape(truncation_summary(build))}</p>")
     margins = [p["margin"] for p in train + test]
-    lines = {"min_margin": build.get("config", {}).get("min_margin") or 0.0}
+    lines = {"min_margin": build.get("min_margin") or 0.0}
     if (build.get("noise_margin") or {}).get("value") is not None:
         lines["judge noise"] = build["noise_margin"]["value"]
     parts.append(f"<h2>Margins of the kept pairs</h2><p>{html.escape(noise_summary(build, margins))}</p>")
@@ -278,7 +279,7 @@ def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], ma
         lines.append(f"- sampling: n={gen_cfg.get('n')}, temperature={gen_cfg.get('temperature')}, "
                      f"top_p={gen_cfg.get('top_p')}, max_tokens={gen_cfg.get('max_tokens')}, seed={gen_cfg.get('seed')}")
     lines.append(f"- pair strategy: {build.get('config', {}).get('strategy')}, "
-                 f"min_margin={build.get('config', {}).get('min_margin')}, "
+                 f"min_margin={build.get('min_margin')}, "
                  f"truncated={build.get('config', {}).get('truncated')}")
     lines.append(f"- {truncation_summary(build)}")
     lines.append(f"- {noise_summary(build, [p['margin'] for p in train + test])}")
