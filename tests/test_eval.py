@@ -83,7 +83,7 @@ class Engines:
         class Tracked(FakeBackend):
             calls_left = self.fail_judge_after
 
-            def choice_logprobs(self, conversations, choices, assistant_prefix="", progress=True):  # noqa: ANN001, ANN202
+            def choice_logprobs(self, conversations, choices, assistant_prefix="", progress=True):  # noqa
                 if Tracked.calls_left is not None:
                     if Tracked.calls_left == 0:
                         raise RuntimeError("judge killed")
@@ -209,11 +209,13 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys, length_reward):
     b = write_jsonl(tmp_path / "b.jsonl", [{"id": "q1", "prompt": "hi", "responses": ["y"]}])
     c = write_jsonl(tmp_path / "c.jsonl", [{"id": "p1", "prompt": "hello", "responses": ["y"]}])
     out = ["--out", str(tmp_path / "out"), "progress=false"]
-    assert "--prompts" in _cli_error(capsys, ["eval", "--a", "some-model", "--b", str(a), "--reward", length_reward, *out])
+    assert "--prompts" in _cli_error(capsys, ["eval", "--a", "some-model", "--b", str(a), "--reward", length_reward,
+                                              *out])
     assert "no prompt id in common" in _cli_error(capsys, ["eval", "--a", str(a), "--b", str(b), "--reward",
                                                            length_reward, *out])
     assert "c.jsonl:1" in _cli_error(capsys, ["eval", "--a", str(a), "--b", str(c), "--reward", length_reward, *out])
-    assert "unknown rubric 'nope'" in _cli_error(capsys, ["eval", "--a", str(a), "--b", str(a), "--rubric", "nope", *out])
+    assert "unknown rubric 'nope'" in _cli_error(capsys, ["eval", "--a", str(a), "--b", str(a), "--rubric", "nope",
+                                                          *out])
     assert "no such file" in _cli_error(capsys, ["eval", "--a", str(a), "--b", str(a), "--reward",
                                                  f"python:{tmp_path}/missing.py:f", *out])
     assert "--rubric helpfulness" in _cli_error(capsys, ["eval", "--a", str(a), "--b", str(a), "--reward",

@@ -50,7 +50,8 @@ def format_table(s: dict[str, Any]) -> str:
     lines.append(f"mean length A {s['mean_length_a'] or 0:.1f} / B {s['mean_length_b'] or 0:.1f} {unit}   "
                  f"EOS rate A {_pct(s.get('eos_rate_a'))} / B {_pct(s.get('eos_rate_b'))}")
     if s.get("mean_score_a") is not None:
-        lines.append(f"mean score ({short_name(s['score_source'])}) A {s['mean_score_a']:.3g} / B {s['mean_score_b']:.3g}")
+        lines.append(f"mean score ({short_name(s['score_source'])}) A {s['mean_score_a']:.3g} / "
+                     f"B {s['mean_score_b']:.3g}")
     lines.append(verdict_line(s))
     return "\n".join(lines)
 

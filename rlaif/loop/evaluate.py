@@ -360,7 +360,7 @@ def judge_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile
                 batch = [missing[i] for i in block]
                 items = [JudgeItem(id=pr.key, messages=pr.messages, responses=list(pr.responses),
                                    finish_reasons=list(pr.finish) if set(pr.finish) <= {"stop", "length"} else None,
-                                   num_tokens=list(pr.tokens) if None not in pr.tokens else None)  # type: ignore[arg-type]
+                                   num_tokens=None if None in pr.tokens else list(pr.tokens))  # type: ignore[arg-type]
                          for pr in batch]
                 rows = judge_items(backend, rubric, items, seed=cfg.seed, verdict_retries=cfg.verdict_retries,
                                    progress=cfg.progress)
