@@ -18,7 +18,9 @@ from rlaif.errors import UserError
 COMMAND_MODULES = [
     "rlaif.commands.pipeline",  # run, generate, judge, build
     "rlaif.commands.rubric",    # rubric lint | preview | calibrate
-    "rlaif.commands.train",     # train rm | dpo, rm score
+    "rlaif.commands.train",     # train rm | dpo | grpo | rloo | ppo, rm score
+    "rlaif.commands.evaluate",  # eval: win rate of A over B
+    "rlaif.commands.loop",      # loop: rounds of run -> train -> eval
 ]
 
 
