@@ -1,7 +1,8 @@
 """Training across processes, on this CPU machine: two processes (gloo) under `accelerate launch` with
 the shipped DDP and FSDP configs (process count 2, fp32) reach the weights one process reaches with
-the same global batch (2 x batch_size 4 = one process with grad_accum 2); a two-process FSDP run
-killed with SIGKILL after a checkpoint resumes to the same weights.
+the same global batch (2 x batch_size 4 = one process with grad_accum 2): DPO with DDP, FSDP and
+FSDP + LoRA, the reward model with FSDP; a two-process FSDP DPO run killed with SIGKILL after a
+checkpoint resumes to the same weights.
 
 accelerate enables FSDP only on GPU device types; WORKER lets it take its FSDP path on gloo/CPU
 (a test shim: what runs is accelerate's and torch's FSDP2 code, with CPU tensors).
@@ -95,7 +96,8 @@ def _launch_config(tmp_path: Path, shipped: str) -> Path:
     return path
 
 
-def _start(kind: str, tmp_path: Path, model: str, out: Path, sleep: float = 0) -> subprocess.Popen:
+def _start(kind: str, tmp_path: Path, model: str, out: Path, trainer: str = "dpo", extra: tuple[str, ...] = (),
+           sleep: float = 0) -> subprocess.Popen:
     """`accelerate launch` of WORKER, output captured."""
     config = _launch_config(tmp_path, f"accelerate_{kind}.yaml")
     worker = tmp_path / "worker.py"
@@ -103,8 +105,8 @@ def _start(kind: str, tmp_path: Path, model: str, out: Path, sleep: float = 0) -
     env = {**os.environ, "RLAIF_TEST_FSDP_ON_CPU": "1" if kind == "fsdp" else "0", "PYTHONWARNINGS": "ignore",
            "RLAIF_TEST_STEP_SLEEP": str(sleep) if sleep else ""}
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(config),
-           "--main_process_port", str(_free_port()), str(worker), "train", "dpo", "--data", str(ASSETS),
-           "--model", model, "--out", str(out), *COMMON]
+           "--main_process_port", str(_free_port()), str(worker), "train", trainer, "--data", str(ASSETS),
+           "--model", model, "--out", str(out), *COMMON, *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
 
 
@@ -132,55 +134,76 @@ def _finish(proc: subprocess.Popen, timeout: float = 420) -> str:
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import load_file
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+    return load_file(folder / "model.safetensors")
 
 
-def _max_diff(a: Path, b: Path) -> float:
+def _max_diff(a: Path, b: Path, same_keys: bool = True) -> float:
     wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    shared = wa.keys() & wb.keys()  # a tied lm_head may be written by one and left out by the other
+    assert shared and (not same_keys or all(k.endswith("lm_head.weight") for k in wa.keys() ^ wb.keys()))
+    return max(float((wa[k] - wb[k]).abs().max()) for k in shared)
 
 
 def _train_lines(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, tiny_model_dir) -> Path:
-    """One process, batch_size 4, grad_accum 2: the global batch of 2 processes with grad_accum 1."""
-    from rlaif.train.dpo import train_dpo
+CASES = {  # id: (trainer, accelerate config, options)
+    "dpo-ddp": ("dpo", "ddp", ()),
+    "dpo-fsdp": ("dpo", "fsdp", ()),
+    "dpo-fsdp-lora": ("dpo", "fsdp", ("lora.enabled=true", "lora.r=4", "lora.alpha=8", "lora.dropout=0")),
+    "rm-fsdp": ("rm", "fsdp", ()),
+}
 
-    out = tmp_path_factory.mktemp("one-process")
-    overrides = dict(x.split("=") for x in COMMON)
-    cfg = DPOConfig(data=str(ASSETS), model=tiny_model_dir, out=str(out), grad_accum=2, max_steps=STEPS,
-                    save_steps=SAVE_STEPS, batch_size=4, lr=float(overrides["lr"]), warmup_ratio=0.0, progress=False,
-                    logging_steps=1)
-    assert train_dpo(cfg)["steps"] == STEPS
-    return out
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_model_dir):
+    """One process, batch_size 4, grad_accum 2 (the global batch of 2 processes with grad_accum 1),
+    per (trainer, options), trained once per module."""
+    from rlaif.cli import main
+
+    done: dict[tuple, Path] = {}
+
+    def get(trainer: str, extra: tuple[str, ...] = ()) -> Path:
+        if (trainer, extra) not in done:
+            out = tmp_path_factory.mktemp(f"one-{trainer}")
+            argv = ["train", trainer, "--data", str(ASSETS), "--model", tiny_model_dir, "--out", str(out), *COMMON,
+                    *extra, "grad_accum=2"]
+            assert main(argv) == 0
+            done[(trainer, extra)] = out
+        return done[(trainer, extra)]
+
+    return get
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
-def test_two_processes_reach_the_weights_of_one(tmp_path, tiny_model_dir, one_process, kind):
-    out = tmp_path / "out"
-    _finish(_start(kind, tmp_path, tiny_model_dir, out))
-    assert _max_diff(out, one_process) < TOLERANCE
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_reach_the_weights_of_one(tmp_path, tiny_model_dir, one_process, case):
+    trainer, kind, extra = CASES[case]
+    out, want_out = tmp_path / "out", one_process(trainer, extra)
+    _finish(_start(kind, tmp_path, tiny_model_dir, out, trainer, extra))
+    assert _max_diff(out, want_out) < TOLERANCE
+    assert _max_diff(out, Path(tiny_model_dir), same_keys=False) > 1e-3, "training moved the weights"
 
-    lines, want = _train_lines(out), _train_lines(one_process)
+    lines, want = _train_lines(out), _train_lines(want_out)
     assert [x["step"] for x in lines] == list(range(1, STEPS + 1)), "metrics written once, by one process"
-    assert lines[0]["train/rewards/margin"] == pytest.approx(0, abs=1e-5), "the reference is the starting policy"
+    if trainer == "dpo":
+        assert lines[0]["train/rewards/margin"] == pytest.approx(0, abs=1e-5), "the reference is the starting policy"
     for got, exp in zip(lines, want):  # averaged over both processes = the one process's mean
         assert got["train/loss"] == pytest.approx(exp["train/loss"], abs=1e-5)
         assert got["train/tokens"] == exp["train/tokens"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == STEPS and summary["test"]["loss"] == pytest.approx(
-        json.loads((one_process / "summary.json").read_text())["test"]["loss"], abs=1e-5)
+    assert summary["steps"] == STEPS and summary["test"]["loss" if trainer == "dpo" else "accuracy"] == pytest.approx(
+        json.loads((want_out / "summary.json").read_text())["test"]["loss" if trainer == "dpo" else "accuracy"],
+        abs=1e-5)
     checkpoint = out / "checkpoints" / "step-4"
     if kind == "fsdp":  # sharded: each process wrote its part of model and optimizer
         assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and (checkpoint / "optimizer_0").is_dir()
     assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    if extra:
+        assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.slow
@@ -199,4 +222,4 @@ def test_a_killed_two_process_fsdp_run_resumes_to_the_same_weights(tmp_path, tin
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] == 4 and summary["steps"] == STEPS
     assert [x["step"] for x in _train_lines(out)] == list(range(1, STEPS + 1))
-    assert _max_diff(out, one_process) < TOLERANCE
+    assert _max_diff(out, one_process("dpo")) < TOLERANCE
