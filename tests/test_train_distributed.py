@@ -223,3 +223,22 @@ def test_a_killed_two_process_fsdp_run_resumes_to_the_same_weights(tmp_path, tin
     assert summary["resumed_from"] == 4 and summary["steps"] == STEPS
     assert [x["step"] for x in _train_lines(out)] == list(range(1, STEPS + 1))
     assert _max_diff(out, one_process("dpo")) < TOLERANCE
+
+
+def test_a_frozen_reference_copy_is_refused_when_the_policy_is_sharded(tmp_path, tiny_model_dir):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.errors import UserError
+    from rlaif.train.dpo import Reference
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        run = SimpleNamespace(out=tmp_path, base=tiny_model_dir, train=[], test=[],
+                              accelerator=SimpleNamespace(distributed_type=kind, device="cpu"))
+        with pytest.raises(UserError, match="reference=model.*use reference=precompute"):
+            Reference(DPOConfig(reference="model"), run, model)
+    run.accelerator.distributed_type = DistributedType.MULTI_CPU  # DDP: each process holds a full copy anyway
+    assert Reference(DPOConfig(reference="model"), run, model).model is not model
