@@ -67,8 +67,9 @@ class Engines:
     """A factory of scripted fake engines: model "long-*" writes 8-12 words, "short-*" 2-3, seeded by the
     per-prompt seed; records seeds, and how many engines are alive at once."""
 
-    def __init__(self, judge=longer_judge, fail_judge_after: int | None = None) -> None:  # noqa: ANN001
-        self.judge, self.fail_judge_after = judge, fail_judge_after
+    def __init__(self, judge=longer_judge, fail_judge_after: int | None = None,  # noqa: ANN001
+                 fail_b_after: int | None = None) -> None:
+        self.judge, self.fail_judge_after, self.fail_b_after = judge, fail_judge_after, fail_b_after
         self.alive, self.max_alive, self.made = 0, 0, []
         self.seeds: dict[str, dict[str, int]] = {}
 
@@ -82,6 +83,14 @@ class Engines:
 
         class Tracked(FakeBackend):
             calls_left = self.fail_judge_after
+            chats_left = self.fail_b_after if config.model == "short-model" else None
+
+            def chat(self, conversations, params, seeds=None, progress=True):  # noqa
+                if Tracked.chats_left is not None:
+                    if Tracked.chats_left == 0:
+                        raise RuntimeError("policy killed")
+                    Tracked.chats_left -= 1
+                return super().chat(conversations, params, seeds, progress)
 
             def choice_logprobs(self, conversations, choices, assistant_prefix="", progress=True):  # noqa
                 if Tracked.calls_left is not None:
@@ -186,6 +195,19 @@ def test_resume_after_a_crash_while_judging_gives_the_same_files(tmp_path):
         assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
     again = Engines()
     assert run_eval(config(tmp_path), factory=again) == clean and again.made == []
+
+
+def test_resume_after_a_crash_while_generating_b(tmp_path):
+    clean = run_eval(config(tmp_path, out=str(tmp_path / "clean")), factory=Engines())
+    with pytest.raises(RuntimeError, match="policy killed"):
+        run_eval(config(tmp_path), factory=Engines(fail_b_after=1))  # chunk_size=3: one chunk of B saved
+    partial = read_jsonl(tmp_path / "out" / ".rlaif" / "candidates_b.jsonl")
+    assert len(partial) == 3 and not (tmp_path / "out" / "candidates_b.jsonl").exists()
+    engines = Engines()
+    assert run_eval(config(tmp_path), factory=engines) == clean
+    assert engines.made == ["short-model", "judge"]
+    for name in ("candidates_a.jsonl", "candidates_b.jsonl", "eval.jsonl", "votes.jsonl"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
 
 
 def test_changed_settings_are_refused_unless_overwrite(tmp_path):
