@@ -67,8 +67,8 @@ def win_rate_table(records: list[dict[str, Any]]) -> str:
         return "no rounds"
     heads = list(rows[0])
     widths = [max(len(h), *(len(r[h]) for r in rows)) for h in heads]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
-    lines += ["  ".join(r[h].ljust(w) for h, w in zip(heads, widths)) for r in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
+    lines += ["  ".join(r[h].ljust(w) for h, w in zip(heads, widths)).rstrip() for r in rows]
     unit = next((ev.get("length_unit") for r in records for ev in r.get("eval", {}).values() if ev), None)
     if unit:
         lines.append(f"(length in {unit}; win rates count ties as half; LC = length-controlled)")
