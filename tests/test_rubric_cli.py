@@ -177,3 +177,14 @@ def test_calibrate_triples_with_fault_kinds(monkeypatch: pytest.MonkeyPatch, tmp
     path.write_text(json.dumps({"prompt": "p", "better": "x", "worse": "y", "fault": 3}) + "\n")
     assert main(["rubric", "calibrate", "helpfulness", "--examples", str(path)]) == 2
     assert f"{path}:1: field 'fault': expected a string" in capsys.readouterr().err
+
+
+def test_calibrate_rules_rubric_loads_no_model(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def no_engine(cfg):
+        raise AssertionError("a rules rubric must not load a judge engine")
+
+    monkeypatch.setattr(base, "load_backend", no_engine)
+    assert main(["rubric", "calibrate", "answer_checks"]) == 0
+    out = capsys.readouterr().out
+    n = len(load_rubric("answer_checks").examples)
+    assert "judge rules (no judge model)" in out and f"{n}/{n} = 100%" in out

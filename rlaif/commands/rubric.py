@@ -310,11 +310,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise UserError(f"rubric '{rubric.name}' has no calibration examples; pass --examples FILE")
     if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
         raise UserError(f"--min-agreement {args.min_agreement}: expected a fraction between 0 and 1")
-    backend = load_backend(cfg.judge)
+    backend = load_backend(cfg.judge) if rubric.needs_judge else None  # rules: no model to load
     try:
         report = calibrate(backend, rubric, examples, seed=cfg.seed, verdict_retries=cfg.verdict_retries)
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
     print(format_report(report, worst=args.worst))
     if args.json:
         Path(args.json).write_text(json.dumps({

@@ -159,9 +159,9 @@ def fault_kinds(examples: Sequence[CalibrationExample]) -> list[str] | None:
     return None
 
 
-def calibrate(backend: Any, rubric: Rubric, examples: Sequence[CalibrationExample], *, seed: int = 0,
+def calibrate(backend: Any | None, rubric: Rubric, examples: Sequence[CalibrationExample], *, seed: int = 0,
               verdict_retries: int = 2, progress: bool = True) -> CalibrationReport:
-    """Judge every example (one batched call) and compare with its label."""
+    """Judge every example (one batched call) and compare with its label (``backend``: None for rules)."""
     items = [JudgeItem(ex.id or f"example-{k}", as_messages(ex.prompt),
                        [ex.response_a, ex.response_b]) for k, ex in enumerate(examples)]
     rows = judge_items(backend, rubric, items, seed=seed, verdict_retries=verdict_retries, progress=progress)
@@ -188,7 +188,8 @@ def calibrate(backend: Any, rubric: Rubric, examples: Sequence[CalibrationExampl
     labelled = [(ex.better == "a") == (len(ex.response_a) > len(ex.response_b))
                 for ex in examples if len(ex.response_a) != len(ex.response_b)]
     return CalibrationReport(
-        rubric=rubric.name, method=rubric.method, judge=backend.model_id, outcomes=outcomes,
+        rubric=rubric.name, method=rubric.method, outcomes=outcomes,
+        judge=backend.model_id if rubric.needs_judge and backend is not None else "rules (no judge model)",
         length_pearson=pearson(lengths, scores), length_spearman=spearman(lengths, scores),
         judge_prefers_longer=sum(longer_wins) / len(longer_wins) if longer_wins else None,
         labels_prefer_longer=sum(labelled) / len(labelled) if labelled else 0.0)
