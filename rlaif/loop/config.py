@@ -5,7 +5,7 @@ generate / judge / build options of ``rlaif run`` sit at the top level (``n=8``,
 ``rubrics=[...]``, ``policy.model=...``, ``judge.*`` defaulting to ``policy.*``), and each
 trainer's own config is nested under its name (``dpo.beta=0.1``, ``grpo.k=4``, ``ppo.lr=...``,
 ``rm.epochs=...``), and so are the `rlaif eval` options (``eval.temperature=0``). The keys that the loop sets
-itself in every round (data, model, out, prompts, overwrite, seed, reward) are listed in
+itself in every round (data, model, out, prompts, overwrite, seed, reward, judge) are listed in
 `LOOP_SET` and are refused when given.
 """
 
@@ -24,8 +24,8 @@ from rlaif.train.online.config import GRPOConfig, PPOConfig
 TRAINERS = ("dpo", "grpo", "rm+ppo")
 # Nested keys the loop fills in each round; a user value would be silently replaced, so it is refused.
 LOOP_SET = {"dpo": ("data", "model", "out", "overwrite", "seed"), "rm": ("data", "model", "out", "overwrite", "seed"),
-            "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights"),
-            "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights"),
+            "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
+            "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
             "eval": ("a", "b", "prompts", "prompt_column", "out", "overwrite", "seed", "policy", "judge")}
 
 

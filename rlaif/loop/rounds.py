@@ -160,7 +160,8 @@ def stage_train(cfg: LoopConfig, k: int) -> dict[str, Any]:
 
     if cfg.trainer == "grpo":
         ocfg = dataclasses.replace(cfg.grpo, prompts=str(rd / "prompts.jsonl"), prompt_column="prompt",
-                                   reward=list(cfg.rewards), reward_weights=list(cfg.reward_weights), **common)
+                                   reward=list(cfg.rewards), reward_weights=list(cfg.reward_weights),
+                                   judge=cfg.judge, **common)  # judge: rewards use the loop's judge.*
     else:  # rm+ppo: a reward model on this round's pairs (from the starting policy), then PPO with it
         from rlaif.train.rm import train_rm
 
