@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--configs", default="default,reserved0,nobind")
     ap.add_argument("--pairs", default="bench/data/judge_pairs.jsonl")
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--kv-cache-bytes", default="384M")
+    ap.add_argument("--kv-cache-bytes", type=int, default=384 * 2**20)
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -111,7 +111,7 @@ def main() -> None:
         for config in results:
             env = {key: v for key, v in os.environ.items() if not key.startswith("VLLM_CPU_")} | CONFIGS[config]
             cmd = [sys.executable, __file__, "--child", config, "--pairs", args.pairs, "--model", args.model,
-                   "--kv-cache-bytes", args.kv_cache_bytes] + (["--quality"] if args.quality and k == 0
+                   "--kv-cache-bytes", str(args.kv_cache_bytes)] + (["--quality"] if args.quality and k == 0
                                                                and config == "default" else [])
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -15,6 +15,12 @@ followed by the reply ids (`rlaif.backends.turns.reply_token_ids`), with ``max_t
 prompt_logprobs=0``: one prefill, and vLLM returns log p(token_t | tokens_<t) for every prompt
 position; the reply positions are read. These are the model's raw log-probs (temperature 1).
 
+CPU threads: vLLM's own default is kept (``VLLM_CPU_OMP_THREADS_BIND=auto``, one core reserved
+for the engine's scheduler process). Measured on 2 cores (bench/judge_threads.py, 180 candidates,
+two rounds each, a loaded machine): ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` (OMP threads on every
+core) judged at 0.53x (logprob) and 0.55x (likelihood) the candidates/s and generated 0.17x the
+tokens/s: the scheduler busy-polls and then competes with the OMP threads.
+
 Every completion carries vLLM's ``token_ids``; with ``SamplingParams.logprobs`` the request asks
 for ``logprobs=0`` (the sampled token's log-prob only). That needs an engine built with
 ``enable_sample_logprobs``: `build_llm` then passes ``logprobs_mode="processed_logprobs"``, so the

@@ -106,7 +106,7 @@ def _bounds(n: int, check: Check, unit: str) -> tuple[bool, str]:
     ok = (check.min is None or n >= check.min) and (check.max is None or n <= check.max)
     lo = "" if check.min is None else f">= {check.min}"
     hi = "" if check.max is None else f"<= {check.max}"
-    return ok, f"{n} {unit} (want {' and '.join(x for x in (lo, hi) if x)})"
+    return ok, f"{n} {unit if n != 1 else unit[:-1]} (want {' and '.join(x for x in (lo, hi) if x)})"
 
 
 def _parse_json(text: str) -> tuple[bool, Any, str]:
