@@ -477,46 +477,48 @@ def test_user_candidates_without_finish_reasons_build_and_are_counted(tmp_path):
     assert "no known finish reason" in (out / "report.html").read_text()
 
 
-def _write_judged(tmp_path: Path, judge: str, margins: list[float]) -> Path:
-    """candidates.jsonl + judgements.jsonl (helpfulness, logprob, 1-5 scale): prompt k's two responses
-    score 1 + 4 * margin apart, so the pair's normalised margin is ``margins[k]``."""
+def _judged(judge: str, margins: list[float]) -> tuple[list[dict], list[dict]]:
+    """Candidates and judgements of the default rubric pair (answer_likelihood, likelihood, and
+    answer_checks, rules; both [0, 1]): prompt k's two responses score ``margins[k]`` apart on both."""
     cands, judged = [], []
     for k, m in enumerate(margins):
         cands.append({"id": f"p{k}", "messages": [{"role": "user", "content": f"q{k}"}],
                       "responses": [f"a{k}", f"b{k}"], "num_tokens": [1, 1], "finish_reasons": ["stop", "stop"],
                       "policy": "vllm:smollm2-135m", "seed": k, "metadata": {}})
-        judged.append({"id": f"p{k}", "rubric": "helpfulness", "method": "logprob", "judge": judge, "scale": [1, 5],
-                       "scores": [1 + 4 * m, 1.0], "details": [{}, {}], "comparisons": [], "failures": 0})
-    (tmp_path / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cands))
-    (tmp_path / "judgements.jsonl").write_text("".join(json.dumps(j) + "\n" for j in judged))
-    return tmp_path / "judgements.jsonl"
+        for rubric, method in (("answer_likelihood", "likelihood"), ("answer_checks", "rules")):
+            judged.append({"id": f"p{k}", "rubric": rubric, "method": method, "judge": judge, "scale": [0, 1],
+                           "scores": [0.2 + m, 0.2], "details": [{}, {}], "comparisons": [], "failures": 0})
+    return cands, judged
 
 
 def test_min_margin_defaults_to_the_judges_measured_noise(tmp_path):
+    from rlaif.dataset.options import BuildConfig
     from rlaif.dataset.pairs import EMBEDDED_NOISE_MARGIN
+    from rlaif.dataset.pipeline import run_build
+    from rlaif.io.store import RunState
 
-    noise = EMBEDDED_NOISE_MARGIN["helpfulness:logprob"]
+    noise = EMBEDDED_NOISE_MARGIN["answer_checks:rules+answer_likelihood:likelihood"]
     margins = [noise / 4, noise / 2, 2 * noise, 0.5]  # two inside the noise, two outside
-    judged = _write_judged(tmp_path, "vllm:smollm2-135m", margins)
 
-    def build(out: str, *opts: str) -> dict:
-        assert main(["build", "--judgements", str(judged), "--out", str(tmp_path / out), "progress=false",
-                     "test_fraction=0", *opts]) == 0
-        return json.loads((tmp_path / out / "manifest.json").read_text())["stages"]["build"]
+    def build(out: str, judge: str = "vllm:smollm2-135m", **opts) -> dict:
+        (tmp_path / out).mkdir()
+        cands, judged = _judged(judge, margins)
+        cfg = BuildConfig(out=str(tmp_path / out), progress=False, test_fraction=0, **opts)
+        state = RunState(tmp_path / out)
+        run_build(cfg, cands, judged, state, ["answer_likelihood", "answer_checks"])
+        return state.stage("build")
 
     auto = build("auto")  # embedded judge, min_margin null: the noise margin
     assert auto["min_margin"] == noise and auto["counts"]["pairs"] == 2 and auto["counts"]["kept_inside_noise"] == 0
     assert auto["counts"]["pairs_below_margin"] == 2
-    explicit = build("zero", "min_margin=0")  # kept, and reported as inside the noise
+    explicit = build("zero", min_margin=0.0)  # kept, and reported as inside the noise
     assert explicit["counts"]["pairs"] == 4 and explicit["counts"]["kept_inside_noise"] == 2
     report = (tmp_path / "zero" / "report.html").read_text()
     assert f"2 of 4 kept pairs (50%) have a margin below {noise:g}" in report
-    own = build("own", "noise_margin=0.4")  # the user's own measurement
+    own = build("own", noise_margin=0.4)  # the user's own measurement
     assert own["min_margin"] == 0.4 and own["counts"]["pairs"] == 1
-
-    (tmp_path / "other").mkdir()
-    other = _write_judged(tmp_path / "other", "openai:big-judge", margins)  # a judge with no measured noise: 0
-    assert main(["build", "--judgements", str(other), "--out", str(tmp_path / "o"), "progress=false"]) == 0
-    stage = json.loads((tmp_path / "o" / "manifest.json").read_text())["stages"]["build"]
-    assert stage["min_margin"] == 0.0 and stage["counts"]["pairs"] == 4 and "kept_inside_noise" not in stage["counts"]
-    assert "Judge noise: unknown" in (tmp_path / "o" / "report.html").read_text()
+    weighted = build("weighted", rubric_weights={"answer_checks": 3.0})  # measured at 1:1 only
+    assert weighted["min_margin"] == 0.0 and weighted["counts"]["pairs"] == 4
+    other = build("other", judge="openai:big-judge")  # a judge with no measured noise: 0
+    assert other["min_margin"] == 0.0 and other["counts"]["pairs"] == 4 and "kept_inside_noise" not in other["counts"]
+    assert "Judge noise: unknown" in (tmp_path / "other" / "report.html").read_text()

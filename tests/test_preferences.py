@@ -195,6 +195,10 @@ def test_judge_noise_from_option_measurement_or_unknown(monkeypatch):
     monkeypatch.setitem(pairs_mod.EMBEDDED_NOISE_MARGIN, "h:logprob", 0.07)
     key = rubric_key([judg("x", "h", [1])], ["h"])
     assert key == "h:logprob"
+    assert rubric_key([judg("x", "b", [1], method="rules"), judg("x", "a", [1])], ["b", "a"]) == "a:logprob+b:rules"
+    monkeypatch.setitem(pairs_mod.EMBEDDED_NOISE_MARGIN, "a:logprob+b:rules", 0.05)
+    assert judge_noise(BuildOptions(), "vllm:smollm2-135m", "a:logprob+b:rules")[0] == 0.05
+    assert judge_noise(BuildOptions(rubric_weights={"a": 2.0}), "vllm:smollm2-135m", "a:logprob+b:rules")[0] is None
     assert judge_noise(BuildOptions(noise_margin=0.2), "vllm:smollm2-135m", key)[0] == 0.2
     value, source = judge_noise(BuildOptions(), "vllm:smollm2-135m", key)
     assert value == 0.07 and "measured" in source

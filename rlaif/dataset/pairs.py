@@ -190,30 +190,34 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
     return pairs, stats
 
 
-# The judge's noise: the largest margin t such that the labelled pairs whose |margin| < t agreed with
-# the labels no better than chance (their Wilson 95% interval contains 1/2; >= 10 pairs; t on a grid
-# 0.005..0.3). Measured for the embedded judge (vllm, SmolLM2-135M-Instruct) with bench/judge_quality.py
-# on the 90 pairs of bench/data/judge_pairs.jsonl, per rubric set: "name:method" joined by "+".
-# helpfulness (logprob): agreement 58/90 overall; pairs with |margin| < 0.03 agreed 34/56 (61%).
-# Re-measure when a shipped rubric or the embedded model changes.
-EMBEDDED_NOISE_MARGIN: dict[str, float] = {"helpfulness:logprob": 0.03}
+# The judge's noise: the largest margin t such that the labelled pairs whose |margin| < t (ties left
+# out: build drops them) agreed with the labels no better than chance (their Wilson 95% interval
+# contains 1/2; >= 10 pairs; t on a grid 0.005..0.3). Measured for the embedded judge (vllm,
+# SmolLM2-135M-Instruct) with bench/judge_quality.py on the 90 pairs of bench/data/judge_pairs.jsonl,
+# per rubric set with equal weights, keyed by sorted "name:method" joined by "+". The shipped default
+# (answer_likelihood + answer_checks, 1:1; measured as its pre-ship variant, the same likelihood rubric
+# with rules_basic): 80/90 agree; pairs with |margin| < 0.05 agreed 6/11. Re-measure when a shipped
+# rubric or the embedded model changes (helpfulness:logprob was near chance at every margin: no entry).
+EMBEDDED_NOISE_MARGIN: dict[str, float] = {"answer_checks:rules+answer_likelihood:likelihood": 0.05}
 
 
 def rubric_key(rows: Sequence[dict], rubrics: Sequence[str]) -> str:
-    """"name:method" of each rubric (in order) joined by "+", from judgement rows (the noise table's key)."""
+    """Sorted "name:method" of the rubrics joined by "+", from judgement rows (the noise table's key)."""
     methods = {row["rubric"]: row["method"] for row in rows}
-    return "+".join(f"{r}:{methods.get(r, '?')}" for r in rubrics)
+    return "+".join(sorted(f"{r}:{methods.get(r, '?')}" for r in rubrics))
 
 
 def judge_noise(options: BuildOptions, judge: str, key: str) -> tuple[float | None, str]:
     """The noise margin to report against, and where it came from (None: unknown for this judge).
-    ``key`` is `rubric_key` of the run's rubrics."""
+    ``key`` is `rubric_key` of the run's rubrics; a measured figure holds for equal rubric weights only."""
     from rlaif.models import is_embedded
 
     if getattr(options, "noise_margin", None) is not None:
         return options.noise_margin, "option noise_margin"
     judges = [j.split(":", 1)[-1] for j in judge.split("+")]  # model ids are "engine:model"
-    if judges and all(is_embedded(j) for j in judges) and key in EMBEDDED_NOISE_MARGIN:
+    names = [part.rsplit(":", 1)[0] for part in key.split("+")]
+    equal = len({options.rubric_weights.get(n, 1.0) for n in names}) <= 1
+    if judges and all(is_embedded(j) for j in judges) and key in EMBEDDED_NOISE_MARGIN and equal:
         return EMBEDDED_NOISE_MARGIN[key], ("measured for the embedded judge on the labelled set "
                                             "bench/data/judge_pairs.jsonl with bench/judge_quality.py")
     return None, ("unknown for this judge and rubric set: measure agreement against margin with `rlaif rubric "
