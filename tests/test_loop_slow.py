@@ -1,8 +1,9 @@
 """`rlaif loop` on the embedded 135M model: two GRPO rounds on a verifiable Python reward beat the
 starting policy on held-out prompts, judged by that same reward (configs/loop_verifiable.yaml).
 
-The DPO path is not used here: `rlaif run` judges with a rubric, and a rubric the reward can drive
-(a `rules` rubric) is not in the tree yet; trainer=grpo with a python: reward is what moves now.
+GRPO with a python: reward is the path the online-RL tests showed to move this model in a dozen steps
+on 2 CPU cores. The DPO path with a `rules` rubric the policy can move is configs/loop_rules.yaml (its
+learning is not measured by a test yet).
 """
 
 from __future__ import annotations
