@@ -326,7 +326,8 @@ def test_embedded_model_response_logprobs_agree_with_vllm_and_verdicts_parse(emb
     ours = hf.response_logprobs(CONVS, replies, progress=False)
     schema = {**VERDICT, "properties": {**VERDICT["properties"], "rationale": {"type": "string", "maxLength": 60}}}
     judge = [[{"role": "user", "content": f"Rate this answer from 1 to 5 as JSON: {r or '(empty)'}"}] for r in replies]
-    verdicts = hf.chat(judge, SamplingParams(temperature=0.7, max_tokens=48, seed=1, json_schema=schema), progress=False)
+    params = SamplingParams(temperature=0.7, max_tokens=48, seed=1, json_schema=schema)
+    verdicts = hf.chat(judge, params, progress=False)
     hf.close()
     for g in verdicts:
         assert g.completions[0].finish_reason == "stop"

@@ -16,7 +16,8 @@ before it), or after ``max_tokens`` ("length").
 ``SamplingParams.json_schema`` is enforced with xgrammar (Dong et al. 2024): each row has a
 grammar matcher; before each draw the tokens that cannot continue valid JSON of the schema get
 logit -inf, and once the JSON is complete only EOS is allowed. No free whitespace (xgrammar's
-``any_whitespace=False``: separators ``", "`` and ``": "``), as the vllm engine asks for. A row cut by ``max_tokens`` still ends mid-JSON ("length").
+``any_whitespace=False``: separators ``", "`` and ``": "``), as the vllm engine asks for. A row
+cut by ``max_tokens`` still ends mid-JSON ("length").
 
 Each completion carries the sampled ``token_ids`` (EOS included when it stopped on EOS) and, with
 ``SamplingParams.logprobs``, each sampled token's log-probability under the distribution it was
