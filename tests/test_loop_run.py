@@ -82,7 +82,7 @@ def test_sigkill_twice_then_rerun_gives_the_files_of_an_uninterrupted_run(tmp_pa
     resumed = run_cli(argv, killed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "round 1: already done" in resumed.stderr
-    assert "round  pairs  vs initial" in resumed.stdout
+    assert "vs initial [95% CI]" in resumed.stdout and "0 (start)" in resumed.stdout
 
     monkeypatch.chdir(whole)  # the same relative --out as the killed run: paths inside the files match
     assert main(argv) == 0
