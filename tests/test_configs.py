@@ -81,6 +81,7 @@ def test_a_misspelt_plugin_key_is_caught(tmp_path):
     from accelerate.commands.launch import launch_command_parser
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "configs" / "accelerate_deepspeed_zero3.yaml").read_text().replace("zero_stage", "zero_stag"))
+    shipped = (ROOT / "configs" / "accelerate_deepspeed_zero3.yaml").read_text()
+    bad.write_text(shipped.replace("zero_stage", "zero_stag"))
     cfg = load_config_from_file(str(bad))  # accelerate itself takes it
     assert set(cfg.deepspeed_config) - {a.dest for a in launch_command_parser()._actions} == {"zero_stag"}

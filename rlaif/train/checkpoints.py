@@ -28,8 +28,8 @@ from rlaif.train.data import find_split_files
 # How often to log, evaluate or save, and where: none of it changes the trained weights.
 IGNORED = ("out", "overwrite", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit")
 # What `rlaif train rm|dpo` writes in --out (save_pretrained's files included): overwrite removes these.
-OWNED = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt", "config.json",
-         "generation_config.json", "model*.safetensors*", "tokenizer*", "special_tokens_map.json",
+OWNED = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt", ".ref_logps.pt.tmp",
+         "config.json", "generation_config.json", "model*.safetensors*", "tokenizer*", "special_tokens_map.json",
          "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt")
 
 

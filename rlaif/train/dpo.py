@@ -97,7 +97,8 @@ class DPOObjective:
         return loss, {
             "loss": loss, "rewards/accuracy": (reward_c > reward_r).float().mean(),
             "rewards/margin": (reward_c - reward_r).mean(), "rewards/chosen": reward_c.mean(),
-            "rewards/rejected": reward_r.mean(), "logps/chosen": pc.detach().mean(), "logps/rejected": pr.detach().mean(),
+            "rewards/rejected": reward_r.mean(), "logps/chosen": pc.detach().mean(),
+            "logps/rejected": pr.detach().mean(),
         }
 
 
@@ -145,8 +146,10 @@ class Reference:
         accelerator, pad, bs = run.accelerator, run.tokenizer.pad_token_id, cfg.eval_batch_size or cfg.batch_size
         self.train = reference_logprobs(model, run.train, bs, pad, accelerator, cfg.progress)
         self.test = reference_logprobs(model, run.test, bs, pad, accelerator, cfg.progress)
-        if accelerator.is_main_process:
-            torch.save({"key": self.key, "train": self.train, "test": self.test}, self.cache)
+        if accelerator.is_main_process:  # whole or absent after a kill
+            tmp = self.cache.with_name(".ref_logps.pt.tmp")
+            torch.save({"key": self.key, "train": self.train, "test": self.test}, tmp)
+            tmp.replace(self.cache)
 
 
 def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
