@@ -486,7 +486,8 @@ def _judged(judge: str, margins: list[float]) -> tuple[list[dict], list[dict]]:
                       "responses": [f"a{k}", f"b{k}"], "num_tokens": [1, 1], "finish_reasons": ["stop", "stop"],
                       "policy": "vllm:smollm2-135m", "seed": k, "metadata": {}})
         for rubric, method in (("answer_likelihood", "likelihood"), ("answer_checks", "rules")):
-            judged.append({"id": f"p{k}", "rubric": rubric, "method": method, "judge": judge, "scale": [0, 1],
+            judged.append({"id": f"p{k}", "rubric": rubric, "method": method, "scale": [0, 1],
+                           "judge": judge if method != "rules" else "rules",  # as judge.py writes them
                            "scores": [0.2 + m, 0.2], "details": [{}, {}], "comparisons": [], "failures": 0})
     return cands, judged
 

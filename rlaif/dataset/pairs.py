@@ -214,7 +214,7 @@ def judge_noise(options: BuildOptions, judge: str, key: str) -> tuple[float | No
 
     if getattr(options, "noise_margin", None) is not None:
         return options.noise_margin, "option noise_margin"
-    judges = [j.split(":", 1)[-1] for j in judge.split("+")]  # model ids are "engine:model"
+    judges = [j.split(":", 1)[-1] for j in judge.split("+") if j != "rules"]  # "engine:model"; rules: no model
     names = [part.rsplit(":", 1)[0] for part in key.split("+")]
     equal = len({options.rubric_weights.get(n, 1.0) for n in names}) <= 1
     if judges and all(is_embedded(j) for j in judges) and key in EMBEDDED_NOISE_MARGIN and equal:
