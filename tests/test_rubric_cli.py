@@ -167,19 +167,21 @@ def test_calibrate_triples_with_fault_kinds(monkeypatch: pytest.MonkeyPatch, tmp
             for ex in load_rubric(name).examples[:3]]
     path = tmp_path / "set.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["rubric", "calibrate", "helpfulness", "--examples", str(path), "--json", str(tmp_path / "r.json")]) == 0
+    report = tmp_path / "r.json"
+    assert main(["rubric", "calibrate", "helpfulness", "--examples", str(path), "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "per fault kind:" in out and "6/6 = 100%" in out
     assert [line.split()[:2] for line in out.splitlines() if line.strip().startswith(("wrong", "unsafe"))] == \
         [["wrong", "3"], ["unsafe", "3"]]
-    assert json.loads((tmp_path / "r.json").read_text())["by_fault"]["unsafe"] == \
+    assert json.loads(report.read_text())["by_fault"]["unsafe"] == \
         {"n": 3, "agreement": 1.0, "position_consistency": None}
     path.write_text(json.dumps({"prompt": "p", "better": "x", "worse": "y", "fault": 3}) + "\n")
     assert main(["rubric", "calibrate", "helpfulness", "--examples", str(path)]) == 2
     assert f"{path}:1: field 'fault': expected a string" in capsys.readouterr().err
 
 
-def test_calibrate_rules_rubric_loads_no_model(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibrate_rules_rubric_loads_no_model(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     def no_engine(cfg):
         raise AssertionError("a rules rubric must not load a judge engine")
 
