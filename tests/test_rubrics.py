@@ -41,7 +41,7 @@ def test_shipped_rubrics_cover_the_methods() -> None:
     rubrics = {p.stem: load_rubric(p) for p in SHIPPED}
     assert {"helpfulness", "honesty", "instruction_following", "truthfulness", "harmlessness",
             "overall_preference"} <= set(rubrics)
-    assert {r.method for r in rubrics.values()} == {"logprob", "verdict", "pairwise"}
+    assert {r.method for r in rubrics.values()} == {"logprob", "verdict", "pairwise", "likelihood", "rules"}
     assert rubrics["harmlessness"].principles
 
 
@@ -55,6 +55,10 @@ def test_shipped_rubric_lints_clean_and_renders(path: Path) -> None:
     assert {ex.better for ex in rubric.examples} == {"a", "b"}  # labels not all in one position
     for ex in rubric.examples:  # every example renders, with the candidate fenced
         item = JudgeItem(ex.id, [{"role": "user", "content": ex.prompt}], [ex.response_a, ex.response_b])
+        if rubric.method in ("likelihood", "rules"):  # the response is scored, never shown to a judge
+            assert [r.reply for r in requests_for(rubric, item)] == ([] if rubric.method == "rules" else
+                                                                     [ex.response_a, ex.response_b])
+            continue
         for req in requests_for(rubric, item):
             text = req.conversation[1]["content"]
             assert "<<<END RESPONSE" in text
