@@ -300,7 +300,7 @@ def group_items(prompts: list[list[dict]], completions: list[str], rows: list[di
 class JudgeReward:
     """``judge:RUBRIC``: rubric scores from the judge, normalised to [0, 1] (see the module docstring)."""
 
-    def __init__(self, spec: str, target: str, judge: SharedJudge, *, seed: int, verdict_retries: int) -> None:
+    def __init__(self, spec: str, target: str, judge: SharedJudge | None, *, seed: int, verdict_retries: int) -> None:
         from rlaif.judging.rubrics import load_rubric
 
         self.name, self.judge, self.seed, self.verdict_retries = spec, judge, seed, verdict_retries
@@ -312,7 +312,8 @@ class JudgeReward:
         from rlaif.judging.judge import judge_items
 
         groups = group_items(prompts, completions, rows)
-        judged = judge_items(self.judge.get(), self.rubric, [item for item, _ in groups], seed=self.seed,
+        backend = self.judge.get() if self.judge is not None else None  # rules: no judge engine
+        judged = judge_items(backend, self.rubric, [item for item, _ in groups], seed=self.seed,
                              verdict_retries=self.verdict_retries, progress=False)
         rewards: list[Reward] = [None] * len(completions)
         for (_, indices), row in zip(groups, judged):
@@ -322,7 +323,8 @@ class JudgeReward:
         return rewards
 
     def close(self) -> None:
-        self.judge.close()
+        if self.judge is not None:
+            self.judge.close()
 
 
 # ----------------------------------------------------------------------------- loading and mixing
@@ -345,9 +347,13 @@ def load_rewards(specs: list[str], *, judge: BackendConfig, seed: int, verdict_r
                 loaded[i] = PythonReward(name, target, modules)
             elif scheme == "rm":
                 loaded[i] = RMReward(name, target)
-            else:
-                shared = shared or SharedJudge(judge)
-                loaded[i] = JudgeReward(name, target, shared, seed=seed, verdict_retries=verdict_retries)
+            else:  # a rules rubric needs no judge engine (verifiable rewards)
+                from rlaif.judging.rubrics import load_rubric
+
+                needs = load_rubric(target).needs_judge
+                shared = shared or (SharedJudge(judge) if needs else None)
+                loaded[i] = JudgeReward(name, target, shared if needs else None, seed=seed,
+                                        verdict_retries=verdict_retries)
     except BaseException:
         for source in loaded.values():
             source.close()
