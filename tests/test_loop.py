@@ -143,3 +143,19 @@ def test_settings_fingerprint_ignores_rounds_and_plumbing_but_not_what_shapes_re
     for changed in ("n=8", "dpo.beta=0.2", "eval.temperature=0", "reference=previous", "judge.model=other"):
         assert fp(changed) != base, changed
     assert loop_settings(LoopConfig(), pool[1:], evals)["fingerprint"] != base  # other prompts
+
+
+def test_loop_brief_rules_rubric_prefers_finished_brief_answers():
+    from rlaif.judging.judge import JudgeItem, judge_items
+    from rlaif.judging.lint import lint_file
+    from rlaif.judging.rubrics import load_rubric
+
+    path = Path(__file__).parents[1] / "configs" / "loop_brief.yaml"
+    assert [f for f in lint_file(path) if f.level == "error"] == []
+    user = [{"role": "user", "content": "What is the capital of Australia?"}]
+    long_cut = " ".join(["word"] * 70)
+    item = JudgeItem("a", user, ["The capital is Canberra.", "Canberra is the capital, and " + " ".join(["x"] * 30),
+                                 long_cut, "I'm sorry, but I cannot help with that."],
+                     finish_reasons=["stop", "stop", "length", "stop"], num_tokens=[6, 40, 64, 11])
+    scores = judge_items(None, load_rubric(str(path)), [item], progress=False)[0]["scores"]
+    assert scores[0] == 1.0 and scores[0] > scores[1] > scores[2] and scores[3] < scores[0]
