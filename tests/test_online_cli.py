@@ -117,3 +117,12 @@ def test_bad_input_is_one_line_exit_2(case, message, tmp_path, tiny_model_dir, c
     assert last.startswith("rlaif: error: ") and err.count("rlaif: error") == 1, err
     assert message in last
     assert "Traceback" not in err
+
+
+def test_refused_under_a_multi_process_launcher(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Under accelerate launch / torchrun every process would train alone and write the same --out."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(args("grpo", prompts_file(tmp_path), tiny_model_dir, tmp_path / "out", "length_target", "steps=1")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "one process" in err
+    assert not (tmp_path / "out").exists()

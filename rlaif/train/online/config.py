@@ -8,6 +8,7 @@ Every field is a ``key=value`` / ``--config`` option with its help text in ``--h
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -159,6 +160,8 @@ CONFIGS: dict[str, type[OnlineConfig]] = {"grpo": GRPOConfig, "rloo": RLOOConfig
 def check_config(cfg: OnlineConfig) -> None:
     """One-line UserError for a missing required option or a value out of range."""
     name = cfg.algorithm
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train alone and write the same --out
+        raise UserError(f"train {name} runs in one process; launch it without accelerate launch / torchrun")
     for key, flag in (("prompts", "--prompts"), ("out", "--out")):
         if not getattr(cfg, key):
             raise UserError(f"train {name}: {flag} is required")
