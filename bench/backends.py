@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--skip-vllm", action="store_true", help="only the hf half")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads for the hf half (0: torch's default)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
+    ap.add_argument("--block-size", type=int, help="vLLM KV-cache block size (default: rlaif's, 32 on CPU)")
     args = ap.parse_args()
 
     convs = conversations(args.prompts)
@@ -94,7 +95,7 @@ def vllm_half(args: argparse.Namespace, convs: list) -> dict[str, float]:
 
     params = SamplingParams(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)
     cfg = BackendConfig(engine="vllm", model=args.model, gpu_memory_utilization=args.gpu_memory_utilization,
-                        max_model_len=2048)
+                        max_model_len=2048, block_size=args.block_size)
     load_s, llm = timed(lambda: build_llm(cfg))
     print(f"vLLM load {load_s:.0f} s", flush=True)
     engine = VLLMBackend(cfg, llm=llm)

@@ -70,7 +70,7 @@ def main() -> None:
                     help="shipped rubric names present at --base (default: %(default)s)")
     ap.add_argument("--new-only", nargs="*", default=[], help="rubrics only timed as shipped now (e.g. new ones)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--block-size", type=int, help="vLLM KV-cache block size (CPU default 128)")
+    ap.add_argument("--block-size", type=int, help="vLLM KV-cache block size (rlaif's CPU default 32; vLLM's own 128)")
     ap.add_argument("overrides", nargs="*", help="judge options as key=value")
     args = ap.parse_args()
 
@@ -82,12 +82,8 @@ def main() -> None:
     from rlaif.judging.judge import JudgeItem, judge_items
     from rlaif.judging.rubrics import load_rubric
 
-    if args.block_size:
-        import vllm
-
-        make = vllm.LLM
-        vllm.LLM = lambda **kw: make(**kw, block_size=args.block_size)  # type: ignore[misc]
-    cfg = load_config(RubricCommandConfig, None, ["judge.gpu_memory_utilization=0.2", *args.overrides])
+    block = [f"judge.block_size={args.block_size}"] if args.block_size else []
+    cfg = load_config(RubricCommandConfig, None, ["judge.gpu_memory_utilization=0.2", *block, *args.overrides])
     items = [JudgeItem(ex.id, as_messages(ex.prompt), [ex.response_a, ex.response_b]) for ex in read_examples(SET)]
     n_cand = sum(len(it.responses) for it in items)
     tmp = Path(tempfile.mkdtemp(prefix="judge-speed-"))

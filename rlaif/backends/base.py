@@ -81,6 +81,9 @@ class BackendConfig:
                                                 "NUMA node's RAM reserved for weights and KV cache")
     enforce_eager: bool = option(True, "vllm: no CUDA graphs / torch.compile (faster start, slower decode)")
     enable_prefix_caching: bool = option(True, "vllm: reuse the KV cache of shared prompt prefixes")
+    block_size: int | None = option(None, "vllm: KV-cache block size in tokens; the prefix cache reuses whole "
+                                          "blocks, so small blocks let more of a rubric's fixed text hit it "
+                                          "(null: 32 on CPU, vLLM's own default on GPU)")
     tensor_parallel_size: int = option(1, "vllm: number of GPUs to split the model across")
     enable_sample_logprobs: bool = option(False, "vllm: build the engine so that samples can return their "
                                                  "log-probs (SamplingParams.logprobs; for RL rollouts); costs a "
