@@ -14,7 +14,7 @@ else
   TORCH_PIN := torch==2.13.0
 endif
 
-.PHONY: setup demo test test-fast bench clean-venv
+.PHONY: setup demo loop-demo test test-fast bench clean-venv
 
 setup: $(STAMP)
 
@@ -33,11 +33,18 @@ $(STAMP): pyproject.toml
 # The main job on the embedded model (policy and judge: SmolLM2-135M-Instruct via vLLM on CPU).
 # Rerunning resumes/skips finished stages; add DEMO_ARGS=--overwrite to start over.
 demo: $(STAMP)
-	@# 58 prompts x 4 candidates of <= 64 tokens, judged for helpfulness (duration: see README).
-	@# Add rubrics with DEMO_ARGS.
-	$(VENV)/bin/rlaif run --prompts prompts/demo.jsonl --rubric helpfulness \
-		--out outputs/demo n=4 max_tokens=64 $(DEMO_ARGS)
+	@# 58 prompts x 4 candidates of <= 384 tokens (20% still cut off there; never chosen), judged by the
+	@# default judging for the embedded model: answer_likelihood + answer_checks (89% agreement on
+	@# bench/data/judge_pairs.jsonl; see README "Editing a rubric"). Add rubrics with DEMO_ARGS.
+	$(VENV)/bin/rlaif run --prompts prompts/demo.jsonl --rubric answer_likelihood --rubric answer_checks \
+		--out outputs/demo n=4 max_tokens=384 $(DEMO_ARGS)
 	@echo "demo done: preference dataset in outputs/demo/preferences/, report in outputs/demo/report.html"
+
+# 2 rounds of generate -> judge -> build -> DPO -> eval on the embedded model (policy and judge).
+# Rerunning resumes (finished rounds are skipped); add DEMO_ARGS=--overwrite to start over.
+loop-demo: $(STAMP)
+	$(VENV)/bin/rlaif loop --config configs/loop_demo.yaml --out outputs/loop-demo $(DEMO_ARGS)
+	@echo "loop done: per-round table above, report in outputs/loop-demo/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
