@@ -210,7 +210,8 @@ class VLLMBackend:
         else:
             sampling = [self._sampling_params(params, s) for s in seeds]
         outputs = self._run(self.llm.chat, [list(c) for c in conversations], sampling, use_tqdm=progress)
-        return [Generation(completions=[_completion(o, params.logprobs) for o in sorted(out.outputs, key=lambda o: o.index)],
+        return [Generation(completions=[_completion(o, params.logprobs)
+                                        for o in sorted(out.outputs, key=lambda o: o.index)],
                            prompt_tokens=len(out.prompt_token_ids or [])) for out in outputs]
 
     def generate_ids(self, prompts: Sequence[list[int]], params: SamplingParams,
@@ -229,7 +230,8 @@ class VLLMBackend:
                          else [self._sampling_params(params, s) for s in seeds])
         outputs = self._run(self.llm.generate, [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
                             sampling, use_tqdm=progress)
-        return [Generation(completions=[_completion(o, params.logprobs) for o in sorted(out.outputs, key=lambda o: o.index)],
+        return [Generation(completions=[_completion(o, params.logprobs)
+                                        for o in sorted(out.outputs, key=lambda o: o.index)],
                            prompt_tokens=len(p)) for p, out in zip(prompts, outputs)]
 
     def _check_logprobs_mode(self) -> None:

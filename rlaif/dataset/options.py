@@ -45,8 +45,10 @@ class GenerateOptions:
 
 @dataclass
 class JudgeOptions:
-    rubrics: list[str] = option(lambda: ["helpfulness"], "rubric names (rubrics/NAME.yaml) or paths; method comes from the file")
-    judge: BackendConfig = option(BackendConfig, "the judge model (in `run`: every judge.* key defaults to the policy's)")
+    rubrics: list[str] = option(lambda: ["helpfulness"],
+                                "rubric names (rubrics/NAME.yaml) or paths; method comes from the file")
+    judge: BackendConfig = option(BackendConfig,
+                                   "the judge model (in `run`: every judge.* key defaults to the policy's)")
     verdict_retries: int = option(2, "verdict rubrics: re-asks of an invalid verdict before it is recorded as "
                                   "failed (HTTP retries are judge.* options)")
     judge_chunk_size: int = option(64, "candidates rows per judge call (resume granularity)")
@@ -56,7 +58,8 @@ class JudgeOptions:
 class BuildOptions:
     """How judgements become pairs (`rlaif.dataset.pairs.build_pairs` takes any config holding these)."""
 
-    rubric_weights: dict[str, float] = option(dict, "weight per rubric when combining normalised scores (default 1 each)")
+    rubric_weights: dict[str, float] = option(dict,
+                                              "weight per rubric when combining normalised scores (default 1 each)")
     strategy: Literal["best-vs-worst", "all-pairs"] = option("best-vs-worst", "which pairs to take per prompt")
     min_margin: float | None = option(None, "minimum combined-score margin in [0,1] of a pair (ties always dropped); "
                                       "null: the judge's noise margin where known (noise_margin, or the measured "

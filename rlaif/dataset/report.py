@@ -184,8 +184,10 @@ def _example(pair: dict) -> str:
     prompt = "\n\n".join(f"[{m['role']}] {m['content']}" for m in pair["prompt"])
     return (f"<div class='ex'><p><b>{html.escape(pair['id'])}</b> margin {pair['margin']:.3f}</p>"
             f"<pre>{html.escape(prompt)}</pre><div class='cols'>"
-            f"<div><h4>chosen ({pair['score_chosen']:.3f})</h4><pre>{html.escape(pair['chosen'][0]['content'])}</pre></div>"
-            f"<div><h4>rejected ({pair['score_rejected']:.3f})</h4><pre>{html.escape(pair['rejected'][0]['content'])}</pre></div>"
+            f"<div><h4>chosen ({pair['score_chosen']:.3f})</h4>"
+            f"<pre>{html.escape(pair['chosen'][0]['content'])}</pre></div>"
+            f"<div><h4>rejected ({pair['score_rejected']:.3f})</h4>"
+            f"<pre>{html.escape(pair['rejected'][0]['content'])}</pre></div>"
             "</div></div>")
 
 
@@ -277,7 +279,8 @@ def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], ma
     ]
     if gen_cfg:
         lines.append(f"- sampling: n={gen_cfg.get('n')}, temperature={gen_cfg.get('temperature')}, "
-                     f"top_p={gen_cfg.get('top_p')}, max_tokens={gen_cfg.get('max_tokens')}, seed={gen_cfg.get('seed')}")
+                     f"top_p={gen_cfg.get('top_p')}, max_tokens={gen_cfg.get('max_tokens')}, "
+                     f"seed={gen_cfg.get('seed')}")
     lines.append(f"- pair strategy: {build.get('config', {}).get('strategy')}, "
                  f"min_margin={build.get('min_margin')}, "
                  f"truncated={build.get('config', {}).get('truncated')}")

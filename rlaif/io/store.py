@@ -159,4 +159,5 @@ def clear_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Atomically write ``DIR/manifest.json`` (sorted keys, so reruns differ only in timings)."""
-    atomic_write_text(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_text(Path(out_dir) / "manifest.json", text)
