@@ -1,6 +1,8 @@
 """`rlaif train rm|dpo` and `rlaif rm score`: shipped configs load, bad input is one line + exit 2."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,7 +63,7 @@ def test_flags_and_overrides_layer(tmp_path, capsys):
 
     args = build_parser().parse_args(["train", "dpo", "--config", str(ROOT / "configs" / "dpo_cpu.yaml"),
                                       "--data", "D", "--out", "O", "beta=0.3", "lora.enabled=true"])
-    cfg = _train_config(args, DPOConfig)
+    cfg = _train_config(args, DPOConfig, "train dpo")
     assert (cfg.data, cfg.out, cfg.beta, cfg.lora.enabled, cfg.batch_size) == ("D", "O", 0.3, True, 4)
 
 
@@ -99,3 +101,17 @@ def test_rm_score_bad_file(tmp_path, capsys):
     assert code == 2 and "x.jsonl:1: field 'chosen'" in err
     code, err = _run(["rm", "score", "--model", str(tmp_path), "--data", str(tmp_path / "none.jsonl")], capsys)
     assert code == 2 and "file not found" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "dpo", "--out", "O"], "train dpo: --data and --out are required"),
+    (["train", "rm", "--data", "D"], "train rm: --data and --out are required"),
+    (["rm", "score", "--data", "D"], "rm score: --model and --data are required"),
+])
+def test_missing_required_flags_are_reported_before_torch_is_imported(argv, message):
+    """A forgotten --data must not cost the seconds of importing torch and transformers first."""
+    code = ("import sys\nfrom rlaif.cli import main\ncode = main(%r)\n"
+            "print('torch' in sys.modules, code)" % argv)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert message in out.stderr
+    assert out.stdout.split() == ["False", "2"]

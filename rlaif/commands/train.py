@@ -19,21 +19,25 @@ from typing import Any
 from rlaif.errors import UserError, where
 
 
-def _train_config(args: argparse.Namespace, cls: type) -> Any:
-    """Defaults <- --config YAML <- key=value <- --data/--model/--out/--overwrite, all type-checked."""
+def _train_config(args: argparse.Namespace, cls: type, verb: str, required: tuple[str, ...] = ("data", "out")) -> Any:
+    """Defaults <- --config YAML <- key=value <- --data/--model/--out/--overwrite, all type-checked.
+    A missing required flag is reported here, before torch and transformers are imported (seconds)."""
     from rlaif.config import load_config, merge
 
     cfg = load_config(cls, args.config, args.overrides)
     flags = {k: getattr(args, k) for k in ("data", "model", "out") if getattr(args, k, None) is not None}
     if getattr(args, "overwrite_flag", False):
         flags["overwrite"] = True
-    return merge(cfg, flags, source="command line: ")
+    cfg = merge(cfg, flags, source="command line: ")
+    if not all(getattr(cfg, k) for k in required):
+        raise UserError(f"{verb}: {' and '.join('--' + k for k in required)} are required")
+    return cfg
 
 
 def _run_rm(args: argparse.Namespace) -> int:
     from rlaif.train.config import RMConfig
 
-    cfg = _train_config(args, RMConfig)
+    cfg = _train_config(args, RMConfig, "train rm")
     from rlaif.train.rm import train_rm
 
     train_rm(cfg)
@@ -43,7 +47,7 @@ def _run_rm(args: argparse.Namespace) -> int:
 def _run_dpo(args: argparse.Namespace) -> int:
     from rlaif.train.config import DPOConfig
 
-    cfg = _train_config(args, DPOConfig)
+    cfg = _train_config(args, DPOConfig, "train dpo")
     from rlaif.train.dpo import train_dpo
 
     train_dpo(cfg)
@@ -117,9 +121,7 @@ def _read_score_rows(path: Path) -> list[dict[str, Any]]:
 def _run_score(args: argparse.Namespace) -> int:
     from rlaif.train.config import ScoreConfig
 
-    cfg = _train_config(args, ScoreConfig)
-    if not cfg.model or not cfg.data:
-        raise UserError("rm score: --model and --data are required")
+    cfg = _train_config(args, ScoreConfig, "rm score", required=("model", "data"))
     rows = _read_score_rows(Path(cfg.data))
     from rlaif.train.score import RewardModel
 
