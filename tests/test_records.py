@@ -122,3 +122,18 @@ def test_file_that_is_not_utf8_is_one_line_error_through_cli(tmp_path, capsys, v
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert f"{bad}:2: not UTF-8 text (byte 0xe9 at column 16)" in err
     assert not (tmp_path / "out" / "candidates.jsonl").exists()
+
+
+def test_a_shipped_prompt_set_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    """`--prompts demo` reads the shipped prompts/demo.jsonl; a local file of that name wins; an unknown
+    name says which sets are shipped."""
+    from rlaif.io.records import read_prompts
+    from rlaif.shipped import shipped_dir
+
+    monkeypatch.chdir(tmp_path)
+    shipped = read_prompts("demo")
+    assert len(shipped) == sum(1 for line in (shipped_dir("prompts") / "demo.jsonl").open() if line.strip())
+    (tmp_path / "demo").write_text('{"prompt": "local"}\n')
+    assert [p.messages[-1]["content"] for p in read_prompts("demo")] == ["local"]
+    with pytest.raises(UserError, match=r"nosuch: file not found .*shipped prompt set: demo"):
+        read_prompts("nosuch")

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import jsonschema
 
 from rlaif.errors import UserError, where
+from rlaif.shipped import shipped_dir
 
 ROLES = ["system", "user", "assistant"]
 
@@ -276,9 +277,23 @@ def _check_unique(prompts: list[Prompt], path: Path) -> None:
         raise UserError(f"{path}: no prompts in the file")
 
 
-def read_prompts(path: str | Path, prompt_column: str = "prompt") -> list[Prompt]:
-    """Read and validate a prompt file (see the module docstring). Raises UserError on bad input."""
+def prompts_path(path: str | Path) -> Path:
+    """A prompt file's path, or the name of a shipped prompt set (``demo`` -> the shipped
+    ``prompts/demo.jsonl``), so `--prompts demo` works from any folder. An existing file wins."""
     path = Path(path)
+    if path.is_file() or path.suffix or len(path.parts) > 1:
+        return path
+    shipped = shipped_dir("prompts") / f"{path.name}.jsonl"
+    return shipped if shipped.is_file() else path
+
+
+def read_prompts(path: str | Path, prompt_column: str = "prompt") -> list[Prompt]:
+    """Read and validate a prompt file, or a shipped set by name (see the module docstring and
+    `prompts_path`). Raises UserError on bad input."""
+    path = prompts_path(path)
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in shipped_dir("prompts").glob("*.jsonl")))
+        raise UserError(f"{path}: file not found (give a prompt file, or a shipped prompt set: {names})")
     prompts = [_prompt_from_row(row, path, line, PROMPT_LINE_SCHEMA, prompt_column)[0]
                for line, row in read_rows(path)]
     _check_unique(prompts, path)
