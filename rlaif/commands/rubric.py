@@ -4,6 +4,7 @@
     rlaif rubric preview RUBRIC --prompt TEXT --response TEXT [--response-b TEXT]
     rlaif rubric preview RUBRIC --from candidates.jsonl --row N
     rlaif rubric calibrate RUBRIC [--examples FILE] [--min-agreement 0.8]   # FILE: e.g. bench/data/judge_pairs.jsonl
+    rlaif rubric studio [RUBRIC] [--port 8765] [--host 127.0.0.1]   # edit in the browser (rlaif.studio)
 
 The judge is ``judge.*`` (engine "auto" = vLLM if installed, else transformers; model: the
 embedded SmolLM2-135M-Instruct, a weak judge); change it with key=value or --config.
@@ -38,7 +39,7 @@ class RubricCommandConfig:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     rubric = sub.add_parser("rubric", help="lint, preview and calibrate rubrics",
                             description="Edit a rubric and see at once what the judge does with it.")
-    verbs = rubric.add_subparsers(dest="rubric_verb", metavar="lint|preview|calibrate")
+    verbs = rubric.add_subparsers(dest="rubric_verb", metavar="lint|preview|calibrate|studio")
 
     lint = verbs.add_parser("lint", help="check rubric files (schema, template, variables, scale, rendering)",
                             description="Check rubric files; errors print as file:line: message; exit 1 on "
@@ -72,6 +73,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--json", metavar="FILE", help="also write the judgements and metrics as JSON")
     add_config_arguments(cal, RubricCommandConfig)
     cal.set_defaults(func=run_calibrate)
+
+    studio = verbs.add_parser("studio", help="edit a rubric in the browser: lint, judge input, verdict and "
+                              "calibration refresh as you type",
+                              description="Serve a local page that edits the rubrics in RUBRIC's folder (default: "
+                              "./rubrics) with a warm judge. The URL printed at start carries a random token; "
+                              "requests without it are refused.")
+    studio.add_argument("rubric", nargs="?", metavar="RUBRIC", help="rubric name or YAML path to open first; its "
+                        "folder is the one the studio may write")
+    studio.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    studio.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                        "machine only)")
+    add_config_arguments(studio, RubricCommandConfig)
+    studio.set_defaults(func=run_studio)
     rubric.set_defaults(func=lambda args: rubric.print_help() or 2)
 
 
@@ -231,4 +245,50 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.min_agreement is not None and report.agreement < args.min_agreement:
         print(f"agreement {report.agreement:.2f} is below --min-agreement {args.min_agreement}", file=sys.stderr)
         return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# studio
+
+def run_studio(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from rlaif.judging.rubrics import find_rubric, rubric_dirs
+    from rlaif.studio.app import Studio, build_app
+
+    # RUBRIC and key=value share the positional slot: a key=value there is an override
+    if args.rubric is not None and not Path(args.rubric).exists() and re.match(r"^[A-Za-z_][\w.-]*=", args.rubric):
+        args.overrides, args.rubric = [args.rubric] + list(args.overrides or []), None
+    cfg = _config(args)
+    if args.rubric is not None:
+        path = find_rubric(args.rubric)
+        folder, start = path.parent, path.name
+    else:
+        folder = next((d for d in rubric_dirs() if d.is_dir()), None)
+        if folder is None:
+            raise UserError("no rubrics/ folder here; name a rubric (rlaif rubric studio RUBRIC)")
+        start = None
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: expected 0-65535")
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror}); "
+                        f"pick another --port") from None
+    studio = Studio(folder, cfg.judge, start=start, seed=cfg.seed, verdict_retries=cfg.verdict_retries)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"rubric studio: http://{shown}:{port}/?token={studio.token}", flush=True)
+    print(f"  editing {studio.folder.root} (opens {studio.start}); judge {cfg.judge.engine} {cfg.judge.model}, "
+          f"loaded on the first judge call and kept warm; Ctrl-C to stop", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"  warning: listening on {args.host}: anyone who can reach it and has the URL can edit and save "
+              f"rubrics", file=sys.stderr)
+    server = uvicorn.Server(uvicorn.Config(build_app(studio), log_level="warning", lifespan="on"))
+    server.run(sockets=[sock])
     return 0
