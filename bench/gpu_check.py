@@ -11,10 +11,13 @@ bf16 autocast. Each task runs one warm-up step and then timed steps:
 - grpo: hf rollouts (`model.generate`, k samples per prompt) + a synthetic reward + group-normalised
         advantages + a PPO-clip step on prompt+completion (beta 0, one update per batch).
 
-tokens/s counts the tokens a step trains on (all real: no padding). MFU = 6 * N * tokens/s / peak
-(N: parameters doing matmuls per token: with tied embeddings the table counts once, as the LM head;
-for the RM the embedding table is left out). Generation MFU uses 2 * N per generated token.
-Peak dense bf16 FLOP/s by GPU name from PEAK_BF16 (printed).
+tokens/s counts the tokens a step trains on (all real: no padding). MFU = model FLOPs / s / peak, with
+the PaLM appendix count (Chowdhery et al. 2022): a trained token costs 6 N_body + 12 L d T (N_body: the
+matmul parameters of the layers, embedding table excluded; L layers, d hidden size, T sequence
+length), plus 6 V d for each position the LM head runs on (tied table; DPO/GRPO run it only on the
+response positions, the RM not at all). A generated token costs 2 (N_body + V d) + 4 L d C (C: its
+mean context length; the prompt prefill is not counted). Peak dense bf16 FLOP/s by GPU name from
+PEAK_BF16 (printed).
 
     python bench/gpu_check.py                 # both shapes, about 3-5 minutes on one H100
     python bench/gpu_check.py --quick         # 360M only, fewer steps
@@ -76,9 +79,19 @@ def build(shape: str, kind: str, device: torch.device) -> torch.nn.Module:
     return model.train()
 
 
-def matmul_params(model: torch.nn.Module, kind: str) -> int:
-    n = sum(p.numel() for p in model.parameters())  # tied embeddings are counted once
-    return n - (model.config.vocab_size * model.config.hidden_size if kind == "rm" else 0)
+def flops_parts(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(N_body, V*d, L*d): layer matmul parameters (embedding table excluded; tied, it is counted
+    once, as the LM head, through V*d), LM-head parameters, and layers x hidden size."""
+    c = model.config
+    table = c.vocab_size * c.hidden_size
+    return sum(p.numel() for p in model.parameters()) - table, table, c.num_hidden_layers * c.hidden_size
+
+
+def train_flops(model: torch.nn.Module, rows: int, seq: int, head_positions: int) -> float:
+    """PaLM training FLOPs of one step on ``rows`` sequences of ``seq`` tokens, the LM head on
+    ``head_positions`` positions in all."""
+    body, table, ld = flops_parts(model)
+    return rows * seq * (6 * body + 12 * ld * seq) + 6 * table * head_positions
 
 
 def tokens(rows: int, length: int, vocab: int, device: torch.device, seed: int) -> torch.Tensor:
@@ -127,7 +140,8 @@ def run_rm(shape: str, sz: Sizes, device: torch.device, autocast) -> dict:
         opt.zero_grad(set_to_none=True)
 
     secs = timed_steps(step, sz.steps, device)
-    return {"tokens_per_step": 2 * sz.batch * sz.seq, "seconds": secs, "params": matmul_params(model, "rm")}
+    return {"tokens_per_step": 2 * sz.batch * sz.seq, "seconds": secs, "params": flops_parts(model)[0],
+            "train_flops": train_flops(model, 2 * sz.batch, sz.seq, 0)}
 
 
 def run_dpo(shape: str, sz: Sizes, device: torch.device, autocast) -> dict:
@@ -148,7 +162,9 @@ def run_dpo(shape: str, sz: Sizes, device: torch.device, autocast) -> dict:
         opt.zero_grad(set_to_none=True)
 
     secs = timed_steps(step, sz.steps, device)
-    return {"tokens_per_step": 2 * sz.batch * sz.seq, "seconds": secs, "params": matmul_params(model, "dpo")}
+    body, table, _ = flops_parts(model)
+    return {"tokens_per_step": 2 * sz.batch * sz.seq, "seconds": secs, "params": body + table,
+            "train_flops": train_flops(model, 2 * sz.batch, sz.seq, 2 * sz.batch * (sz.seq - half))}
 
 
 def run_grpo(shape: str, sz: Sizes, device: torch.device, autocast) -> dict:
@@ -189,13 +205,17 @@ def run_grpo(shape: str, sz: Sizes, device: torch.device, autocast) -> dict:
 
     secs = timed_steps(step, sz.steps, device)
     gen = gen_s[1:]
-    return {"tokens_per_step": n * (sz.prompt_len + sz.new_tokens), "seconds": secs,
-            "params": matmul_params(model, "grpo"), "gen_seconds": gen, "gen_tokens_per_step": n * sz.new_tokens}
+    body, table, ld = flops_parts(model)
+    mean_ctx = sz.prompt_len + sz.new_tokens / 2
+    return {"tokens_per_step": n * (sz.prompt_len + sz.new_tokens), "seconds": secs, "params": body + table,
+            "train_flops": train_flops(model, n, sz.prompt_len + sz.new_tokens, n * sz.new_tokens),
+            "gen_seconds": gen, "gen_tokens_per_step": n * sz.new_tokens,
+            "gen_flops": n * sz.new_tokens * (2 * (body + table) + 4 * ld * mean_ctx)}
 
 
 def report(task: str, shape: str, res: dict, peak: float | None) -> dict:
     """tokens/s and MFU of a task: the training part for rm/dpo, and for grpo also the
-    generation part (2N per generated token) and the whole step."""
+    generation part and the whole step (FLOP counts: module docstring)."""
     n = res["params"]
     step_s = sum(res["seconds"]) / len(res["seconds"])
     row = {"shape": shape, "task": task, "params_m": n / 1e6, "step_s": step_s}
@@ -203,14 +223,14 @@ def report(task: str, shape: str, res: dict, peak: float | None) -> dict:
         gen_s = sum(res["gen_seconds"]) / len(res["gen_seconds"])
         train_s = step_s - gen_s
         row.update(gen_s=gen_s, train_s=train_s, gen_tokens_per_s=res["gen_tokens_per_step"] / gen_s,
-                   gen_mfu=2 * n * res["gen_tokens_per_step"] / gen_s / peak if peak else None)
+                   gen_mfu=res["gen_flops"] / gen_s / peak if peak else None)
     else:
         train_s = step_s
     row["train_tokens_per_s"] = res["tokens_per_step"] / train_s
-    row["train_mfu"] = 6 * n * row["train_tokens_per_s"] / peak if peak else None
+    row["train_tflops"] = res["train_flops"] / train_s / 1e12
+    row["train_mfu"] = res["train_flops"] / train_s / peak if peak else None
     if task == "grpo":
-        flops = 6 * n * res["tokens_per_step"] + 2 * n * res["gen_tokens_per_step"]
-        row["step_mfu"] = flops / step_s / peak if peak else None
+        row["step_mfu"] = (res["train_flops"] + res["gen_flops"]) / step_s / peak if peak else None
     return row
 
 

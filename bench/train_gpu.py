@@ -1,13 +1,20 @@
-"""GPU training throughput and MFU of rlaif's RM and DPO trainers (bf16 mixed precision).
+"""GPU training throughput and MFU of rlaif's own RM and DPO trainers (bf16 mixed precision).
 
-    .venv/bin/python bench/train_gpu.py [--model smollm2-135m|DIR] [--pairs 256] [--batch-size 16]
-        [--max-length 1024] [--gradient-checkpointing]
+    python bench/train_gpu.py [--model smollm2-135m|DIR] [--pairs 256] [--batch-size 16]
+        [--max-length 1024] [--gradient-checkpointing] [--json FILE]
+    python bench/train_gpu.py --build 360m --tokenizer TOKDIR --model DIR   # random SmolLM2-360M-shaped model
+    python bench/train_gpu.py --cpu ...                                     # rehearsal on CPU (fp32, no MFU)
+
+`--build SHAPE` writes a randomly initialised Llama model in a SmolLM2 shape (bench/gpu_check.py
+SHAPES) with the tokenizer files of TOKDIR to --model and exits: the GPU machine has no network and
+only 64 MiB travel with a call, so no real weights can be used there (throughput does not depend
+on the weights' values).
 
 MFU = achieved model FLOPs / peak dense bf16 FLOPs of the card. Model FLOPs per trained token use
-the PaLM appendix formula, 6 N + 12 L d T (N: matmul parameters actually used, embedding table
-excluded, LM head included for DPO; L layers, d hidden size, T mean sequence length). The DPO
-reference log-probs are precomputed before training and not counted. Unmeasured so far: no GPU
-was available when this was written (see BENCHMARKS.md).
+the PaLM appendix formula (Chowdhery et al. 2022), 6 N + 12 L d T (N: matmul parameters actually
+used, embedding table excluded, LM head included for DPO; L layers, d hidden size, T mean sequence
+length). The DPO reference log-probs are precomputed before training and not counted; the first
+optimizer step is warm-up and not counted either.
 """
 
 from __future__ import annotations
@@ -22,14 +29,36 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import SHAPES  # noqa: E402  (bench/gpu_check.py: SmolLM2 shapes)
 from train import make_data  # noqa: E402  (bench/train.py: same varied-length pairs)
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 
 
 def peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def build_model(shape: str, tokenizer_dir: Path, out: Path) -> None:
+    """A random-weight LlamaForCausalLM in a SmolLM2 shape, saved with the tokenizer of ``tokenizer_dir``."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    shape_cfg = dict(SHAPES[shape], vocab_size=max(SHAPES[shape]["vocab_size"], len(tok)))
+    cfg = LlamaConfig(**shape_cfg, tie_word_embeddings=True, max_position_embeddings=8192, rope_theta=100000.0,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    for name in ("generation_config.json", "chat_template.jinja"):
+        if (tokenizer_dir / name).is_file() and not (out / name).is_file():
+            shutil.copy(tokenizer_dir / name, out / name)
+    print(f"built {shape}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params -> {out}", flush=True)
 
 
 def model_flops_per_token(config, mean_len: float, with_lm_head: bool) -> float:
@@ -46,13 +75,17 @@ def model_flops_per_token(config, mean_len: float, with_lm_head: bool) -> float:
 def run(kind: str, data: Path, model: str, out: Path, args: argparse.Namespace) -> dict:
     from transformers import AutoConfig
 
+    from rlaif.models import resolve_model
     from rlaif.train.config import DPOConfig, RMConfig
 
+    cuda = torch.cuda.is_available() and not args.cpu
     common = dict(data=str(data), model=model, out=str(out), batch_size=args.batch_size, epochs=1,
-                  max_length=args.max_length, max_prompt_length=args.max_length // 2, precision="bf16",
-                  gradient_checkpointing=args.gradient_checkpointing, save_steps=0, logging_steps=1,
-                  progress=False, overwrite=True)
-    torch.cuda.synchronize()
+                  max_length=args.max_length, max_prompt_length=args.max_length // 2,
+                  precision="bf16" if cuda else "fp32", gradient_checkpointing=args.gradient_checkpointing,
+                  save_steps=0, logging_steps=1, progress=False, overwrite=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
     if kind == "rm":
         from rlaif.train.rm import train_rm
 
@@ -62,37 +95,53 @@ def run(kind: str, data: Path, model: str, out: Path, args: argparse.Namespace) 
 
         summary = train_dpo(DPOConfig(**common, lr=1e-6))
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x][1:]
+    if not steps:
+        raise SystemExit(f"{kind}: fewer than 2 optimizer steps; raise --pairs")
     tokens = sum(s["train/tokens"] for s in steps)
     seconds = sum(s["train/step_time"] for s in steps)
-    from rlaif.models import resolve_model
-
     config = AutoConfig.from_pretrained(resolve_model(model))
     rows = 2 * args.batch_size * len(steps)
     flops = tokens * model_flops_per_token(config, tokens / max(rows, 1), with_lm_head=kind == "dpo")
-    peak = peak_tflops()
-    return {"tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12,
+    peak = peak_tflops() if cuda else None
+    return {"task": kind, "tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12,
             "mfu": (flops / seconds / 1e12 / peak) if peak else None, "padding": summary["padding_fraction"],
-            "steps": len(steps) + 1, "device": torch.cuda.get_device_name(),
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+            "steps": len(steps) + 1, "mean_step_s": seconds / len(steps), "mean_seq_tokens": tokens / max(rows, 1),
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "batch_size": args.batch_size, "max_length": args.max_length, "model": model}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m", help="alias or folder (with --build: where to write)")
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--tasks", default="rm,dpo")
+    parser.add_argument("--cpu", action="store_true", help="rehearsal on CPU: fp32, no MFU")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    parser.add_argument("--build", choices=sorted(SHAPES), default=None,
+                        help="write a random model of this shape to --model and exit")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder for --build")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench/train_gpu.py needs a CUDA GPU")
+    if args.build:
+        if args.tokenizer is None:
+            sys.exit("--build needs --tokenizer")
+        build_model(args.build, args.tokenizer, Path(args.model))
+        return
+    if not args.cpu and not torch.cuda.is_available():
+        sys.exit("bench/train_gpu.py needs a CUDA GPU (or --cpu for a rehearsal)")
     tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-gpu-"))
+    results = []
     try:
         make_data(tmp / "data", args.pairs)
-        for kind in ("rm", "dpo"):
-            torch.cuda.reset_peak_memory_stats()
+        for kind in args.tasks.split(","):
             res = run(kind, tmp / "data", args.model, tmp / kind, args)
+            results.append(res)
             print(f"{kind}: {json.dumps(res)}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
