@@ -7,6 +7,7 @@
 - ``fake``: deterministic, model-free; for fast unit tests of pipeline logic only.
 
 ``load_backend(BackendConfig)`` builds one; each engine module is imported only when chosen.
+With ``replicas`` > 1 it builds `rlaif.backends.pool.EnginePool`: that many engines as Ray actors.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ __all__ = ["Backend", "BackendConfig", "Completion", "Generation", "SamplingPara
 
 def load_backend(config: BackendConfig) -> Backend:
     """Build the engine named by ``config.engine`` ("auto": vllm if importable, else hf)."""
+    if config.replicas > 1:
+        from rlaif.backends.pool import EnginePool
+
+        return EnginePool(config, load_backend)
     engine = config.engine
     if engine == "auto":
         import importlib.util

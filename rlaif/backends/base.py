@@ -85,6 +85,9 @@ class BackendConfig:
                                           "blocks, so small blocks let more of a rubric's fixed text hit it "
                                           "(null: 32 on CPU, vLLM's own default on GPU)")
     tensor_parallel_size: int = option(1, "vllm: number of GPUs to split the model across")
+    replicas: int = option(1, "engine replicas as Ray actors, chunks going to whichever is free, each with "
+                              "tensor_parallel_size GPUs (pip install 'rlaif[ray]'; option ray.address); "
+                              "1: one engine in this process")
     enable_sample_logprobs: bool = option(False, "vllm: build the engine so that samples can return their "
                                                  "log-probs (SamplingParams.logprobs; for RL rollouts); costs a "
                                                  "log-softmax over the vocabulary at every sampling step")
@@ -102,6 +105,14 @@ class BackendConfig:
                                               "each time, at most 30 s (a 429's Retry-After is honoured)")
     return_token_ids: bool = option(False, "openai: ask the server for the sampled token ids "
                                            "(vLLM's server extension; hosted APIs reject it)")
+
+
+@dataclass
+class RayOptions:
+    """Where engine replicas (``replicas`` > 1) run; see `rlaif.backends.pool`."""
+
+    address: str | None = option(None, "Ray cluster for engine replicas: auto or HOST:PORT to join a running "
+                                       "one; null: RAY_ADDRESS if set, else a local Ray for this run")
 
 
 class Backend(Protocol):

@@ -1,8 +1,9 @@
-"""Fixed chunk boundaries over the pipeline's work, the same on every run so resumed chunks match."""
+"""Fixed chunk boundaries over the pipeline's work, the same on every run so resumed chunks match,
+and their dispatch to the engine (one in-process engine, or a pool of replicas)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 
 def chunks(n_items: int, size: int) -> list[range]:
@@ -28,3 +29,18 @@ def token_chunks(prompt_tokens: Sequence[int], n: int, max_prompts: int, max_tok
     if start < len(prompt_tokens):
         out.append(range(start, len(prompt_tokens)))
     return out
+
+
+def map_chunks(backend: Any, fn: Callable[..., Any], calls: Iterable[tuple]) -> Iterator[Any]:
+    """``fn(backend, *args)`` for each ``args`` of ``calls``, results in call order.
+
+    An engine pool (`rlaif.backends.pool.EnginePool`) runs each call on whichever replica is free,
+    several at once; any other engine runs them here one after the other, lazily (a chunk's rows
+    are saved before the next chunk starts). ``fn`` must be a module-level function.
+    """
+    pool_map = getattr(backend, "map_chunks", None)
+    if pool_map is not None:
+        yield from pool_map(fn, calls)
+        return
+    for args in calls:
+        yield fn(backend, *args)

@@ -18,7 +18,7 @@ from rlaif.errors import UserError
 from rlaif.io.records import Prompt
 from rlaif.io.seeds import prompt_seed
 from rlaif.io.store import StageFile
-from rlaif.dataset.chunking import chunks, token_chunks
+from rlaif.dataset.chunking import chunks, map_chunks, token_chunks
 
 
 def context_limit(model_dir: str, max_model_len: int | None) -> int:
@@ -52,6 +52,13 @@ def check_prompt_lengths(prompts: Sequence[Prompt], model_dir: str, max_model_le
     return counts
 
 
+def _chat_chunk(backend: Backend, conversations: list, params: SamplingParams, seeds: list[int],
+                progress: bool) -> list:
+    """One chunk's engine call (run here, or on a pool replica). The engine's own bar shows
+    progress and tokens/s inside a chunk."""
+    return backend.chat(conversations, params, seeds=seeds, progress=progress)
+
+
 def generate_candidates(backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, seed: int,
                         stage: StageFile, chunk_size: int = 64, progress: bool = True,
                         prompt_tokens: Sequence[int] | None = None, chunk_tokens: int = 32768) -> dict[str, Any]:
@@ -68,23 +75,21 @@ def generate_candidates(backend: Backend, prompts: Sequence[Prompt], params: Sam
     start = time.perf_counter()
     blocks = (token_chunks(prompt_tokens, params.n, chunk_size, chunk_tokens) if prompt_tokens is not None
               else chunks(len(prompts), chunk_size))
-    for block in blocks:
-        todo = [prompts[i] for i in block if not stage.done(prompts[i].id)]
-        if not todo:
-            continue
-        # The whole chunk is re-sent (not just its missing rows) so the engine sees the same batch.
+    todo_blocks = [block for block in blocks if any(not stage.done(prompts[i].id) for i in block)]
+    # The whole chunk is re-sent (not just its missing rows) so the engine sees the same batch.
+    calls = (([prompts[i].messages for i in block], params, [prompt_seed(seed, prompts[i].id) for i in block],
+              progress) for block in todo_blocks)
+    for block, outputs in zip(todo_blocks, map_chunks(backend, _chat_chunk, calls)):
         batch = [prompts[i] for i in block]
-        seeds = [prompt_seed(seed, p.id) for p in batch]
-        # The engine's own bar shows progress and tokens/s inside a chunk.
-        outputs = backend.chat([p.messages for p in batch], params, seeds=seeds, progress=progress)
-        for p, s, gen in zip(batch, seeds, outputs):
+        todo = [p for p in batch if not stage.done(p.id)]
+        for p, gen in zip(batch, outputs):
             if stage.done(p.id):
                 continue
             comps = gen.completions
             stage.append({
                 "id": p.id, "messages": p.messages, "responses": [c.text for c in comps],
                 "num_tokens": [c.num_tokens for c in comps], "finish_reasons": [c.finish_reason for c in comps],
-                "policy": backend.model_id, "seed": s, "metadata": p.metadata,
+                "policy": backend.model_id, "seed": prompt_seed(seed, p.id), "metadata": p.metadata,
             })
             tokens += sum(c.num_tokens for c in comps)
         elapsed = time.perf_counter() - start

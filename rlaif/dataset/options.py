@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Sequence
 
-from rlaif.backends.base import BackendConfig
+from rlaif.backends.base import BackendConfig, RayOptions
 from rlaif.config import option
 from rlaif.errors import UserError
 
@@ -41,6 +41,7 @@ class GenerateOptions:
     chunk_size: int = option(64, "prompts per engine call; each finished chunk is saved (resume granularity)")
     chunk_tokens: int = option(32768, "max prompt tokens x n per engine call (bigger calls batch better; "
                              "smaller ones save finished rows sooner)")
+    ray: RayOptions = option(RayOptions, "the Ray cluster for policy.replicas > 1")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class JudgeOptions:
     verdict_retries: int = option(2, "verdict rubrics: re-asks of an invalid verdict before it is recorded as "
                                   "failed (HTTP retries are judge.* options)")
     judge_chunk_size: int = option(64, "candidates rows per judge call (resume granularity)")
+    ray: RayOptions = option(RayOptions, "the Ray cluster for judge.replicas > 1")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend
+from rlaif.backends.base import RayOptions
 from rlaif.errors import UserError
 from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidate_sources, read_candidates,
                               read_jsonl, read_prompts)
@@ -42,12 +43,14 @@ def _same_engine(a: BackendConfig, b: BackendConfig) -> bool:
 
 
 class Engines:
-    """Loads the policy and the judge lazily; one engine when both are the same model and engine."""
+    """Loads the policy and the judge lazily; one engine when both are the same model and engine.
+    A role with ``replicas`` > 1 gets a pool of ``factory``-built engines on Ray (`rlaif.backends.pool`)."""
 
     def __init__(self, policy: BackendConfig | None, judge: BackendConfig | None,
-                 factory: Callable[[BackendConfig], Backend] = load_backend) -> None:
+                 factory: Callable[[BackendConfig], Backend] = load_backend, ray: RayOptions | None = None) -> None:
         self.configs = {"policy": policy, "judge": judge}
         self.factory = factory
+        self.ray = ray
         self.loaded: dict[str, Backend] = {}
 
     def get(self, role: str) -> Backend:
@@ -61,7 +64,12 @@ class Engines:
         if other in self.loaded:  # a different model: free the other one's memory first
             self.loaded.pop(other).close()
         assert mine is not None
-        self.loaded[role] = self.factory(mine)
+        if mine.replicas > 1:
+            from rlaif.backends.pool import EnginePool
+
+            self.loaded[role] = EnginePool(mine, self.factory, self.ray, role)
+        else:
+            self.loaded[role] = self.factory(mine)
         return self.loaded[role]
 
     def close(self) -> None:
@@ -182,10 +190,17 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates: list[dict] | None,
     return JudgePlan(rubrics, fp)
 
 
+def _judge_chunk(backend: Backend | None, rubric: Any, items: list, seed: int, verdict_retries: int) -> list[dict]:
+    """One judge chunk (run here, or on a pool replica): every engine call of its rubric method."""
+    from rlaif.judging.judge import judge_items
+
+    return judge_items(backend, rubric, items, seed=seed, verdict_retries=verdict_retries, progress=False)
+
+
 def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[dict], engines: Engines,
               state: RunState) -> list[dict]:
-    from rlaif.dataset.chunking import chunks
-    from rlaif.judging.judge import JudgeItem, judge_items
+    from rlaif.dataset.chunking import chunks, map_chunks
+    from rlaif.judging.judge import JudgeItem
 
     out = Path(cfg.out)
     if not _begin_stage(out, state, "judge", plan.fingerprint, "candidates, judge model, rubric files or seed"):
@@ -208,13 +223,11 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
                    initial=sum(len(it.responses) for it in items if stage.done((it.id, rubric.name))))
         start = time.perf_counter()
         judged = 0
-        for block in chunks(len(items), cfg.judge_chunk_size):
-            batch = [items[i] for i in block]
-            if all(stage.done((it.id, rubric.name)) for it in batch):
-                continue
-            rows = judge_items(backend, rubric, batch, seed=cfg.seed, verdict_retries=cfg.verdict_retries,
-                               progress=False)
-            for it, row in zip(batch, rows):
+        todo = [block for block in chunks(len(items), cfg.judge_chunk_size)
+                if not all(stage.done((items[i].id, rubric.name)) for i in block)]
+        calls = ((rubric, [items[i] for i in block], cfg.seed, cfg.verdict_retries) for block in todo)
+        for block, rows in zip(todo, map_chunks(backend, _judge_chunk, calls)):
+            for it, row in zip((items[i] for i in block), rows):
                 if not stage.done((it.id, rubric.name)):
                     stage.append(row)
                     judged += len(it.responses)
@@ -329,7 +342,7 @@ def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_b
     # The judge plan needs the candidates, known only after generation; validate the rest now.
     judge_plan = plan_judge(cfg, None)
     state = _prepare_out(cfg, STAGES)
-    engines = Engines(cfg.policy, cfg.judge, factory)
+    engines = Engines(cfg.policy, cfg.judge, factory, ray=cfg.ray)
     try:
         candidates = run_generate(cfg, gen_plan, engines, state)
         judge_plan = plan_judge(cfg, candidates, {p.id: p.source for p in gen_plan.prompts})
@@ -345,7 +358,7 @@ def generate_only(cfg: GenerateConfig, factory: Callable[[BackendConfig], Backen
     start = time.perf_counter()
     plan = plan_generate(cfg)
     state = _prepare_out(cfg, STAGES)  # new candidates invalidate judgements and pairs
-    engines = Engines(cfg.policy, None, factory)
+    engines = Engines(cfg.policy, None, factory, ray=cfg.ray)
     try:
         run_generate(cfg, plan, engines, state)
     finally:
@@ -373,7 +386,7 @@ def judge_only(cfg: JudgeConfig, factory: Callable[[BackendConfig], Backend] = l
     plan = plan_judge(cfg, candidates, sources)
     state = _prepare_out(cfg, ["judge", "build"])
     _keep_candidates_beside(Path(cfg.candidates), Path(cfg.out), candidates, cfg.overwrite)
-    engines = Engines(None, cfg.judge, factory)
+    engines = Engines(None, cfg.judge, factory, ray=cfg.ray)
     try:
         run_judge(cfg, plan, candidates, engines, state)
     finally:

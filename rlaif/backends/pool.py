@@ -1,0 +1,266 @@
+"""Engine replicas on Ray: ``replicas=N`` engines of any kind, each in its own Ray actor.
+
+The unit of work is a chunk, the same fixed chunk the in-process engine gets
+(`rlaif.dataset.chunking`): `EnginePool.map_chunks` runs ``fn(engine, *args)`` for each chunk on
+whichever replica is free and yields the results in chunk order. A chunk's result depends only on
+the chunk (per-prompt seeds, `rlaif.io.seeds`) and the engine sees the same batch as a single
+engine would, so the rows written are the same bytes whatever the fleet. A replica that dies
+(``ray.kill``, a crashed node) loses only its running chunk, which goes to the next free replica:
+the driver writes each chunk once, in order, so nothing is lost or duplicated. The pool ends when
+no replica is left.
+
+Resources per replica: ``tensor_parallel_size`` GPUs where the cluster has GPUs and the engine
+is a local model (vllm, hf); with more than one GPU each, a STRICT_PACK placement group of that
+many GPU bundles, which vLLM then uses for its own tensor-parallel Ray workers. Fake and openai
+replicas take no GPU. Without ``ray.address`` (or ``RAY_ADDRESS``) a local Ray starts, sized to
+this machine, without dashboard and with the actors' logs kept off the terminal; it stops when the
+pool closes. A Ray that is already running in this process (tests) is used and left running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from rlaif.backends.base import (Backend, BackendConfig, Conversation, Generation, RayOptions, SamplingParams)
+from rlaif.errors import UserError
+
+LOOKAHEAD = 2  # chunks finished but not yet written, per replica, before dispatch waits for the oldest
+
+
+def _import_ray(what: str) -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"option '{what}': more than one replica needs Ray: pip install 'rlaif[ray]'") from None
+    return ray
+
+
+def _log(msg: str) -> None:
+    print(f"rlaif: {msg}", file=sys.stderr, flush=True)
+
+
+def call_method(backend: Backend, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Run ``backend.name(*args, **kwargs)`` on a replica (module-level, so Ray pickles it by name)."""
+    return getattr(backend, name)(*args, **kwargs)
+
+
+class _Replica:
+    """The Ray actor: one engine. A failed engine load is kept and raised by ``ready``, so the
+    driver sees the engine's own error (a one-line `UserError`), not a dead actor."""
+
+    def __init__(self, factory: Callable[[BackendConfig], Backend], config: BackendConfig) -> None:
+        self.backend: Backend | None = None
+        self.error: BaseException | None = None
+        try:
+            self.backend = factory(config)
+        except Exception as e:  # noqa: BLE001 - shown to the driver by ready()
+            self.error = e
+
+    def ready(self) -> str:
+        if self.error is not None:
+            raise self.error
+        assert self.backend is not None
+        return self.backend.model_id
+
+    def run(self, fn: Callable[..., Any], args: tuple) -> Any:
+        return fn(self.backend, *args)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+
+def _gpus_per_replica(config: BackendConfig, cluster_gpus: float) -> int:
+    if config.engine in ("fake", "openai") or cluster_gpus <= 0:
+        return 0
+    if config.engine == "hf":
+        return 0 if config.device.startswith("cpu") else 1
+    return config.tensor_parallel_size
+
+
+class EnginePool:
+    """``Backend`` over ``config.replicas`` Ray actors, plus `map_chunks` for whole-chunk dispatch."""
+
+    def __init__(self, config: BackendConfig, factory: Callable[[BackendConfig], Backend],
+                 ray_options: RayOptions | None = None, role: str = "policy") -> None:
+        """``factory`` builds one engine from ``config`` (with ``replicas=1``) inside each actor."""
+        self.role = role
+        ray = self.ray = _import_ray(f"{role}.replicas")
+        self.config = config
+        self._started = False
+        self._groups: list[Any] = []
+        address = (ray_options.address if ray_options else None) or os.environ.get("RAY_ADDRESS") or None
+        if not ray.is_initialized():
+            self._start(address, config.replicas)
+        try:
+            self.actors = self._spawn(factory, dataclasses.replace(config, replicas=1))
+            ids = self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        self.model_id = ids[0]
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def _start(self, address: str | None, replicas: int) -> None:
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                                      configure_logging=True)
+        if address:
+            try:
+                self.ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise UserError(f"option 'ray.address': cannot join the Ray cluster at {address!r} "
+                                f"({' '.join(str(e).split())[:160]})") from None
+        else:
+            self.ray.init(num_cpus=max(os.cpu_count() or 1, replicas), **kwargs)
+        self._started = True
+
+    def _spawn(self, factory: Callable[[BackendConfig], Backend], inner: BackendConfig) -> list[Any]:
+        ray = self.ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        total = ray.cluster_resources()
+        gpus = _gpus_per_replica(inner, total.get("GPU", 0.0))
+        need = gpus * self.config.replicas
+        if need > total.get("GPU", 0.0):
+            raise UserError(f"option '{self.role}.replicas': {self.config.replicas} replicas x {gpus} GPUs "
+                            f"(tensor_parallel_size) need {need} GPUs; the Ray cluster has {total.get('GPU', 0):g}")
+        cpus = 1 if inner.engine not in ("fake", "openai") else 0
+        remote = ray.remote(_Replica)
+        actors = []
+        for k in range(self.config.replicas):
+            if gpus > 1:  # vLLM's tensor-parallel workers are placed in this group
+                group = placement_group([{"GPU": 1, "CPU": 1}] * gpus, strategy="STRICT_PACK")
+                self._groups.append(group)
+                strategy = PlacementGroupSchedulingStrategy(placement_group=group,
+                                                            placement_group_capture_child_tasks=True)
+                opts: dict[str, Any] = dict(num_cpus=0, num_gpus=0, scheduling_strategy=strategy)
+            else:
+                opts = dict(num_cpus=cpus, num_gpus=gpus)
+            name = f"rlaif-{self.role}-{k}-{os.getpid()}-{id(self):x}"  # `ray list actors` shows whose it is
+            actors.append(remote.options(name=name, **opts).remote(factory, inner))
+        return actors
+
+    def _wait_ready(self) -> list[str]:
+        try:
+            return self.ray.get([a.ready.remote() for a in self.actors])
+        except self.ray.exceptions.RayTaskError as e:
+            raise _cause(e) from None
+
+    def close(self) -> None:
+        """Close every live engine, end the actors, and stop Ray if this pool started it."""
+        ray = self.ray
+        for actor in getattr(self, "actors", []):
+            try:
+                ray.get(actor.close.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - dead or stuck: killed below
+                pass
+            ray.kill(actor)
+        self.actors = []
+        for group in self._groups:
+            ray.util.remove_placement_group(group)
+        self._groups = []
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+        self._started = False
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def map_chunks(self, fn: Callable[..., Any], calls: Iterable[tuple]) -> Iterator[Any]:
+        """``fn(engine, *args)`` for each ``args`` in ``calls``, each on whichever replica is free;
+        results yielded in call order. A replica that dies hands its chunk to the next free one."""
+        ray = self.ray
+        pending = iter(calls)
+        retry: deque[tuple[int, tuple]] = deque()
+        free = list(self.actors)
+        inflight: dict[Any, tuple[int, Any, tuple]] = {}
+        results: dict[int, Any] = {}
+        next_in = next_out = 0
+        exhausted = False
+        while True:
+            while free and (retry or (not exhausted and next_in - next_out < LOOKAHEAD * len(self.actors))):
+                if retry:
+                    index, args = retry.popleft()
+                else:
+                    try:
+                        args = next(pending)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    index, next_in = next_in, next_in + 1
+                actor = free.pop(0)
+                inflight[actor.run.remote(fn, args)] = (index, actor, args)
+            if next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
+                continue
+            if not inflight:
+                return  # everything dispatched has been yielded
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            index, actor, args = inflight.pop(ref)
+            try:
+                results[index] = ray.get(ref)
+                free.append(actor)
+            except ray.exceptions.RayActorError as e:
+                self._lost(actor, e)
+                retry.append((index, args))
+            except ray.exceptions.RayTaskError as e:
+                raise _cause(e) from None
+
+    def _lost(self, actor: Any, error: BaseException) -> None:
+        self.actors = [a for a in self.actors if a is not actor]
+        self.ray.kill(actor)
+        why = " ".join(str(error).split())[:120]
+        if not self.actors:
+            raise UserError(f"option '{self.role}.replicas': every engine replica died; the last: {why}")
+        _log(f"{self.role}: an engine replica died ({why}); its chunk goes to another, {len(self.actors)} left")
+
+    def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """``engine.name(*args, **kwargs)`` on every replica (e.g. loading new weights)."""
+        refs = [a.run.remote(call_method, (name, args, kwargs)) for a in self.actors]
+        try:
+            return self.ray.get(refs)
+        except self.ray.exceptions.RayTaskError as e:
+            raise _cause(e) from None
+
+    def _split(self, name: str, columns: dict[str, Sequence[Any]], kwargs: dict[str, Any]) -> list[Any]:
+        """One engine call split into contiguous parts (``columns`` cut alike), one per replica;
+        results concatenated in order. Engines' per-conversation seeds make the parts' samples
+        those of the whole call."""
+        n = len(next(iter(columns.values())))
+        parts = max(1, min(len(self.actors), n))
+        bounds = [n * k // parts for k in range(parts + 1)]
+        calls = [(name, (), {key: list(col[bounds[k]:bounds[k + 1]]) for key, col in columns.items()} | kwargs)
+                 for k in range(parts)]
+        return [x for part in self.map_chunks(call_method, calls) for x in part]
+
+    # -- Backend -------------------------------------------------------------------------------
+    def chat(self, conversations: Sequence[Conversation], params: SamplingParams,
+             seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
+        columns: dict[str, Sequence[Any]] = {"conversations": conversations}
+        if seeds is not None:
+            if len(seeds) != len(conversations):
+                raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+            columns["seeds"] = seeds
+        return self._split("chat", columns, {"params": params, "progress": False})
+
+    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                        assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:
+        return self._split("choice_logprobs", {"conversations": conversations},
+                           {"choices": list(choices), "assistant_prefix": assistant_prefix, "progress": False})
+
+    def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
+                          progress: bool = True) -> list[list[float]]:
+        if len(responses) != len(conversations):
+            raise ValueError(f"{len(responses)} responses for {len(conversations)} conversations")
+        return self._split("response_logprobs", {"conversations": conversations, "responses": responses},
+                           {"progress": False})
+
+
+def _cause(error: Any) -> BaseException:
+    """The engine's own exception inside a Ray task error (a `UserError` stays one line)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
