@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 
 from rlaif.cli import build_parser, main
+from rlaif.errors import UserError
 from rlaif.train.config import DPOConfig, LoraOptions, RMConfig, ScoreConfig, TrainConfig
 
 
@@ -32,13 +33,15 @@ def _config(argv):
     from rlaif.commands.train import _train_config
 
     args = build_parser().parse_args(argv)
-    return _train_config(args, RMConfig if argv[1] == "rm" else DPOConfig)
+    return _train_config(args, RMConfig if argv[1] == "rm" else DPOConfig, f"train {argv[1]}")
 
 
 def test_flags_are_type_checked_and_overwrite_flag_sets_the_key():
     cfg = _config(["train", "rm", "--data", "D", "--model", "M", "--out", "O", "--overwrite", "seed=3"])
     assert (cfg.data, cfg.model, cfg.out, cfg.overwrite, cfg.seed) == ("D", "M", "O", True, 3)
-    assert _config(["train", "rm", "--out", "O"]).overwrite is False
+    assert _config(["train", "rm", "--data", "D", "--out", "O"]).overwrite is False
+    with pytest.raises(UserError, match="train rm: --data and --out are required"):
+        _config(["train", "rm", "--out", "O"])
 
 
 @pytest.mark.parametrize("override, key", [("batch_size=abc", "batch_size"), ("lora.r=1.5", "lora.r"),
