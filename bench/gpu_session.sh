@@ -35,7 +35,7 @@ else
   PY=python3
   SHAPE=360m; CHECK_ARGS=""; TRAIN_ARGS="--pairs 512 --batch-size 16 --max-length 1024"
   GRPO_ARGS="steps=5 k=8 prompts_per_step=8 max_tokens=128 rollout.batch_size=64 micro_batch_size=16"
-  T_ENV=60; T_BUILD=60; T_TRAIN=110; T_GRPO=110; T_CHECK=170
+  T_ENV=45; T_BUILD=45; T_TRAIN=110; T_GRPO=110; T_CHECK=150
 fi
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
