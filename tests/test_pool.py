@@ -199,7 +199,7 @@ def test_driver_kill_9_then_resume_with_replicas(tmp_path):
 
     def drive(out: str, replicas: int, kill_when: Path | None = None) -> None:
         proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / out), str(replicas)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
         if kill_when is None:
             _, err = proc.communicate(timeout=240)
             assert proc.returncode == 0, err.decode()[-2000:]
@@ -212,6 +212,13 @@ def test_driver_kill_9_then_resume_with_replicas(tmp_path):
             time.sleep(0.01)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+        # Ray's raylet and GCS follow the driver; its dashboard and runtime-env agents can linger
+        # (Ray 2.60): end what is left of the driver's process group so the test leaves nothing behind.
+        time.sleep(1)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     drive("one", 1)
     work = tmp_path / "two" / ".rlaif"
