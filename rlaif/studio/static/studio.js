@@ -63,7 +63,12 @@ async function loadState() {
   if (!ok) { status(data.error, "error"); return null; }
   const sel = $("file");
   sel.replaceChildren(...data.files.map((f) => el("option", { value: f }, f)));
-  if (!data.files.includes(data.start)) sel.append(el("option", { value: data.start }, data.start));
+  for (const name of [data.start, current]) {
+    if (name && !data.files.includes(name) && ![...sel.options].some((o) => o.value === name)) {
+      sel.append(el("option", { value: name }, name));
+    }
+  }
+  if (current) sel.value = current;
   $("judge").textContent = `judge: ${data.judge.engine} ${data.judge.model}` +
     (data.judge.loaded ? " (warm)" : " (loads on the first judge call)");
   return data;
@@ -82,6 +87,7 @@ async function openFile(name) {
 
 // ---- check: lint, then preview and calibrate ---------------------------------------------------
 async function check() {
+  clearTimeout(debounce);  // this check covers the one typing scheduled
   const seq = ++checkSeq;
   const text = $("editor").value;
   status("checking…");
@@ -145,8 +151,9 @@ async function preview(seq = checkSeq) {
     $("verdict").replaceChildren();
     return;
   }
-  $("inputs").replaceChildren(...(data.inputs.length ? data.inputs.flatMap((x) => [el("h3", {}, x.title),
-    el("pre", { class: "input" }, x.text)]) : [el("p", { class: "muted" }, "rules rubric: no judge model, no judge input")]));
+  $("inputs").replaceChildren(...(data.inputs.length ? data.inputs.map((x, i) => el("details", i ? {} : { open: "" },
+    el("summary", {}, x.title), el("pre", { class: "input" }, x.text)))
+    : [el("p", { class: "muted" }, "rules rubric: no judge model, no judge input")]));
   $("verdict-summary").textContent = `${data.method}; ${data.judged} of ${data.requests} judge request(s) sent to the engine` +
     (data.judged < data.requests ? ", the rest from the cache" : "");
   showVerdict(data);
@@ -155,22 +162,21 @@ async function preview(seq = checkSeq) {
 
 function showVerdict(data) {
   const row = data.row, out = [];
+  // one column per response for the score methods; a table for pairwise and likelihood
+  const column = (...nodes) => out.push(el("div", {}, ...nodes));
   if (data.method === "logprob") {
     row.details.forEach((d, i) => {
-      out.push(el("h3", {}, `response ${i}: expected score ${fmt(row.scores[i])}` + (d.mass !== undefined ? ` (mass ${fmt(d.mass)})` : "")));
-      if (d.error) out.push(el("p", { class: "message" }, d.error));
       const t = el("table");
       for (const [s, p] of Object.entries(d.distribution || {})) {
         t.append(el("tr", {}, el("td", {}, s), el("td", {}, fmt(p, 3)),
-          el("td", {}, el("span", { class: "bar", style: `width:${Math.round(200 * p)}px` }))));
+          el("td", {}, el("span", { class: "bar", style: `width:${Math.round(160 * p)}px` }))));
       }
-      out.push(t);
+      column(el("h3", {}, `response ${i}: expected score ${fmt(row.scores[i])}` +
+        (d.mass !== undefined ? ` (mass ${fmt(d.mass)})` : "")), ...(d.error ? [el("p", { class: "message" }, d.error)] : []), t);
     });
   } else if (data.method === "verdict") {
-    row.details.forEach((d, i) => {
-      out.push(el("h3", {}, `response ${i}: score ${row.scores[i] ?? "FAILED"} after ${d.attempts} attempt(s)`));
-      out.push(el("pre", { class: "input" }, JSON.stringify(d.verdict ?? { error: d.error, raw: d.raw }, null, 2)));
-    });
+    row.details.forEach((d, i) => column(el("h3", {}, `response ${i}: score ${row.scores[i] ?? "FAILED"} after ${d.attempts} attempt(s)`),
+      el("pre", { class: "input" }, JSON.stringify(d.verdict ?? { error: d.error, raw: d.raw }, null, 2))));
   } else if (data.method === "pairwise") {
     const t = el("table", {}, el("tr", {}, ...["pair", "order 1: P(i better), i as A", "order 2: P(i better), i as B",
       "averaged", "position-consistent"].map((h) => el("th", {}, h))));
@@ -179,28 +185,27 @@ function showVerdict(data) {
         el("td", {}, fmt(c.p_i_second, 3)), el("td", {}, fmt(c.p, 3)),
         el("td", {}, c.p === null ? `failed: ${c.error}` : (c.consistent ? "yes" : "no (position bias)"))));
     }
-    out.push(t);
+    column(t);
   } else if (data.method === "likelihood") {
     const t = el("table", {}, el("tr", {}, ...["response", "score", "mean log-prob", "tokens", "neutral", "PMI"]
       .map((h) => el("th", {}, h))));
     row.details.forEach((d, i) => t.append(el("tr", {}, el("td", {}, i), el("td", {}, fmt(row.scores[i], 4)),
       el("td", {}, fmt(d.mean_logprob, 3)), el("td", {}, d.tokens ?? d.error ?? ""),
       el("td", {}, fmt(d.mean_logprob_neutral, 3)), el("td", {}, fmt(d.pmi, 3)))));
-    out.push(t);
+    column(t);
   } else {
     row.details.forEach((d, i) => {
-      out.push(el("h3", {}, `response ${i}: score ${fmt(row.scores[i], 3)}`));
       const t = el("table");
       for (const c of d.checks || []) {
         const mark = c.passed === true ? "pass" : c.passed === false ? "fail" : "skip";
         t.append(el("tr", {}, el("td", { class: mark }, mark), el("td", {}, c.check), el("td", {}, `w=${c.weight}`),
           el("td", {}, c.why)));
       }
-      out.push(t);
+      column(el("h3", {}, `response ${i}: score ${fmt(row.scores[i], 3)}`), t);
     });
   }
-  out.push(el("details", {}, el("summary", {}, "as `rlaif rubric preview` prints it"), el("pre", { class: "input" }, data.text)));
-  $("verdict").replaceChildren(...out);
+  $("verdict").replaceChildren(el("div", { class: "cols" }, ...out),
+    el("details", {}, el("summary", {}, "as `rlaif rubric preview` prints it"), el("pre", { class: "input" }, data.text)));
 }
 
 // ---- calibration (background job, polled) -----------------------------------------------------
@@ -255,7 +260,7 @@ async function save(draft) {
   if (!ok) { status(data.error, "error"); return; }
   status(data.draft ? `saved as draft ${data.saved} (fails lint; ${current} unchanged)`
     : `saved ${data.saved}` + (data.previous ? ` (previous version in ${data.previous})` : ""), data.draft ? "error" : "ok");
-  if (!data.draft) check();
+  loadState();  // a new file joins the list
 }
 
 // ---- wiring ------------------------------------------------------------------------------------
