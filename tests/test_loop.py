@@ -39,6 +39,8 @@ def test_unknown_trainer_and_loop_set_keys_are_refused(tmp_path):
     cfg = LoopConfig(prompts="p.jsonl")
     with pytest.raises(UserError, match="'dpo.model'"):
         check_loop_config(cfg, {"dpo.model"})
+    with pytest.raises(UserError, match="'dpo.ref_model'"):  # set from `reference`
+        check_loop_config(cfg, {"dpo.ref_model"})
     with pytest.raises(UserError, match="'eval.policy'"):
         check_loop_config(cfg, {"eval.policy.engine"})
     with pytest.raises(UserError, match="eval_prompts"):
@@ -46,6 +48,7 @@ def test_unknown_trainer_and_loop_set_keys_are_refused(tmp_path):
     with pytest.raises(UserError, match="rewards"):
         check_loop_config(LoopConfig(prompts="p.jsonl", trainer="grpo"))
     check_loop_config(cfg, {"dpo.beta", "eval.temperature"})
+    check_loop_config(load_config(LoopConfig, None, ["prompts=p.jsonl", "dpo.reference=model"]))  # ref_model: frozen
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):

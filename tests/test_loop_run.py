@@ -92,10 +92,9 @@ def test_sigkill_twice_then_rerun_gives_the_files_of_an_uninterrupted_run(tmp_pa
     assert [k for k in a if a[k] != b[k]] == []
 
     # round 2's DPO reference was the starting policy (reference=initial), not round 1's model
-    import torch
-
-    cache = torch.load(whole / "loop" / "round-2" / "model" / "ref_logps.pt")
-    assert cache["reference_model"] == tiny_model_dir
+    summaries = [json.loads((whole / "loop" / f"round-{k}" / "model" / "summary.json").read_text()) for k in (1, 2)]
+    assert summaries[1]["reference"] == tiny_model_dir and summaries[1]["settings"]["ref_model"] == tiny_model_dir
+    assert summaries[0]["reference"] == tiny_model_dir and summaries[0]["settings"]["ref_model"] == ""
     manifest = json.loads((whole / "loop" / "manifest.json").read_text())
     assert [r["round"] for r in manifest["rounds"]] == [1, 2]
     assert manifest["rounds"][1]["kl"] > 0 and set(manifest["rounds"][1]["eval"]) == {"vs-initial", "vs-previous"}

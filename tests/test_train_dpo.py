@@ -158,3 +158,94 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path, tiny_model_dir):
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert not any("lora" in k for k in model.state_dict())
+
+
+# ----------------------------------------------------------------------------- ref_model
+@pytest.fixture(scope="module")
+def other_reference(tmp_path_factory, tiny_model_dir) -> str:
+    """The tiny model with perturbed weights (same tokenizer): a reference that is not the starting policy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("other-ref")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return str(out)
+
+
+def _first_loss(out: Path) -> float:
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train/loss"]
+
+
+def _table(model_dir: str, tokenizer_dir: str) -> torch.Tensor:
+    """(N, 2) summed response log-probs [chosen, rejected] of ``model_dir`` on the train pairs, by hand."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlaif.train.modeling import response_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    pairs, _ = tokenize_rows(tok, load_splits(ASSETS)["train"], 1024, 512)
+    with torch.no_grad():
+        logps, _ = response_logprobs(model, collate(pairs, tok.pad_token_id))
+    return torch.stack(logps.chunk(2), dim=1)
+
+
+def test_ref_model_is_the_reference_and_the_default_is_the_starting_policy(tmp_path, tiny_model_dir,
+                                                                          other_reference):
+    """pi_ref = ref_model: its log-probs are the cached table, so step 1's loss is no longer log 2 (at
+    step 1 pi_theta = the starting weights); empty or the starting model itself changes nothing; the
+    frozen-model mode gives the same first step."""
+    from rlaif.train.dpo import train_dpo
+
+    runs = {"default": {}, "same": {"ref_model": tiny_model_dir}, "other": {"ref_model": other_reference},
+            "other-frozen": {"ref_model": other_reference, "reference": "model"}}
+    summaries = {name: train_dpo(_cfg(tiny_model_dir, tmp_path / name, max_steps=1, logging_steps=1, **kw))
+                 for name, kw in runs.items()}
+    loss = {name: _first_loss(tmp_path / name) for name in runs}
+    assert loss["default"] == pytest.approx(math.log(2), abs=1e-5)
+    assert loss["same"] == pytest.approx(loss["default"], abs=1e-6)
+    assert abs(loss["other"] - math.log(2)) > 1e-3
+    assert loss["other-frozen"] == pytest.approx(loss["other"], abs=1e-4)
+    assert summaries["other"]["test"]["loss"] != pytest.approx(summaries["default"]["test"]["loss"], abs=1e-4)
+    assert summaries["other"]["reference"] == other_reference and summaries["default"]["reference"] == tiny_model_dir
+
+    tables = {name: torch.load(tmp_path / name / "ref_logps.pt") for name in ("default", "same", "other")}
+    assert tables["same"]["key"] == tables["default"]["key"] != tables["other"]["key"]
+    assert torch.allclose(tables["default"]["train"], _table(tiny_model_dir, tiny_model_dir), atol=1e-4)
+    assert torch.allclose(tables["other"]["train"], _table(other_reference, tiny_model_dir), atol=1e-4)
+    assert not torch.allclose(tables["other"]["train"], tables["default"]["train"], atol=1e-2)
+
+
+def test_ref_model_is_part_of_the_settings(tmp_path, tiny_model_dir, other_reference):
+    """A finished run is not taken for one with another reference."""
+    from rlaif.errors import UserError
+    from rlaif.train.dpo import train_dpo
+
+    train_dpo(_cfg(tiny_model_dir, tmp_path, max_steps=1))
+    with pytest.raises(UserError, match="ref_model"):
+        train_dpo(_cfg(tiny_model_dir, tmp_path, max_steps=1, ref_model=other_reference))
+
+
+def test_a_bad_ref_model_is_one_line_naming_the_option(tmp_path, tiny_model_dir, other_reference):
+    from transformers import AutoTokenizer
+
+    from rlaif.errors import UserError
+    from rlaif.train.dpo import train_dpo
+
+    with pytest.raises(UserError, match=r"option 'ref_model': model '.*nowhere'"):
+        train_dpo(_cfg(tiny_model_dir, tmp_path / "a", max_steps=1, ref_model=str(tmp_path / "nowhere")))
+    tok = AutoTokenizer.from_pretrained(other_reference)
+    tok.add_tokens(["<not-in-the-policy>"])
+    tok.save_pretrained(other_reference + "-vocab")
+    import shutil
+
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(Path(other_reference) / f, Path(other_reference + "-vocab") / f)
+    with pytest.raises(UserError, match="option 'ref_model': .* has another tokenizer") as e:
+        train_dpo(_cfg(tiny_model_dir, tmp_path / "b", max_steps=1, ref_model=other_reference + "-vocab"))
+    assert "\n" not in str(e.value)

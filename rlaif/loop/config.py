@@ -23,7 +23,8 @@ from rlaif.train.online.config import GRPOConfig, PPOConfig
 
 TRAINERS = ("dpo", "grpo", "rm+ppo")
 # Nested keys the loop fills in each round; a user value would be silently replaced, so it is refused.
-LOOP_SET = {"dpo": ("data", "model", "out", "overwrite", "seed"), "rm": ("data", "model", "out", "overwrite", "seed"),
+LOOP_SET = {"dpo": ("data", "model", "out", "overwrite", "seed", "ref_model"),
+            "rm": ("data", "model", "out", "overwrite", "seed"),
             "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
             "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
             "eval": ("a", "b", "prompts", "prompt_column", "out", "overwrite", "seed", "policy", "judge")}
@@ -95,6 +96,3 @@ def check_loop_config(cfg: LoopConfig, given: set[str] = frozenset()) -> None:  
     if cfg.trainer != "grpo" and (cfg.rewards or cfg.reward_weights):
         raise UserError(f"option 'rewards': only used with trainer=grpo (trainer={cfg.trainer} learns from the "
                         f"judged pairs of `rubrics`)")
-    if cfg.reference == "initial" and cfg.trainer == "dpo" and cfg.dpo.reference == "model" and cfg.rounds > 1:
-        raise UserError("option 'dpo.reference': reference=initial needs dpo.reference=precompute (the reference "
-                        "log-probs are computed with the starting policy)")

@@ -41,10 +41,11 @@ STATE = Path(".rlaif") / "loop.json"
 # What `rlaif loop` writes in --out; overwrite removes these and nothing else.
 OWNED = ("round-*", "manifest.json", "report.html", "eval_prompts.jsonl", str(STATE))
 # Options that cannot change any round's result (top level), and nested keys of that kind (last part of
-# the dotted name): how often to log or save, resume granularity, memory shares and HTTP plumbing.
+# the dotted name): how often to log or save, resume granularity, memory shares and HTTP plumbing; and
+# dpo.ref_model, which the loop sets from `reference` (a user value is refused).
 NOT_SETTINGS = ("out", "overwrite", "progress", "rounds")
-NOT_SETTING_LEAVES = ("progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "log_rollouts_every",
-                      "chunk_size", "chunk_tokens", "judge_chunk_size", "gpu_memory_utilization", "max_concurrency",
+NOT_SETTING_LEAVES = ("ref_model", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+                      "log_rollouts_every", "chunk_size", "chunk_tokens", "judge_chunk_size", "gpu_memory_utilization", "max_concurrency",
                       "timeout_s", "http_retries", "http_retry_backoff_s", "api_key_env")
 
 
@@ -145,15 +146,9 @@ def stage_train(cfg: LoopConfig, k: int) -> dict[str, Any]:
     if cfg.trainer == "dpo":
         from rlaif.train.dpo import train_dpo
 
-        dcfg = dataclasses.replace(cfg.dpo, data=str(rd / "data"), **common)
         reference = policy_of(cfg, 0) if cfg.reference == "initial" else base
-        if reference != base:
-            from rlaif.loop.reference import check_reference_used, prefill_reference
-
-            prefill_reference(dcfg, reference)
-        summary = train_dpo(dcfg)
-        if reference != base:
-            check_reference_used(dcfg, reference)
+        ref_model = "" if reference == base else reference  # "": the round's starting weights
+        summary = train_dpo(dataclasses.replace(cfg.dpo, data=str(rd / "data"), ref_model=ref_model, **common))
         return {"trainer": "dpo", "reference": reference, "steps": summary.get("steps"),
                 "test": summary.get("test", {}), "train_margin_last_steps": summary.get("train_margin_last_steps")}
     from rlaif.train.online.trainer import train_online

@@ -73,6 +73,8 @@ class DPOConfig(TrainConfig):
     reference: Literal["precompute", "model"] = option(
         "precompute", "precompute = reference log-probs in a first pass (no reference in memory); "
                       "model = frozen copy")
+    ref_model: str = option("", "reference model pi_ref (alias, local folder or hub id; same tokenizer as model); "
+                                "empty = the starting weights of model (with LoRA: the base)")
 
 
 @dataclass

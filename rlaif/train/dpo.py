@@ -3,10 +3,13 @@
     implicit reward  r(x, y) = beta * (log pi_theta(y|x) - log pi_ref(y|x))
     loss             = -log sigmoid(r(x, y_c) - r(x, y_r))          (loss_type=sigmoid)
 
-The reference is the starting policy. By default (``reference=precompute``) its log-probs are
-computed once, before training, with the very model about to be trained, and cached in
-``out/ref_logps.pt``: no second model in memory, and a resumed run reuses the cache.
-``reference=model`` keeps a frozen copy instead (with LoRA: the base with the adapter switched off).
+The reference pi_ref is the starting policy, or ``ref_model`` when given (an iterative loop keeps
+its first policy as the reference in later rounds, RLHFlow: Dong et al. 2024). By default
+(``reference=precompute``) its log-probs are computed once, before training, with the very model
+about to be trained (or with ``ref_model``, loaded for that pass only), and cached in
+``out/ref_logps.pt`` under a key of (reference, tokenized pairs): no second model in memory during
+training, and a resumed run reuses the cache. ``reference=model`` keeps a frozen copy instead
+(``ref_model`` itself; else with LoRA the base with the adapter switched off).
 Chosen and rejected rows share one forward pass; the LM head runs only at positions that
 predict a response token (not over prompt or padding), as TRL's fused head also does.
 """
@@ -117,33 +120,67 @@ def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair]
     return {name: v / max(n, 1) for name, v in totals.items()}
 
 
+def load_reference(path: str, pad_token_id: int) -> Any:
+    """The reference model at ``path`` (a resolved folder or hub id), fp32, frozen."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.config.pad_token_id = pad_token_id
+    return model.eval().requires_grad_(False)
+
+
+def check_ref_model(cfg: DPOConfig, run: RunInputs) -> str | None:
+    """The resolved ``ref_model`` (None: the starting weights); UserError unless it is a causal LM with
+    the policy's vocabulary (its log-probs are read at the policy's token ids)."""
+    from rlaif.models import check_causal_lm, resolve_model
+    from rlaif.train.modeling import load_tokenizer
+
+    if not cfg.ref_model:
+        return None
+    try:
+        path = resolve_model(cfg.ref_model)
+        check_causal_lm(path)
+    except UserError as e:
+        raise UserError(f"option 'ref_model': {e}") from None
+    if load_tokenizer(path).get_vocab() != run.tokenizer.get_vocab():
+        raise UserError(f"option 'ref_model': {cfg.ref_model} has another tokenizer than model={cfg.model}; the "
+                        f"reference must score the policy's tokens")
+    return path
+
+
 class Reference:
     """Where the reference log-probs come from (``reference=precompute``: ``out/ref_logps.pt``,
-    computed once with the wrapped model before the first step) or the frozen model
-    (``reference=model`` without LoRA; with LoRA the base with the adapter switched off)."""
+    computed once before the first step with the wrapped model, or with ``ref_model``) or the frozen
+    model (``reference=model``: ``ref_model``, else a copy of the policy; with LoRA and no
+    ``ref_model`` the base with the adapter switched off)."""
 
-    def __init__(self, cfg: DPOConfig, run: RunInputs, model: Any) -> None:
-        self.cfg, self.run = cfg, run
+    def __init__(self, cfg: DPOConfig, run: RunInputs, model: Any, ref_path: str | None = None) -> None:
+        self.cfg, self.run, self.ref_path = cfg, run, ref_path
         self.train: torch.Tensor | None = None
         self.test: torch.Tensor | None = None
         self.model: Any = None
-        self.cache, self.key = run.out / "ref_logps.pt", _fingerprint(run.base, run.train + run.test)
+        self.cache, self.key = run.out / "ref_logps.pt", _fingerprint(ref_path or run.base, run.train + run.test)
         if cfg.reference == "precompute":
             cached = torch.load(self.cache) if self.cache.is_file() else None
             if cached is not None and cached.get("key") == self.key:
                 self.train, self.test = cached["train"], cached["test"]
-        elif not cfg.lora.enabled:
+        elif ref_path is not None or not cfg.lora.enabled:
             if sharded(run.accelerator):
-                raise UserError(f"reference=model: a frozen full copy of the policy is not sharded under "
+                raise UserError(f"reference=model: a frozen full copy of the reference is not sharded under "
                                 f"{run.accelerator.distributed_type}; use reference=precompute (the default)")
-            self.model = copy.deepcopy(model).eval().requires_grad_(False).to(run.accelerator.device)
+            frozen = (load_reference(ref_path, run.tokenizer.pad_token_id) if ref_path is not None
+                      else copy.deepcopy(model).eval().requires_grad_(False))
+            self.model = frozen.to(run.accelerator.device)
 
     def compute(self, model: Any) -> None:
-        """The missing table, from ``model`` (prepared, not yet trained) on every process; saved once."""
+        """The missing table, from ``ref_model`` or else ``model`` (prepared, not yet trained), on every
+        process; saved once."""
         if self.cfg.reference != "precompute" or self.train is not None:
             return
         cfg, run = self.cfg, self.run
         accelerator, pad, bs = run.accelerator, run.tokenizer.pad_token_id, cfg.eval_batch_size or cfg.batch_size
+        if self.ref_path is not None:  # loaded for this pass only
+            model = load_reference(self.ref_path, pad).to(accelerator.device)
         self.train = reference_logprobs(model, run.train, bs, pad, accelerator, cfg.progress)
         self.test = reference_logprobs(model, run.test, bs, pad, accelerator, cfg.progress)
         if accelerator.is_main_process:  # whole or absent after a kill
@@ -168,7 +205,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     accelerator, test, pad = run.accelerator, run.test, run.tokenizer.pad_token_id
     model = AutoModelForCausalLM.from_pretrained(run.base, dtype=torch.float32)
     model.config.pad_token_id = pad
-    reference = Reference(cfg, run, model)
+    reference = Reference(cfg, run, model, check_ref_model(cfg, run))
     model = prepare_model(model, cfg, task_type="CAUSAL_LM")
     objective = DPOObjective(cfg, None, reference.model)
 
@@ -187,7 +224,8 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         return sum(r[k] for r in rows) / len(rows) if rows else None
 
     summary = {
-        "trainer": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": result.steps,
+        "trainer": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "reference": cfg.ref_model or cfg.model,
+        "steps": result.steps,
         "resumed_from": result.resumed_from, "test": result.eval_metrics,
         "train_margin_first_steps": mean(first, "rewards/margin"),
         "train_margin_last_steps": mean(last, "rewards/margin"),
