@@ -18,6 +18,7 @@ import pytest
 from rlaif.backends.base import BackendConfig, SamplingParams
 from rlaif.backends.openai import OpenAIBackend
 from rlaif.errors import UserError
+from rlaif.io.seeds import mix_seed
 from servers import first_error_line, free_port, server_env
 
 ASSETS = Path(__file__).parent / "assets"
@@ -232,6 +233,83 @@ def test_response_logprobs_on_a_hosted_api_is_one_clear_error(server: Scripted) 
     with pytest.raises(UserError) as e:
         engine(server.url).response_logprobs([CONV], ["hi"], progress=False)
     assert "needs a vLLM server" in str(e.value) and "404" in str(e.value) and "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- several servers
+def _echo(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """A reply that is a function of the request only (so any server gives the same answer)."""
+    time.sleep(0.05)  # requests overlap, so in-flight counts matter
+    return 200, ok_reply(text=f"{body['messages'][0]['content']} seed {body.get('seed')}")
+
+
+@pytest.fixture
+def fleet() -> Iterator[list[Scripted]]:
+    servers = [Scripted(), Scripted()]
+    yield servers
+    for s in servers:
+        s.httpd.shutdown()
+        s.httpd.server_close()
+
+
+def test_several_servers_share_the_requests_and_answer_like_one(fleet: list[Scripted]) -> None:
+    for s in fleet:
+        s.route = _echo
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(16)]
+    one = engine(fleet[0].url, max_concurrency=4).chat(convs, SamplingParams(), seeds=list(range(16)), progress=False)
+    fleet[0].requests.clear()
+    both = engine(f"{fleet[0].url}, {fleet[1].url}", max_concurrency=4)
+    assert both.model_id == "openai:served-name@" + "+".join(s.url.split("/")[2] for s in fleet)
+    got = both.chat(convs, SamplingParams(), seeds=list(range(16)), progress=False)
+    assert got == one  # in order, same replies
+    counts = [len(s.requests) for s in fleet]
+    assert sum(counts) == 16 and min(counts) >= 6, counts  # least in flight, ties in turn: about half each
+
+
+def test_a_dead_server_is_skipped_without_backoff(fleet: list[Scripted]) -> None:
+    fleet[0].route = _echo
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(8)]
+    eng = engine([dead, fleet[0].url], http_retries=1, http_retry_backoff_s=30.0, max_concurrency=2)
+    start = time.monotonic()
+    got = eng.chat(convs, SamplingParams(), seeds=list(range(8)), progress=False)
+    assert time.monotonic() - start < 10  # a 30 s backoff was never waited
+    assert [g.completions[0].text for g in got] == [f"q{i} seed {mix_seed(i) & 0x7FFFFFFF} 0" for i in range(8)]
+    assert len(fleet[0].requests) == 8  # every request answered once, by the live server
+
+
+def test_a_server_answering_500_hands_its_requests_to_another(fleet: list[Scripted]) -> None:
+    fleet[0].script = [(503, {"error": "overloaded"}, {})]
+    fleet[1].route = _echo
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    got = engine([fleet[0].url, fleet[1].url], http_retries=1, max_concurrency=1).chat(convs, SamplingParams(),
+                                                                                      progress=False)
+    assert [g.completions[0].text.split()[0] for g in got] == [f"q{i}" for i in range(6)]
+    assert len(fleet[0].requests) == 1  # tried once, then avoided
+    with pytest.raises(UserError, match=r"failed after 2 attempts.*503"):  # all down: the usual error
+        engine(fleet[0].url, http_retries=1).chat([CONV], SamplingParams(), progress=False)
+
+
+def test_response_logprobs_over_several_servers(fleet: list[Scripted]) -> None:
+    for s in fleet:
+        s.route = _vllm_like
+    conv = [{"role": "user", "content": "say hello"}]
+    got = engine([s.url for s in fleet], max_concurrency=2).response_logprobs([conv, conv], ["hello there", ""],
+                                                                            progress=False)
+    assert got == [[-0.5, -0.5, -9.8], [-9.8]]
+    assert all(s.paths for s in fleet)  # both servers took part
+
+
+def test_base_url_list_from_config_and_bad_entries() -> None:
+    from rlaif.config import load_config
+    from rlaif.dataset.options import GenerateConfig
+
+    cfg = load_config(GenerateConfig, None, ["policy.base_url=[http://a:1/v1, http://b:2/v1]"])
+    assert OpenAIBackend(dataclasses.replace(cfg.policy, engine="openai")).bases == ["http://a:1/v1",
+                                                                                    "http://b:2/v1"]
+    with pytest.raises(UserError, match="option 'base_url'.*'ftp://b/v1'"):
+        engine("http://a:1/v1,ftp://b/v1")
+    with pytest.raises(UserError, match="no server URL"):
+        engine(" , ")
 
 
 # --------------------------------------------------------------------------- real vLLM server

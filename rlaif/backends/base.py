@@ -95,7 +95,8 @@ class BackendConfig:
     batch_size: int = option(16, "hf: rows (conversation x sample) per forward batch")
     device: str = option("auto", "hf: torch device (auto: cuda if available, else cpu)")
     # openai
-    base_url: str = option("http://127.0.0.1:8000/v1", "openai: server URL up to /v1")
+    base_url: str | list[str] = option("http://127.0.0.1:8000/v1", "openai: server URL up to /v1; several (a list, "
+                                                                  "or comma-separated) share the requests")
     api_key_env: str = option("OPENAI_API_KEY", "openai: environment variable holding the API key "
                                                 "(the key itself is never stored or logged)")
     max_concurrency: int = option(16, "openai: requests in flight at once")

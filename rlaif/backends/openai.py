@@ -6,6 +6,13 @@ waiting ``http_retry_backoff_s * 2**k`` seconds (at most 30; a 429's ``Retry-Aft
 to ``http_retries`` retries; then a one-line UserError names the URL and the last status. Other
 4xx answers (bad model name, bad request) fail at once with the server's message.
 
+Several servers (``base_url`` a list, or comma-separated: a fleet of ``vllm serve`` of the same
+model) share the requests: each attempt goes to the server with the fewest requests in flight
+(ties in turn), and a server that failed to answer (connection error, timeout, 5xx) is avoided for
+``DOWN_S`` seconds, so a dead server's requests are retried on another at once, without backoff
+while another server is up. Per-request seeds make a sample the same whichever server draws it
+(servers of the same model and hardware).
+
 ``config.model`` is sent as-is: it must be the *served* model name (``vllm serve ...
 --served-model-name NAME``; without that flag vLLM serves the model under its path). The API key
 is read from the environment variable named by ``api_key_env`` and sent only as the
@@ -45,6 +52,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
@@ -78,17 +87,67 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+DOWN_S = 10.0  # seconds a server that failed to answer gets no new request while another is up
+
+
+def base_urls(value: str | list[str]) -> list[str]:
+    """The server URLs of option ``base_url`` (a list, or comma-separated), each checked."""
+    urls = [u.strip().rstrip("/") for u in (value if isinstance(value, list) else str(value).split(","))]
+    urls = [u for u in urls if u]
+    if not urls:
+        raise UserError("option 'base_url': no server URL given")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"option 'base_url': expected http(s)://host[:port]/v1, got {url!r}")
+    return urls
+
+
+class Servers:
+    """Picks the server for each attempt: fewest requests in flight among those not marked down
+    (all of them when every one is), ties in turn."""
+
+    def __init__(self, n: int) -> None:
+        self.inflight = [0] * n
+        self.down_until = [0.0] * n
+        self.turn = 0
+        self.lock = threading.Lock()
+
+    def acquire(self) -> int:
+        with self.lock:
+            now = time.monotonic()
+            n = len(self.inflight)
+            up = [i for i in range(n) if self.down_until[i] <= now] or list(range(n))
+            order = sorted(up, key=lambda i: (self.inflight[i], (i - self.turn) % n))
+            pick = order[0]
+            self.turn = (pick + 1) % n
+            self.inflight[pick] += 1
+            return pick
+
+    def release(self, index: int, failed: bool) -> None:
+        with self.lock:
+            self.inflight[index] -= 1
+            if failed:
+                self.down_until[index] = time.monotonic() + DOWN_S
+
+    def any_up(self) -> bool:
+        now = time.monotonic()
+        return any(t <= now for t in self.down_until)
+
+
 class OpenAIBackend:
-    """``Backend`` over an OpenAI-compatible ``/chat/completions`` endpoint."""
+    """``Backend`` over one or several OpenAI-compatible ``/chat/completions`` endpoints."""
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
-        parts = urlsplit(config.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"option 'base_url': expected http(s)://host[:port]/v1, got {config.base_url!r}")
-        host = parts.hostname + (f":{parts.port}" if parts.port else "")  # no user:password@
-        self.model_id = f"openai:{config.model}@{host}"
+        self.bases = base_urls(config.base_url)
+        self.servers = Servers(len(self.bases))
+        self.url = self.bases[0] + "/chat/completions"
+        hosts = []
+        for base in self.bases:
+            parts = urlsplit(base)
+            hosts.append((parts.hostname or "") + (f":{parts.port}" if parts.port else ""))  # no user:password@
+        self.model_id = f"openai:{config.model}@{'+'.join(hosts)}"
         self._key = os.environ.get(config.api_key_env) or None
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         self.client = httpx.Client(headers=headers, timeout=config.timeout_s,
@@ -98,9 +157,22 @@ class OpenAIBackend:
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
-    def _post_once(self, body: dict[str, Any], url: str | None = None) -> dict[str, Any]:
-        url = url or self.url
-        response = self.client.post(url, json=body)
+    def _url(self, index: int, path: str) -> str:
+        """``path`` under server ``index``: relative to ``/v1`` ("/chat/completions"), or to the
+        server root when it starts with "//" ("//tokenize")."""
+        base = self.bases[index]
+        return base.removesuffix("/v1") + path[1:] if path.startswith("//") else base + path
+
+    def _post_once(self, body: dict[str, Any], path: str, tried: list[str]) -> dict[str, Any]:
+        index = self.servers.acquire()
+        url = self._url(index, path)
+        tried.append(url)
+        failed = True
+        try:
+            response = self.client.post(url, json=body)
+            failed = response.status_code >= 500
+        finally:
+            self.servers.release(index, failed)
         if response.status_code == 429 or response.status_code >= 500:
             retry_after = response.headers.get("retry-after")
             try:
@@ -118,27 +190,35 @@ class OpenAIBackend:
                                         f"body that is not JSON: {_short(response.text, 120)}")) from None
 
     def _wait(self, state: RetryCallState) -> float:
+        e = state.outcome.exception() if state.outcome else None
+        if len(self.bases) > 1 and self.servers.any_up() and not (isinstance(e, TransientHTTPError) and e.status == 429):
+            return 0.0  # another server is up: try it now
         backoff = min(30.0, self.config.http_retry_backoff_s * 2 ** (state.attempt_number - 1))
         e = state.outcome.exception() if state.outcome else None
         if isinstance(e, TransientHTTPError) and e.retry_after is not None:
             return max(backoff, min(e.retry_after, 60.0))
         return backoff
 
-    def _post(self, body: dict[str, Any], url: str | None = None) -> dict[str, Any]:
-        url = url or self.url
+    def _post(self, body: dict[str, Any], path: str = "/chat/completions") -> dict[str, Any]:
         attempts = self.config.http_retries + 1
         retrying = Retrying(stop=stop_after_attempt(attempts), wait=self._wait,
                             retry=retry_if_exception(_is_transient), reraise=True)
+        tried: list[str] = []
         try:
-            return retrying(self._post_once, body, url)
-        except TransientHTTPError as e:
-            msg = f"openai engine: {url} failed after {attempts} attempts; last status {e.status}: {e.body}"
-        except httpx.TimeoutException as e:
+            return retrying(self._post_once, body, path, tried)
+        except (TransientHTTPError, httpx.TimeoutException, httpx.TransportError) as e:
+            error: BaseException = e
+        url = tried[-1] if tried else self._url(0, path)
+        if len(set(tried)) > 1:
+            url = f"{url} (and {len(set(tried)) - 1} other servers)"
+        if isinstance(error, TransientHTTPError):
+            msg = f"openai engine: {url} failed after {attempts} attempts; last status {error.status}: {error.body}"
+        elif isinstance(error, httpx.TimeoutException):
             msg = (f"openai engine: {url} timed out after {attempts} attempts "
-                   f"(timeout_s={self.config.timeout_s}; {type(e).__name__})")
-        except httpx.TransportError as e:
+                   f"(timeout_s={self.config.timeout_s}; {type(error).__name__})")
+        else:
             msg = (f"openai engine: cannot reach {url} after {attempts} attempts "
-                   f"({type(e).__name__}: {_short(str(e), 120)}); is the server running?")
+                   f"({type(error).__name__}: {_short(str(error), 120)}); is the server running?")
         raise UserError(self._scrub(msg)) from None
 
     def _map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str, progress: bool) -> list[Any]:
@@ -253,10 +333,9 @@ class OpenAIBackend:
                                         f"({what}); {str(e).removeprefix('openai engine: ')}")) from None
 
     def _tokenize_chat(self, messages: Conversation, generation_prompt: bool) -> tuple[list[int], list[str]]:
-        root = self.config.base_url.rstrip("/").removesuffix("/v1")
         body = {"model": self.config.model, "messages": list(messages), "add_generation_prompt": generation_prompt,
                 "return_token_strs": True}
-        reply = self._vllm_only("its /tokenize endpoint", lambda: self._post(body, root + "/tokenize"))
+        reply = self._vllm_only("its /tokenize endpoint", lambda: self._post(body, "//tokenize"))
         return [int(t) for t in reply["tokens"]], list(reply.get("token_strs") or [])
 
     def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
@@ -283,11 +362,11 @@ class OpenAIBackend:
             prompt, reply = split(*pair)
             body = {"model": self.config.model, "prompt": prompt + reply, "max_tokens": 1, "temperature": 0.0,
                     "prompt_logprobs": 0}
-            url = self.config.base_url.rstrip("/") + "/completions"
-            out = self._vllm_only("prompt_logprobs", lambda: self._post(body, url))
+            out = self._vllm_only("prompt_logprobs", lambda: self._post(body, "/completions"))
             steps = ((out.get("choices") or [{}])[0]).get("prompt_logprobs")
             if not isinstance(steps, list) or len(steps) != len(prompt) + len(reply):
-                raise UserError(f"openai engine: response_logprobs (likelihood judging) needs a vLLM server: {url} "
+                raise UserError(f"openai engine: response_logprobs (likelihood judging) needs a vLLM server: "
+                                f"{self.bases[0]}/completions "
                                 f"returned no prompt_logprobs")
             return [float(steps[len(prompt) + k][str(t)]["logprob"]) for k, t in enumerate(reply)]
 
