@@ -228,3 +228,24 @@ def test_driver_kill_9_then_resume_with_replicas(tmp_path):
     assert not (tmp_path / "two" / "judgements.jsonl").exists()
     drive("two", 2)
     assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
+
+
+def test_one_replica_never_imports_ray(tmp_path):
+    code = ("import sys\nfrom rlaif.cli import main\n"
+            f"main(['run', '--prompts', {prompts_file(tmp_path, 4)!r}, '--rubric', 'helpfulness', '--out', "
+            f"{str(tmp_path / 'out')!r}, 'policy.engine=fake', 'progress=false'])\n"
+            "assert 'ray' not in sys.modules, 'ray imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_cli_run_with_replicas_shares_one_pool_for_policy_and_judge(tmp_path):
+    """Through the CLI (local Ray started and stopped by the run): judge.* follows policy.replicas."""
+    code = ("import sys\nfrom rlaif.cli import main\n"
+            f"sys.exit(main(['run', '--prompts', {prompts_file(tmp_path, 4)!r}, '--rubric', 'helpfulness', "
+            f"'--out', {str(tmp_path / 'out')!r}, 'policy.engine=fake', 'policy.replicas=2', 'progress=false']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["stages"]["judge"]["config"]["judge"]["replicas"] == 2
+    assert len((tmp_path / "out" / "judgements.jsonl").read_text().splitlines()) == 4

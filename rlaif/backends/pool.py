@@ -103,6 +103,9 @@ class EnginePool:
             self.close()
             raise
         self.model_id = ids[0]
+        where = f"the cluster at {address}" if address and self._started else (
+            "a local Ray" if self._started else "this process's Ray")
+        _log(f"{role}: {len(self.actors)} engine replicas on {where}")
 
     # -- life cycle ----------------------------------------------------------------------------
     def _start(self, address: str | None, replicas: int) -> None:
