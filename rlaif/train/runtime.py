@@ -292,7 +292,9 @@ def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: An
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    local = torch.stack([*sums.values(), torch.tensor(float(real)), torch.tensor(float(padded))]).to(accelerator.device)
+    dev = accelerator.device  # the metrics live there (CUDA); the counts are made there too, so stack sees one device
+    local = torch.stack([*(v.to(dev) for v in sums.values()), torch.tensor(float(real), device=dev),
+                         torch.tensor(float(padded), device=dev)])
     if accelerator.num_processes > 1:  # one all-reduce per step: sum, then the metrics' mean
         local = accelerator.reduce(local, reduction="sum")
         local[:len(sums)] /= accelerator.num_processes
