@@ -14,12 +14,14 @@
 #   train     bench/train_gpu.py: rlaif's RM and DPO trainers, bf16, tokens/s and MFU
 #   grpo      `rlaif train grpo` with engine=hf rollouts and a python: reward
 #   check     bench/gpu_check.py: RM/DPO/GRPO steps on the 360M and 1.7B shapes
+# STAGES="env build train" runs only those (default: all five).
 # Everything lands in $OUT (flat, at most 8 files): session.log, stages.tsv, env.txt,
 # train_gpu.json, grpo_metrics.jsonl, grpo_summary.json, gpu_check.log.
 set -u
 WHL=$(realpath -m "${WHL:-.whl}"); TOK=$(realpath -m "${TOK:-.gpucarry/tok}")
 cd "$(dirname "$0")/.."
 REHEARSAL=0
+STAGES=${STAGES:-env build train grpo check}
 [ "${1:-}" = "--cpu-rehearsal" ] && REHEARSAL=1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 WORK=/tmp/rlaif-gpu-session
@@ -43,6 +45,7 @@ printf 'stage\trc\tseconds\tlast_error\n' > "$OUT/stages.tsv"
 
 stage() {  # stage NAME TIMEOUT CMD...: run, time, record rc and the last error-looking line
   local name=$1 limit=$2; shift 2
+  case " $STAGES " in *" $name "*) ;; *) echo "=== stage $name: skipped (STAGES=$STAGES)"; return 0 ;; esac
   echo "=== stage $name (timeout ${limit}s): $*"
   local t0=$SECONDS
   timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
