@@ -101,12 +101,13 @@ def overhead(args: argparse.Namespace) -> None:
     ray.shutdown()
     print(f"{args.prompts} chunks of 1 prompt x n=2 (fake engine); work rows: {args.work_prompts} chunks; "
           f"median of {args.rounds} rounds")
-    base = statistics.median(times["in-process"])
     for name, ts in times.items():
         med = statistics.median(ts)
-        chunks = args.work_prompts if "ms/chunk" in name else args.prompts
-        extra = "" if "ms/chunk" in name else f"  +{(med - base) / chunks * 1000:.2f} ms/chunk over in-process"
-        print(f"  {name:28s} {med:7.3f} s  {med / chunks * 1000:6.2f} ms/chunk{extra}")
+        working = "ms/chunk" in name
+        chunks = args.work_prompts if working else args.prompts
+        base = statistics.median(times[f"in-process, {args.work_ms:g} ms/chunk" if working else "in-process"])
+        print(f"  {name:28s} {med:7.3f} s  {med / chunks * 1000:6.2f} ms/chunk  "
+              f"{(med - base) / chunks * 1000:+6.2f} ms/chunk, {base / med:4.2f}x the speed of in-process")
 
 
 def vllm(args: argparse.Namespace) -> None:
