@@ -207,7 +207,7 @@ class EnginePool:
             try:
                 results[index] = ray.get(ref)
                 free.append(actor)
-            except ray.exceptions.RayActorError as e:
+            except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
                 self._lost(actor, e)
                 retry.append((index, args))
             except ray.exceptions.RayTaskError as e:
