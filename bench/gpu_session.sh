@@ -14,7 +14,7 @@
 #   train     bench/train_gpu.py: rlaif's RM and DPO trainers, bf16, tokens/s and MFU
 #   grpo      `rlaif train grpo` with engine=hf rollouts and a python: reward
 #   check     bench/gpu_check.py: RM/DPO/GRPO steps on the 360M and 1.7B shapes
-# STAGES="env build train" runs only those (default: all five).
+# STAGES="env build train" runs only those (default: all five); TRAIN_ARGS replaces the train stage's arguments.
 # Everything lands in $OUT (flat, at most 8 files): session.log, stages.tsv, env.txt,
 # train_gpu.json, grpo_metrics.jsonl, grpo_summary.json, gpu_check.log.
 set -u
@@ -35,7 +35,7 @@ if [ $REHEARSAL = 1 ]; then
 else
   : "${OUT:?OUT must be set (the device tool output folder)}"
   PY=python3
-  SHAPE=360m; CHECK_ARGS=""; TRAIN_ARGS="--pairs 512 --batch-size 16 --max-length 1024"
+  SHAPE=360m; CHECK_ARGS=""; TRAIN_ARGS=${TRAIN_ARGS:-"--pairs 512 --batch-size 16 --max-length 1024"}
   GRPO_ARGS="steps=5 k=8 prompts_per_step=8 max_tokens=128 rollout.batch_size=64 micro_batch_size=16"
   T_ENV=45; T_BUILD=45; T_TRAIN=110; T_GRPO=110; T_CHECK=150
 fi

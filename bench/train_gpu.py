@@ -14,7 +14,8 @@ MFU = achieved model FLOPs / peak dense bf16 FLOPs of the card. Model FLOPs per 
 the PaLM appendix formula (Chowdhery et al. 2022), 6 N + 12 L d T (N: matmul parameters actually
 used, embedding table excluded, LM head included for DPO; L layers, d hidden size, T mean sequence
 length). The DPO reference log-probs are precomputed before training and not counted; the first
-optimizer step is warm-up and not counted either.
+optimizer step is warm-up and not counted either; `late_*` figures count only the last 3/4 of the
+steps (on an H100 the first steps of each new batch shape were several times slower).
 """
 
 from __future__ import annotations
@@ -94,18 +95,29 @@ def run(kind: str, data: Path, model: str, out: Path, args: argparse.Namespace) 
         from rlaif.train.dpo import train_dpo
 
         summary = train_dpo(DPOConfig(**common, lr=1e-6))
-    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x][1:]
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    first_step_s, steps = steps[0]["train/step_time"], steps[1:]
     if not steps:
         raise SystemExit(f"{kind}: fewer than 2 optimizer steps; raise --pairs")
-    tokens = sum(s["train/tokens"] for s in steps)
-    seconds = sum(s["train/step_time"] for s in steps)
     config = AutoConfig.from_pretrained(resolve_model(model))
-    rows = 2 * args.batch_size * len(steps)
-    flops = tokens * model_flops_per_token(config, tokens / max(rows, 1), with_lm_head=kind == "dpo")
     peak = peak_tflops() if cuda else None
-    return {"task": kind, "tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12,
-            "mfu": (flops / seconds / 1e12 / peak) if peak else None, "padding": summary["padding_fraction"],
-            "steps": len(steps) + 1, "mean_step_s": seconds / len(steps), "mean_seq_tokens": tokens / max(rows, 1),
+
+    def rates(part: list[dict]) -> tuple[float, float, float | None, float]:
+        """tokens/s, TFLOP/s, MFU and mean tokens per sequence over these steps."""
+        tokens, seconds = sum(s["train/tokens"] for s in part), sum(s["train/step_time"] for s in part)
+        mean_len = tokens / (2 * args.batch_size * len(part))
+        tflops = tokens * model_flops_per_token(config, mean_len, with_lm_head=kind == "dpo") / seconds / 1e12
+        return tokens / seconds, tflops, (tflops / peak if peak else None), mean_len
+
+    tok_s, tflops, mfu, mean_len = rates(steps)
+    late = steps[len(steps) // 4:]  # the last 3/4: past the allocator/kernel-selection warm-up of new shapes
+    late_tok_s, late_tflops, late_mfu, _ = rates(late)
+    step_times = sorted(s["train/step_time"] for s in steps)
+    return {"task": kind, "tokens_per_s": tok_s, "tflops": tflops, "mfu": mfu,
+            "late_tokens_per_s": late_tok_s, "late_tflops": late_tflops, "late_mfu": late_mfu,
+            "padding": summary["padding_fraction"], "steps": len(steps) + 1,
+            "mean_step_s": sum(step_times) / len(steps), "median_step_s": step_times[len(steps) // 2],
+            "first_step_s": first_step_s, "mean_seq_tokens": mean_len,
             "device": torch.cuda.get_device_name() if cuda else "cpu",
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "batch_size": args.batch_size, "max_length": args.max_length, "model": model}
