@@ -1,14 +1,17 @@
 """The ``rlaif`` command. Each area adds its verbs from ``rlaif/commands/<area>.py``.
 
 Every verb takes ``--config FILE.yaml`` and trailing ``key=value`` overrides (see `rlaif.config`).
-User mistakes (`rlaif.errors.UserError`) print one line and exit 2; no traceback.
+User mistakes (`rlaif.errors.UserError`) print one line and exit 2; no traceback. Ctrl-C exits 130
+and SIGTERM 143, both after the commands' cleanup has run (engines closed, finished rows kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import Any
 
 from rlaif import __version__
@@ -22,6 +25,15 @@ COMMAND_MODULES = [
     "rlaif.commands.evaluate",  # eval: win rate of A over B
     "rlaif.commands.loop",      # loop: rounds of run -> train -> eval
 ]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that `finally` blocks close the engines
+    (a vLLM EngineCore process would otherwise outlive rlaif) and finished rows stay on disk."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -60,14 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"rlaif: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("rlaif: interrupted; finished rows are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"rlaif: {what}; finished rows are kept, rerun the same command to resume", file=sys.stderr)
+        return code
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ through a shared-memory mirror of the parameters: no disk, no serialisation (see
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
@@ -91,7 +92,7 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
     elif _cpu_without_bf16():
         kwargs["dtype"] = "float32"
     if config.max_model_len is not None:
-        kwargs["max_model_len"] = config.max_model_len
+        kwargs["max_model_len"] = _fit_context(config.max_model_len, path)
     if config.block_size is not None:
         kwargs["block_size"] = config.block_size
     elif not _has_cuda():
@@ -102,6 +103,20 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(config.max_model_len or 8192, 4096)
     return LLM(**kwargs)
+
+
+def _fit_context(max_model_len: int, path: str) -> int:
+    """``max_model_len`` capped at the model's own position limit (vLLM refuses a larger one with a
+    long validation traceback), with a note when it had to be lowered."""
+    from transformers import AutoConfig
+
+    text_config = AutoConfig.from_pretrained(path).get_text_config()
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and 0 < limit < max_model_len:
+        print(f"rlaif: max_model_len {max_model_len} is more than {path}'s {limit} positions: using {limit}",
+              file=sys.stderr)
+        return limit
+    return max_model_len
 
 
 def _has_cuda() -> bool:
