@@ -11,7 +11,8 @@ no replica is left.
 
 Resources per replica: ``tensor_parallel_size`` GPUs where the cluster has GPUs and the engine
 is a local model (vllm, hf); with more than one GPU each, a STRICT_PACK placement group of that
-many GPU bundles, which vLLM then uses for its own tensor-parallel Ray workers. Fake and openai
+many GPU bundles, which vLLM then uses for its own tensor-parallel Ray workers (it picks its Ray
+executor inside a placement group; the replica itself holds no GPU, as in vLLM's RLHF example). Fake and openai
 replicas take no GPU. Without ``ray.address`` (or ``RAY_ADDRESS``) a local Ray starts, sized to
 this machine, without dashboard and with the actors' logs kept off the terminal; it stops when the
 pool closes. A Ray that is already running in this process (tests) is used and left running.
@@ -52,9 +53,12 @@ class _Replica:
     """The Ray actor: one engine. A failed engine load is kept and raised by ``ready``, so the
     driver sees the engine's own error (a one-line `UserError`), not a dead actor."""
 
-    def __init__(self, factory: Callable[[BackendConfig], Backend], config: BackendConfig) -> None:
+    def __init__(self, factory: Callable[[BackendConfig], Backend], config: BackendConfig,
+                 in_group: bool = False) -> None:
         self.backend: Backend | None = None
         self.error: BaseException | None = None
+        if in_group:  # Ray blanks the GPU list of this 0-GPU actor; vLLM's workers in the group hold the GPUs
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         try:
             self.backend = factory(config)
         except Exception as e:  # noqa: BLE001 - shown to the driver by ready()
@@ -145,7 +149,7 @@ class EnginePool:
             else:
                 opts = dict(num_cpus=cpus, num_gpus=gpus)
             name = f"rlaif-{self.role}-{k}-{os.getpid()}-{id(self):x}"  # `ray list actors` shows whose it is
-            actors.append(remote.options(name=name, **opts).remote(factory, inner))
+            actors.append(remote.options(name=name, **opts).remote(factory, inner, gpus > 1))
         return actors
 
     def _wait_ready(self) -> list[str]:
