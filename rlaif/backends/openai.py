@@ -191,7 +191,8 @@ class OpenAIBackend:
 
     def _wait(self, state: RetryCallState) -> float:
         e = state.outcome.exception() if state.outcome else None
-        if len(self.bases) > 1 and self.servers.any_up() and not (isinstance(e, TransientHTTPError) and e.status == 429):
+        throttled = isinstance(e, TransientHTTPError) and e.status == 429
+        if len(self.bases) > 1 and self.servers.any_up() and not throttled:
             return 0.0  # another server is up: try it now
         backoff = min(30.0, self.config.http_retry_backoff_s * 2 ** (state.attempt_number - 1))
         e = state.outcome.exception() if state.outcome else None
