@@ -246,6 +246,7 @@ def test_preview_of_typed_text_and_of_each_method(folder: Path) -> None:
     assert all(isinstance(d["verdict"], dict) for d in r["row"]["details"])
     r = client.post("/api/preview", json=body(folder, "answer_likelihood.yaml", example=0)).json()
     assert len(r["inputs"]) == 4 and "neutral" in r["inputs"][1]["title"]  # contrast: 2 inputs per response
+    assert r["judged"] == r["requests"] == 4
     assert all("pmi" in d for d in r["row"]["details"])
     r = client.post("/api/preview", json=body(folder, "helpfulness.yaml", example=99))
     assert r.status_code == 400 and "examples" in r.json()["error"]

@@ -290,5 +290,9 @@ def run_studio(args: argparse.Namespace) -> int:
         print(f"  warning: listening on {args.host}: anyone who can reach it and has the URL can edit and save "
               f"rubrics", file=sys.stderr)
     server = uvicorn.Server(uvicorn.Config(build_app(studio), log_level="warning", lifespan="on"))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])  # Ctrl-C / SIGTERM: uvicorn shuts down (the judge engine closes), then re-raises
+    except KeyboardInterrupt:
+        pass
+    print("rubric studio: stopped", file=sys.stderr)
     return 0

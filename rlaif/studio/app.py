@@ -137,7 +137,7 @@ class Studio:
             inputs, row = [], judge_items(None, rubric, [item], progress=False)[0]
         return {"method": rubric.method, "inputs": [{"title": t, "text": x} for t, x in inputs], "row": row,
                 "text": format_preview(rubric, item, row, inputs), "responses": item.responses,
-                "judged": self.judge.engine_requests - before, "requests": len(requests)}
+                "judged": self.judge.engine_requests - before, "requests": len(inputs)}
 
     def start_calibration(self, name: str, text: str) -> Job:
         rubric = self.folder.load(name, text)

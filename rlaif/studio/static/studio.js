@@ -154,7 +154,8 @@ async function preview(seq = checkSeq) {
   $("inputs").replaceChildren(...(data.inputs.length ? data.inputs.map((x, i) => el("details", i ? {} : { open: "" },
     el("summary", {}, x.title), el("pre", { class: "input" }, x.text)))
     : [el("p", { class: "muted" }, "rules rubric: no judge model, no judge input")]));
-  $("verdict-summary").textContent = `${data.method}; ${data.judged} of ${data.requests} judge request(s) sent to the engine` +
+  $("verdict-summary").textContent = data.method === "rules" ? "rules: no judge model" :
+    `${data.method}; ${data.judged} of ${data.requests} judge input(s) sent to the engine` +
     (data.judged < data.requests ? ", the rest from the cache" : "");
   showVerdict(data);
   loadState();
