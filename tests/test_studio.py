@@ -402,3 +402,13 @@ def test_loading_the_judge_once_under_concurrent_previews(folder: Path) -> None:
     for t in threads:
         t.join()
     assert results == [200] * 4 and loader.loads == 1
+
+
+def test_rubric_lint_of_a_folder_skips_the_studios_drafts(folder: Path) -> None:
+    from rlaif.cli import main
+
+    _, client, _ = make(folder)
+    broken = (folder / "answer_checks.yaml").read_text().replace("method: rules", "method: rulez")
+    assert client.post("/api/save", json={"name": "answer_checks.yaml", "text": broken, "draft": True}).status_code == 200
+    assert main(["rubric", "lint", str(folder)]) == 0
+    assert main(["rubric", "lint", str(folder / "answer_checks.draft.yaml")]) == 1  # named explicitly: linted

@@ -99,6 +99,11 @@ def _config(args: argparse.Namespace, overrides: list[str] | None = None) -> Rub
 # ---------------------------------------------------------------------------------------------
 # lint
 
+def _rubric_files(folder: Path) -> list[Path]:
+    """A folder's rubrics: its *.yaml files but the studio's drafts (NAME.draft.yaml, which fail lint by design)."""
+    return sorted(p for p in folder.glob("*.yaml") if not p.name.endswith(".draft.yaml"))
+
+
 def _lint_targets(files: list[str]) -> list[Path]:
     from rlaif.judging.rubrics import find_rubric, rubric_dirs
 
@@ -106,11 +111,11 @@ def _lint_targets(files: list[str]) -> list[Path]:
         folder = next((d for d in rubric_dirs() if d.is_dir()), None)
         if folder is None:
             raise UserError("no rubrics/ folder here; name the rubric files to lint")
-        return sorted(folder.glob("*.yaml"))
+        return _rubric_files(folder)
     out: list[Path] = []
     for f in files:
         p = Path(f)
-        out += sorted(p.glob("*.yaml")) if p.is_dir() else [find_rubric(f)]
+        out += _rubric_files(p) if p.is_dir() else [find_rubric(f)]
     return out
 
 
