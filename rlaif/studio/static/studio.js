@@ -9,6 +9,8 @@ let lastExamples = [];   // examples of the last text that passed lint
 let checkSeq = 0;        // newer checks make older answers stale
 let calJob = null;       // id of the calibration being polled
 let debounce = null;
+let savedText = "";      // the file's text as last opened or saved
+const unsaved = () => current !== null && $("editor").value !== savedText;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -79,7 +81,7 @@ async function openFile(name) {
   if (!ok) { status(data.error, "error"); return; }
   current = name;
   $("file").value = name;
-  $("editor").value = data.text;
+  $("editor").value = savedText = data.text;
   $("draft-note").hidden = data.draft === null;
   $("load-draft").onclick = () => { $("editor").value = data.draft; $("draft-note").hidden = true; check(); };
   check();
@@ -259,6 +261,7 @@ async function save(draft) {
   const { ok, data } = await api("api/save", { name: current, text: $("editor").value, draft });
   if (data.findings) showLint(data);
   if (!ok) { status(data.error, "error"); return; }
+  if (!data.draft) savedText = $("editor").value;
   status(data.draft ? `saved as draft ${data.saved} (fails lint; ${current} unchanged)`
     : `saved ${data.saved}` + (data.previous ? ` (previous version in ${data.previous})` : ""), data.draft ? "error" : "ok");
   loadState();  // a new file joins the list
@@ -278,7 +281,11 @@ window.addEventListener("DOMContentLoaded", async () => {
   $("check").onclick = () => check();
   $("save").onclick = () => save(false);
   $("save-draft").onclick = () => save(true);
-  $("file").onchange = () => openFile($("file").value);
+  $("file").onchange = () => {
+    if (unsaved() && !confirm(`Discard the unsaved changes to ${current}?`)) { $("file").value = current; return; }
+    openFile($("file").value);
+  };
+  window.addEventListener("beforeunload", (e) => { if (unsaved()) e.preventDefault(); });
   $("example").onchange = () => { $("custom").hidden = $("example").value !== "custom"; if ($("example").value !== "custom") preview(); };
   $("judge-custom").onclick = () => preview();
   $("cal-cancel").onclick = async () => { if (calJob) await api(`api/jobs/${calJob}/cancel`, {}); };
