@@ -63,7 +63,10 @@ class TokenGate:
             conn = HTTPConnection(scope)
             given = conn.query_params.get("token") or conn.headers.get(HEADER) or conn.cookies.get(COOKIE) or ""
             if not secrets.compare_digest(given.encode(), self.token.encode()):
-                await PlainTextResponse(FORBIDDEN, status_code=403)(scope, receive, send)
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                else:
+                    await PlainTextResponse(FORBIDDEN, status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
