@@ -149,6 +149,25 @@ def test_gae_lambda_1_returns_are_reward_to_go() -> None:
     close(ret, [[2.75, 3.5, 3.0]])
 
 
+def test_gae_lambda_below_1_with_an_ignorant_critic_turns_the_best_first_token_negative() -> None:
+    """Why PPO with a critic that starts knowing nothing (value model from the policy) uses lam = 1:
+    the critic says 0 everywhere, both rows score above it (1 and 0.5, reward on the last token).
+    lam = 0.5: A = [0.25, 0.5, 1] and [0.125, 0.25, 0.5] (A_t = lam^(T-1-t) * score); whitening
+    subtracts their mean 2.625 / 6 = 0.4375, so the best row's first token gets 0.25 - 0.4375 < 0
+    and the worse row's last token 0.5 - 0.4375 > 0: the advantage's sign follows the position,
+    not the sample. lam = 1: A = [1, 1, 1] and [0.5, 0.5, 0.5], mean 0.75, unbiased var
+    6 * 0.25^2 / 5 = 0.075: +-0.25 / sqrt(0.075) = +-0.912871 on every token."""
+    mask = torch.ones(2, 3)
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.5]])
+    values = torch.zeros(2, 3)
+    adv, _ = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    close(adv, [[0.25, 0.5, 1.0], [0.125, 0.25, 0.5]])
+    whitened = masked_whiten(adv, mask)
+    assert whitened[0, 0] < 0 < whitened[1, 2]
+    adv, _ = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    close(masked_whiten(adv, mask), [[0.912871] * 3, [-0.912871] * 3])
+
+
 def test_ppo_token_rewards_uses_the_mask_not_the_pad_id() -> None:
     eos = pad = 2                                            # a tokenizer whose pad is its eos
     ids = torch.tensor([[5, 7, eos, pad, pad], [5, 6, 7, 8, 9], [pad, pad, pad, pad, pad]])

@@ -145,3 +145,30 @@ def test_start_at_mean_score_sets_every_value_to_the_mean(tiny_model_dir: str) -
         values = model(ids, mask)
     torch.testing.assert_close(values[mask > 0], torch.full((int(mask.sum()),), -1.5))
     assert start_at_mean_score(model, scores, torch.zeros(3)) == 0.0  # nothing valid: back to 0
+
+
+@pytest.mark.parametrize("value_lr, expected", [(None, 1e-2), (5e-3, 5e-3)])
+def test_value_model_trains_at_its_own_learning_rate(tiny_model_dir: str, value_lr: float | None,
+                                                     expected: float) -> None:
+    """PPO's optimizer: the policy at ``lr``, the value model at ``value_lr`` (null: 10 x lr). Adam's
+    first step moves every parameter with a clear gradient by its group's lr, so the value head's
+    bias moves by value_lr and the policy's weights by lr."""
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train.online.config import PPOConfig
+    from rlaif.train.online.setup import make_optimizer
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    value = build_value_model(tiny_model_dir, None)
+    cfg = PPOConfig(lr=1e-3, value_lr=value_lr)
+    params, optimizer = make_optimizer(cfg, policy, value)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, expected]
+    assert len(params) == len(list(policy.parameters())) + len(list(value.parameters()))
+    ids, mask = _batch()
+    bias, head_before = value.head.bias.detach().clone(), policy.lm_head.weight.detach().clone()
+    loss = value(ids, mask).sum() + policy(input_ids=ids, attention_mask=mask).logits.float().mean()
+    loss.backward()
+    optimizer.step()
+    assert float((value.head.bias.detach() - bias).abs()) == pytest.approx(expected, rel=1e-3)
+    policy_step = (policy.lm_head.weight.detach() - head_before).abs().max()
+    assert float(policy_step) == pytest.approx(1e-3, rel=1e-2)

@@ -18,6 +18,9 @@ from rlaif.errors import UserError
 from rlaif.train.config import LoraOptions
 
 
+VALUE_LR_FACTOR = 10.0  # PPO: default value_lr = 10 x lr
+
+
 @dataclass
 class RolloutOptions:
     """The rollout engine's knobs (the policy's weights are pushed into it after every update)."""
@@ -136,13 +139,16 @@ class PPOConfig(OnlineConfig):
 
     algorithm: ClassVar[str] = "ppo"
     k: int = option(1, "completions sampled per prompt")
-    lr: float = option(3e-6, "learning rate of policy and value model (AdamW, constant)")
+    lr: float = option(3e-6, "learning rate of the policy (AdamW, constant); the value model's is value_lr")
     epochs_per_step: int = option(4, "passes over each step's rollouts")
     temperature: float = option(0.7, "sampling temperature; policy and reference logits are divided by it too")
     beta: float = option(0.05, "per-token k1 KL coefficient in the reward (the starting value when adaptive_kl)")
     adaptive_kl: bool = option(False, "adapt beta towards kl_target (Ziegler et al. 2019)")
     kl_target: float = option(6.0, "adaptive_kl: target sequence KL")
     kl_horizon: int = option(10000, "adaptive_kl: horizon of the controller")
+    value_lr: float | None = option(None, "learning rate of the value model; null = 10 x lr (a critic that starts "
+                                          "knowing nothing must move faster than the policy; OpenRLHF's critic lr "
+                                          "is 9 x its actor's)")
     vf_coef: float = option(0.1, "weight of the value loss")
     value_clip: float = option(0.2, "clip range of the value update")
     gamma: float = option(1.0, "GAE discount")
@@ -152,6 +158,12 @@ class PPOConfig(OnlineConfig):
                                                    "null = keep its reward")
     value_model: str = option("", "value model init: empty = from the reward model when a reward is rm:DIR, "
                                   "else from the policy; or a model folder")
+
+
+def value_learning_rate(cfg: OnlineConfig) -> float:
+    """PPO's value-model learning rate: ``value_lr``, or 10 x ``lr`` when it is null."""
+    value_lr = getattr(cfg, "value_lr", None)
+    return float(value_lr) if value_lr is not None else VALUE_LR_FACTOR * cfg.lr
 
 
 CONFIGS: dict[str, type[OnlineConfig]] = {"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig}
@@ -186,7 +198,8 @@ def check_config(cfg: OnlineConfig) -> None:
               ("verdict_retries", cfg.verdict_retries >= 0, ">= 0")]
     if isinstance(cfg, PPOConfig):
         checks += [("gamma", 0 < cfg.gamma <= 1, "in (0, 1]"), ("lam", 0 <= cfg.lam <= 1, "in [0, 1]"),
-                   ("vf_coef", cfg.vf_coef >= 0, ">= 0"), ("value_clip", cfg.value_clip > 0, "> 0"),
+                   ("vf_coef", cfg.vf_coef >= 0, ">= 0"), ("value_lr", cfg.value_lr is None or cfg.value_lr > 0,
+                                                            "> 0 or null"), ("value_clip", cfg.value_clip > 0, "> 0"),
                    ("kl_target", cfg.kl_target > 0, "> 0"), ("kl_horizon", cfg.kl_horizon >= 1, ">= 1")]
     for key, ok, rule in checks:
         if not ok:

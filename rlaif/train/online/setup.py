@@ -100,6 +100,22 @@ def make_value_model(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, f
     return model.to(device).train()
 
 
+def make_optimizer(cfg: OnlineConfig, policy: Any, value_model: Any
+                   ) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
+    """AdamW over the policy's trainable parameters (``lr``) and, for PPO, the value model's in a
+    second parameter group (``value_lr``); returns all trained parameters (for the gradient clip)."""
+    from rlaif.train.online.config import value_learning_rate
+
+    policy_params = [p for p in policy.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": policy_params, "lr": cfg.lr}]
+    params = list(policy_params)
+    if value_model is not None:
+        value_params = [p for p in value_model.parameters() if p.requires_grad]
+        groups.append({"params": value_params, "lr": value_learning_rate(cfg)})
+        params += value_params
+    return params, torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def resolve_engine(name: str) -> str:
     if name == "auto":
         return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
@@ -119,10 +135,7 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]])
     policy = load_policy(cfg, base, device)
     reference = make_reference(cfg, base, policy, device)
     value_model = make_value_model(cfg, base, specs, device)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if value_model is not None:
-        params += [p for p in value_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params, optimizer = make_optimizer(cfg, policy, value_model)
     if getattr(cfg, "adaptive_kl", False):
         kl: Any = maths.AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)  # type: ignore[attr-defined]
     else:
