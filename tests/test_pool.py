@@ -55,12 +55,17 @@ def failing_factory(config: BackendConfig) -> FakeBackend:
     raise UserError("option 'policy.model': no such model (raised inside the replica)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module; its workers import this test file (the factories above)."""
+def init_ray() -> None:
+    """A local Ray whose workers import this test file (the factories above)."""
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": path}})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray for the module."""
+    init_ray()
     yield
     ray.shutdown()
 
@@ -93,8 +98,7 @@ def test_two_replicas_write_the_bytes_of_one_engine(tmp_path):
 
 
 def test_replica_killed_mid_run_loses_and_duplicates_nothing(tmp_path, capsys):
-    reference = run_config(tmp_path, "one", 1, n_prompts=16)
-    run_all(reference, factory=slow_factory)
+    run_all(run_config(tmp_path, "one", 1, n_prompts=16))  # the slow fake only sleeps: same replies
     cfg = run_config(tmp_path, "two", 2, n_prompts=16)
     work = tmp_path / "two" / ".rlaif" / "candidates.jsonl"
     killed: list[str] = []
@@ -220,7 +224,7 @@ def test_driver_kill_9_then_resume_with_replicas(tmp_path):
         except ProcessLookupError:
             pass
 
-    drive("one", 1)
+    run_all(run_config(tmp_path, "one", 1, n_prompts=12))  # in process, the plain fake (same replies)
     work = tmp_path / "two" / ".rlaif"
     drive("two", 2, kill_when=work / "candidates.jsonl")
     assert not (tmp_path / "two" / "candidates.jsonl").exists()
@@ -249,3 +253,18 @@ def test_cli_run_with_replicas_shares_one_pool_for_policy_and_judge(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["stages"]["judge"]["config"]["judge"]["replicas"] == 2
     assert len((tmp_path / "out" / "judgements.jsonl").read_text().splitlines()) == 4
+
+
+def test_unreachable_cluster_address_is_one_line():
+    from rlaif.backends.base import RayOptions
+    from servers import free_port
+
+    ray.shutdown()  # the pool only joins a cluster when this process has no Ray yet
+    try:
+        start = time.monotonic()
+        with pytest.raises(UserError, match=r"option 'ray.address': nothing answers at 127.0.0.1:\d+"):
+            EnginePool(BackendConfig(engine="fake", replicas=2), load_backend,
+                       RayOptions(address=f"127.0.0.1:{free_port()}"))
+        assert time.monotonic() - start < 15 and not ray.is_initialized()
+    finally:
+        init_ray()

@@ -116,6 +116,7 @@ class EnginePool:
         kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                                       configure_logging=True)
         if address:
+            _check_reachable(address)
             try:
                 self.ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -265,6 +266,22 @@ class EnginePool:
             raise ValueError(f"{len(responses)} responses for {len(conversations)} conversations")
         return self._split("response_logprobs", {"conversations": conversations, "responses": responses},
                            {"progress": False})
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT that accepts no TCP connection is a one-line error (``ray.init`` would retry
+    for minutes); ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(f"option 'ray.address': nothing answers at {address} ({e.strerror or e}); start the "
+                        f"cluster with `ray start --head --port {port}` there, or leave ray.address unset for a "
+                        f"local Ray") from None
 
 
 def _cause(error: Any) -> BaseException:
