@@ -109,7 +109,8 @@ class EnginePool:
         self.model_id = ids[0]
         where = f"the cluster at {address}" if address and self._started else (
             "a local Ray" if self._started else "this process's Ray")
-        _log(f"{role}: {len(self.actors)} engine replica{"s" if len(self.actors) > 1 else ""} on {where}")
+        plural = "s" if len(self.actors) > 1 else ""
+        _log(f"{role}: {len(self.actors)} engine replica{plural} on {where}")
 
     # -- life cycle ----------------------------------------------------------------------------
     def _start(self, address: str | None, replicas: int) -> None:
