@@ -124,3 +124,21 @@ def test_ppo_advantages_by_hand():
     assert torch.equal(masked[1], torch.zeros(3))
     a0 = torch.tensor([-0.0875, 0.525, 0.65])
     torch.testing.assert_close(masked[0], (a0 - a0.mean()) / a0.var().sqrt(), atol=1e-5, rtol=0)
+
+
+def test_ppo_default_lambda_follows_where_the_critic_starts():
+    """lam null: 1.0 with a critic started from the policy (A_t = return - V, the reward-to-go),
+    0.95 with one started from a reward model (N+ details). Row [1, 1] tokens, score 1 on the last,
+    V = [0.2, 0.4], no KL: lam 1: A = [1 - 0.2, 1 - 0.4] = [0.8, 0.6]; lam 0.95: A1 = 0.6,
+    A0 = (0.4 - 0.2) + 0.95 * 0.6 = 0.77."""
+    from rlaif.train.online.step import Scored
+
+    mask = torch.ones(1, 2)
+    scored = Scored(torch.zeros(1, 2), None, torch.tensor([[0.2, 0.4]]), 0.0)
+    cfg = PPOConfig(beta=0.0, whiten_advantages=False)
+    assert cfg.lam is None
+    args = (cfg, SimpleNamespace(mask=mask), torch.tensor([1.0]), torch.ones(1), scored, 0.0)
+    torch.testing.assert_close(advantages(*args, critic_from_policy=True)["adv"], torch.tensor([[0.8, 0.6]]))
+    torch.testing.assert_close(advantages(*args, critic_from_policy=False)["adv"], torch.tensor([[0.77, 0.6]]))
+    cfg.lam = 0.0  # set explicitly, it wins: A0 = delta0 = 0.2
+    torch.testing.assert_close(advantages(*args, critic_from_policy=True)["adv"], torch.tensor([[0.2, 0.6]]))

@@ -152,7 +152,10 @@ class PPOConfig(OnlineConfig):
     vf_coef: float = option(0.1, "weight of the value loss")
     value_clip: float = option(0.2, "clip range of the value update")
     gamma: float = option(1.0, "GAE discount")
-    lam: float = option(0.95, "GAE lambda")
+    lam: float | None = option(None, "GAE lambda; null = 0.95 when the value model starts from a reward model or "
+                                     "value_model (N+ details), 1.0 when it starts from the policy (a critic that "
+                                     "knows nothing yet: Monte-Carlo returns, so its errors do not enter the "
+                                     "advantages)")
     whiten_advantages: bool = option(True, "whiten advantages over the batch")
     missing_eos_score: float | None = option(-1.0, "score given to a completion cut by max_tokens (no EOS); "
                                                    "null = keep its reward")
@@ -164,6 +167,20 @@ def value_learning_rate(cfg: OnlineConfig) -> float:
     """PPO's value-model learning rate: ``value_lr``, or 10 x ``lr`` when it is null."""
     value_lr = getattr(cfg, "value_lr", None)
     return float(value_lr) if value_lr is not None else VALUE_LR_FACTOR * cfg.lr
+
+
+def gae_lambda(cfg: OnlineConfig, critic_from_policy: bool) -> float:
+    """PPO's GAE lambda: ``lam``, or when null 1.0 for a critic started from the policy, else 0.95.
+
+    With lam < 1 the advantage A_t = sum_l lam^l delta_{t+l} bootstraps on V; a critic that starts
+    knowing nothing (a zero head at the first batch's mean score) makes A_t ~ lam^(T-1-t) (r - V), a
+    position pattern that whitening's mean shift turns into advantages whose sign follows the
+    position, not the sample (measured on the embedded model: first-token advantage -1.04 for a
+    sample 0.86 above the critic). lam = 1 gives A_t = return_t - V_t, unbiased for any critic."""
+    lam = getattr(cfg, "lam", None)
+    if lam is not None:
+        return float(lam)
+    return 1.0 if critic_from_policy else 0.95
 
 
 CONFIGS: dict[str, type[OnlineConfig]] = {"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig}
@@ -197,7 +214,7 @@ def check_config(cfg: OnlineConfig) -> None:
               ("log_rollouts_every", cfg.log_rollouts_every >= 0, ">= 0"),
               ("verdict_retries", cfg.verdict_retries >= 0, ">= 0")]
     if isinstance(cfg, PPOConfig):
-        checks += [("gamma", 0 < cfg.gamma <= 1, "in (0, 1]"), ("lam", 0 <= cfg.lam <= 1, "in [0, 1]"),
+        checks += [("gamma", 0 < cfg.gamma <= 1, "in (0, 1]"), ("lam", cfg.lam is None or 0 <= cfg.lam <= 1, "in [0, 1] or null"),
                    ("vf_coef", cfg.vf_coef >= 0, ">= 0"), ("value_lr", cfg.value_lr is None or cfg.value_lr > 0,
                                                             "> 0 or null"), ("value_clip", cfg.value_clip > 0, "> 0"),
                    ("kl_target", cfg.kl_target > 0, "> 0"), ("kl_horizon", cfg.kl_horizon >= 1, ">= 1")]

@@ -24,7 +24,7 @@ import torch
 from rlaif.io.seeds import stable_seed
 from rlaif.train.modeling import position_ids
 from rlaif.train.online import maths
-from rlaif.train.online.config import OnlineConfig
+from rlaif.train.online.config import OnlineConfig, gae_lambda
 
 
 @dataclass
@@ -151,10 +151,12 @@ def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: 
 
 
 def advantages(cfg: OnlineConfig, batch: RolloutBatch, scores: torch.Tensor, valid: torch.Tensor,
-               scored: Scored, kl_coef: float) -> dict[str, torch.Tensor]:
+               scored: Scored, kl_coef: float, critic_from_policy: bool = False) -> dict[str, torch.Tensor]:
     """Per-algorithm advantages: ``adv`` (N,) for grpo/rloo, (N, T) for ppo; ``returns`` (ppo);
     ``kl`` (N,) the sequence k1 KL to the reference (0 without one; NaN until `update` fills
-    ``scored.old_logp`` when the old-policy pass was skipped, see :func:`sequence_kl`)."""
+    ``scored.old_logp`` when the old-policy pass was skipped, see :func:`sequence_kl`).
+    ``critic_from_policy``: PPO's value model started from the policy (picks the default GAE lambda,
+    `config.gae_lambda`)."""
     mask = batch.mask * valid.unsqueeze(-1)
     kl = sequence_kl(scored, batch.mask)
     if cfg.algorithm == "grpo":
@@ -166,7 +168,8 @@ def advantages(cfg: OnlineConfig, batch: RolloutBatch, scores: torch.Tensor, val
     logp = scored.old_logp if scored.old_logp is not None else torch.zeros_like(mask)  # skipped: beta is 0
     ref_logp = scored.ref_logp if scored.ref_logp is not None else logp               # no reference: KL 0
     token_rewards = maths.ppo_token_rewards(scores, logp, ref_logp, mask, kl_coef)
-    adv, returns = maths.gae(token_rewards, scored.old_values, mask, cfg.gamma, cfg.lam)  # type: ignore[attr-defined]
+    lam = gae_lambda(cfg, critic_from_policy)
+    adv, returns = maths.gae(token_rewards, scored.old_values, mask, cfg.gamma, lam)  # type: ignore[attr-defined]
     if cfg.whiten_advantages:  # type: ignore[attr-defined]
         adv = maths.masked_whiten(adv, mask) * mask
     return {"adv": adv, "returns": returns, "kl": kl}

@@ -91,7 +91,7 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     old_policy = not reuses_current_logp(cfg, len(rollouts), run.kl.value)
     scored = score_batch(cfg, batch, run.policy, run.reference, run.value_model, run.device, run.autocast,
                          old_policy=old_policy)
-    adv = advantages(cfg, batch, scores, valid, scored, run.kl.value)
+    adv = advantages(cfg, batch, scores, valid, scored, run.kl.value, run.value_from_policy)
     run.policy.train()
     t3 = time.perf_counter()
     train_stats = update(cfg, step, batch, scored, adv, valid, run.policy, run.value_model, run.optimizer,
