@@ -51,6 +51,19 @@ def slow_factory(config: BackendConfig) -> FakeBackend:
     return SlowFake(config)
 
 
+class WeightedFake(FakeBackend):
+    """Records the weights it was given (an online trainer's weight sync)."""
+
+    weights_sum = 0.0
+
+    def update_weights(self, named_tensors, timeout_s: float = 600.0) -> None:
+        self.weights_sum = float(sum(t.sum() for _, t in named_tensors))
+
+
+def weighted_factory(config: BackendConfig) -> FakeBackend:
+    return WeightedFake(config)
+
+
 def failing_factory(config: BackendConfig) -> FakeBackend:
     raise UserError("option 'policy.model': no such model (raised inside the replica)")
 
@@ -268,3 +281,18 @@ def test_unreachable_cluster_address_is_one_line():
         assert time.monotonic() - start < 15 and not ray.is_initialized()
     finally:
         init_ray()
+
+
+def test_update_weights_reaches_every_replica():
+    import torch
+
+    pool = EnginePool(BackendConfig(engine="fake", replicas=2), weighted_factory)
+    try:
+        pool.update_weights([("a", torch.ones(3)), ("b", torch.full((2,), 2.0))])
+        assert pool.call_all_with(_weights_sum) == [7.0, 7.0]
+    finally:
+        pool.close()
+
+
+def _weights_sum(engine) -> float:
+    return engine.weights_sum

@@ -49,6 +49,14 @@ def call_method(backend: Backend, name: str, args: tuple, kwargs: dict[str, Any]
     return getattr(backend, name)(*args, **kwargs)
 
 
+def _load_weights(backend: Backend, refs: list[Any], timeout_s: float) -> None:
+    """On a replica: fetch the weights put in the object store (a ref nested in a list is not
+    resolved by Ray) and load them into the engine."""
+    import ray
+
+    backend.update_weights(ray.get(refs[0]), timeout_s=timeout_s)  # type: ignore[attr-defined]
+
+
 class _Replica:
     """The Ray actor: one engine. A failed engine load is kept and raised by ``ready``, so the
     driver sees the engine's own error (a one-line `UserError`), not a dead actor."""
@@ -228,8 +236,18 @@ class EnginePool:
         _log(f"{self.role}: an engine replica died ({why}); its chunk goes to another, {len(self.actors)} left")
 
     def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
-        """``engine.name(*args, **kwargs)`` on every replica (e.g. loading new weights)."""
-        refs = [a.run.remote(call_method, (name, args, kwargs)) for a in self.actors]
+        """``engine.name(*args, **kwargs)`` on every replica."""
+        return self.call_all_with(call_method, name, args, kwargs)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]], timeout_s: float = 600.0) -> None:
+        """New policy weights into every replica (online RL): the tensors go to Ray's object store
+        once (on CPU), and each replica loads them with its engine's own ``update_weights``."""
+        tensors = [(name, t.detach().cpu()) for name, t in named_tensors]
+        self.call_all_with(_load_weights, [self.ray.put(tensors)], timeout_s)
+
+    def call_all_with(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """``fn(engine, *args)`` on every replica."""
+        refs = [a.run.remote(fn, args) for a in self.actors]
         try:
             return self.ray.get(refs)
         except self.ray.exceptions.RayTaskError as e:
