@@ -249,3 +249,23 @@ def test_a_bad_ref_model_is_one_line_naming_the_option(tmp_path, tiny_model_dir,
     with pytest.raises(UserError, match="option 'ref_model': .* has another tokenizer") as e:
         train_dpo(_cfg(tiny_model_dir, tmp_path / "b", max_steps=1, ref_model=other_reference + "-vocab"))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_two_process_fsdp_run_with_ref_model_reaches_the_weights_of_one(tmp_path, tiny_model_dir, other_reference):
+    """ref_model under `accelerate launch` (FSDP, 2 processes): each process scores its share of the pairs with
+    the reference and the table is gathered; training ends where one process does."""
+    from test_train_distributed import COMMON, TOLERANCE, _finish, _max_diff, _start, _train_lines
+
+    from rlaif.cli import main
+
+    extra = (f"ref_model={other_reference}",)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "dpo", "--data", str(ASSETS), "--model", tiny_model_dir, "--out", str(one), *COMMON, *extra,
+                 "grad_accum=2"]) == 0
+    _finish(_start("fsdp", tmp_path, tiny_model_dir, two, "dpo", extra))
+    assert torch.allclose(torch.load(two / "ref_logps.pt")["train"], torch.load(one / "ref_logps.pt")["train"],
+                          atol=1e-5)
+    first = [_train_lines(out)[0]["train/loss"] for out in (one, two)]
+    assert first[0] == pytest.approx(first[1], abs=1e-5) and abs(first[0] - math.log(2)) > 1e-3
+    assert _max_diff(two, one) < TOLERANCE

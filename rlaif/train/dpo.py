@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +122,21 @@ def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair]
 
 
 def load_reference(path: str, pad_token_id: int) -> Any:
-    """The reference model at ``path`` (a resolved folder or hub id), fp32, frozen."""
+    """The reference model at ``path`` (a resolved folder or hub id), fp32, frozen, with its real weights in
+    every process: under FSDP's ``cpu_ram_efficient_loading`` transformers loads them on local rank 0 only (the
+    others get empty tensors that wrapping would fill), and the reference is never wrapped."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
     model.config.pad_token_id = pad_token_id
     return model.eval().requires_grad_(False)
 
