@@ -35,6 +35,7 @@ through a shared-memory mirror of the parameters: no disk, no serialisation (see
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -76,6 +77,9 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
     """A ``vllm.LLM`` for ``config`` (the model name is resolved to a local folder first)."""
     path = resolve_model(config.model)
     check_causal_lm(path)
+    # vLLM's INFO lines (hundreds per engine) bury rlaif's own output; its warnings and errors stay.
+    # Read when vllm is first imported; an explicit VLLM_LOGGING_LEVEL wins.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from vllm import LLM
 
     kwargs: dict[str, Any] = dict(
