@@ -40,7 +40,8 @@ demo: $(STAMP)
 		--out outputs/demo n=4 max_tokens=384 $(DEMO_ARGS)
 	@echo "demo done: preference dataset in outputs/demo/preferences/, report in outputs/demo/report.html"
 
-# 2 rounds of generate -> judge -> build -> DPO -> eval on the embedded model (policy and judge).
+# 2 rounds of generate -> judge -> build -> DPO -> eval on the embedded model (policy and judge):
+# 12 min 20 s measured on a 2-core CPU (BENCHMARKS.md, "Loop demo").
 # Rerunning resumes (finished rounds are skipped); add DEMO_ARGS=--overwrite to start over.
 loop-demo: $(STAMP)
 	$(VENV)/bin/rlaif loop --config configs/loop_demo.yaml --out outputs/loop-demo $(DEMO_ARGS)
