@@ -33,7 +33,8 @@ def test_sigterm_mid_generation_closes_the_vllm_engine_and_keeps_finished_rows(t
     partial = out / ".rlaif" / "candidates.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlaif.cli", "generate", "--prompts", str(prompts), "--out", str(out),
-         "policy.engine=vllm", f"policy.model={embedded_model_dir}", "policy.gpu_memory_utilization=0.05",
+         "policy.engine=vllm", f"policy.model={embedded_model_dir}", "policy.gpu_memory_utilization=0.1",
+         "policy.max_model_len=1024",
          "n=2", "max_tokens=64", "chunk_size=8", "progress=false"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
