@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlaif.backends.base import BackendConfig
+from rlaif.backends.base import BackendConfig, RayOptions
 from rlaif.config import option
 from rlaif.errors import UserError
 from rlaif.train.config import LoraOptions
@@ -33,6 +33,9 @@ class RolloutOptions:
     enforce_eager: bool = option(True, "vllm: no CUDA graphs / torch.compile (faster start, slower decode)")
     enable_prefix_caching: bool = option(True, "vllm: reuse the KV cache of the k samples' shared prompt")
     batch_size: int = option(64, "hf: sequences per generate() call")
+    replicas: int = option(1, "vllm: rollout engine replicas as Ray actors (pip install 'rlaif[ray]'), each "
+                              "sampling a share of the step's prompts; the new weights go to every replica "
+                              "after each update; 1 = one engine in this process")
 
     def backend_config(self, engine: str, model_dir: str) -> BackendConfig:
         """The same options as a BackendConfig for the rollout engine."""
@@ -44,7 +47,7 @@ class RolloutOptions:
         return BackendConfig(engine=engine, model=model_dir, dtype=self.dtype, max_model_len=self.max_model_len,
                              gpu_memory_utilization=share, enforce_eager=self.enforce_eager,
                              enable_prefix_caching=self.enable_prefix_caching, enable_sample_logprobs=True,
-                             batch_size=self.batch_size)
+                             batch_size=self.batch_size, replicas=self.replicas)
 
 
 def _judge_default() -> BackendConfig:
@@ -76,6 +79,7 @@ class OnlineConfig:
                                                            "(samples with the trained policy itself); auto = "
                                                            "vllm if installed, else hf")
     rollout: RolloutOptions = option(RolloutOptions, "rollout engine options (rollout.dtype ...)")
+    ray: RayOptions = option(RayOptions, "the Ray cluster for rollout.replicas > 1")
     k: int = option(8, "completions sampled per prompt")
     prompts_per_step: int = option(8, "prompts per step (a step's batch is prompts_per_step * k completions)")
     max_tokens: int = option(128, "completion tokens at most (a completion cut here has no EOS)")

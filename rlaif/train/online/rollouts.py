@@ -151,14 +151,16 @@ class RolloutEngine:
         return [int(i) for i in ids[-self.max_prompt_length:]]
 
     def generate(self, prompt_ids: list[list[int]], k: int, *, temperature: float, top_p: float,
-                 max_tokens: int, seed: int) -> list[Rollout]:
+                 max_tokens: int, seed: int, first_index: int = 0) -> list[Rollout]:
         """``k`` samples of every prompt: ``len == k * len(prompt_ids)``, prompt i's samples at
-        ``[i*k, (i+1)*k)``."""
+        ``[i*k, (i+1)*k)``, drawn with seed ``stable_seed(seed, first_index + i)`` (a process
+        sampling a slice of the step's prompts passes the slice's start, so the samples are those
+        of one process sampling them all)."""
         if k < 1 or max_tokens < 1:
             raise ValueError("k and max_tokens must be >= 1")
         if not prompt_ids:
             return []
-        seeds = [stable_seed(seed, i) for i in range(len(prompt_ids))]
+        seeds = [stable_seed(seed, first_index + i) for i in range(len(prompt_ids))]
         params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=True)
         if self.engine == "vllm":
             gens = self.backend.generate_ids(prompt_ids, params, seeds, progress=False)

@@ -26,8 +26,9 @@ from rlaif.io.store import fingerprint
 from rlaif.train.checkpoints import IGNORED, OWNED, _flatten, checkpoint_dirs, cut_logs, publish_checkpoint
 from rlaif.train.online.config import OnlineConfig
 
-# Online-only keys that change no weight (how often rollouts are logged).
-ONLINE_IGNORED = IGNORED + ("log_rollouts_every",)
+# Online-only keys that change no weight (how often rollouts are logged, where the engines run).
+ONLINE_IGNORED = IGNORED + ("log_rollouts_every", "ray")
+ONLINE_IGNORED_FLAT = ("rollout.replicas",)
 # What the online trainers write in --out (removed by overwrite): the offline trainers' files too.
 ONLINE_OWNED = OWNED + ("rollouts.jsonl", "value")
 LOGS = ("metrics.jsonl", "rollouts.jsonl")
@@ -36,6 +37,8 @@ LOGS = ("metrics.jsonl", "rollouts.jsonl")
 def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
     """The keys that shape the result, flat and dotted, with the algorithm and the prompt file's digest."""
     flat = _flatten({k: v for k, v in to_dict(cfg).items() if k not in ONLINE_IGNORED})
+    for key in ONLINE_IGNORED_FLAT:
+        flat.pop(key, None)
     flat["algorithm"] = cfg.algorithm
     flat["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16]
     return {**flat, "fingerprint": fingerprint(flat)}
