@@ -190,11 +190,27 @@ def gae_lambda(cfg: OnlineConfig, critic_from_policy: bool) -> float:
 CONFIGS: dict[str, type[OnlineConfig]] = {"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig}
 
 
+def world_size() -> int:
+    """Processes of this launch (torchrun / ``accelerate launch`` set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_launch(algorithm: str) -> None:
+    """One-line UserError for an accelerate config that shards the weights (FSDP, DeepSpeed): each
+    process's rollout engine needs the full weights after every step, so only DDP is supported."""
+    if world_size() <= 1:
+        return
+    for var, kind in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            raise UserError(f"train {algorithm}: {kind} is not supported by the online trainers (each process's "
+                            f"rollout engine needs the full weights after every step); launch with "
+                            f"configs/accelerate_ddp.yaml")
+
+
 def check_config(cfg: OnlineConfig) -> None:
     """One-line UserError for a missing required option or a value out of range."""
     name = cfg.algorithm
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train alone and write the same --out
-        raise UserError(f"train {name} runs in one process; launch it without accelerate launch / torchrun")
+    check_launch(name)
     for key, flag in (("prompts", "--prompts"), ("out", "--out")):
         if not getattr(cfg, key):
             raise UserError(f"train {name}: {flag} is required")

@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from rlaif.train.online.config import OnlineConfig
+from rlaif.train.online.distributed import Dist, engine_env
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Run:
     value_model: Any
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
-    engine: Any
+    engine: Any  # None on ranks > 0 when the main process samples for all (rollout.replicas > 1)
     rewards: list[Any]
     weights: dict[str, float]
     kl: Any  # maths.FixedKLController | AdaptiveKLController
@@ -33,9 +34,11 @@ class Run:
     autocast: Callable[[], ContextManager[Any]]
     warned: set[str] = field(default_factory=set)  # one-time warnings already given
     value_from_policy: bool = False  # PPO value model from the policy (zero head): its bias is set at step 0
+    dist: Dist = field(default_factory=Dist)
 
     def close(self) -> None:
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
         for source in self.rewards:
             close = getattr(source, "close", None)
             if close is not None:
@@ -122,28 +125,42 @@ def resolve_engine(name: str) -> str:
     return name
 
 
-def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]]) -> Run:
-    """Everything the step loop needs, in the order that fails cheapest first."""
+def pooled(cfg: OnlineConfig) -> bool:
+    """The rollouts come from a Ray pool of engines that the main process drives (rollout.replicas > 1)."""
+    return cfg.rollout.replicas > 1
+
+
+def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]], dist: Dist | None = None) -> Run:
+    """Everything the step loop needs, in the order that fails cheapest first. Under several
+    processes every rank builds its own copy and engine on its device (``dist``); with a Ray pool
+    (rollout.replicas > 1) only the main process builds the engine."""
     from rlaif.train.modeling import load_tokenizer
     from rlaif.train.online import maths
     from rlaif.train.online.rewards import load_rewards
     from rlaif.train.online.rollouts import RolloutEngine
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist = dist or Dist()
+    device = dist.device
     tokenizer = load_tokenizer(base)
     rewards = load_rewards(cfg.reward, judge=cfg.judge, seed=cfg.seed, verdict_retries=cfg.verdict_retries)
     policy = load_policy(cfg, base, device)
     reference = make_reference(cfg, base, policy, device)
     value_model = make_value_model(cfg, base, specs, device)
     params, optimizer = make_optimizer(cfg, policy, value_model)
+    dist.same_start(params)
     if getattr(cfg, "adaptive_kl", False):
         kl: Any = maths.AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)  # type: ignore[attr-defined]
     else:
         kl = maths.FixedKLController(cfg.beta)
     engine_name = resolve_engine(cfg.engine)
-    engine = RolloutEngine(engine_name, base, tokenizer, backend_options=cfg.rollout.backend_config(engine_name, base),
-                           max_prompt_length=cfg.max_prompt_length,
-                           hf_model=policy if engine_name == "hf" else None)
+    engine = None
+    if dist.main or not pooled(cfg):
+        with engine_env(dist):
+            engine = RolloutEngine(engine_name, base, tokenizer,
+                                   backend_options=cfg.rollout.backend_config(engine_name, base),
+                                   max_prompt_length=cfg.max_prompt_length,
+                                   hf_model=policy if engine_name == "hf" else None)
     weights = {f"{s}:{t}": w for s, t, w in specs}
     return Run(tokenizer, policy, reference, value_model, optimizer, params, engine, rewards, weights, kl, device,
-               _autocast(cfg, device), value_from_policy=value_model is not None and not value_init_dir(cfg, specs))
+               _autocast(cfg, device), value_from_policy=value_model is not None and not value_init_dir(cfg, specs),
+               dist=dist)

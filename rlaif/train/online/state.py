@@ -123,14 +123,17 @@ def load_checkpoint(path: Path, policy: torch.nn.Module, value: torch.nn.Module 
 
 
 def resume_or_start(out: Path, policy: torch.nn.Module, value: torch.nn.Module | None,
-                    optimizer: torch.optim.Optimizer) -> Restored | None:
+                    optimizer: torch.optim.Optimizer, main: bool = True) -> Restored | None:
     """Load the last checkpoint and cut metrics.jsonl / rollouts.jsonl back to its step (later steps
-    are redone); with none, clear the logs of an earlier attempt and return None."""
+    are redone); with none, clear the logs of an earlier attempt and return None. Several processes:
+    each loads the checkpoint, only the ``main`` one touches files."""
     existing = checkpoint_dirs(out)
     if not existing:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        cut_logs(out, LOGS, None)
+        if main:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            cut_logs(out, LOGS, None)
         return None
     restored = load_checkpoint(existing[-1], policy, value, optimizer)
-    cut_logs(out, LOGS, restored.step)
+    if main:
+        cut_logs(out, LOGS, restored.step)
     return restored

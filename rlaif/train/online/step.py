@@ -25,6 +25,7 @@ from rlaif.io.seeds import stable_seed
 from rlaif.train.modeling import position_ids
 from rlaif.train.online import maths
 from rlaif.train.online.config import OnlineConfig, gae_lambda
+from rlaif.train.online.distributed import Dist, mine
 
 
 @dataclass
@@ -123,17 +124,21 @@ def reuses_current_logp(cfg: OnlineConfig, n: int, kl_coef: float) -> bool:
 
 @torch.no_grad()
 def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: Any, value_model: Any,
-                device: Any, autocast: Any, old_policy: bool = True) -> Scored:
+                device: Any, autocast: Any, old_policy: bool = True, dist: Dist | None = None) -> Scored:
     """Old-policy (unless ``old_policy`` is False) and reference log-probs, and PPO values, in
-    micro-batches, full width (N, T)."""
+    micro-batches, full width (N, T). Several processes: micro-batch j on rank j % W, the results
+    summed over ranks (each row is filled by one rank, zeros elsewhere: the sum is exact)."""
+    dist = dist or Dist()
     n, width = batch.mask.shape
     old = torch.zeros(n, width) if old_policy else None
     ref = torch.zeros(n, width) if reference is not None else None
     values = torch.zeros(n, width) if value_model is not None else None
     if old is None and ref is None and values is None:
         return Scored(None, None, None, float("nan"))
-    entropy, tokens = 0.0, 0.0
-    for idx in micro_batches(n, cfg.micro_batch_size):
+    entropy = torch.zeros(2, dtype=torch.float64)  # sum of entropy x tokens, tokens
+    for j, idx in enumerate(micro_batches(n, cfg.micro_batch_size)):
+        if not mine(j, dist.world, dist.rank):
+            continue
         mb = batch.rows(idx).to(device)
         w = mb.mask.shape[1]
         with autocast():
@@ -141,13 +146,16 @@ def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: 
                 logp, ent = token_logprobs(policy, mb, cfg.temperature, entropy=True)
                 old[idx, :w] = logp.float().cpu()
                 count = float(mb.mask.sum())
-                entropy, tokens = entropy + float(ent) * count, tokens + count
+                entropy += torch.tensor([float(ent) * count, count], dtype=torch.float64)
             if reference is not None:
                 with reference() as ref_model:
                     ref[idx, :w] = token_logprobs(ref_model, mb, cfg.temperature)[0].float().cpu()
             if value_model is not None:
                 values[idx, :w] = token_values(value_model, mb).float().cpu()
-    return Scored(old, ref, values, entropy / max(tokens, 1.0))
+    for t in (old, ref, values, entropy):
+        if t is not None:
+            dist.sum_(t)
+    return Scored(old, ref, values, float(entropy[0] / max(float(entropy[1]), 1.0)))
 
 
 def advantages(cfg: OnlineConfig, batch: RolloutBatch, scores: torch.Tensor, valid: torch.Tensor,
@@ -226,21 +234,43 @@ def _grad_norm(params: Any) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
+def _merge_stats(dist: Dist, sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
+    """Micro-batch stat sums and counts over ranks; the per-update grad norms are already global
+    (taken after `Dist.sum_grads`), so they stay this rank's."""
+    if dist.world == 1:
+        return sums, count
+    per_update = ("grad_norm", "value_grad_norm", "policy_grad_norm")
+    merged = {k: v for k, v in sums.items() if k in per_update}
+    total = 0
+    for part, part_count in dist.gather(({k: v for k, v in sums.items() if k not in per_update}, count)):
+        for k, v in part.items():
+            merged[k] = merged.get(k, 0.0) + v
+        total += part_count
+    return merged, total
+
+
 def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, adv: dict[str, torch.Tensor],
            valid: torch.Tensor, policy: Any, value_model: Any, optimizer: torch.optim.Optimizer,
-           params: list[torch.nn.Parameter], device: Any, autocast: Any) -> dict[str, float]:
+           params: list[torch.nn.Parameter], device: Any, autocast: Any, dist: Dist | None = None
+           ) -> dict[str, float]:
     """``epochs_per_step`` passes of shuffled minibatches; gradients accumulate over micro-batches.
+
+    Several processes (``dist``): micro-batch j of the step (one process's order) runs on rank
+    j % W; each micro-loss keeps the whole minibatch's normaliser, and the gradients are summed
+    over ranks before the clip and the step, so the update is one process's (up to summation order).
 
     When the old-policy pass was skipped (``scored.old_logp`` None, see :func:`reuses_current_logp`)
     the update's own detached log-probs are the old ones: it writes them and the entropy into
     ``scored`` for the step's metrics (the stale-weights gap, the KL). Logs the gradient norms of
     the policy and the value model apart (before the joint clip)."""
+    dist = dist or Dist()
     n = batch.mask.shape[0]
     mini = cfg.minibatch_size or n
     sums: dict[str, float] = {}
     count = 0
     fresh = torch.zeros_like(batch.mask) if scored.old_logp is None else None
     entropy, tokens = 0.0, 0.0
+    j = -1  # micro-batch counter of the step, the same on every rank
     for epoch in range(cfg.epochs_per_step):
         order = list(range(n))
         random.Random(stable_seed(cfg.seed, "minibatch", step, epoch)).shuffle(order)
@@ -251,6 +281,9 @@ def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, ad
             if float(mask.sum()) == 0:
                 continue
             for m in micro_batches(len(rows), cfg.micro_batch_size):
+                j += 1
+                if not mine(j, dist.world, dist.rank):
+                    continue
                 idx = [rows[i] for i in m]
                 mb = batch.rows(idx)
                 w = mb.mask.shape[1]
@@ -276,6 +309,7 @@ def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, ad
                 for k, v in {"loss": loss.item(), **stats}.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
+            dist.sum_grads(params)
             if value_model is not None:
                 sums["value_grad_norm"] = sums.get("value_grad_norm", 0.0) + _grad_norm(value_model.parameters())
                 sums["policy_grad_norm"] = sums.get("policy_grad_norm", 0.0) + _grad_norm(policy.parameters())
@@ -286,8 +320,10 @@ def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, ad
             optimizer.zero_grad(set_to_none=True)
             sums["updates"] = sums.get("updates", 0.0) + 1
     if fresh is not None:
-        scored.old_logp, scored.entropy = fresh, entropy / max(tokens, 1.0)
+        ent = dist.sum_(torch.tensor([entropy, tokens], dtype=torch.float64))
+        scored.old_logp, scored.entropy = dist.sum_(fresh), float(ent[0] / max(float(ent[1]), 1.0))
     updates = max(sums.pop("updates", 0.0), 1.0)
+    sums, count = _merge_stats(dist, sums, count)
     per_update = ("grad_norm", "value_grad_norm", "policy_grad_norm")
     out = {k: v / max(count, 1) for k, v in sums.items() if k not in per_update}
     out.update({k: sums[k] / updates for k in per_update if k in sums})

@@ -68,18 +68,58 @@ def reward_tensor(cfg: OnlineConfig, total: list, rollouts: list[Any]) -> tuple[
     return scores, valid
 
 
+def sample_and_reward(cfg: OnlineConfig, run: Run, batch_prompts: list[Prompt], ids: list[list[int]], step: int,
+                      ) -> tuple[list[Any], dict[str, list], list, float, float]:
+    """This rank's share of the step's rollouts and rewards, then everyone's (`gather_rollouts`):
+    rollouts, rewards per source, their mix, and this rank's generation and reward seconds."""
+    lo, hi = (0, len(ids)) if run.dist.world == 1 else local_slice(cfg, run, len(ids))
+    t0 = time.perf_counter()
+    rollouts = run.engine.generate(ids[lo:hi], cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   max_tokens=cfg.max_tokens, seed=stable_seed(cfg.seed, "rollout", step),
+                                   first_index=lo) if hi > lo else []
+    t1 = time.perf_counter()
+    if rollouts:
+        per_source, total = collect_rewards(run, batch_prompts[lo:hi], rollouts)
+    else:
+        per_source, total = {source.name: [] for source in run.rewards}, []
+    t2 = time.perf_counter()
+    if run.dist.world > 1:
+        rollouts, per_source, total = gather_rollouts(run, lo, rollouts, per_source, total)
+    return rollouts, per_source, total, t1 - t0, t2 - t1
+
+
+def local_slice(cfg: OnlineConfig, run: Run, n: int) -> tuple[int, int]:
+    """The prompts this rank samples: its contiguous slice, or with a Ray pool (only the main process
+    holds the engine, which spreads the prompts over its replicas) all on the main process."""
+    from rlaif.train.online.distributed import prompt_slice
+    from rlaif.train.online.setup import pooled
+
+    if pooled(cfg):
+        return (0, n) if run.dist.main else (0, 0)
+    return prompt_slice(n, run.dist.world, run.dist.rank)
+
+
+def gather_rollouts(run: Run, lo: int, rollouts: list[Any], per_source: dict[str, list], total: list
+                    ) -> tuple[list[Any], dict[str, list], list]:
+    """Every rank's rollouts and rewards in rank order (= prompt order), prompt indices made global."""
+    import dataclasses
+
+    shifted = [dataclasses.replace(r, prompt_index=r.prompt_index + lo) for r in rollouts]
+    parts = run.dist.gather((shifted, per_source, total))
+    merged = {name: [v for _, src, _ in parts for v in src[name]] for name in per_source}
+    return [r for rs, _, _ in parts for r in rs], merged, [v for _, _, t in parts for v in t]
+
+
 def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict[int, list[int]],
                  step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """One step (0-based ``step``): sample, reward, score, update, sync. Returns metrics and rollout rows."""
     order = prompt_order(len(prompts), cfg.seed, step, cfg.prompts_per_step)
     batch_prompts = [prompts[i] for i in order]
     ids = [cache[i] if i in cache else cache.setdefault(i, run.engine.prompt_ids(prompts[i].messages))
-           for i in order]
+           for i in order] if run.engine is not None else []
     t0 = time.perf_counter()
-    rollouts = run.engine.generate(ids, cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_tokens=cfg.max_tokens, seed=stable_seed(cfg.seed, "rollout", step))
-    t1 = time.perf_counter()
-    per_source, total = collect_rewards(run, batch_prompts, rollouts)
+    rollouts, per_source, total, gen_s, _ = sample_and_reward(cfg, run, batch_prompts, ids, step)
+    t1 = t0 + gen_s  # time/reward: this rank's rewards and the gather
     t2 = time.perf_counter()
     scores, valid = reward_tensor(cfg, total, rollouts)
     if step == 0 and run.value_from_policy:
@@ -90,16 +130,16 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     run.policy.eval()
     old_policy = not reuses_current_logp(cfg, len(rollouts), run.kl.value)
     scored = score_batch(cfg, batch, run.policy, run.reference, run.value_model, run.device, run.autocast,
-                         old_policy=old_policy)
+                         old_policy=old_policy, dist=run.dist)
     adv = advantages(cfg, batch, scores, valid, scored, run.kl.value, run.value_from_policy)
     run.policy.train()
     t3 = time.perf_counter()
     train_stats = update(cfg, step, batch, scored, adv, valid, run.policy, run.value_model, run.optimizer,
-                         run.params, run.device, run.autocast)
+                         run.params, run.device, run.autocast, dist=run.dist)
     if not old_policy:
         adv["kl"] = sequence_kl(scored, batch.mask)  # the update filled scored.old_logp
     t4 = time.perf_counter()
-    sync_s = run.engine.sync(run.policy)
+    sync_s = run.engine.sync(run.policy) if run.engine is not None else 0.0
     metrics = {"time/generation": t1 - t0, "time/reward": t2 - t1, "time/train": t4 - t2, "time/scoring": t3 - t2,
                "time/update": t4 - t3, "time/sync": sync_s,
                **step_metrics(run, rollouts, batch, scored, adv, valid, per_source, total, t1 - t0), **train_stats}
@@ -152,7 +192,10 @@ def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     from rlaif.models import check_causal_lm, resolve_model
     from rlaif.train.online.rewards import parse_reward_specs
 
+    from rlaif.train.online.distributed import init_dist
+
     check_config(cfg)
+    dist = init_dist(cfg.algorithm)  # world 1 unless under accelerate launch / torchrun
     specs = parse_reward_specs(cfg.reward, cfg.reward_weights)
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
     out = Path(cfg.out)
@@ -164,7 +207,7 @@ def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     check_causal_lm(base)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    run = build_run(cfg, base, specs)
+    run = build_run(cfg, base, specs, dist)
     try:
         return _loop(cfg, run, prompts, out, settings)
     finally:
@@ -176,15 +219,18 @@ def _loop(cfg: OnlineConfig, run: Run, prompts: list[Prompt], out: Path, setting
 
     from rlaif.train.runtime import MetricsLog
 
-    restored = resume_or_start(out, run.policy, run.value_model, run.optimizer)
+    main = run.dist.main  # only the main process writes files; every rank loads the checkpoint
+    restored = resume_or_start(out, run.policy, run.value_model, run.optimizer, main=main)
     start = restored.step if restored else 0
     if restored is not None:
         if restored.kl_coef is not None:
             run.kl.value = restored.kl_coef
-        run.engine.sync(run.policy)  # the engine was built from the base weights: push the restored ones
-        print(f"resuming from step {start} of {cfg.steps}")
-    log = MetricsLog(out, True)
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.algorithm}", disable=not cfg.progress)
+        if run.engine is not None:
+            run.engine.sync(run.policy)  # the engine was built from the base weights: push the restored ones
+        if main:
+            print(f"resuming from step {start} of {cfg.steps}")
+    log = MetricsLog(out, main)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.algorithm}", disable=not cfg.progress or not main)
     cache: dict[int, list[int]] = {}
     history: list[dict[str, float]] = []
     try:
@@ -194,10 +240,10 @@ def _loop(cfg: OnlineConfig, run: Run, prompts: list[Prompt], out: Path, setting
             history.append(metrics)
             if done % cfg.logging_steps == 0 or done == cfg.steps:
                 log.log(done, metrics)
-            if cfg.log_rollouts_every and (done % cfg.log_rollouts_every == 0 or done == 1):
+            if main and cfg.log_rollouts_every and (done % cfg.log_rollouts_every == 0 or done == 1):
                 with (out / "rollouts.jsonl").open("a", encoding="utf-8") as f:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            if cfg.save_steps and done % cfg.save_steps == 0 and done != cfg.steps:
+            if main and cfg.save_steps and done % cfg.save_steps == 0 and done != cfg.steps:
                 save_checkpoint(out, done, cfg.save_total_limit, settings, run.policy, run.value_model,
                                 run.optimizer, run.kl.value, done * cfg.prompts_per_step)
             bar.update(1)
@@ -211,7 +257,18 @@ def _loop(cfg: OnlineConfig, run: Run, prompts: list[Prompt], out: Path, setting
 def save_final(cfg: OnlineConfig, run: Run, out: Path, settings: dict[str, Any], start: int,
                history: list[dict[str, float]]) -> dict[str, Any]:
     """The policy as a plain causal LM (LoRA merged; adapter kept in adapter/), the value model
-    (PPO), the tokenizer and summary.json."""
+    (PPO), the tokenizer and summary.json, written by the main process; every rank returns the summary."""
+    rewards = [h["reward/mean"] for h in history]
+    summary = {"trainer": cfg.algorithm, "steps": cfg.steps, "resumed_from": start,
+               "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
+               "last_step": history[-1] if history else {}, "config": to_dict(cfg), "settings": settings}
+    if run.dist.main:
+        _write_final(cfg, run, out, summary)
+    run.dist.barrier()  # the other ranks leave once the files are written
+    return summary
+
+
+def _write_final(cfg: OnlineConfig, run: Run, out: Path, summary: dict[str, Any]) -> None:
     policy = run.policy
     if cfg.lora.enabled:
         policy.save_pretrained(out / "adapter")
@@ -223,10 +280,5 @@ def save_final(cfg: OnlineConfig, run: Run, out: Path, settings: dict[str, Any],
         from rlaif.train.online.value import save_value_model
 
         save_value_model(run.value_model, out / "value")
-    rewards = [h["reward/mean"] for h in history]
-    summary = {"trainer": cfg.algorithm, "steps": cfg.steps, "resumed_from": start,
-               "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
-               "last_step": history[-1] if history else {}, "config": to_dict(cfg), "settings": settings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"saved {cfg.algorithm} policy to {out}")
-    return summary
