@@ -111,6 +111,9 @@ def test_engine_arguments_are_checked(tiny_model_dir: str, policy) -> None:
         RolloutEngine("hf", tiny_model_dir, tok, max_prompt_length=8)
     with pytest.raises(UserError, match="rollout engine"):
         RolloutEngine("sglang", tiny_model_dir, tok, max_prompt_length=8, hf_model=policy[0])  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=r"^option 'rollout.replicas': 2 needs engine=vllm \(the hf engine samples"):
+        RolloutEngine("hf", tiny_model_dir, tok, max_prompt_length=8, hf_model=policy[0],
+                      backend_options=BackendConfig(replicas=2))
 
 
 def test_policy_weights_plain_and_lora_merged(tiny_model_dir: str) -> None:

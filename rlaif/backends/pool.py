@@ -227,23 +227,43 @@ class EnginePool:
             except ray.exceptions.RayTaskError as e:
                 raise _cause(e) from None
 
-    def _lost(self, actor: Any, error: BaseException) -> None:
+    def _lost(self, actor: Any, error: BaseException, then: str = "its chunk goes to another") -> None:
         self.actors = [a for a in self.actors if a is not actor]
         self.ray.kill(actor)
         why = " ".join(str(error).split())[:120]
         if not self.actors:
             raise UserError(f"option '{self.role}.replicas': every engine replica died; the last: {why}")
-        _log(f"{self.role}: an engine replica died ({why}); its chunk goes to another, {len(self.actors)} left")
+        _log(f"{self.role}: an engine replica died ({why}); {then}, {len(self.actors)} left")
 
     def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
         """``engine.name(*args, **kwargs)`` on every replica."""
         return self.call_all_with(call_method, name, args, kwargs)
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, Any]], timeout_s: float = 600.0) -> None:
-        """New policy weights into every replica (online RL): the tensors go to Ray's object store
-        once (on CPU), and each replica loads them with its engine's own ``update_weights``."""
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]], timeout_s: float = 600.0) -> int:
+        """New policy weights into every live replica (online RL): the tensors go to Ray's object
+        store once (on CPU), and each replica loads them with its engine's own ``update_weights``.
+        A replica found dead is dropped (as in `map_chunks`) and the others still load the weights,
+        so every replica left holds them: a chunk a dead replica hands over is sampled with the
+        current weights. Returns how many replicas loaded them."""
         tensors = [(name, t.detach().cpu()) for name, t in named_tensors]
-        self.call_all_with(_load_weights, [self.ray.put(tensors)], timeout_s)
+        ref = self.ray.put(tensors)
+        del tensors
+        return len(self.call_live_with(_load_weights, [ref], timeout_s))
+
+    def call_live_with(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """``fn(engine, *args)`` on every replica; one that is found dead is dropped (an error
+        if none is left): the results of the live ones, in replica order."""
+        ray = self.ray
+        calls = [(a, a.run.remote(fn, args)) for a in self.actors]
+        results = []
+        for actor, ref in calls:
+            try:
+                results.append(ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
+                self._lost(actor, e, "it gets no more work")
+            except ray.exceptions.RayTaskError as e:
+                raise _cause(e) from None
+        return results
 
     def call_all_with(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
         """``fn(engine, *args)`` on every replica."""
@@ -273,6 +293,20 @@ class EnginePool:
                 raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
             columns["seeds"] = seeds
         return self._split("chat", columns, {"params": params, "progress": False})
+
+    def generate_ids(self, prompts: Sequence[list[int]], params: SamplingParams,
+                     seeds: Sequence[int] | None = None, progress: bool = True) -> list[Generation]:
+        """The engines' ``generate_ids`` (token ids in; sample log-probs out when ``params.logprobs``)
+        on contiguous parts of ``prompts``, one per replica: with per-prompt seeds, the samples of
+        one engine given them all."""
+        if not prompts:
+            return []
+        columns: dict[str, Sequence[Any]] = {"prompts": prompts}
+        if seeds is not None:
+            if len(seeds) != len(prompts):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+            columns["seeds"] = seeds
+        return self._split("generate_ids", columns, {"params": params, "progress": False})
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:

@@ -16,6 +16,12 @@ Engines:
 - ``vllm``: its own copy of the weights; `RolloutEngine.sync` pushes the trainer's parameters
   through a shared-memory mirror (`rlaif.backends.vllm.VLLMBackend.update_weights`) and drops
   the prefix cache. Float32 on CPU by default, so engine and trainer log-probs agree.
+- ``vllm`` with ``replicas`` = N > 1: N such engines as Ray actors (`rlaif.backends.pool.EnginePool`).
+  A step's prompts are cut into N contiguous parts, one per replica; with the per-prompt seeds
+  above the rollouts are those of one engine given them all. `sync` puts the weights in Ray's
+  object store once and every replica loads them; a replica found dead (while sampling or
+  syncing) is dropped and its part goes to another, which holds the current weights because
+  every live replica loads every sync.
 - ``hf``: samples with the trainer's live model itself (`HFBackend.from_model`); sync is a no-op.
 """
 
@@ -24,11 +30,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 
-from rlaif.backends.base import BackendConfig, Generation, SamplingParams
+from rlaif.backends.base import BackendConfig, Generation, RayOptions, SamplingParams
 from rlaif.errors import UserError
 from rlaif.io.seeds import stable_seed
 
@@ -114,24 +120,44 @@ def _vllm_config(model_dir: str, options: BackendConfig | None) -> BackendConfig
     return dataclasses.replace(options, engine="vllm", model=model_dir, dtype=dtype, enable_sample_logprobs=True)
 
 
+def vllm_engine(config: BackendConfig) -> Any:
+    """One vLLM engine (module-level: Ray builds replicas with it by name)."""
+    from rlaif.backends.vllm import VLLMBackend
+
+    return VLLMBackend(config)
+
+
 class RolloutEngine:
     """Samples k completions per prompt from the current policy (see the module docstring)."""
 
     def __init__(self, engine: Literal["vllm", "hf"], model_dir: str, tokenizer: Any, *,
                  backend_options: BackendConfig | None = None, max_prompt_length: int,
-                 hf_model: torch.nn.Module | None = None) -> None:
+                 hf_model: torch.nn.Module | None = None, ray_options: RayOptions | None = None,
+                 engine_factory: Callable[[BackendConfig], Any] = vllm_engine) -> None:
+        """``engine_factory`` builds one vllm engine from its config (tests pass a fake); with
+        ``backend_options.replicas`` > 1 each Ray actor builds its own with it, on the cluster of
+        ``ray_options`` (or RAY_ADDRESS, or a local Ray)."""
         if max_prompt_length < 1:
             raise ValueError("max_prompt_length must be >= 1")
         self.engine, self.tokenizer, self.max_prompt_length = engine, tokenizer, max_prompt_length
         self.last_sync_s = 0.0
+        self.replicas = 1  # engines that loaded the last sync (replicas > 1: the live ones)
         if engine == "vllm":
-            from rlaif.backends.vllm import VLLMBackend
+            config = _vllm_config(model_dir, backend_options)
+            if config.replicas > 1:
+                from rlaif.backends.pool import EnginePool
 
-            self.backend: Any = VLLMBackend(_vllm_config(model_dir, backend_options))
+                self.backend: Any = EnginePool(config, engine_factory, ray_options, role="rollout")
+                self.replicas = len(self.backend.actors)
+            else:
+                self.backend = engine_factory(config)
             self.eos_ids = _eos_ids(tokenizer, model_dir)
         elif engine == "hf":
             if hf_model is None:
                 raise ValueError("the hf rollout engine samples with the trainer's model: pass hf_model")
+            if backend_options is not None and backend_options.replicas > 1:
+                raise UserError(f"option 'rollout.replicas': {backend_options.replicas} needs engine=vllm (the hf "
+                                f"engine samples with the trainer's own model, so it has no replicas)")
             from rlaif.backends.hf import HFBackend
 
             opts = backend_options or BackendConfig()
@@ -188,11 +214,14 @@ class RolloutEngine:
 
     def sync(self, model: torch.nn.Module) -> float:
         """Push ``model``'s weights (LoRA merged if peft) into the engine in place and drop its
-        prefix cache; returns the seconds it took (also in ``last_sync_s``). hf: a no-op (the
-        engine samples with the live model)."""
+        prefix cache; with replicas, into every live one (``replicas`` says how many loaded them).
+        Returns the seconds it took (also in ``last_sync_s``). hf: a no-op (the engine samples
+        with the live model)."""
         start = time.perf_counter()
         if self.engine == "vllm":
-            self.backend.update_weights(policy_weights(model))
+            loaded = self.backend.update_weights(policy_weights(model))
+            if isinstance(loaded, int):
+                self.replicas = loaded
         self.last_sync_s = time.perf_counter() - start
         return self.last_sync_s
 
