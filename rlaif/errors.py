@@ -23,3 +23,11 @@ def where(path: str | Path | None = None, line: int | None = None, field: str | 
     if field is not None:
         parts.append(f"field '{field}'")
     return ": ".join(parts) + (": " if parts else "")
+
+
+class EngineError(UserError):
+    """An inference engine failed to start or died, e.g. too little KV-cache memory, or a model the
+    engine cannot run. One line with the root cause and what to change; exit code 3 (the CLI
+    prints every `UserError` the same way)."""
+
+    exit_code = 3

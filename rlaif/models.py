@@ -18,9 +18,12 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from rlaif.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 DEFAULT_MODEL = "smollm2-135m"
 _EMBEDDED = {
@@ -125,8 +128,9 @@ def resolve_model(name: str | os.PathLike[str]) -> str:
                         f"'{DEFAULT_MODEL}'") from None
 
 
-def check_causal_lm(path: str) -> None:
-    """Raise UserError unless the folder at ``path`` holds a causal language model."""
+def check_causal_lm(path: str) -> "PretrainedConfig":
+    """Raise UserError unless the folder at ``path`` holds a causal language model; return its
+    config (read once: callers reuse it)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -141,3 +145,4 @@ def check_causal_lm(path: str) -> None:
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a in causal_classes or a.endswith("ForCausalLM") for a in archs):
         raise UserError(f"model '{path}': architecture {', '.join(archs)} is not a causal language model")
+    return config

@@ -31,6 +31,10 @@ core here, whether or not a request asks); it changes no sample on CPU, and on C
 its PyTorch sampler instead of FlashInfer's.
 ``update_weights`` loads new policy weights into the running engine in place (for RL rollouts),
 through a shared-memory mirror of the parameters: no disk, no serialisation (see its docstring).
+
+An engine that fails to start, or dies mid-call (``EngineDeadError``), raises `EngineError`: one
+line with the root cause read from the engine processes' output (`rlaif.backends.vllm_output`:
+vLLM itself only says "see root cause above") and a hint, e.g. raise ``gpu_memory_utilization``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
 from rlaif.backends.choices import choice_token_ids, combine, render_prompt
 from rlaif.backends.turns import reply_token_ids
-from rlaif.errors import UserError
+from rlaif.backends.vllm_output import OutputTap, hint
+from rlaif.errors import EngineError, UserError
 from rlaif.io.seeds import mix_seed
 from rlaif.models import check_causal_lm, resolve_model
 
@@ -73,10 +78,13 @@ def _cpu_without_bf16() -> bool:
 CPU_BLOCK_SIZE = 32
 
 
-def build_llm(config: BackendConfig) -> "vllm.LLM":
-    """A ``vllm.LLM`` for ``config`` (the model name is resolved to a local folder first)."""
+def build_llm(config: BackendConfig, tap: OutputTap | None = None) -> "vllm.LLM":
+    """A ``vllm.LLM`` for ``config`` (the model name is resolved to a local folder first).
+
+    The engine's processes write through ``tap`` (a new one if None), which keeps forwarding
+    their output while they live; a start that fails raises `EngineError` with the root cause."""
     path = resolve_model(config.model)
-    check_causal_lm(path)
+    model_config = check_causal_lm(path)
     # vLLM's INFO lines (hundreds per engine) bury rlaif's own output; its warnings and errors stay.
     # Read when vllm is first imported; an explicit VLLM_LOGGING_LEVEL wins.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -96,7 +104,7 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
     elif _cpu_without_bf16():
         kwargs["dtype"] = "float32"
     if config.max_model_len is not None:
-        kwargs["max_model_len"] = _fit_context(config.max_model_len, path)
+        kwargs["max_model_len"] = _fit_context(config.max_model_len, path, model_config)
     if config.block_size is not None:
         kwargs["block_size"] = config.block_size
     elif not _has_cuda():
@@ -106,15 +114,49 @@ def build_llm(config: BackendConfig) -> "vllm.LLM":
         # request's prefill is split across scheduler steps; a prompt is prefilled whole instead.
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(config.max_model_len or 8192, 4096)
-    return LLM(**kwargs)
+    tap = tap if tap is not None else OutputTap()
+    tapped = tap.start()
+    try:
+        try:
+            return LLM(**kwargs)
+        finally:
+            tap.release()
+    except Exception as e:
+        cause = tap.root_cause() if tapped else None
+        if cause is None and not _engine_failure(e):
+            raise  # a bug, not the engine: keep the traceback
+        raise engine_error(config, "failed to start", e, cause, kwargs.get("max_model_len")) from e
 
 
-def _fit_context(max_model_len: int, path: str) -> int:
+def _engine_failure(e: BaseException) -> bool:
+    """Whether an exception out of ``vllm.LLM(...)`` or a call is vLLM refusing or failing (its own
+    exception types, its config validation, an engine process that died), not a bug in rlaif."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return (type(e).__module__.startswith(("vllm", "pydantic")) or "EngineDeadError" in names
+            or isinstance(e, ValueError) or "initialization failed" in str(e))
+
+
+def _is_dead(e: BaseException) -> bool:
+    return "EngineDeadError" in {c.__name__ for c in type(e).__mro__}
+
+
+def engine_error(config: BackendConfig, what: str, e: BaseException, cause: str | None,
+                 max_model_len: int | None) -> EngineError:
+    """``vllm engine for model 'm' <what>: <root cause>; hint: <what to change>``. Without a root
+    cause from the engine's output, the exception's own text (flattened to one line) stands in."""
+    if cause is None:
+        text = " ".join(str(e).split())
+        cause = f"{type(e).__name__}: {text}" if text else type(e).__name__
+        cause = cause if len(cause) <= 400 else cause[:397] + "..."
+    return EngineError(f"vllm engine for model '{config.model}' {what}: {cause}; hint: "
+                       f"{hint(cause, config.gpu_memory_utilization, max_model_len)}")
+
+
+def _fit_context(max_model_len: int, path: str, model_config: Any) -> int:
     """``max_model_len`` capped at the model's own position limit (vLLM refuses a larger one with a
-    long validation traceback), with a note when it had to be lowered."""
-    from transformers import AutoConfig
-
-    text_config = AutoConfig.from_pretrained(path).get_text_config()
+    long validation traceback), with a note when it had to be lowered. ``model_config``: the
+    model's transformers config (`check_causal_lm` read it)."""
+    text_config = model_config.get_text_config()
     limit = getattr(text_config, "max_position_embeddings", None)
     if isinstance(limit, int) and 0 < limit < max_model_len:
         print(f"rlaif: max_model_len {max_model_len} is more than {path}'s {limit} positions: using {limit}",
@@ -187,7 +229,8 @@ class VLLMBackend:
 
     def __init__(self, config: BackendConfig, llm: "vllm.LLM | None" = None) -> None:
         self.config = config
-        self.llm = llm if llm is not None else build_llm(config)
+        self._tap = OutputTap() if llm is None else None  # the engine's output: a failure's root cause
+        self.llm = llm if llm is not None else build_llm(config, self._tap)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_id = f"vllm:{config.model}"
         self._mirror: _SharedMirror | None = None
@@ -205,9 +248,12 @@ class VLLMBackend:
         )
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        mark = self._tap.mark() if self._tap is not None else 0
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # VLLMValidationError: e.g. a prompt longer than max_model_len
+            if _is_dead(e):
+                raise self._died(e, mark) from e
             if type(e).__name__ == "VLLMValidationError" or (isinstance(e, ValueError)
                                                              and "maximum model length" in str(e)):
                 msg = str(e).splitlines()[0]
@@ -299,10 +345,20 @@ class VLLMBackend:
             results.append([steps[len(prompt) + k][t].logprob for k, t in enumerate(reply)])
         return results
 
+    def _died(self, e: BaseException, mark: int) -> EngineError:
+        """`EngineError` for an engine that died during a call; the cause is read from the output
+        written since ``mark`` (the start of that call)."""
+        cause = self._tap.root_cause(since=mark) if self._tap is not None else None
+        model_config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        return engine_error(self.config, "died", e, cause, getattr(model_config, "max_model_len", None))
+
     def _rpc(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        mark = self._tap.mark() if self._tap is not None else 0
         try:
             return self.llm.collective_rpc(method, timeout=timeout, args=args)
         except Exception as e:
+            if _is_dead(e):
+                raise self._died(e, mark) from e
             if method in str(e):
                 raise RuntimeError(f"{method} needs an LLM built by rlaif.backends.vllm.build_llm "
                                    "(worker_extension_cls=rlaif.backends.vllm.WeightUpdateExtension)") from e
@@ -329,7 +385,7 @@ class VLLMBackend:
             for (_, t), view in zip(tensors, self._mirror.views):
                 view.copy_(t)
         self._rpc("rlaif_load_shared", timeout=timeout_s)
-        self.llm.reset_prefix_cache()
+        self._run(self.llm.reset_prefix_cache)
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
