@@ -155,11 +155,11 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     engine_name = resolve_engine(cfg.engine)
     engine = None
     if dist.main or not pooled(cfg):
-        with engine_env(dist):
+        with engine_env(dist) if not pooled(cfg) else nullcontext():  # Ray places a pool's replicas itself
             engine = RolloutEngine(engine_name, base, tokenizer,
                                    backend_options=cfg.rollout.backend_config(engine_name, base),
                                    max_prompt_length=cfg.max_prompt_length,
-                                   hf_model=policy if engine_name == "hf" else None)
+                                   hf_model=policy if engine_name == "hf" else None, ray_options=cfg.ray)
     weights = {f"{s}:{t}": w for s, t, w in specs}
     return Run(tokenizer, policy, reference, value_model, optimizer, params, engine, rewards, weights, kl, device,
                _autocast(cfg, device), value_from_policy=value_model is not None and not value_init_dir(cfg, specs),
