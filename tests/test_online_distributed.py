@@ -290,3 +290,53 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(tmp_path, tiny_mod
     assert [x["step"] for x in _metrics(out)] == [1, 2, 3]
     assert _rollouts(out) == _rollouts(want)
     assert _max_diff(out, want) < TOLERANCE
+
+
+POOL_WORKER = """
+import os, sys
+from rlaif.train.online.rollouts import RolloutEngine
+import test_online_pool  # the fake engine (its module is on PYTHONPATH, so Ray's workers import it too)
+RolloutEngine.__init__.__kwdefaults__["engine_factory"] = test_online_pool.fake_factory
+built = []
+real_init = RolloutEngine.__init__
+def counted(self, *args, **kwargs):
+    built.append(1)
+    real_init(self, *args, **kwargs)
+RolloutEngine.__init__ = counted
+from rlaif.cli import main
+code = main(sys.argv[1:])
+print(f"rank {os.environ.get('RANK', '0')} built {len(built)} rollout engine(s)", flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_with_a_ray_pool_the_main_process_samples_for_all_and_two_processes_reach_the_weights_of_one(
+        tmp_path, tiny_model_dir):
+    """rollout.replicas 2 (fake engines on a local Ray): under 2 processes only the main one builds
+    the pool and samples the whole step; the rollouts reach rank 1 through the gather."""
+    pytest.importorskip("ray")
+    worker = tmp_path / "pool_worker.py"
+    worker.write_text(POOL_WORKER)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    prompts = _prompts(tmp_path)
+
+    def argv(out: Path) -> list[str]:
+        return ["train", "grpo", "--prompts", str(prompts), "--model", tiny_model_dir, "--out", str(out),
+                "--reward", f"python:{REWARDS}:short", *[a for a in COMMON if a != "engine=hf"], "engine=vllm",
+                "rollout.replicas=2", "steps=2"]
+
+    one = subprocess.run([sys.executable, str(worker), *argv(tmp_path / "one")], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=300)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    config = _launch_config(tmp_path, "accelerate_ddp.yaml")
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(config),
+           "--main_process_port", str(_free_port()), str(worker), *argv(tmp_path / "two")]
+    output = _finish(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                      env=env))
+    assert "rank 0 built 1 rollout engine(s)" in output and "rank 1 built 0 rollout engine(s)" in output
+    assert _rollouts(tmp_path / "two") == _rollouts(tmp_path / "one")
+    assert len({r["reward"] for r in _rollouts(tmp_path / "one")}) > 1, "rewards that differ: the policy learns"
+    assert _max_diff(tmp_path / "two", tmp_path / "one") < TOLERANCE
+    assert _max_diff(tmp_path / "two", Path(tiny_model_dir), same_keys=False) > 1e-3
