@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from processes import run_and_signal
 
 
 @pytest.mark.slow
@@ -31,27 +21,23 @@ def test_sigterm_mid_generation_closes_the_vllm_engine_and_keeps_finished_rows(t
                                for i in range(2000)))
     out = tmp_path / "out"
     partial = out / ".rlaif" / "candidates.jsonl"
-    proc = subprocess.Popen(
+    rows_before: list[int] = []
+
+    def engine_processes(proc) -> list[psutil.Process]:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "vLLM runs its engine core in a child process; none found"
+        rows_before.append(partial.read_text().count("\n"))
+        return children
+
+    ended = run_and_signal(
         [sys.executable, "-m", "rlaif.cli", "generate", "--prompts", str(prompts), "--out", str(out),
          "policy.engine=vllm", f"policy.model={embedded_model_dir}", "policy.gpu_memory_utilization=0.1",
          "policy.max_model_len=1024",
          "n=2", "max_tokens=64", "chunk_size=8", "progress=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: partial.is_file() and partial.stat().st_size > 0 or proc.poll() is not None, 300,
-                  "the first finished chunk")
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert children, "vLLM runs its engine core in a child process; none found"
-        rows_before = partial.read_text().count("\n")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err[-2000:]
-    assert "rlaif: terminated; finished rows are kept" in err
-    _, alive = psutil.wait_procs(children, timeout=30)
+        partial, sig=signal.SIGTERM, timeout=300, before_signal=engine_processes)
+    assert ended.returncode == 143, ended.stderr[-2000:]
+    assert "rlaif: terminated; finished rows are kept" in ended.stderr
+    _, alive = psutil.wait_procs(ended.before, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
     rows = [json.loads(line) for line in partial.read_text().splitlines()]  # every kept row is whole JSON
-    assert len(rows) >= rows_before >= 1
+    assert len(rows) >= rows_before[0] >= 1

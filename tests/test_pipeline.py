@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from processes import run_and_signal
 
 from rlaif.backends.fake import FakeBackend
 from rlaif.cli import main
@@ -110,22 +109,11 @@ HANGING_FAKE = (
 def _run_cli(args: list[str], cwd: Path, kill_when: Path | None = None, hang_on: str = "") -> int:
     """Run `rlaif` (fake engine) in a subprocess; SIGKILL it once ``kill_when`` has a row (the engine
     hangs on its second ``hang_on`` call, so the kill always lands mid-stage)."""
-    env = {**os.environ, "HANG_ON": hang_on}
-    proc = subprocess.Popen([sys.executable, "-c", HANGING_FAKE, *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)
-    if kill_when is None:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()
-        return 0
-    deadline = time.time() + 100
-    while time.time() < deadline and proc.poll() is None:
-        if kill_when.exists() and kill_when.stat().st_size > 0:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
-    return proc.returncode
+    ended = run_and_signal([sys.executable, "-c", HANGING_FAKE, *args], kill_when, sig=signal.SIGKILL, timeout=120,
+                           env={**os.environ, "HANG_ON": hang_on}, cwd=cwd)
+    expected = 0 if kill_when is None else -signal.SIGKILL
+    assert ended.returncode == expected, ended.stderr[-3000:]
+    return ended.returncode
 
 
 def test_kill_9_mid_stage_then_resume_equals_uninterrupted_run(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from processes import has_rows, run_and_signal  # noqa: E402
 from rlaif.backends import load_backend  # noqa: E402
 from rlaif.backends.base import BackendConfig, SamplingParams  # noqa: E402
 from rlaif.backends.fake import FakeBackend  # noqa: E402
@@ -118,7 +119,7 @@ def test_replica_killed_mid_run_loses_and_duplicates_nothing(tmp_path, capsys):
 
     def kill_one_replica() -> None:  # once the first chunk is saved, both replicas are busy
         deadline = time.time() + 60
-        while time.time() < deadline and not (work.exists() and work.stat().st_size > 0):
+        while time.time() < deadline and not has_rows(work):
             time.sleep(0.01)
         name = sorted(ray.util.list_named_actors())[0]
         ray.kill(ray.get_actor(name))
@@ -215,27 +216,11 @@ def test_driver_kill_9_then_resume_with_replicas(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
 
     def drive(out: str, replicas: int, kill_when: Path | None = None) -> None:
-        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / out), str(replicas)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
-        if kill_when is None:
-            _, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, err.decode()[-2000:]
-            return
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if kill_when.exists() and kill_when.stat().st_size > 0:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-        # Ray's raylet and GCS follow the driver; its dashboard and runtime-env agents can linger
-        # (Ray 2.60): end what is left of the driver's process group so the test leaves nothing behind.
-        time.sleep(1)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # own process group: Ray's raylet and GCS follow the driver, its dashboard and runtime-env
+        # agents can linger (Ray 2.60); the helper ends what is left so the test leaves nothing behind
+        ended = run_and_signal([sys.executable, "-c", script, str(tmp_path / out), str(replicas)], kill_when,
+                               sig=signal.SIGKILL, timeout=240, env=env, new_session=True)
+        assert ended.returncode == (0 if kill_when is None else -signal.SIGKILL), ended.stderr[-2000:]
 
     run_all(run_config(tmp_path, "one", 1, n_prompts=12))  # in process, the plain fake (same replies)
     work = tmp_path / "two" / ".rlaif"
