@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ray = pytest.importorskip("ray")
 
 from rlaif.backends.base import BackendConfig, Completion, Generation  # noqa: E402
+from rlaif.backends.pool import EnginePool  # noqa: E402
 from rlaif.train.online.rollouts import RolloutEngine  # noqa: E402
 
 SLOW_S = 0.3  # seconds per generate_ids call: long enough to kill a replica while it samples
@@ -53,7 +54,8 @@ class RolloutFake:
         return out
 
     def update_weights(self, named_tensors, timeout_s: float = 600.0) -> None:
-        self.version = float(sum(t.double().sum() for _, t in named_tensors))
+        self.received = {name: t.clone() for name, t in named_tensors}
+        self.version = float(sum(t.double().sum() for t in self.received.values()))
         self.loads += 1
 
     def close(self) -> None:
@@ -63,6 +65,10 @@ class RolloutFake:
 def fake_factory(config: BackendConfig) -> RolloutFake:
     assert config.engine == "vllm" and config.enable_sample_logprobs and config.replicas == 1
     return RolloutFake(config)
+
+
+def _received(engine: RolloutFake) -> dict[str, torch.Tensor]:
+    return engine.received
 
 
 def _state(engine: RolloutFake) -> tuple[float, int, int]:
@@ -184,3 +190,17 @@ def test_one_replica_is_the_in_process_engine_without_ray(tiny_model_dir):
             "assert e.backend == ('built', 1), e.backend; assert 'ray' not in sys.modules; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code, tiny_model_dir], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_weights_reach_every_replica_with_their_dtype_shape_and_values():
+    sent = {"bf16": torch.randn(3, 5).to(torch.bfloat16), "scalar": torch.tensor(2.5), "int": torch.arange(6),
+            "strided": torch.randn(4, 6).t(), "half": torch.randn(7, dtype=torch.float16)}
+    pool = EnginePool(BackendConfig(engine="vllm", replicas=2, enable_sample_logprobs=True), fake_factory)
+    try:
+        assert pool.update_weights(sent.items()) == 2
+        for got in pool.call_all_with(_received):
+            assert list(got) == list(sent)
+            for name, t in sent.items():
+                assert got[name].dtype == t.dtype and got[name].shape == t.shape and torch.equal(got[name], t), name
+    finally:
+        pool.close()
