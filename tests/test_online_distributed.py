@@ -340,3 +340,23 @@ def test_with_a_ray_pool_the_main_process_samples_for_all_and_two_processes_reac
     assert len({r["reward"] for r in _rollouts(tmp_path / "one")}) > 1, "rewards that differ: the policy learns"
     assert _max_diff(tmp_path / "two", tmp_path / "one") < TOLERANCE
     assert _max_diff(tmp_path / "two", Path(tiny_model_dir), same_keys=False) > 1e-3
+
+
+@pytest.mark.slow
+def test_an_fsdp_accelerate_launch_fails_with_the_one_line_error_and_exit_2(tmp_path, tiny_model_dir):
+    """accelerate launch itself exits 1 with torchrun's report of the failed processes: a process
+    printed the one-line error and exited 2 before any process group or model was set up (the
+    first to exit gets the other SIGTERMed, which may then not have printed its own)."""
+    config = _launch_config(tmp_path, "accelerate_fsdp.yaml")
+    worker = tmp_path / "online_worker.py"
+    worker.write_text(ONLINE_WORKER)
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(config),
+           "--main_process_port", str(_free_port()), str(worker),
+           *_argv("grpo", tiny_model_dir, _prompts(tmp_path), tmp_path / "out", ())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "exitcode: 2" in output
+    errors = [x for x in output.splitlines() if x.startswith("rlaif: error:")]
+    assert 1 <= len(errors) <= 2 and all("FSDP is not supported by the online trainers" in x for x in errors)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
