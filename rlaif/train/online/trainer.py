@@ -14,6 +14,11 @@ of minibatch updates -> engine.sync(policy) -> metrics. Output folder (``--out D
     DIR/metrics.jsonl, DIR/runs/                     one line / TensorBoard point per logged step
     DIR/rollouts.jsonl                               every log_rollouts_every steps: what the policy wrote
     DIR/summary.json                                 first/last rewards, config, settings
+
+Under ``accelerate launch`` (DDP) each process samples and rewards its slice of the step's prompts,
+all gather the full batch, and the scoring passes and updates are split by micro-batch with the
+gradients summed (distributed.py); the main process alone writes the folder, and its metrics are
+the full batch's, so they are one process's.
 """
 
 from __future__ import annotations
