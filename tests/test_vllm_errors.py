@@ -57,6 +57,11 @@ def test_root_cause_reads_raw_and_error_tracebacks_only() -> None:
     wrapped = ["Traceback (most recent call last):", "RuntimeError: Worker failed with error 'boom: it broke', "
                "please check the stack trace above for the root cause"]
     assert root_cause(wrapped) == "boom: it broke"  # the worker's own log was lost: its message is unwrapped
+    bootstrapping = ["Traceback (most recent call last):", '  File "<string>", line 1, in <module>', "RuntimeError: ",
+                     "        An attempt has been made to start a new process before the", "",
+                     "        current process has finished its bootstrapping phase.", "", "        This probably"]
+    assert root_cause(bootstrapping) == ("RuntimeError: An attempt has been made to start a new process before the "
+                                         "current process has finished its bootstrapping phase.")
     long = root_cause(["Traceback (most recent call last):", "ValueError: " + "x" * 1000])
     assert long is not None and len(long) == 400 and long.endswith("...")
 
@@ -68,6 +73,8 @@ def test_hint_names_the_memory_knobs_for_a_memory_cause_only() -> None:
     assert "max_model_len (default" in hint("torch.OutOfMemoryError: CUDA out of memory", 0.3, None)
     other = hint("RuntimeError: Unsupported CPU attention configuration: head_dim=8", 0.1, 1024)
     assert "gpu_memory_utilization" not in other and "engine=hf" in other
+    assert "__main__" in hint("RuntimeError: An attempt has been made to start a new process before the current "
+                              "process has finished its bootstrapping phase.", 0.1, 1024)
 
 
 # --------------------------------------------------------------------------- the tap

@@ -46,10 +46,11 @@ def _split(line: str) -> tuple[str | None, str]:
 def root_cause(lines: Iterable[str]) -> str | None:
     """The exception line (``ValueError: ...``) of the first traceback in ``lines`` that was logged
     at ERROR/CRITICAL level or printed raw; None when there is none. Tracebacks in DEBUG, INFO and
-    WARNING records are skipped (vLLM logs recoverable problems with their traceback)."""
+    WARNING records are skipped (vLLM logs recoverable problems with their traceback). A message
+    that starts on the next line (``RuntimeError:`` then text) gets its first two lines."""
     in_traceback = False
-    for line in lines:
-        level, text = _split(line.rstrip("\r\n"))
+    split = [_split(line.rstrip("\r\n")) for line in lines]
+    for k, (level, text) in enumerate(split):
         if level in ("DEBUG", "INFO", "WARNING"):
             in_traceback = False
             continue
@@ -58,6 +59,9 @@ def root_cause(lines: Iterable[str]) -> str | None:
         elif in_traceback and text.strip() and not text[0].isspace():
             if _EXCEPTION.match(text):
                 text = text.strip()
+                if text.endswith(":"):
+                    following = [t.strip() for _, t in split[k + 1:k + 12] if t.strip()][:2]
+                    text = " ".join([text, *following])
                 wrapped = _WORKER_WRAP.match(text)
                 cause = wrapped.group("inner") if wrapped else text
                 return cause if len(cause) <= _LIMIT else cause[:_LIMIT - 3] + "..."
@@ -71,6 +75,8 @@ def hint(cause: str, gpu_memory_utilization: float, max_model_len: int | None) -
         now = f"now {max_model_len}" if max_model_len is not None else "default: the model's own"
         return (f"raise gpu_memory_utilization (now {gpu_memory_utilization}; on CPU the share of RAM) "
                 f"or lower max_model_len ({now})")
+    if "bootstrapping phase" in cause:  # a script without a main guard: vLLM spawns its engine process
+        return "a script that starts a vllm engine needs `if __name__ == \"__main__\":` around its code"
     return "see the engine's log above; engine=hf runs models this vLLM cannot"
 
 
