@@ -204,3 +204,30 @@ def test_weights_reach_every_replica_with_their_dtype_shape_and_values():
                 assert got[name].dtype == t.dtype and got[name].shape == t.shape and torch.equal(got[name], t), name
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("visible, local, want", [(None, None, "1,2,3"), ("4,5,6", None, "5,6"),
+                                                   (None, "2", "2,3"), ("7", None, "")])
+def test_local_ray_keeps_the_trainers_gpus_and_launch_variables_out(monkeypatch, visible, local, want):
+    """On a GPU node (faked here): while the pool starts its local Ray, CUDA_VISIBLE_DEVICES holds the
+    GPUs besides the trainers' and no launcher variable is set; all is restored after."""
+    from rlaif.train.online import rollouts
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key, value in (("CUDA_VISIBLE_DEVICES", visible), ("LOCAL_WORLD_SIZE", local)):
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    before = dict(os.environ)
+    with rollouts.local_ray_env(None):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == want
+        assert not any(k in os.environ for k in ("MASTER_PORT", "LOCAL_WORLD_SIZE"))
+    assert dict(os.environ) == before
+    with rollouts.local_ray_env(rollouts.RayOptions(address="auto")):  # a cluster of the user's: untouched
+        assert dict(os.environ) == before

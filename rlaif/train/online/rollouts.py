@@ -28,7 +28,10 @@ Engines:
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal
 
@@ -37,6 +40,7 @@ import torch
 from rlaif.backends.base import BackendConfig, Generation, RayOptions, SamplingParams
 from rlaif.errors import UserError
 from rlaif.io.seeds import stable_seed
+from rlaif.train.online.distributed import LAUNCH_ENV
 
 
 @dataclass
@@ -127,6 +131,39 @@ def vllm_engine(config: BackendConfig) -> Any:
     return VLLMBackend(config)
 
 
+@contextmanager
+def local_ray_env(ray_options: RayOptions | None) -> Iterator[None]:
+    """While this process starts a local Ray for the replicas (no ``ray.address``, no RAY_ADDRESS,
+    Ray not running): Ray sees every visible GPU but the trainers' (this node's ranks train on
+    cuda:0 .. cuda:L-1, L = LOCAL_WORLD_SIZE, else on the current device), so no replica lands on a
+    trainer's GPU; and the replicas inherit none of the launcher's variables (a vLLM engine seeing
+    RANK / WORLD_SIZE would try to join the trainers' process group). Ray reads both when it starts.
+    A no-op without CUDA. On a cluster of your own, keep the trainers' GPUs out of Ray yourself."""
+    address = (ray_options.address if ray_options else None) or os.environ.get("RAY_ADDRESS")
+    if address or not torch.cuda.is_available() or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in (*LAUNCH_ENV, "CUDA_VISIBLE_DEVICES")}
+    visible = saved["CUDA_VISIBLE_DEVICES"]
+    ids = [i for i in visible.split(",") if i] if visible is not None else [
+        str(i) for i in range(torch.cuda.device_count())]
+    local = saved["LOCAL_WORLD_SIZE"]
+    mine = ids[:int(local)] if local else ids[torch.cuda.current_device():][:1]
+    try:
+        for k in LAUNCH_ENV:
+            os.environ.pop(k, None)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(i for i in ids if i not in mine)
+        print(f"rlaif: rollout: the trainers' GPU{'s' if len(mine) > 1 else ''} {','.join(mine)} kept out of the "
+              f"local Ray; replicas get {os.environ['CUDA_VISIBLE_DEVICES'] or 'none'}", file=sys.stderr, flush=True)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class RolloutEngine:
     """Samples k completions per prompt from the current policy (see the module docstring)."""
 
@@ -147,7 +184,8 @@ class RolloutEngine:
             if config.replicas > 1:
                 from rlaif.backends.pool import EnginePool
 
-                self.backend: Any = EnginePool(config, engine_factory, ray_options, role="rollout")
+                with local_ray_env(ray_options):
+                    self.backend: Any = EnginePool(config, engine_factory, ray_options, role="rollout")
                 self.replicas = len(self.backend.actors)
             else:
                 self.backend = engine_factory(config)
