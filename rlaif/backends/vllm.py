@@ -148,7 +148,7 @@ def engine_error(config: BackendConfig, what: str, e: BaseException, cause: str 
         text = " ".join(str(e).split())
         cause = f"{type(e).__name__}: {text}" if text else type(e).__name__
         cause = cause if len(cause) <= 400 else cause[:397] + "..."
-    return EngineError(f"vllm engine for model '{config.model}' {what}: {cause}; hint: "
+    return EngineError(f"vllm engine for model '{config.model}' {what}: {cause.rstrip('.')}; hint: "
                        f"{hint(cause, config.gpu_memory_utilization, max_model_len)}")
 
 
