@@ -29,8 +29,11 @@ REWARDS = ASSETS / "rewards_trainer.py"
 TOLERANCE = 1e-6  # max abs weight difference, float32 (measured: 0.0, each minibatch's 2 micro-batches on 2 ranks)
 # 3 prompts a step over 2 processes: slices of 2 and 1 prompts (uneven); k 4 -> 12 completions, minibatches
 # of 4 (3 updates an epoch), micro-batches of 2: rank 0 runs micro-batches 0, 2, 4..., rank 1 1, 3, 5...
+# rollout.batch_size = k: each hf generate() call samples one prompt, in one process as in two (a call mixing
+# prompts pads them, and on smollm2-135m that flipped 2 of 8 samples at step 2; with it, 0 of 24 and weights equal)
 COMMON = ["steps=3", "prompts_per_step=3", "k=4", "max_tokens=6", "minibatch_size=4", "micro_batch_size=2",
-          "lr=0.01", "engine=hf", "progress=false", "log_rollouts_every=1", "save_steps=0"]
+          "lr=0.01", "engine=hf", "rollout.batch_size=4", "progress=false", "log_rollouts_every=1", "save_steps=0"]
+HF_ONLY = ("engine=hf", "rollout.batch_size=4")
 CASES = {"grpo": ("epochs_per_step=2",), "rloo": ("beta=0.1",),
          "ppo": ("epochs_per_step=2", "missing_eos_score=null")}
 
@@ -118,7 +121,8 @@ def test_micro_losses_split_over_ranks_sum_to_the_one_process_gradient(tiny_mode
     def run(dist: Dist | None) -> list:
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         params = [p for p in model.parameters() if p.requires_grad]
-        update(cfg, 0, batch, Scored(None, None, None, float("nan")), adv, torch.ones(n), model, None, Capture(params, lr=0.0), params, "cpu",
+        scored = Scored(None, None, None, float("nan"))  # old = current: the update fills old_logp
+        update(cfg, 0, batch, scored, adv, torch.ones(n), model, None, Capture(params, lr=0.0), params, "cpu",
                nullcontext, dist=dist)
         return grads.pop()
 
@@ -324,7 +328,7 @@ def test_with_a_ray_pool_the_main_process_samples_for_all_and_two_processes_reac
 
     def argv(out: Path) -> list[str]:
         return ["train", "grpo", "--prompts", str(prompts), "--model", tiny_model_dir, "--out", str(out),
-                "--reward", f"python:{REWARDS}:short", *[a for a in COMMON if a != "engine=hf"], "engine=vllm",
+                "--reward", f"python:{REWARDS}:short", *[a for a in COMMON if a not in HF_ONLY], "engine=vllm",
                 "rollout.replicas=2", "steps=2"]
 
     one = subprocess.run([sys.executable, str(worker), *argv(tmp_path / "one")], capture_output=True, text=True,
