@@ -34,8 +34,9 @@ TOLERANCE = 1e-6  # max abs weight difference, float32 (measured: 0.0, each mini
 COMMON = ["steps=3", "prompts_per_step=3", "k=4", "max_tokens=6", "minibatch_size=4", "micro_batch_size=2",
           "lr=0.01", "engine=hf", "rollout.batch_size=4", "progress=false", "log_rollouts_every=1", "save_steps=0"]
 HF_ONLY = ("engine=hf", "rollout.batch_size=4")
-CASES = {"grpo": ("epochs_per_step=2",), "rloo": ("beta=0.1",),
-         "ppo": ("epochs_per_step=2", "missing_eos_score=null")}
+CASES = {"grpo": ("grpo", ("epochs_per_step=2",)), "rloo": ("rloo", ("beta=0.1",)),
+         "ppo": ("ppo", ("epochs_per_step=2", "missing_eos_score=null")),
+         "rloo-lora": ("rloo", ("beta=0.1", "lora.enabled=true", "lora.r=4", "lora.alpha=8", "lora.dropout=0"))}
 
 
 def _prompts(tmp_path: Path) -> Path:
@@ -251,14 +252,14 @@ def one_process(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", list(CASES))
-def test_two_processes_reach_the_weights_and_rollouts_of_one(tmp_path, tiny_model_dir, one_process, algorithm):
-    extra = CASES[algorithm]
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_reach_the_weights_and_rollouts_of_one(tmp_path, tiny_model_dir, one_process, case):
+    algorithm, extra = CASES[case]
     want = one_process(algorithm, extra)
     out = tmp_path / "out"
     started = time.monotonic()
     _finish(_start(tmp_path, _argv(algorithm, tiny_model_dir, _prompts(tmp_path), out, extra)))
-    print(f"{algorithm}: 2 processes {time.monotonic() - started:.1f} s, max |w2 - w1| {_max_diff(out, want):.2e}")
+    print(f"{case}: 2 processes {time.monotonic() - started:.1f} s, max |w2 - w1| {_max_diff(out, want):.2e}")
     assert _rollouts(out) == _rollouts(want), "the same samples, rewards and order as one process"
     assert len(_rollouts(out)) == 3 * 3 * 4
     assert _max_diff(out, want) < TOLERANCE
@@ -270,6 +271,8 @@ def test_two_processes_reach_the_weights_and_rollouts_of_one(tmp_path, tiny_mode
             assert g[key] == pytest.approx(e[key], rel=1e-4, abs=1e-6), key
     if algorithm == "ppo":
         assert _max_diff(out / "value", want / "value") < TOLERANCE
+    if "lora.enabled=true" in extra:
+        assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.slow
