@@ -100,22 +100,21 @@ class OutputTap:
         _redirect_lock.acquire()
         self._locked = True
         _flush()
-        targets: dict[int, int] = {}
+        targets: dict[int, int] = {}  # pipe read end -> where its bytes go
         try:
             for fd in (1, 2):
                 saved = os.dup(fd)
-                self._saved[fd] = saved
                 read, write = os.pipe()
-                os.dup2(write, fd)  # inheritable: the engine's processes get the pipe as fd 1 / 2
-                os.close(write)
-                targets[read] = saved
+                targets[read] = self._saved[fd] = saved
+                try:
+                    os.dup2(write, fd)  # inheritable: the engine's processes get the pipe as fd 1 / 2
+                finally:
+                    os.close(write)
         except OSError:
             self.release()
-            for read in targets:
+            for read, saved in targets.items():
                 os.close(read)
-            for saved in self._saved.values():
                 os.close(saved)
-            self._saved = {}
             return False
         self._thread = threading.Thread(target=self._forward, args=(targets,), name="rlaif-vllm-output", daemon=True)
         self._thread.start()
@@ -129,6 +128,7 @@ class OutputTap:
                 os.dup2(saved, fd)
             except OSError:
                 pass
+        self._saved = {}  # the forwarding thread owns (and closes) the copies
         if self._locked:
             self._locked = False
             _redirect_lock.release()
