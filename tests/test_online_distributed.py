@@ -367,3 +367,19 @@ def test_an_fsdp_accelerate_launch_fails_with_the_one_line_error_and_exit_2(tmp_
     errors = [x for x in output.splitlines() if x.startswith("rlaif: error:")]
     assert 1 <= len(errors) <= 2 and all("FSDP is not supported by the online trainers" in x for x in errors)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_a_ranks_vllm_engine_sees_its_own_gpu_and_none_of_the_launchers_variables(monkeypatch):
+    from rlaif.train.online.distributed import engine_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with engine_env(Dist(world=2, rank=1, local_rank=1, device=torch.device("cuda", 1))):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+        assert "RANK" not in os.environ and "MASTER_PORT" not in os.environ
+    assert (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["RANK"], os.environ["MASTER_PORT"]) == ("3,5", "1", "29500")
+    with engine_env(Dist(world=2, rank=1, device=torch.device("cpu"))):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5" and "RANK" not in os.environ
+    with engine_env(Dist()):  # one process: nothing changes
+        assert os.environ["RANK"] == "1"

@@ -135,20 +135,21 @@ def init_dist(algorithm: str) -> Dist:
 
 @contextmanager
 def engine_env(dist: Dist) -> Iterator[None]:
-    """While a rank builds its vLLM engine on a GPU machine: the engine's processes see only this
-    rank's GPU and none of the launcher's variables (its own process group must not join ours).
-    Untested here (no multi-GPU machine); a no-op for world 1 and on CPU."""
-    if dist.world == 1 or dist.device.type != "cuda":
+    """While a rank builds its vLLM engine: none of the launcher's variables (the engine's own process
+    group must not join ours) and, on GPUs, only this rank's GPU visible to the engine's processes.
+    Untested here (no multi-GPU machine; one vLLM engine at a time on this CPU); a no-op for world 1."""
+    if dist.world == 1:
         yield
         return
     saved = {k: os.environ.get(k) for k in (*LAUNCH_ENV, "CUDA_VISIBLE_DEVICES")}
-    visible = saved["CUDA_VISIBLE_DEVICES"]
-    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-    index = dist.device.index if dist.device.index is not None else dist.local_rank
     try:
         for k in LAUNCH_ENV:
             os.environ.pop(k, None)
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids[index]
+        if dist.device.type == "cuda":
+            visible = saved["CUDA_VISIBLE_DEVICES"]
+            ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+            os.environ["CUDA_VISIBLE_DEVICES"] = ids[dist.device.index if dist.device.index is not None
+                                                     else dist.local_rank]
         yield
     finally:
         for k, v in saved.items():

@@ -155,7 +155,8 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     engine_name = resolve_engine(cfg.engine)
     engine = None
     if dist.main or not pooled(cfg):
-        with engine_env(dist) if not pooled(cfg) else nullcontext():  # Ray places a pool's replicas itself
+        own_vllm = engine_name == "vllm" and not pooled(cfg)  # Ray places a pool's replicas itself
+        with engine_env(dist) if own_vllm else nullcontext():
             engine = RolloutEngine(engine_name, base, tokenizer,
                                    backend_options=cfg.rollout.backend_config(engine_name, base),
                                    max_prompt_length=cfg.max_prompt_length,

@@ -161,7 +161,7 @@ def warn_missing_eos(cfg: OnlineConfig, run: Run, eos_rate: float) -> None:
     """Once per run, on stderr: a missing-EOS score is on and (almost) no sample stopped, so (almost)
     every sample gets the same score and the reward carries no signal."""
     eos_score = getattr(cfg, "missing_eos_score", None)
-    if eos_score is None or eos_rate >= EOS_RATE_FLOOR or "missing_eos" in run.warned:
+    if eos_score is None or eos_rate >= EOS_RATE_FLOOR or "missing_eos" in run.warned or not run.dist.main:
         return
     run.warned.add("missing_eos")
     print(f"warning: eos_rate {eos_rate:.2f}: (almost) no completion ends before max_tokens={cfg.max_tokens}, so "
