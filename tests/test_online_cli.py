@@ -119,10 +119,12 @@ def test_bad_input_is_one_line_exit_2(case, message, tmp_path, tiny_model_dir, c
     assert "Traceback" not in err
 
 
-def test_refused_under_a_multi_process_launcher(tmp_path, tiny_model_dir, capsys, monkeypatch):
-    """Under accelerate launch / torchrun every process would train alone and write the same --out."""
+def test_refused_under_an_fsdp_launch(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Under accelerate launch with FSDP (or DeepSpeed): one line, before any process group or model
+    (each process's rollout engine needs the full weights; DDP launches run, test_online_distributed.py)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert main(args("grpo", prompts_file(tmp_path), tiny_model_dir, tmp_path / "out", "length_target", "steps=1")) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "one process" in err
+    assert err.count("\n") == 1 and "FSDP is not supported by the online trainers" in err
     assert not (tmp_path / "out").exists()
