@@ -4,11 +4,17 @@ rollout time with one in-process vLLM engine and with N replicas, on the embedde
 Usage:
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/online_pool.py [--replicas 2] [--prompts 16] [--k 4]
         [--max-tokens 32] [--rounds 3]
+    .venv/bin/python bench/online_pool.py --transfer [--rounds 3]
 
 For each setting (1 = in process, then ``--replicas``), started fresh: ``--rounds`` times, sample
 ``--k`` completions of ``--prompts`` demo prompts (``--max-tokens`` each, one warm-up round first),
 then change the trainer's float32 weights a little and `sync` them (135M parameters: 0.54 GB).
 Prints the median seconds of each and checks that both settings sampled the same rollouts.
+
+``--transfer``: only the object-store part of a sync, without engines: 272 float32 tensors of
+0.54 GB in all (as many bytes as the 135M model) put once and fetched by 2 Ray actors, as torch
+tensors (pickled) and as the pool sends them (numpy bytes, mapped without a copy); settings
+alternated, median seconds of put + both fetches.
 """
 
 from __future__ import annotations
@@ -57,6 +63,39 @@ def measure(model_dir: str, replicas: int, args: argparse.Namespace) -> dict:
         engine.close()
 
 
+def _fetch(refs: list, as_bytes: bool) -> float:
+    import ray
+    import torch
+
+    data = ray.get(refs[0])
+    if as_bytes:
+        data = [(n, torch.from_numpy(a).view(getattr(torch, d)).view(s)) for n, d, s, a in data]
+    return float(sum(t.reshape(-1)[0] for _, t in data))
+
+
+def transfer(rounds: int) -> None:
+    import ray
+    import torch
+
+    from rlaif.backends.pool import _as_bytes
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    fetch = ray.remote(num_cpus=1)(_fetch)
+    tensors = [(f"w{i}", torch.randn(496_000)) for i in range(272)]
+    times: dict[str, list[float]] = {"torch": [], "numpy bytes": []}
+    for _ in range(rounds):
+        for name in times:
+            start = time.perf_counter()
+            obj = [_as_bytes(n, t) for n, t in tensors] if name != "torch" else tensors
+            ref = ray.put(obj)
+            ray.get([fetch.remote([ref], name != "torch") for _ in range(2)])
+            times[name].append(time.perf_counter() - start)
+            del ref, obj
+    ray.shutdown()
+    for name, ts in times.items():
+        print(f"{name:>12}: put + 2 fetches {statistics.median(ts):.2f} s (median of {rounds})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=2)
@@ -64,7 +103,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--transfer", action="store_true", help="only the object-store part of a sync")
     args = parser.parse_args()
+    if args.transfer:
+        return transfer(args.rounds)
     from rlaif.models import resolve_model
 
     model_dir = resolve_model("smollm2-135m")
