@@ -21,7 +21,6 @@ The server must start the same whatever ran before it in the test process:
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -41,29 +40,17 @@ VLLM_SET_ENV = ("VLLM_WORKER_MULTIPROC_METHOD", "NUMEXPR_MAX_THREADS", "TORCHIND
                 "AITER_SITUV2_A4W4")
 _ENV_AT_IMPORT = dict(os.environ)  # imported at collection time, before any test built an engine
 
-# "ValueError: msg", "vllm.x.SomeError: msg" (also after vLLM's "(EngineCore pid=1) ERROR ... ]" prefix)
-_EXCEPTION_LINE = re.compile(r"(?:^|[\s\]\)])(?P<exc>(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)"
-                             r"(?::\s.*)?)$")
-
 
 def first_error_line(log: str) -> str | None:
-    """The root cause in a server log: the final line of the FIRST traceback.
-
-    vLLM logs the engine process's traceback (the real cause, e.g. a ValueError about KV cache
-    memory) before the API server's own ``RuntimeError: Engine core initialization failed``,
-    so the first traceback's exception line is the informative one. Without a traceback: the
-    first line logged at ERROR level; else None.
+    """The root cause in a server log: the exception line of the FIRST traceback logged at ERROR
+    level or printed raw (`rlaif.backends.vllm_output.root_cause`: vLLM logs the engine process's
+    cause, e.g. a ValueError about KV cache memory, before the API server's own ``RuntimeError:
+    Engine core initialization failed``). Without one: the first line logged at ERROR level; else None.
     """
+    from rlaif.backends.vllm_output import root_cause
+
     lines = log.splitlines()
-    in_traceback = False
-    for line in lines:
-        if "Traceback (most recent call last)" in line:
-            in_traceback = True
-            continue
-        match = _EXCEPTION_LINE.search(line.rstrip()) if in_traceback and 'File "' not in line else None
-        if match:
-            return match.group("exc")
-    return next((line.strip() for line in lines if " ERROR " in line), None)
+    return root_cause(lines) or next((line.strip() for line in lines if " ERROR " in line), None)
 
 
 def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
