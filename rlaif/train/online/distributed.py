@@ -134,22 +134,15 @@ def init_dist(algorithm: str) -> Dist:
 
 
 @contextmanager
-def engine_env(dist: Dist) -> Iterator[None]:
-    """While a rank builds its vLLM engine: none of the launcher's variables (the engine's own process
-    group must not join ours) and, on GPUs, only this rank's GPU visible to the engine's processes.
-    Untested here (no multi-GPU machine; one vLLM engine at a time on this CPU); a no-op for world 1."""
-    if dist.world == 1:
-        yield
-        return
+def launcher_free_env(cuda_visible: str | None = None) -> Iterator[None]:
+    """While inside: none of the launcher's variables (`LAUNCH_ENV`) and, when given,
+    ``CUDA_VISIBLE_DEVICES=cuda_visible``; the environment is restored on the way out."""
     saved = {k: os.environ.get(k) for k in (*LAUNCH_ENV, "CUDA_VISIBLE_DEVICES")}
     try:
         for k in LAUNCH_ENV:
             os.environ.pop(k, None)
-        if dist.device.type == "cuda":
-            visible = saved["CUDA_VISIBLE_DEVICES"]
-            ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-            os.environ["CUDA_VISIBLE_DEVICES"] = ids[dist.device.index if dist.device.index is not None
-                                                     else dist.local_rank]
+        if cuda_visible is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
         yield
     finally:
         for k, v in saved.items():
@@ -157,3 +150,26 @@ def engine_env(dist: Dist) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use: ``CUDA_VISIBLE_DEVICES``, else every device torch sees."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [i for i in visible.split(",") if i]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+@contextmanager
+def engine_env(dist: Dist) -> Iterator[None]:
+    """While a rank builds its vLLM engine: none of the launcher's variables (the engine's own process
+    group must not join ours) and, on GPUs, only this rank's GPU visible to the engine's processes.
+    Untested here (no multi-GPU machine; one vLLM engine at a time on this CPU); a no-op for world 1."""
+    if dist.world == 1:
+        yield
+        return
+    gpu = None
+    if dist.device.type == "cuda":
+        gpu = visible_gpus()[dist.device.index if dist.device.index is not None else dist.local_rank]
+    with launcher_free_env(gpu):
+        yield

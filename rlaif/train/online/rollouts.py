@@ -40,7 +40,7 @@ import torch
 from rlaif.backends.base import BackendConfig, Generation, RayOptions, SamplingParams
 from rlaif.errors import UserError
 from rlaif.io.seeds import stable_seed
-from rlaif.train.online.distributed import LAUNCH_ENV
+from rlaif.train.online.distributed import launcher_free_env, visible_gpus
 
 
 @dataclass
@@ -151,25 +151,14 @@ def local_ray_env(ray_options: RayOptions | None) -> Iterator[None]:
     if address or not torch.cuda.is_available() or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
         yield
         return
-    saved = {k: os.environ.get(k) for k in (*LAUNCH_ENV, "CUDA_VISIBLE_DEVICES")}
-    visible = saved["CUDA_VISIBLE_DEVICES"]
-    ids = [i for i in visible.split(",") if i] if visible is not None else [
-        str(i) for i in range(torch.cuda.device_count())]
-    local = saved["LOCAL_WORLD_SIZE"]
+    ids = visible_gpus()
+    local = os.environ.get("LOCAL_WORLD_SIZE")
     mine = ids[:int(local)] if local else ids[torch.cuda.current_device():][:1]
-    try:
-        for k in LAUNCH_ENV:
-            os.environ.pop(k, None)
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(i for i in ids if i not in mine)
+    others = ",".join(i for i in ids if i not in mine)
+    with launcher_free_env(others):
         print(f"rlaif: rollout: the trainers' GPU{'s' if len(mine) > 1 else ''} {','.join(mine)} kept out of the "
-              f"local Ray; replicas get {os.environ['CUDA_VISIBLE_DEVICES'] or 'none'}", file=sys.stderr, flush=True)
+              f"local Ray; replicas get {others or 'none'}", file=sys.stderr, flush=True)
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class RolloutEngine:
