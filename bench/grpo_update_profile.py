@@ -11,7 +11,12 @@ the update's forward also gives the entropy). Variants, timed round-robin, media
 - ``trl``: `GRPOTrainer._get_per_token_logps_and_entropies` (its fused chunked LM head, `add_fused_lm_head`)
   on TRL's batch layout (left-padded prompts, right-padded completions) + its dapo loss.
 
-    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/grpo_update_profile.py [--repeats 5] [--profile]
+``--optimizer`` then times clip_grad_norm_ and AdamW's step (for-loop, foreach, fused); ``--engine`` starts
+rlaif's vLLM rollout engine in the process and times the variants again beside it; ``--profile`` prints
+torch.profiler tables.
+
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/grpo_update_profile.py [--repeats 5] [--only rlaif trl]
+        [--optimizer] [--engine] [--profile]
 """
 
 from __future__ import annotations
