@@ -5,9 +5,7 @@ random completions of 20-32 tokens (seeded), one micro-batch of 16 as `update` r
 (micro_batch_size = minibatch_size = 16, loss_type dapo, clip 0.2, beta 0, old-policy pass skipped so
 the update's forward also gives the entropy). Variants, timed round-robin, medians of --repeats:
 
-- ``rlaif-legacy``: the log-prob formula `step.token_logprobs` had before this script (full (n, T, V)
-  logits: gather copy, / T, logsumexp, entropy over a softmax copy), through `step.micro_loss`;
-- ``rlaif``: `step.micro_loss` as it is now;
+- ``rlaif``: `step.micro_loss`, as `update` calls it;
 - ``trl``: `GRPOTrainer._get_per_token_logps_and_entropies` (its fused chunked LM head, `add_fused_lm_head`)
   on TRL's batch layout (left-padded prompts, right-padded completions) + its dapo loss.
 
@@ -33,23 +31,9 @@ from typing import Any, Callable
 
 import torch
 
-from rlaif.train.modeling import position_ids
 from rlaif.train.online import maths, step
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def legacy_token_logprobs(model: Any, b: step.RolloutBatch, temperature: float, entropy: bool = False
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`step.token_logprobs` as it was (commit 4551db3): the reference the new path must equal."""
-    first = int(b.positions.min())
-    out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids(b.attention_mask),
-                logits_to_keep=b.input_ids.shape[1] - first, use_cache=False)
-    rows = torch.arange(b.positions.shape[0], device=b.positions.device).unsqueeze(-1)
-    logits = out.logits[rows, b.positions - first].float() / temperature          # (n, T, V)
-    logp = logits.gather(-1, b.targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-    ent = maths.entropy_from_logits(logits.detach(), b.mask) if entropy else None
-    return logp * b.mask, ent
 
 
 def rollouts(tok: Any, prompts: int, k: int, max_tokens: int, seed: int) -> list[SimpleNamespace]:
@@ -129,8 +113,6 @@ def rounds(model: Any, variant: Callable[[str], Callable[[], torch.Tensor]], nam
         for n in med:
             if n != "trl":
                 print(f"{n} / trl: {med[n] / med['trl']:.3f}")
-    if "rlaif-legacy" in med and "rlaif" in med:
-        print(f"rlaif / rlaif-legacy: {med['rlaif'] / med['rlaif-legacy']:.3f}")
     return med
 
 
@@ -174,7 +156,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of one call of each")
-    parser.add_argument("--only", nargs="*", default=["rlaif-legacy", "rlaif", "trl"])
+    parser.add_argument("--only", nargs="*", default=["rlaif", "trl"])
     parser.add_argument("--engine", action="store_true",
                         help="then start rlaif's vLLM rollout engine in this process (as bench/rl.py: 10%% memory), "
                              "sample and sync once, and time the variants again next to it")
@@ -197,12 +179,10 @@ def main() -> None:
     batch, inp = step.build_batch(rs, pad), trl_inputs(rs, pad)
     torch.manual_seed(0)
     adv = maths.grpo_advantages(torch.randn(16), 4)
-    current = step.token_logprobs
 
     def variant(name: str) -> Callable[[], torch.Tensor]:
         if name == "trl":
             return lambda: trl_loss(model, inp, adv)
-        step.token_logprobs = legacy_token_logprobs if name == "rlaif-legacy" else current
         return lambda: rlaif_loss(model, batch, adv)
 
     print(f"batch: rlaif input {tuple(batch.input_ids.shape)} completions {tuple(batch.mask.shape)}, "
@@ -218,10 +198,8 @@ def main() -> None:
             engine.close()
         for n in med:
             print(f"{n}: with engine / without: {with_engine[n] / med[n]:.3f}")
-    step.token_logprobs = current
     if args.optimizer:
         optimizer_times(model, variant("rlaif"), args.repeats)
-        step.token_logprobs = current
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -232,7 +210,6 @@ def main() -> None:
                 fn().backward()
             print(f"\n== {name}")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40))
-        step.token_logprobs = current
 
 
 if __name__ == "__main__":

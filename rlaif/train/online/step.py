@@ -22,10 +22,10 @@ from typing import Any, Iterator
 import torch
 
 from rlaif.io.seeds import stable_seed
+from rlaif.train.modeling import position_ids
 from rlaif.train.online import maths
 from rlaif.train.online.config import OnlineConfig, gae_lambda
 from rlaif.train.online.distributed import Dist, mine
-from rlaif.train.online.logprobs import token_logprobs  # noqa: F401  (the update's and scoring passes' log-probs)
 
 
 @dataclass
@@ -72,6 +72,20 @@ def build_batch(rollouts: list[Any], pad_id: int) -> RolloutBatch:
         mask[i, :c] = 1
         engine[i, :c] = torch.tensor(r.engine_logprobs[:c], dtype=torch.float)
     return RolloutBatch(input_ids, attention_mask, positions, targets, mask, engine)
+
+
+def token_logprobs(model: Any, b: RolloutBatch, temperature: float, entropy: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(y_j | x, y_<j) per completion token with logits / T, (n, T); and the mean entropy.
+    Only the positions from the earliest completion on go through the LM head (logits_to_keep)."""
+    first = int(b.positions.min())
+    out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids(b.attention_mask),
+                logits_to_keep=b.input_ids.shape[1] - first, use_cache=False)
+    rows = torch.arange(b.positions.shape[0], device=b.positions.device).unsqueeze(-1)
+    logits = out.logits[rows, b.positions - first].float() / temperature          # (n, T, V)
+    logp = logits.gather(-1, b.targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+    ent = maths.entropy_from_logits(logits.detach(), b.mask) if entropy else None
+    return logp * b.mask, ent
 
 
 def token_values(value_model: Any, b: RolloutBatch) -> torch.Tensor:
