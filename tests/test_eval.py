@@ -14,7 +14,7 @@ from rlaif.cli import main
 from rlaif.config import load_config
 from rlaif.errors import UserError
 from rlaif.io.records import CANDIDATE_SCHEMA, read_jsonl
-from rlaif.loop.evaluate import EvalConfig, combine, run_eval
+from rlaif.eval.evaluate import EvalConfig, combine, run_eval
 from tests.conftest import build_tiny_model
 
 DEMO = Path(__file__).resolve().parents[1] / "prompts" / "demo.jsonl"
@@ -278,7 +278,7 @@ def test_hf_engine_tiny_models_same_model_ties_other_model_differs(tmp_path, tin
 
 def test_report_notes_and_table_names():
     from rlaif.commands.evaluate import short_name
-    from rlaif.loop.eval_report import notes
+    from rlaif.eval.report import notes
 
     weak = notes({"judge": "hf:smollm2-135m", "win_rate": 0.9, "lc_win_rate": 0.5, "position_consistency": 0.2,
                   "mean_length_a": 90, "mean_length_b": 30, "length_unit": "tokens"})

@@ -1,4 +1,4 @@
-"""`rlaif.loop.winrate` on hand-made data: counts, the interval's coverage, the length-controlled win rate."""
+"""`rlaif.eval.winrate` on hand-made data: counts, the interval's coverage, the length-controlled win rate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rlaif.loop.winrate import Z95, length_controlled_win_rate, outcome, summarise, win_rate_interval
+from rlaif.eval.winrate import Z95, length_controlled_win_rate, outcome, summarise, win_rate_interval
 
 
 def test_outcome_and_counts_ties_half():

@@ -32,7 +32,7 @@ def short_name(source: str) -> str:
 
 def format_table(s: dict[str, Any]) -> str:
     """The short table printed at the end of ``rlaif eval``."""
-    from rlaif.loop.eval_report import verdict_line
+    from rlaif.eval.report import verdict_line
 
     unit = s.get("length_unit")
     lines = [f"A: {s['a']}", f"B: {s['b']}",
@@ -57,7 +57,7 @@ def format_table(s: dict[str, Any]) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rlaif.loop.evaluate import EvalConfig, run_eval
+    from rlaif.eval.evaluate import EvalConfig, run_eval
 
     flags: dict[str, Any] = {k: v for k in ("a", "b", "prompts", "out") if (v := getattr(args, k, None))}
     if args.rubric:
@@ -74,7 +74,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: Any) -> None:
-    from rlaif.loop.evaluate import EvalConfig
+    from rlaif.eval.evaluate import EvalConfig
 
     p = subparsers.add_parser("eval", help=DESCRIPTION, description=DESCRIPTION)
     p.add_argument("--a", metavar="MODEL|FILE", help="side A: a model or a candidates .jsonl (same as a=...)")

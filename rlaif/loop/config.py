@@ -17,7 +17,7 @@ from typing import Literal
 from rlaif.config import option
 from rlaif.dataset.options import BuildOptions, CommonOptions, GenerateOptions, JudgeOptions
 from rlaif.errors import UserError
-from rlaif.loop.evaluate import EvalConfig
+from rlaif.eval.evaluate import EvalConfig
 from rlaif.train.config import DPOConfig, RMConfig
 from rlaif.train.online.config import GRPOConfig, PPOConfig
 
@@ -57,7 +57,7 @@ class LoopConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
     rm: RMConfig = option(RMConfig, "reward-model options (trainer=rm+ppo), as in `rlaif train rm`")
     ppo: PPOConfig = option(PPOConfig, "PPO options (trainer=rm+ppo), as in `rlaif train ppo`")
     measure_kl: bool = option(True, "measure KL(pi_K || pi_0) on pi_K's eval responses each round (loads both "
-                                    "models with transformers; see rlaif/loop/kl.py)")
+                                    "models with transformers; see rlaif/eval/kl.py)")
     eval: EvalConfig = option(EvalConfig, "eval options, as in `rlaif eval` (its engines are the loop's policy.* and "
                                           "judge.*); no eval.rubrics/rewards = the loop's rubrics (dpo, rm+ppo) or "
                                           "its rewards (grpo: judge:R as rubric R)")

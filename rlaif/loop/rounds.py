@@ -187,7 +187,7 @@ def eval_sources(cfg: LoopConfig) -> tuple[list[str], list[str]]:
 def stage_eval(cfg: LoopConfig, a: str, b: str, out: Path) -> dict[str, Any]:
     """`run_eval` of ``a`` against ``b`` (models or candidates files) on the held-out eval prompts, with the
     loop's engines (policy.* for generation, judge.* for rubrics)."""
-    from rlaif.loop.evaluate import run_eval
+    from rlaif.eval.evaluate import run_eval
 
     rubrics, rewards = eval_sources(cfg)
     ecfg = dataclasses.replace(cfg.eval, a=a, b=b, prompts=str(Path(cfg.out) / "eval_prompts.jsonl"),
@@ -252,7 +252,7 @@ def run_round(cfg: LoopConfig, k: int, prompts: list[Prompt], evaluate: EvalFn) 
     timings["eval_s"] = time.perf_counter() - t
     if cfg.measure_kl:
         from rlaif.io.records import read_candidates
-        from rlaif.loop.kl import policy_kl
+        from rlaif.eval.kl import policy_kl
 
         t = time.perf_counter()
         rows = read_candidates(rd / "eval" / "vs-initial" / "candidates_a.jsonl")
@@ -309,8 +309,8 @@ def _preflight(cfg: LoopConfig) -> None:
     from rlaif.dataset.options import check_options, check_shared_engine
     from rlaif.dataset.pipeline import resolve_backend_model
     from rlaif.judging.rubrics import load_rubric
-    from rlaif.loop.evaluate import check_eval_options
-    from rlaif.train.online.rewards import parse_reward_specs
+    from rlaif.eval.evaluate import check_eval_options
+    from rlaif.rewards.sources import parse_reward_specs
 
     check_options(cfg)
     check_shared_engine(cfg.policy, cfg.judge)

@@ -1,4 +1,4 @@
-"""Reward functions that misbehave, for tests/test_online_rewards.py."""
+"""Reward functions that misbehave, for tests/test_rewards.py."""
 
 import math
 

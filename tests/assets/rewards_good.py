@@ -1,4 +1,4 @@
-"""Reward functions for tests/test_online_rewards.py (TRL-style signature)."""
+"""Reward functions for tests/test_rewards.py (TRL-style signature)."""
 
 CALLS = []  # every call's keyword names, so a test can check what was passed
 

@@ -136,7 +136,7 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     (rollout.replicas > 1) only the main process builds the engine."""
     from rlaif.train.modeling import load_tokenizer
     from rlaif.train.online import maths
-    from rlaif.train.online.rewards import load_rewards
+    from rlaif.rewards.sources import load_rewards
     from rlaif.train.online.rollouts import RolloutEngine
 
     dist = dist or Dist()

@@ -10,8 +10,8 @@ import pytest
 
 from rlaif.backends.base import BackendConfig
 from rlaif.errors import UserError
-from rlaif.train.online import rewards as rw
-from rlaif.train.online.rewards import combine_rewards, group_items, load_rewards, parse_reward_specs
+from rlaif.rewards import sources as rw
+from rlaif.rewards.sources import combine_rewards, group_items, load_rewards, parse_reward_specs
 
 ASSETS = Path(__file__).parent / "assets"
 GOOD = ASSETS / "rewards_good.py"

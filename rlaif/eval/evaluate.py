@@ -7,7 +7,7 @@ generates ``n_per_prompt`` responses per prompt with the pipeline's generation c
 seeded by (seed, prompt id) on both sides; a candidates side contributes its first
 ``n_per_prompt`` responses. Pair k of a prompt is A's k-th response against B's k-th.
 
-Judging (`rlaif.loop.winrate` has the statistics). Each source votes on each pair:
+Judging (`rlaif.eval.winrate` has the statistics). Each source votes on each pair:
 - a pairwise rubric judges the pair in both orders (`rlaif.judging.judge`); A wins when both
   orders prefer A, loses when both prefer B, and a position-inconsistent pair is a tie;
 - a pointwise rubric (logprob, verdict, likelihood, rules) or a reward (``python:FILE.py:FUNC``, ``rm:DIR``, loaded
@@ -41,7 +41,7 @@ from rlaif.config import option
 from rlaif.errors import UserError
 from rlaif.io.records import Prompt, read_candidate_sources, read_jsonl, read_prompts
 from rlaif.io.store import RunState, StageFile, atomic_write_text, clear_outputs, fingerprint, write_jsonl
-from rlaif.loop import winrate
+from rlaif.eval import winrate
 
 SIDES = ("a", "b")
 OUTPUTS = ["candidates_a.jsonl", "candidates_b.jsonl", "votes.jsonl", "eval.json", "eval.jsonl", "report.html"]
@@ -188,7 +188,7 @@ def plan_eval(cfg: EvalConfig) -> Plan:
     """Validate sides, prompts, rubrics, reward specs and model contexts without writing anything."""
     from rlaif.dataset.pipeline import resolve_backend_model
     from rlaif.judging.rubrics import load_rubric
-    from rlaif.train.online.rewards import parse_reward_specs
+    from rlaif.rewards.sources import parse_reward_specs
 
     check_eval_options(cfg)
     sides = [resolve_side(name, getattr(cfg, name)) for name in SIDES]
@@ -380,7 +380,7 @@ def judge_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile
 
 def reward_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile) -> None:
     """Reward votes: each source scores A's and B's responses in one call (interleaved A, B per pair)."""
-    from rlaif.train.online.rewards import load_rewards
+    from rlaif.rewards.sources import load_rewards
 
     specs = [f"{scheme}:{target}" for scheme, target, _ in plan.rewards]
     todo = {s: [pr for pr in pairs if not stage.done((pr.key, s))] for s in specs}
@@ -530,7 +530,7 @@ def run_eval(cfg: EvalConfig, factory: Callable[[BackendConfig], Backend] = load
     ``cfg.out``; returns the ``eval.json`` dict. ``factory`` builds engines (tests pass scripted fakes)."""
     import json
 
-    from rlaif.loop.eval_report import write_report
+    from rlaif.eval.report import write_report
 
     plan = plan_eval(cfg)
     state = _prepare_out(cfg)

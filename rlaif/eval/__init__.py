@@ -1,0 +1,1 @@
+"""Evaluation: win rates of two policies by judges and rewards, with intervals, and policy KL."""
