@@ -161,9 +161,9 @@ def test_fence_neutralises_markers() -> None:
     assert out.count("<<<") == 2 and out.endswith("\n<<<END RESPONSE>>>") and "<<x>>" in out
 
 
-def test_readme_variable_table_matches_the_code() -> None:
-    readme = (SHIPPED_RUBRICS.parent / "README.md").read_text()
-    section = readme.split("## Editing a rubric", 1)[1].split("\n## ", 1)[0]
+def test_docs_variable_table_matches_the_code() -> None:
+    doc = (SHIPPED_RUBRICS.parent / "docs" / "rubrics.md").read_text()
+    section = doc.split("<!-- template-variables:start -->", 1)[1].split("<!-- template-variables:end -->", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     documented = {line.split("`")[1]: line for line in rows}
     for name, (_, description) in TEMPLATE_VARIABLES.items():
