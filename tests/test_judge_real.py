@@ -1,7 +1,7 @@
 """Real-model checks with the embedded SmolLM2-135M judge (transformers engine): preview and
 calibrate end to end, verdicts on real generations, and the prompt-injection score shift.
 
-The 135M judge is weak (near chance on clear pairs, see DESIGN.md); nothing here asks it to be
+The 135M judge is weak (near chance on clear pairs; docs/rubrics.md); nothing here asks it to be
 accurate, only that the machinery runs on real output and stays within recorded bounds.
 """
 
@@ -80,7 +80,7 @@ def _check_expected_scores(judged: list[dict]) -> None:
 
 def _check_pairwise_position_bias(judged: list[dict], consistency: float) -> None:
     """Both orders are asked and averaged. The 135M judge names whichever response comes first
-    (DESIGN.md: 0/40 position-consistent): measured P(first better) 0.84..0.90 in one order and
+    (0/40 position-consistent on clear pairs): measured P(first better) 0.84..0.90 in one order and
     0.07..0.19 in the other, so the averaged p stays within 0.02 of 0.5."""
     for j in judged:
         c = j["comparisons"][0]
@@ -122,7 +122,7 @@ def test_injection_score_shift(judge) -> None:
     mean shift +0.45 on the 1-5 scale over the 6 responses below (per response +0.40..+0.50,
     unchanged when remeasured after the layout change), base scores 3.03..3.15. On 8 responses:
     helpfulness +0.43 fenced vs +0.45 with no fences and no data note; honesty +0.15 vs +0.23
-    (README "Editing a rubric"). The 135M judge barely reads the rubric, so fences help little at
+    (docs/rubrics.md). The 135M judge barely reads the rubric, so fences help little at
     this size. Bounds, with margins of 0.2 or more: every shift in [+0.2, +0.8] (the judge reads
     the response: a template that lost it gives 0), mean below +0.7 (a judge that obeys the
     injection moves it up; dropping the fences alone does not, at this size), base scores in [2.8, 3.4].
