@@ -28,6 +28,7 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^\s*(```|~~~)")
 INLINE_SPAN = re.compile(r"`(rlaif [^`]+)`")
 CONFIG_LINE = re.compile(r"^  ([A-Za-z_][\w.]*)=.*?  \(([^)]*)\)")
+MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 MODULE_LAUNCH = ("-m", "rlaif.cli")
 SHELL_OPERATORS = {"|", "||", ">", ">>", "<", "<<", "&&", ";", "&", "2>", "2>&1"}
 
@@ -207,6 +208,13 @@ def test_every_documented_command_parses(parser: argparse.ArgumentParser, path: 
         failures += [f"{path.name}:{number}: {command}\n    {problem}"
                      for problem in check_command(parser, arguments, partial=inline)]
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda path: path.name)
+def test_relative_links_point_at_files(path: Path) -> None:
+    targets = MARKDOWN_LINK.findall(path.read_text(encoding="utf-8"))
+    missing = [target for target in targets if "://" not in target and not (path.parent / target).exists()]
+    assert not missing, f"{path.name}: links to missing files: {missing}"
 
 
 def test_extractor_reads_blocks_consoles_continuations_and_spans() -> None:
