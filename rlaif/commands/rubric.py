@@ -192,7 +192,7 @@ def _row_item(path: str, row: int) -> Any:
 def run_preview(args: argparse.Namespace) -> int:
     from rlaif.backends import load_backend
     from rlaif.judging.judge import JudgeItem, judge_items, requests_for
-    from rlaif.judging.preview import format_preview, judge_inputs
+    from rlaif.judging.preview import format_preview
     from rlaif.judging.rubrics import load_rubric
 
     cfg = _config(args)
@@ -204,19 +204,20 @@ def run_preview(args: argparse.Namespace) -> int:
             raise UserError("preview needs --prompt and --response (or --from FILE --row N)")
         responses = [args.response] + ([args.response_b] if args.response_b is not None else [])
         item = JudgeItem("preview", as_messages(args.prompt), responses)
-    if rubric.method == "pairwise" and len(item.responses) < 2:
+    if rubric.judge_method.pairwise and len(item.responses) < 2:
         raise UserError(f"rubric '{rubric.name}' is pairwise: give --response-b (or a row with 2+ responses)")
     requests = requests_for(rubric, item, 0, cfg.seed)  # renders now: template errors before loading a model
     if not rubric.needs_judge:  # rules: no model
-        print(format_preview(rubric, item, judge_items(None, rubric, [item], progress=False)[0], []))
+        print(format_preview(rubric, judge_items(None, rubric, [item], progress=False)[0], []))
         return 0
     backend = load_backend(cfg.judge)
     try:
-        inputs = judge_inputs(backend, rubric, requests)
-        row = judge_items(backend, rubric, [item], seed=cfg.seed, verdict_retries=cfg.verdict_retries, progress=False)[0]
+        inputs = rubric.judge_method.judge_inputs(backend, rubric, requests)
+        judgement = judge_items(backend, rubric, [item], seed=cfg.seed, verdict_retries=cfg.verdict_retries,
+                                progress=False)[0]
     finally:
         backend.close()
-    print(format_preview(rubric, item, row, inputs))
+    print(format_preview(rubric, judgement, inputs))
     return 0
 
 
