@@ -18,12 +18,11 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rlaif.backends.base import BackendConfig
 from rlaif.config import add_config_arguments, load_config, option
-from rlaif.errors import UserError, where
-from rlaif.io.records import as_messages, iter_jsonl
+from rlaif.errors import UserError
+from rlaif.io.records import as_messages
 
 
 @dataclass
@@ -147,50 +146,9 @@ def run_lint(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # preview
 
-def _jsonl_row(path: Path, row: int) -> dict[str, Any]:
-    """The JSON object on line ``row`` (1-based) of a JSONL file."""
-    if row < 1:
-        raise UserError(f"--row {row}: lines are numbered from 1")
-    for line, rec in iter_jsonl(path):
-        if line == row:
-            if not isinstance(rec, dict):
-                raise UserError(f"{where(path, row)}expected a JSON object")
-            return rec
-        if line > row:
-            break
-    raise UserError(f"{path}: --row {row}: no JSON on that line (blank, or past the end of the file)")
-
-
-def _row_item(path: str, row: int) -> Any:
-    """A JudgeItem from line ``row`` of a candidates/JSONL file."""
-    from rlaif.judging.judge import JudgeItem
-
-    p = Path(path)
-    rec = _jsonl_row(p, row)
-    if isinstance(rec.get("messages"), list):
-        messages = rec["messages"]
-    elif isinstance(rec.get("prompt"), str):
-        messages = as_messages(rec["prompt"])
-    else:
-        raise UserError(f"{where(p, row, 'prompt')}expected 'prompt' (string) or 'messages' (list)")
-    if isinstance(rec.get("responses"), list):
-        responses = rec["responses"]
-    elif "response_a" in rec:
-        responses = [rec["response_a"], rec.get("response_b", "")]
-    elif "response" in rec:
-        responses = [rec["response"]]
-    else:
-        raise UserError(f"{where(p, row, 'responses')}expected 'responses' (list), 'response' or 'response_a'")
-    if not all(isinstance(r, str) for r in responses):
-        raise UserError(f"{where(p, row, 'responses')}expected strings")
-    finish, ntok = rec.get("finish_reasons"), rec.get("num_tokens")  # candidates.jsonl: for rules checks
-    return JudgeItem(str(rec.get("id", f"{p.name}:{row}")), messages, responses,
-                     finish_reasons=finish if isinstance(finish, list) else None,
-                     num_tokens=ntok if isinstance(ntok, list) else None)
-
-
 def run_preview(args: argparse.Namespace) -> int:
     from rlaif.backends import load_backend
+    from rlaif.io.candidate_rows import candidate_row
     from rlaif.judging.judge import JudgeItem, judge_items, requests_for
     from rlaif.judging.preview import format_preview
     from rlaif.judging.rubrics import load_rubric
@@ -198,7 +156,8 @@ def run_preview(args: argparse.Namespace) -> int:
     cfg = _config(args)
     rubric = load_rubric(args.rubric)
     if args.from_file:
-        item = _row_item(args.from_file, args.row)
+        row = candidate_row(Path(args.from_file), args.row)
+        item = JudgeItem(row.id, row.messages, row.responses, row.finish_reasons, row.num_tokens)
     else:
         if args.prompt is None or args.response is None:
             raise UserError("preview needs --prompt and --response (or --from FILE --row N)")
