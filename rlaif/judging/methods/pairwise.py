@@ -30,12 +30,14 @@ def _finite(logprobs: dict[str, float]) -> dict[str, float | None]:
     return {label.strip(): (value if math.isfinite(value) else None) for label, value in logprobs.items()}
 
 
-def _comparison(i: int, j: int, first: dict[str, float], second: dict[str, float], a: str, b: str) -> dict[str, Any]:
-    """One pair judged in both orders (``first``: i shown as A); p is None where a reply has no preference."""
-    comparison: dict[str, Any] = {"i": i, "j": j, "raw": [_finite(first), _finite(second)]}
+def _comparison(request: Request, first: dict[str, float], second: dict[str, float], choice_a: str,
+                choice_b: str) -> dict[str, Any]:
+    """One pair (i, j) judged in both orders (``first``: the choice log-probs with i shown as A); p is
+    None where a reply prefers neither choice."""
+    comparison: dict[str, Any] = {"i": request.i, "j": request.j, "raw": [_finite(first), _finite(second)]}
     try:
-        p_first = pairwise_probability(first, a, b)  # i shown as A
-        p_second = 1.0 - pairwise_probability(second, a, b)  # i shown as B
+        p_first = pairwise_probability(first, choice_a, choice_b)  # i shown as A
+        p_second = 1.0 - pairwise_probability(second, choice_a, choice_b)  # i shown as B
     except ValueError as e:
         comparison.update(p_i_first=None, p_i_second=None, p=None, consistent=False, error=str(e))
     else:
@@ -67,10 +69,10 @@ class PairwiseMethod(JudgeMethod):
 
     def requests(self, rubric: Rubric, item: JudgeItem, item_index: int, seed: int) -> list[Request]:
         out = []
-        for i in range(len(item.responses)):
-            for j in range(i + 1, len(item.responses)):
-                principles = rubric.select_principles(f"{item.id}:{i}-{j}", seed)  # same for both orders
-                for first, second in ((i, j), (j, i)):
+        for low in range(len(item.responses)):
+            for high in range(low + 1, len(item.responses)):
+                principles = rubric.select_principles(f"{item.id}:{low}-{high}", seed)  # same for both orders
+                for first, second in ((low, high), (high, low)):
                     conversation = self.conversation(rubric, item.messages, response_a=item.responses[first],
                                                      response_b=item.responses[second], principles=principles)
                     out.append(Request(item_index, first, second, conversation))
@@ -82,14 +84,14 @@ class PairwiseMethod(JudgeMethod):
     def score(self, backend: Backend | None, rubric: Rubric, items: Sequence[JudgeItem], requests: list[Request],
               rows: list[dict[str, Any]], *, seed: int, verdict_retries: int, progress: bool) -> None:
         assert backend is not None
-        a, b = rubric.choices
+        choice_a, choice_b = rubric.choices
         logprobs = backend.choice_logprobs([r.conversation for r in requests], rubric.choices,
                                            rubric.assistant_prefix, progress=progress)
         wins: dict[tuple[int, int], list[float]] = {}  # (item, response) -> p(response beats other)
         for index in range(0, len(requests), 2):  # requests come in (i, j), (j, i) couples
             request = requests[index]
             assert request.j is not None
-            comparison = _comparison(request.i, request.j, logprobs[index], logprobs[index + 1], a, b)
+            comparison = _comparison(request, logprobs[index], logprobs[index + 1], choice_a, choice_b)
             row = rows[request.item]
             row["comparisons"].append(comparison)
             if comparison["p"] is None:
@@ -102,16 +104,18 @@ class PairwiseMethod(JudgeMethod):
 
     def preview_lines(self, row: dict[str, Any]) -> list[str]:
         out = []
-        for c in row["comparisons"]:
-            i, j = c["i"], c["j"]
-            if c["p"] is None:
-                out.append(f"responses {i} vs {j}: failed ({c.get('error')})")
+        for comparison in row["comparisons"]:
+            first, second, raw = comparison["i"], comparison["j"], comparison["raw"]
+            if comparison["p"] is None:
+                out.append(f"responses {first} vs {second}: failed ({comparison.get('error')})")
                 continue
-            out.append(f"responses {i} vs {j}:")
-            out.append(f"  order 1 (A={i}, B={j}): P({i} better) = {c['p_i_first']:.3f}  raw {c['raw'][0]}")
-            out.append(f"  order 2 (A={j}, B={i}): P({i} better) = {c['p_i_second']:.3f}  raw {c['raw'][1]}")
-            out.append(f"  averaged: P({i} better) = {c['p']:.3f}; position-consistent: "
-                       f"{'yes' if c['consistent'] else 'no (the orders disagree: position bias)'}")
+            out.append(f"responses {first} vs {second}:")
+            out.append(f"  order 1 (A={first}, B={second}): P({first} better) = {comparison['p_i_first']:.3f}"
+                       f"  raw {raw[0]}")
+            out.append(f"  order 2 (A={second}, B={first}): P({first} better) = {comparison['p_i_second']:.3f}"
+                       f"  raw {raw[1]}")
+            out.append(f"  averaged: P({first} better) = {comparison['p']:.3f}; position-consistent: "
+                       f"{'yes' if comparison['consistent'] else 'no (the orders disagree: position bias)'}")
         out.append("scores (mean preference vs the others): " +
-                   ", ".join("failed" if s is None else f"{s:.3f}" for s in row["scores"]))
+                   ", ".join("failed" if score is None else f"{score:.3f}" for score in row["scores"]))
         return out

@@ -59,10 +59,10 @@ class RulesMethod(JudgeMethod):
                                                  _at(item.num_tokens, index))
                 row["scores"][index] = score
                 row["details"][index] = {
-                    "checks": [{"check": o.check, "kind": o.kind, "weight": o.weight, "passed": o.passed, "why": o.why}
-                               for o in outcomes],
-                    "passed": sum(o.passed is True for o in outcomes),
-                    "skipped": sum(o.passed is None for o in outcomes)}
+                    "checks": [{"check": outcome.check, "kind": outcome.kind, "weight": outcome.weight,
+                                "passed": outcome.passed, "why": outcome.why} for outcome in outcomes],
+                    "passed": sum(outcome.passed is True for outcome in outcomes),
+                    "skipped": sum(outcome.passed is None for outcome in outcomes)}
                 if score is None:
                     row["details"][index]["error"] = "every check was skipped (no finish reason or token count)"
                     row["failures"] += 1
@@ -73,11 +73,12 @@ class RulesMethod(JudgeMethod):
     def preview_lines(self, row: dict[str, Any]) -> list[str]:
         out = []
         for index, (score, details) in enumerate(zip(row["scores"], row["details"])):
-            total = sum(c["weight"] for c in details["checks"] if c["passed"] is not None)
+            checks = details["checks"]
+            total = sum(check["weight"] for check in checks if check["passed"] is not None)
             out.append(f"response {index}: score " + ("FAILED: " + details["error"] if score is None else
                                                       f"{score:.3f} (passed weight / evaluated weight {total:g})"))
-            width = max(len(c["check"]) for c in details["checks"])
-            for c in details["checks"]:
-                mark = {True: "pass", False: "FAIL", None: "skip"}[c["passed"]]
-                out.append(f"  {mark}  {c['check']:<{width}}  w={c['weight']:g}  {c['why']}")
+            width = max(len(check["check"]) for check in checks)
+            for check in checks:
+                mark = {True: "pass", False: "FAIL", None: "skip"}[check["passed"]]
+                out.append(f"  {mark}  {check['check']:<{width}}  w={check['weight']:g}  {check['why']}")
         return out
