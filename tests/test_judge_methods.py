@@ -12,8 +12,9 @@ import pytest
 from rlaif.backends.fake import FakeBackend
 from rlaif.judging.judge import JudgeItem, judge_items, requests_for
 from rlaif.judging.lint import lint_file
-from rlaif.judging.rubrics import DATA_NOTE, RubricError, rubric_from_file
+from rlaif.judging.rubrics import rubric_from_file
 from rlaif.judging.rules import REFUSAL_PHRASES, Check, run_check, score_response
+from rlaif.judging.templates import DATA_NOTE, RubricError
 
 USER = [{"role": "user", "content": "What is the capital of Australia?"}]
 

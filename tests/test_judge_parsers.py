@@ -98,7 +98,7 @@ def test_verdict_schema_caps_string_fields_to_fit_max_tokens(tiny_tokenizer_dir:
     max_tokens, counted with a small-vocabulary tokenizer (many tokens per character)."""
     from transformers import AutoTokenizer
 
-    from rlaif.judging.rubrics import capped_verdict_schema, verdict_char_budget
+    from rlaif.judging.methods.verdict import capped_verdict_schema, verdict_char_budget
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     raw = {"type": "object", "required": ["rationale", "score"], "additionalProperties": False,

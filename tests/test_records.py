@@ -137,3 +137,23 @@ def test_a_shipped_prompt_set_is_found_by_name_from_any_folder(tmp_path, monkeyp
     assert [p.messages[-1]["content"] for p in read_prompts("demo")] == ["local"]
     with pytest.raises(UserError, match=r"nosuch: file not found .*shipped prompt set: demo"):
         read_prompts("nosuch")
+
+
+def test_candidate_row_reads_responses_in_each_shape(tmp_path):
+    from rlaif.io.candidate_rows import candidate_row
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": "c1", "prompt": "hi", "responses": ["a", "b"], "finish_reasons": ["stop", "length"], '
+                    '"num_tokens": [1, 2]}\n{"prompt": "hi", "response_a": "a", "response_b": "b"}\n'
+                    '{"messages": [{"role": "user", "content": "yo"}], "response": "c"}\n{"prompt": "hi"}\n'
+                    '{"prompt": "hi", "responses": [1]}\n{"responses": ["a"]}\n')
+    first = candidate_row(path, 1)
+    assert (first.id, first.messages, first.responses) == ("c1", [{"role": "user", "content": "hi"}], ["a", "b"])
+    assert (first.finish_reasons, first.num_tokens) == (["stop", "length"], [1, 2])
+    second = candidate_row(path, 2)
+    assert (second.id, second.responses, second.finish_reasons) == ("rows.jsonl:2", ["a", "b"], None)
+    assert candidate_row(path, 3).responses == ["c"] and candidate_row(path, 3).messages[0]["content"] == "yo"
+    for row, needle in [(4, ":4: field 'responses': expected 'responses'"), (5, ":5: field 'responses': expected strings"),
+                        (6, ":6: field 'prompt': expected 'prompt'"), (0, "--row 0: lines are numbered from 1")]:
+        with pytest.raises(UserError, match=needle):
+            candidate_row(path, row)

@@ -9,8 +9,9 @@ import pytest
 from rlaif.errors import UserError
 from rlaif.judging.judge import JudgeItem, requests_for
 from rlaif.judging.lint import lint_file
-from rlaif.judging.rubrics import (SHIPPED_RUBRICS, TEMPLATE_VARIABLES, RubricError, fence, judge_conversation, load_rubric,
-                           rubric_from_file)
+from rlaif.judging.rubrics import SHIPPED_RUBRICS, judge_conversation, load_rubric, rubric_from_file
+from rlaif.judging.templates import RubricError, fence
+from rlaif.judging.variables import TEMPLATE_VARIABLES, variables_markdown
 
 SHIPPED = sorted(SHIPPED_RUBRICS.glob("*.yaml"))
 USER = [{"role": "user", "content": "Name a prime number."}]
@@ -67,10 +68,11 @@ def test_shipped_rubric_lints_clean_and_renders(path: Path) -> None:
 
 
 def test_template_variables_documented_once() -> None:
-    import rlaif.judging.rubrics as mod
-
-    for name in TEMPLATE_VARIABLES:
-        assert f"\n{name} " in mod.__doc__, name
+    """The one table (rlaif.judging.variables) renders one Markdown row per variable."""
+    rows = variables_markdown().splitlines()[2:]
+    assert len(rows) == len(TEMPLATE_VARIABLES)
+    for row, (name, (_, description)) in zip(rows, TEMPLATE_VARIABLES.items()):
+        assert row.startswith(f"| `{name}` | ") and row.endswith(f" | {description} |"), row
 
 
 @pytest.mark.parametrize("expr", [

@@ -18,12 +18,11 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rlaif.backends.base import BackendConfig
 from rlaif.config import add_config_arguments, load_config, option
-from rlaif.errors import UserError, where
-from rlaif.io.records import as_messages, iter_jsonl
+from rlaif.errors import UserError
+from rlaif.io.records import as_messages
 
 
 @dataclass
@@ -147,76 +146,37 @@ def run_lint(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # preview
 
-def _jsonl_row(path: Path, row: int) -> dict[str, Any]:
-    """The JSON object on line ``row`` (1-based) of a JSONL file."""
-    if row < 1:
-        raise UserError(f"--row {row}: lines are numbered from 1")
-    for line, rec in iter_jsonl(path):
-        if line == row:
-            if not isinstance(rec, dict):
-                raise UserError(f"{where(path, row)}expected a JSON object")
-            return rec
-        if line > row:
-            break
-    raise UserError(f"{path}: --row {row}: no JSON on that line (blank, or past the end of the file)")
-
-
-def _row_item(path: str, row: int) -> Any:
-    """A JudgeItem from line ``row`` of a candidates/JSONL file."""
-    from rlaif.judging.judge import JudgeItem
-
-    p = Path(path)
-    rec = _jsonl_row(p, row)
-    if isinstance(rec.get("messages"), list):
-        messages = rec["messages"]
-    elif isinstance(rec.get("prompt"), str):
-        messages = as_messages(rec["prompt"])
-    else:
-        raise UserError(f"{where(p, row, 'prompt')}expected 'prompt' (string) or 'messages' (list)")
-    if isinstance(rec.get("responses"), list):
-        responses = rec["responses"]
-    elif "response_a" in rec:
-        responses = [rec["response_a"], rec.get("response_b", "")]
-    elif "response" in rec:
-        responses = [rec["response"]]
-    else:
-        raise UserError(f"{where(p, row, 'responses')}expected 'responses' (list), 'response' or 'response_a'")
-    if not all(isinstance(r, str) for r in responses):
-        raise UserError(f"{where(p, row, 'responses')}expected strings")
-    finish, ntok = rec.get("finish_reasons"), rec.get("num_tokens")  # candidates.jsonl: for rules checks
-    return JudgeItem(str(rec.get("id", f"{p.name}:{row}")), messages, responses,
-                     finish_reasons=finish if isinstance(finish, list) else None,
-                     num_tokens=ntok if isinstance(ntok, list) else None)
-
-
 def run_preview(args: argparse.Namespace) -> int:
     from rlaif.backends import load_backend
+    from rlaif.io.candidate_rows import candidate_row
     from rlaif.judging.judge import JudgeItem, judge_items, requests_for
-    from rlaif.judging.preview import format_preview, judge_inputs
+    from rlaif.judging.preview import format_preview
     from rlaif.judging.rubrics import load_rubric
 
     cfg = _config(args)
     rubric = load_rubric(args.rubric)
     if args.from_file:
-        item = _row_item(args.from_file, args.row)
+        row = candidate_row(Path(args.from_file), args.row)
+        item = JudgeItem(row.id, row.messages, row.responses, row.finish_reasons, row.num_tokens)
     else:
         if args.prompt is None or args.response is None:
             raise UserError("preview needs --prompt and --response (or --from FILE --row N)")
         responses = [args.response] + ([args.response_b] if args.response_b is not None else [])
         item = JudgeItem("preview", as_messages(args.prompt), responses)
-    if rubric.method == "pairwise" and len(item.responses) < 2:
+    if rubric.judge_method.pairwise and len(item.responses) < 2:
         raise UserError(f"rubric '{rubric.name}' is pairwise: give --response-b (or a row with 2+ responses)")
     requests = requests_for(rubric, item, 0, cfg.seed)  # renders now: template errors before loading a model
     if not rubric.needs_judge:  # rules: no model
-        print(format_preview(rubric, item, judge_items(None, rubric, [item], progress=False)[0], []))
+        print(format_preview(rubric, judge_items(None, rubric, [item], progress=False)[0], []))
         return 0
     backend = load_backend(cfg.judge)
     try:
-        inputs = judge_inputs(backend, rubric, requests)
-        row = judge_items(backend, rubric, [item], seed=cfg.seed, verdict_retries=cfg.verdict_retries, progress=False)[0]
+        inputs = rubric.judge_method.judge_inputs(backend, rubric, requests)
+        judgement = judge_items(backend, rubric, [item], seed=cfg.seed, verdict_retries=cfg.verdict_retries,
+                                progress=False)[0]
     finally:
         backend.close()
-    print(format_preview(rubric, item, row, inputs))
+    print(format_preview(rubric, judgement, inputs))
     return 0
 
 

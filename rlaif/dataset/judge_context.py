@@ -17,9 +17,9 @@ from rlaif.errors import UserError
 from rlaif.judging.rubrics import Rubric, judge_conversation
 
 
-def _longest(responses: Sequence[str], counts: Sequence[int], k: int) -> list[int]:
-    """Indices of the ``k`` longest responses (by tokens; the first among equals), in candidate order."""
-    return sorted(sorted(range(len(responses)), key=lambda i: (-counts[i], i))[:k])
+def _longest(responses: Sequence[str], counts: Sequence[int], how_many: int) -> list[int]:
+    """Indices of the ``how_many`` longest responses (by tokens; the first among equals), in candidate order."""
+    return sorted(sorted(range(len(responses)), key=lambda i: (-counts[i], i))[:how_many])
 
 
 def longest_judge_conversation(rubric: Rubric, item: Mapping[str, Any], counts: Sequence[int],
@@ -28,7 +28,7 @@ def longest_judge_conversation(rubric: Rubric, item: Mapping[str, Any], counts: 
     responses = item["responses"]
     if not rubric.needs_judge:  # rules: no judge prompt
         return None
-    if rubric.method == "pairwise":
+    if rubric.judge_method.pairwise:
         if len(responses) < 2:
             return None
         i, j = _longest(responses, counts, 2)
@@ -49,13 +49,13 @@ def judge_prompt_tokens(tokenizer: Any, rubric: Rubric, item: Mapping[str, Any],
     conversation = longest_judge_conversation(rubric, item, counts, seed)
     if conversation is None:
         return None
-    if rubric.method == "likelihood":  # the scored input is the instruction plus the whole response
+    if rubric.judge_method.scores_reply:  # likelihood: the scored input is the instruction plus the whole response
         from rlaif.backends.turns import reply_token_ids
 
         prompt, reply = reply_token_ids(tokenizer, conversation, responses[_longest(responses, counts, 1)[0]])
         return len(prompt) + len(reply)
-    prefix = rubric.assistant_prefix if rubric.method != "verdict" else ""  # verdicts are plain chat replies
-    return len(tokenizer(render_prompt(tokenizer, conversation, prefix), add_special_tokens=False)["input_ids"])
+    prompt = render_prompt(tokenizer, conversation, rubric.assistant_prefix)  # "" where a method has none (verdict)
+    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
 def check_judge_prompt_lengths(rubrics: Sequence[Rubric], candidates: Sequence[Mapping[str, Any]], model_dir: str,
@@ -69,10 +69,10 @@ def check_judge_prompt_lengths(rubrics: Sequence[Rubric], candidates: Sequence[M
     limit = context_limit(model_dir, max_model_len)
     for item in candidates:
         for rubric in rubrics:
-            n = judge_prompt_tokens(tokenizer, rubric, item, seed)
-            if n is not None and n + 1 > limit:
+            tokens = judge_prompt_tokens(tokenizer, rubric, item, seed)
+            if tokens is not None and tokens + 1 > limit:
                 where = f"{sources[item['id']]}: " if sources and item["id"] in sources else ""
-                longest = "two longest candidates" if rubric.method == "pairwise" else "longest candidate"
+                longest = "two longest candidates" if rubric.judge_method.pairwise else "longest candidate"
                 raise UserError(f"{where}item '{item['id']}': the judge prompt of rubric '{rubric.name}' with its "
-                                f"{longest} is {n} tokens, longer than the judge's context ({limit} tokens; raise "
+                                f"{longest} is {tokens} tokens, longer than the judge's context ({limit} tokens; raise "
                                 "judge.max_model_len if the model allows more)")

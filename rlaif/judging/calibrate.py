@@ -29,7 +29,9 @@ from rlaif.errors import UserError, where
 from rlaif.io.records import as_messages, iter_jsonl, read_text
 from rlaif.io.yaml_lines import key_lines, line_of
 from rlaif.judging.judge import JudgeItem, judge_items
-from rlaif.judging.rubrics import CalibrationExample, Rubric, rubric_schema
+from rlaif.judging.methods import METHODS
+from rlaif.judging.rubrics import CalibrationExample, Rubric
+from rlaif.judging.validation import rubric_schema
 
 LOW_AGREEMENT = 0.75
 # a labelled-set row: the responses as text, which one is better is implied by the key
@@ -165,15 +167,16 @@ def calibrate(backend: Any | None, rubric: Rubric, examples: Sequence[Calibratio
     items = [JudgeItem(ex.id or f"example-{k}", as_messages(ex.prompt),
                        [ex.response_a, ex.response_b]) for k, ex in enumerate(examples)]
     rows = judge_items(backend, rubric, items, seed=seed, verdict_retries=verdict_retries, progress=progress)
+    pairwise = rubric.judge_method.pairwise
     outcomes, lengths, scores = [], [], []
     for ex, row in zip(examples, rows):
         sa, sb = row["scores"]
         good = 0 if ex.better == "a" else 1
         margin = None if sa is None or sb is None else (
             (row["comparisons"][0]["p"] if good == 0 else 1 - row["comparisons"][0]["p"]) - 0.5
-            if rubric.method == "pairwise" else (sa - sb if good == 0 else sb - sa))
+            if pairwise else (sa - sb if good == 0 else sb - sa))
         o = Outcome(ex, sa, sb, margin, agrees=margin is not None and margin > 0, judgement=row)
-        if rubric.method == "pairwise" and row["comparisons"] and row["comparisons"][0]["p"] is not None:
+        if pairwise and row["comparisons"] and row["comparisons"][0]["p"] is not None:
             c = row["comparisons"][0]  # i=0 (response a), j=1
             p_first_good = c["p_i_first"] if good == 0 else 1 - c["p_i_first"]
             o.first_order_agrees, o.consistent = p_first_good > 0.5, c["consistent"]
@@ -208,10 +211,11 @@ def _short(text: str, n: int = 70) -> str:
 
 def format_report(r: CalibrationReport, worst: int = 3) -> str:
     agree = sum(o.agrees for o in r.outcomes)
+    pairwise = METHODS[r.method].pairwise
     lines = [f"rubric {r.rubric} ({r.method}), judge {r.judge}, {r.n} labelled pairs",
              f"agreement with labels:  {agree}/{r.n} = {_fmt(r.agreement, True)}"
              + (f"  ({r.failures} failed judgements count as disagreement)" if r.failures else "")]
-    if r.method == "pairwise":
+    if pairwise:
         lines.append(f"position consistency:   {_fmt(r.position_consistency, True)} of pairs prefer the same "
                      f"response in both orders")
         lines.append(f"one-order agreement:    {_fmt(r.first_order_agreement, True)} (what asking in one order "
@@ -224,11 +228,11 @@ def format_report(r: CalibrationReport, worst: int = 3) -> str:
     faults = r.by_fault()
     if faults:
         width = max(len(k) for k in faults)
-        head = f"  {'fault':<{width}}  {'n':>3}  agreement" + ("  consistency" if r.method == "pairwise" else "")
+        head = f"  {'fault':<{width}}  {'n':>3}  agreement" + ("  consistency" if pairwise else "")
         lines += ["per fault kind:", head]
         for kind, sub in faults.items():
             agree_k = sum(o.agrees for o in sub.outcomes)
-            cons = f"  {_fmt(sub.position_consistency, True):>11}" if r.method == "pairwise" else ""
+            cons = f"  {_fmt(sub.position_consistency, True):>11}" if pairwise else ""
             lines.append(f"  {kind:<{width}}  {sub.n:>3}  {agree_k:>3}/{sub.n:<3} {_fmt(sub.agreement, True):>4}{cons}")
     wrong = sorted((o for o in r.outcomes if not o.agrees),  # most confidently wrong first
                    key=lambda o: math.inf if o.margin is None else o.margin)[:worst]

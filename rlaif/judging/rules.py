@@ -37,6 +37,9 @@ from typing import Any, Sequence
 
 CHECK_KINDS = ("regex", "not_regex", "words", "tokens", "json", "json_schema", "no_refusal", "ends_with_eos")
 UNKNOWN_FINISH = ("", "unknown", None)
+CHECK_KEYS = {"regex": {"pattern"}, "not_regex": {"pattern"}, "words": {"min", "max"}, "tokens": {"min", "max"},
+              "json": set(), "json_schema": {"schema", "schema_file"}, "no_refusal": {"phrases"},
+              "ends_with_eos": set()}  # the keys of each kind, besides kind, name and weight
 
 # Common openings of a refusal by an instruction-tuned model (matched case-insensitively).
 REFUSAL_PHRASES = (
@@ -100,6 +103,50 @@ def checks_from_data(items: Sequence[dict[str, Any]], base: Path | None) -> list
                          pattern=item.get("pattern"), min=item.get("min"), max=item.get("max"), schema=schema,
                          phrases=phrases))
     return out
+
+
+def check_errors(checks: Any, base: Path | None) -> list[tuple[tuple[Any, ...], str]]:
+    """rules: regexes compile, schemas are JSON Schemas (inline or file), min <= max, and each
+    check carries only the keys of its kind (``base``: the rubric's folder, for ``schema_file``)."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    for index, spec in enumerate(checks if isinstance(checks, list) else []):
+        if not isinstance(spec, dict) or spec.get("kind") not in CHECK_KINDS:
+            continue
+        at = ("checks", index)
+        for key in sorted(set(spec) - CHECK_KEYS[spec["kind"]] - {"kind", "name", "weight"}):
+            out.append((at + (key,), f"field 'checks.{index}.{key}' does not apply to a {spec['kind']} check"))
+        if isinstance(spec.get("pattern"), str):
+            try:
+                re.compile(spec["pattern"])
+            except re.error as e:
+                out.append((at + ("pattern",), f"field 'checks.{index}.pattern': invalid regex: {e}"))
+        if isinstance(spec.get("min"), int) and isinstance(spec.get("max"), int) and spec["min"] > spec["max"]:
+            out.append((at + ("max",), f"field 'checks.{index}': min {spec['min']} > max {spec['max']}"))
+        out += _schema_errors(spec, index, base)
+    return out
+
+
+def _schema_errors(spec: dict[str, Any], index: int, base: Path | None) -> list[tuple[tuple[Any, ...], str]]:
+    """A json_schema check's schema (inline or ``schema_file``) is a valid JSON Schema."""
+    import jsonschema
+
+    at = ("checks", index)
+    schema, where_ = spec.get("schema"), at + ("schema",)
+    if isinstance(spec.get("schema_file"), str):
+        where_ = at + ("schema_file",)
+        try:
+            schema = load_schema_file(base, spec["schema_file"])
+        except ValueError as e:
+            return [(where_, f"field 'checks.{index}.schema_file': {e}")]
+    if not isinstance(schema, dict):
+        return []
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        field_ = ".".join(map(str, e.absolute_path))
+        return [(where_ + tuple(e.absolute_path if spec.get("schema") is not None else ()),
+                 f"field 'checks.{index}': not a valid JSON Schema{' at ' + field_ if field_ else ''}: {e.message}")]
+    return []
 
 
 def _bounds(n: int, check: Check, unit: str) -> tuple[bool, str]:

@@ -4,7 +4,8 @@ Every request must carry the session token (``?token=``, the ``X-Studio-Token`` 
 cookie the page sets from it) or gets 403. The API:
 
 ==========================  ===================================================================
-GET  /api/state             folder, rubric files, judge (engine, model, loaded), cache counts
+GET  /api/state             folder, rubric files, judge (engine, model, loaded), cache counts,
+                            the judge methods (name, needs_judge, pairwise, view)
 GET  /api/file?name=        {text, draft}: a rubric file's text and its draft's, if any
 POST /api/lint              {name, text} -> lint findings of the unsaved text, its examples
 POST /api/preview           {name, text, example | prompt, response, response_b} -> the exact
@@ -41,7 +42,8 @@ from rlaif.errors import UserError
 from rlaif.io.records import as_messages
 from rlaif.judging.calibrate import calibrate, format_report
 from rlaif.judging.judge import JudgeItem, judge_items, requests_for
-from rlaif.judging.preview import format_preview, judge_inputs
+from rlaif.judging.methods import METHODS
+from rlaif.judging.preview import format_preview
 from rlaif.judging.rubrics import Rubric
 from rlaif.studio.engine import CachedJudge, Job, run_job
 from rlaif.studio.files import RubricFolder, StudioInputError
@@ -89,7 +91,8 @@ class Studio:
         cfg = self.judge.config
         return {"folder": str(self.folder.root), "files": self.folder.rubric_names(), "start": self.start,
                 "judge": {"engine": cfg.engine, "model": cfg.model, "loaded": self.judge.loaded,
-                          "engine_requests": self.judge.engine_requests}}
+                          "engine_requests": self.judge.engine_requests},
+                "methods": [method.facts() for method in METHODS.values()]}
 
     def lint(self, name: str, text: str) -> dict[str, Any]:
         findings = self.folder.lint(name, text)
@@ -123,7 +126,7 @@ class Studio:
         if response_b is not None and not isinstance(response_b, str):
             raise StudioInputError("'response_b' must be a string")
         responses = [response] + ([response_b] if response_b else [])
-        if rubric.method == "pairwise" and len(responses) < 2:
+        if rubric.judge_method.pairwise and len(responses) < 2:
             raise StudioInputError(f"rubric '{rubric.name}' is pairwise: give response B too")
         return JudgeItem("studio", as_messages(prompt), responses)
 
@@ -133,13 +136,13 @@ class Studio:
         requests = requests_for(rubric, item, 0, self.seed)  # renders: template errors before any engine
         before = self.judge.engine_requests
         if rubric.needs_judge:
-            inputs = judge_inputs(self.judge, rubric, requests)
+            inputs = rubric.judge_method.judge_inputs(self.judge, rubric, requests)
             row = judge_items(self.judge, rubric, [item], seed=self.seed, verdict_retries=self.verdict_retries,
                               progress=False)[0]
         else:
             inputs, row = [], judge_items(None, rubric, [item], progress=False)[0]
         return {"method": rubric.method, "inputs": [{"title": t, "text": x} for t, x in inputs], "row": row,
-                "text": format_preview(rubric, item, row, inputs), "responses": item.responses,
+                "text": format_preview(rubric, row, inputs), "responses": item.responses,
                 "judged": self.judge.engine_requests - before, "requests": len(inputs)}
 
     def start_calibration(self, name: str, text: str) -> Job:

@@ -22,7 +22,8 @@ from typing import Iterator
 import yaml
 
 from rlaif.judging.lint import Finding, lint_file
-from rlaif.judging.rubrics import Rubric, RubricError, rubric_from_file
+from rlaif.judging.rubrics import Rubric, rubric_from_file
+from rlaif.judging.templates import RubricError
 
 RUBRIC_SUFFIXES = (".yaml", ".yml")
 DRAFT_SUFFIX = ".draft.yaml"

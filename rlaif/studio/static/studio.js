@@ -10,6 +10,7 @@ let checkSeq = 0;        // newer checks make older answers stale
 let calJob = null;       // id of the calibration being polled
 let debounce = null;
 let savedText = "";      // the file's text as last opened or saved
+let methods = {};        // judge method name -> {needs_judge, pairwise, view}, from api/state
 const unsaved = () => current !== null && $("editor").value !== savedText;
 
 function el(tag, attrs = {}, ...children) {
@@ -63,6 +64,7 @@ function gotoLine(line) {
 async function loadState() {
   const { ok, data } = await api("api/state");
   if (!ok) { status(data.error, "error"); return null; }
+  methods = Object.fromEntries(data.methods.map((m) => [m.name, m]));
   const sel = $("file");
   sel.replaceChildren(...data.files.map((f) => el("option", { value: f }, f)));
   for (const name of [data.start, current]) {
@@ -155,32 +157,30 @@ async function preview(seq = checkSeq) {
   }
   $("inputs").replaceChildren(...(data.inputs.length ? data.inputs.map((x, i) => el("details", i ? {} : { open: "" },
     el("summary", {}, x.title), el("pre", { class: "input" }, x.text)))
-    : [el("p", { class: "muted" }, "rules rubric: no judge model, no judge input")]));
-  $("verdict-summary").textContent = data.method === "rules" ? "rules: no judge model" :
+    : [el("p", { class: "muted" }, `${data.method} rubric: no judge model, no judge input`)]));
+  $("verdict-summary").textContent = !methods[data.method].needs_judge ? `${data.method}: no judge model` :
     `${data.method}; ${data.judged} of ${data.requests} judge input(s) sent to the engine` +
     (data.judged < data.requests ? ", the rest from the cache" : "");
   showVerdict(data);
   loadState();
 }
 
-function showVerdict(data) {
-  const row = data.row, out = [];
-  // one column per response for the score methods; a table for pairwise and likelihood
-  const column = (...nodes) => out.push(el("div", {}, ...nodes));
-  if (data.method === "logprob") {
-    row.details.forEach((d, i) => {
-      const t = el("table");
-      for (const [s, p] of Object.entries(d.distribution || {})) {
-        t.append(el("tr", {}, el("td", {}, s), el("td", {}, fmt(p, 3)),
-          el("td", {}, el("span", { class: "bar", style: `width:${Math.round(160 * p)}px` }))));
-      }
-      column(el("h3", {}, `response ${i}: expected score ${fmt(row.scores[i])}` +
-        (d.mass !== undefined ? ` (mass ${fmt(d.mass)})` : "")), ...(d.error ? [el("p", { class: "message" }, d.error)] : []), t);
-    });
-  } else if (data.method === "verdict") {
-    row.details.forEach((d, i) => column(el("h3", {}, `response ${i}: score ${row.scores[i] ?? "FAILED"} after ${d.attempts} attempt(s)`),
-      el("pre", { class: "input" }, JSON.stringify(d.verdict ?? { error: d.error, raw: d.raw }, null, 2))));
-  } else if (data.method === "pairwise") {
+// how each method's verdict row is drawn, by the method's `view` (api/state): one column per
+// response for the score views, a table for pairwise and likelihood
+const VIEWS = {
+  distribution: (row, column) => row.details.forEach((d, i) => {
+    const t = el("table");
+    for (const [s, p] of Object.entries(d.distribution || {})) {
+      t.append(el("tr", {}, el("td", {}, s), el("td", {}, fmt(p, 3)),
+        el("td", {}, el("span", { class: "bar", style: `width:${Math.round(160 * p)}px` }))));
+    }
+    column(el("h3", {}, `response ${i}: expected score ${fmt(row.scores[i])}` +
+      (d.mass !== undefined ? ` (mass ${fmt(d.mass)})` : "")), ...(d.error ? [el("p", { class: "message" }, d.error)] : []), t);
+  }),
+  verdict: (row, column) => row.details.forEach((d, i) => column(
+    el("h3", {}, `response ${i}: score ${row.scores[i] ?? "FAILED"} after ${d.attempts} attempt(s)`),
+    el("pre", { class: "input" }, JSON.stringify(d.verdict ?? { error: d.error, raw: d.raw }, null, 2)))),
+  comparisons: (row, column) => {
     const t = el("table", {}, el("tr", {}, ...["pair", "order 1: P(i better), i as A", "order 2: P(i better), i as B",
       "averaged", "position-consistent"].map((h) => el("th", {}, h))));
     for (const c of row.comparisons) {
@@ -189,24 +189,29 @@ function showVerdict(data) {
         el("td", {}, c.p === null ? `failed: ${c.error}` : (c.consistent ? "yes" : "no (position bias)"))));
     }
     column(t);
-  } else if (data.method === "likelihood") {
+  },
+  likelihood: (row, column) => {
     const t = el("table", {}, el("tr", {}, ...["response", "score", "mean log-prob", "tokens", "neutral", "PMI"]
       .map((h) => el("th", {}, h))));
     row.details.forEach((d, i) => t.append(el("tr", {}, el("td", {}, i), el("td", {}, fmt(row.scores[i], 4)),
       el("td", {}, fmt(d.mean_logprob, 3)), el("td", {}, d.tokens ?? d.error ?? ""),
       el("td", {}, fmt(d.mean_logprob_neutral, 3)), el("td", {}, fmt(d.pmi, 3)))));
     column(t);
-  } else {
-    row.details.forEach((d, i) => {
-      const t = el("table");
-      for (const c of d.checks || []) {
-        const mark = c.passed === true ? "pass" : c.passed === false ? "fail" : "skip";
-        t.append(el("tr", {}, el("td", { class: mark }, mark), el("td", {}, c.check), el("td", {}, `w=${c.weight}`),
-          el("td", {}, c.why)));
-      }
-      column(el("h3", {}, `response ${i}: score ${fmt(row.scores[i], 3)}`), t);
-    });
-  }
+  },
+  checks: (row, column) => row.details.forEach((d, i) => {
+    const t = el("table");
+    for (const c of d.checks || []) {
+      const mark = c.passed === true ? "pass" : c.passed === false ? "fail" : "skip";
+      t.append(el("tr", {}, el("td", { class: mark }, mark), el("td", {}, c.check), el("td", {}, `w=${c.weight}`),
+        el("td", {}, c.why)));
+    }
+    column(el("h3", {}, `response ${i}: score ${fmt(row.scores[i], 3)}`), t);
+  }),
+};
+
+function showVerdict(data) {
+  const out = [];
+  VIEWS[methods[data.method].view](data.row, (...nodes) => out.push(el("div", {}, ...nodes)));
   $("verdict").replaceChildren(el("div", { class: "cols" }, ...out),
     el("details", {}, el("summary", {}, "as `rlaif rubric preview` prints it"), el("pre", { class: "input" }, data.text)));
 }
@@ -243,8 +248,8 @@ function showCalibration(r, job) {
   $("cal-summary").textContent = `${r.n} labelled pairs, judge ${r.judge}; ${job.total} judged, ${job.cached} from the cache`;
   const rows = [
     ["agreement with labels", pct(r.agreement) + (r.failures ? ` (${r.failures} failed)` : "")],
-    ["position consistency", r.method === "pairwise" ? pct(r.position_consistency) : "n/a (each response scored alone)"],
-    ["one-order agreement", r.method === "pairwise" ? pct(r.first_order_agreement) : "n/a"],
+    ["position consistency", methods[r.method].pairwise ? pct(r.position_consistency) : "n/a (each response scored alone)"],
+    ["one-order agreement", methods[r.method].pairwise ? pct(r.first_order_agreement) : "n/a"],
     ["corr(score, length)", `Pearson ${fmt(r.length_pearson)}, Spearman ${fmt(r.length_spearman)}`],
     ["prefers the longer response", `judge ${pct(r.judge_prefers_longer)}, labels ${pct(r.labels_prefer_longer)}`],
   ];
