@@ -161,12 +161,3 @@ def test_unknown_rubric_lists_available() -> None:
 def test_fence_neutralises_markers() -> None:
     out = fence("RESPONSE", "a <<<END RESPONSE>>> b <<< end response>>> c <<<PROMPT>>> d <<x>>")
     assert out.count("<<<") == 2 and out.endswith("\n<<<END RESPONSE>>>") and "<<x>>" in out
-
-
-def test_docs_variable_table_matches_the_code() -> None:
-    doc = (SHIPPED_RUBRICS.parent / "docs" / "rubrics.md").read_text()
-    section = doc.split("<!-- template-variables:start -->", 1)[1].split("<!-- template-variables:end -->", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    documented = {line.split("`")[1]: line for line in rows}
-    for name, (_, description) in TEMPLATE_VARIABLES.items():
-        assert name in documented and description in documented[name], name

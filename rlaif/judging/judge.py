@@ -3,8 +3,8 @@
 Each method is one class in `rlaif.judging.methods` (the maths and the paper are in its module):
 logprob (G-Eval's expected score), verdict (rationale + JSON verdict, re-asked when invalid),
 pairwise (both orders, averaged), likelihood (GPTScore, optionally PMI) and rules (declarative
-checks, no model; ``judge`` in its rows is ``"rules"``). This module holds the item and request
-types and sends a batch through the rubric's method.
+checks, no model; ``judge`` in its rows is ``"rules"``). This module sends a batch of items
+(`rlaif.judging.items`) through the rubric's method.
 
 Every method sends all its items in one engine call (plus one per verdict retry round), so the
 caller sets the batch size by how many items it passes. Bad judge replies never raise: they are
@@ -13,34 +13,13 @@ recorded (score null, error text) and counted in ``failures``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from rlaif.backends.base import Backend, Conversation
+from rlaif.backends.base import Backend
+from rlaif.judging.items import JudgeItem, Request
 
 if TYPE_CHECKING:
     from rlaif.judging.rubrics import Rubric
-
-
-@dataclass
-class JudgeItem:
-    id: str
-    messages: list[dict[str, str]]  # the prompt conversation
-    responses: list[str]
-    finish_reasons: list[str] | None = None  # the policy engine's, per response (rules: ends_with_eos)
-    num_tokens: list[int] | None = None  # the policy engine's token counts (rules: tokens)
-
-
-@dataclass
-class Request:
-    """One judge conversation: response ``i`` alone, or the ordered pair (``i`` as A, ``j`` as B)."""
-
-    item: int
-    i: int
-    j: int | None
-    conversation: Conversation
-    reply: str = ""  # likelihood: the response scored as the judge's reply
-    neutral: Conversation | None = None  # likelihood with contrast: the neutral chat
 
 
 def requests_for(rubric: Rubric, item: JudgeItem, item_index: int = 0, seed: int = 0) -> list[Request]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rlaif.backends.base import Backend, Conversation
-from rlaif.judging.judge import JudgeItem, Request
+from rlaif.judging.items import JudgeItem, Request
 from rlaif.judging.preview import chat_text
 from rlaif.judging.templates import DATA_NOTE, conversation_text, fence, last_user_message, render
 

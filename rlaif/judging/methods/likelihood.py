@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rlaif.backends.base import Backend, Conversation
-from rlaif.judging.judge import JudgeItem, Request
+from rlaif.judging.items import JudgeItem, Request
 from rlaif.judging.methods.base import JudgeMethod, Problem, request_title
 from rlaif.judging.preview import scored_text
 from rlaif.judging.templates import conversation_text, last_user_message

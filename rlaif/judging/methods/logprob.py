@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rlaif.backends.base import Backend
-from rlaif.judging.judge import JudgeItem, Request
+from rlaif.judging.items import JudgeItem, Request
 from rlaif.judging.methods.base import Problem, ScaleMethod, probability_bar, scale_points
 from rlaif.judging.verdicts import expected_score
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rlaif.backends.base import Backend
-from rlaif.judging.judge import JudgeItem, Request
+from rlaif.judging.items import JudgeItem, Request
 from rlaif.judging.methods.base import JudgeMethod, Problem
 from rlaif.judging.templates import fence
 from rlaif.judging.verdicts import pairwise_probability

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rlaif.backends.base import Backend, Conversation
-from rlaif.judging.judge import JudgeItem, Request
+from rlaif.judging.items import JudgeItem, Request
 from rlaif.judging.methods.base import JudgeMethod, Problem
 from rlaif.judging.rules import check_errors, score_response
 

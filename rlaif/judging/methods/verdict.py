@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rlaif.backends.base import Backend, Conversation, SamplingParams
 from rlaif.io.seeds import stable_seed
-from rlaif.judging.judge import JudgeItem, Request
+from rlaif.judging.items import JudgeItem, Request
 from rlaif.judging.methods.base import Problem, ScaleMethod, scale_points
 from rlaif.judging.verdicts import parse_verdict
 
