@@ -128,15 +128,3 @@ def save_value_model(model: torch.nn.Module, out_dir: str | Path) -> None:
             "bias": model.head.bias.detach().float().cpu().contiguous()}
     save_file(head, str(out / HEAD_FILE))
 
-
-def load_value_model(path: str | Path, dtype: Any = "auto") -> ValueModel:
-    """A value model written by :func:`save_value_model` (backbone in its saved dtype by default)."""
-    from safetensors.torch import load_file
-    from transformers import AutoModel
-
-    head_file = Path(path) / HEAD_FILE
-    if not head_file.is_file():
-        raise UserError(f"value model '{path}': no {HEAD_FILE} (not written by save_value_model)")
-    backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
-    head = load_file(str(head_file))
-    return ValueModel(backbone, _head(backbone.config.hidden_size, head["weight"], head["bias"]))
