@@ -39,7 +39,8 @@ from rlaif.train.online import maths
 from rlaif.train.online.config import OnlineConfig, check_config
 from rlaif.train.online.setup import Run, build_run
 from rlaif.train.checkpoints import check_out
-from rlaif.train.online.state import ONLINE_OWNED, prompt_order, resume_or_start, run_settings, save_checkpoint
+from rlaif.train.online.state import (ONLINE_TRAINER_OUTPUTS, prompt_order, resume_or_start, run_settings,
+                                      save_checkpoint)
 from rlaif.train.online.step import advantages, build_batch, reuses_current_logp, score_batch, sequence_kl, update
 
 EOS_RATE_FLOOR = 0.05  # below it, "every sample is cut by max_tokens" for the missing-EOS warning
@@ -205,7 +206,7 @@ def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
     out = Path(cfg.out)
     settings = run_settings(cfg)
-    finished = check_out(cfg, out, settings, ONLINE_OWNED)  # type: ignore[arg-type]
+    finished = check_out(cfg, out, settings, ONLINE_TRAINER_OUTPUTS)  # type: ignore[arg-type]
     if finished is not None:
         return finished
     base = resolve_model(cfg.model)
