@@ -226,3 +226,8 @@ def option(default: Any, help: str, **kw: Any) -> Any:
     if callable(default):
         return dataclasses.field(default_factory=default, metadata={"help": help}, **kw)
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+def redefault(cls: type, name: str, default: Any) -> Any:
+    """Field ``name`` of dataclass ``cls`` with another default and the same help text (a subclass's recipe)."""
+    return option(default, cls.__dataclass_fields__[name].metadata["help"])
