@@ -29,9 +29,10 @@ from rlaif.train.data import find_split_files
 # How often to log, evaluate or save, and where: none of it changes the trained weights.
 IGNORED = ("out", "overwrite", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit")
 # What `rlaif train rm|dpo` writes in --out (save_pretrained's files included): overwrite removes these.
-TRAINER_OUTPUTS = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt", ".ref_logps.pt.tmp",
-         "config.json", "generation_config.json", "model*.safetensors*", "tokenizer*", "special_tokens_map.json",
-         "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt")
+TRAINER_OUTPUTS = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt",
+                   ".ref_logps.pt.tmp", "config.json", "generation_config.json", "model*.safetensors*",
+                   "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "vocab.json",
+                   "merges.txt")
 
 
 def run_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -39,14 +40,14 @@ def run_settings(cfg: TrainConfig) -> dict[str, Any]:
     digest = hashlib.sha256()
     for split, path in sorted(find_split_files(cfg.data).items()):
         digest.update(split.encode() + b"\0" + path.read_bytes() + b"\0")
-    flat = flatten_dict({k: v for k, v in to_dict(cfg).items() if k not in IGNORED})
+    flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in IGNORED})
     flat["data"] = digest.hexdigest()[:16]
     return {**flat, "fingerprint": fingerprint(flat)}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = [k for k in new if k != "fingerprint" and old.get(k) != new[k]]
-    keys += [k for k in old if k not in new and k != "fingerprint"]
+    keys = [key for key in new if key != "fingerprint" and old.get(key) != new[key]]
+    keys += [key for key in old if key not in new and key != "fingerprint"]
     text = ", ".join("data (the preference files differ)" if k == "data" else f"{k} {old.get(k)!r} -> {new.get(k)!r}"
                      for k in keys[:4])
     return text + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")

@@ -36,7 +36,7 @@ LOGS = ("metrics.jsonl", "rollouts.jsonl")
 
 def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
     """The keys that shape the result, flat and dotted, with the algorithm and the prompt file's digest."""
-    flat = flatten_dict({k: v for k, v in to_dict(cfg).items() if k not in ONLINE_IGNORED})
+    flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in ONLINE_IGNORED})
     for key in ONLINE_IGNORED_FLAT:
         flat.pop(key, None)
     flat["algorithm"] = cfg.algorithm
@@ -63,7 +63,7 @@ class Restored:
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _rng_state() -> dict[str, Any]:
