@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from rlaif.train.online import maths
-from rlaif.train.online.config import GRPOConfig, OnlineConfig, PPOConfig, RLOOConfig
 from rlaif.train.online.batch import MicroBatch, Scored, token_values
+from rlaif.train.online.config import GRPOConfig, OnlineConfig, PPOConfig, RLOOConfig
 
 Level = Literal["token", "sequence"]
 
@@ -34,7 +34,7 @@ class Algorithm:
         self.cfg = cfg
 
     @property
-    def loss_type(self) -> str:
+    def loss_type(self) -> maths.LossType:
         """How the per-token losses are summed (maths.aggregate_loss)."""
         return "token_mean"
 
@@ -77,7 +77,7 @@ class GRPO(Algorithm):
     cfg: GRPOConfig
 
     @property
-    def loss_type(self) -> str:
+    def loss_type(self) -> maths.LossType:
         return self.cfg.loss_type
 
     def advantages_need_old_logp(self, kl_coef: float) -> bool:

@@ -113,7 +113,7 @@ def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: A
     logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh)
     old_logp = logp.detach() if micro.old_logp is None else micro.old_logp
     loss, stats = maths.policy_loss(logp, old_logp, micro.advantages, micro.rows.mask, cfg.clip_eps,
-                                    level=algorithm.level, loss_type=algorithm.loss_type,  # type: ignore[arg-type]
+                                    level=algorithm.level, loss_type=algorithm.loss_type,
                                     max_completion_length=cfg.max_tokens, normalizer=micro.normalizer)
     extra = algorithm.extra_loss(logp, micro, value_model)
     if extra is not None:
