@@ -31,7 +31,9 @@ from typing import Any, Callable
 
 import torch
 
+from rlaif.train.online import batch as rollout_batch
 from rlaif.train.online import maths, step
+from rlaif.train.online.config import GRPOConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,12 +80,13 @@ def trl_loss(model: Any, inp: dict[str, torch.Tensor], adv: torch.Tensor, eps: f
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def rlaif_loss(model: Any, batch: step.RolloutBatch, adv: torch.Tensor) -> torch.Tensor:
+def rlaif_loss(model: Any, batch: rollout_batch.RolloutBatch, adv: torch.Tensor) -> torch.Tensor:
     """`step.update`'s micro-batch work for one micro-batch of the whole batch (old-policy pass skipped)."""
-    cfg = SimpleNamespace(algorithm="grpo", temperature=1.0, clip_eps=0.2, max_tokens=32, loss_type="dapo")
-    mb = batch.rows(list(range(batch.mask.shape[0])))
-    norm = max(float(mb.mask.sum()), 1.0)
-    loss, _stats, _logp, _ent = step.micro_loss(cfg, mb, model, None, {"adv": adv}, norm, norm, 0.0)
+    cfg = GRPOConfig(temperature=1.0, clip_eps=0.2, max_tokens=32, loss_type="dapo")
+    rows = batch.rows(list(range(batch.mask.shape[0])))
+    norm = max(float(rows.mask.sum()), 1.0)
+    micro = rollout_batch.MicroBatch(rows, adv, None, None, None, None, norm, norm)
+    loss, _stats, _logp, _ent = step.micro_loss(cfg, micro, model, None)
     return loss
 
 
@@ -176,7 +179,7 @@ def main() -> None:
     add_fused_lm_head(model, temperature=1.0, outputs=("log_probs", "entropy"))  # off unless fused_lm_head=True
     rs = rollouts(tok, 4, 4, 32, seed=0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batch, inp = step.build_batch(rs, pad), trl_inputs(rs, pad)
+    batch, inp = rollout_batch.build_batch(rs, pad), trl_inputs(rs, pad)
     torch.manual_seed(0)
     adv = maths.grpo_advantages(torch.randn(16), 4)
 

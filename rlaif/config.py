@@ -177,6 +177,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def flatten_dict(nested: dict[str, Any], prefix: str = "", keep_empty: bool = False) -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": 2}`` -> ``{"a.b": 1, "c": 2}`` (dotted keys, in the nested order). An
+    empty mapping leaves no key, or with ``keep_empty`` stays a leaf (``{"d": {}}`` -> ``{"d": {}}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and (value or not keep_empty):
+            flat.update(flatten_dict(value, f"{prefix}{key}.", keep_empty))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def describe_config(cls: type, prefix: str = "") -> str:
     """One line per config key (dotted for nested), with default and help, for ``--help``."""
     lines = []
@@ -214,3 +226,8 @@ def option(default: Any, help: str, **kw: Any) -> Any:
     if callable(default):
         return dataclasses.field(default_factory=default, metadata={"help": help}, **kw)
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+def redefault(cls: type, name: str, default: Any) -> Any:
+    """Field ``name`` of dataclass ``cls`` with another default and the same help text (a subclass's recipe)."""
+    return option(default, cls.__dataclass_fields__[name].metadata["help"])

@@ -101,7 +101,8 @@ def test_micro_losses_split_over_ranks_sum_to_the_one_process_gradient(tiny_mode
     gives the gradient of one process, checked on the first minibatch's gradient."""
     from transformers import AutoModelForCausalLM
 
-    from rlaif.train.online.step import RolloutBatch, Scored, update
+    from rlaif.train.online.batch import RolloutBatch, Scored
+    from rlaif.train.online.step import Learner, update
 
     torch.manual_seed(0)
     n, width = 6, 4
@@ -123,8 +124,8 @@ def test_micro_losses_split_over_ranks_sum_to_the_one_process_gradient(tiny_mode
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         params = [p for p in model.parameters() if p.requires_grad]
         scored = Scored(None, None, None, float("nan"))  # old = current: the update fills old_logp
-        update(cfg, 0, batch, scored, adv, torch.ones(n), model, None, Capture(params, lr=0.0), params, "cpu",
-               nullcontext, dist=dist)
+        update(cfg, 0, batch, scored, adv, torch.ones(n),
+               Learner(model, None, Capture(params, lr=0.0), params, "cpu", nullcontext, dist or Dist()))
         return grads.pop()
 
     one = run(None)

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from rlaif.train.online.config import GRPOConfig, PPOConfig, RLOOConfig
-from rlaif.train.online.step import (
-    advantages, build_batch, reuses_current_logp, score_batch, sequence_kl, token_logprobs, update,
-)
+from rlaif.train.online.batch import Scored, build_batch, token_logprobs
+from rlaif.train.online.step import Learner, advantages, reuses_current_logp, score_batch, sequence_kl, update
 
 
 def _rollouts(vocab: int, n: int = 4) -> list[SimpleNamespace]:
@@ -44,8 +43,8 @@ def _one_step(cfg, policy, batch, old_policy: bool) -> tuple[dict, object, dict]
     scored = score_batch(cfg, batch, policy, None, None, "cpu", nullcontext, old_policy=old_policy)
     adv = advantages(cfg, batch, scores, valid, scored, 0.0)
     policy.train()
-    stats = update(cfg, 0, batch, scored, adv, valid, policy, None, optimizer, list(policy.parameters()), "cpu",
-                   nullcontext)
+    stats = update(cfg, 0, batch, scored, adv, valid,
+                   Learner(policy, None, optimizer, list(policy.parameters()), "cpu", nullcontext))
     return stats, scored, {k: v.detach().clone() for k, v in policy.state_dict().items()}
 
 
@@ -96,8 +95,6 @@ def test_when_the_old_policy_pass_may_be_skipped():
 def test_ppo_advantages_by_hand():
     """Per-token k1 KL with beta, the score on each row's last real token, GAE over the old values,
     returns = advantages + values; numbers worked by hand (beta 0.1, gamma 1, lambda 0.5)."""
-    from rlaif.train.online.step import Scored
-
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     old = torch.tensor([[-1.0, -2.0, -1.0], [-1.0, -1.0, 0.0]])
     ref = torch.tensor([[-1.5, -2.0, -0.5], [-1.0, -2.0, 0.0]])     # k1: [.5, 0, -.5], [0, 1, -]
@@ -131,8 +128,6 @@ def test_ppo_default_lambda_follows_where_the_critic_starts():
     0.95 with one started from a reward model (N+ details). Row [1, 1] tokens, score 1 on the last,
     V = [0.2, 0.4], no KL: lam 1: A = [1 - 0.2, 1 - 0.4] = [0.8, 0.6]; lam 0.95: A1 = 0.6,
     A0 = (0.4 - 0.2) + 0.95 * 0.6 = 0.77."""
-    from rlaif.train.online.step import Scored
-
     mask = torch.ones(1, 2)
     scored = Scored(torch.zeros(1, 2), None, torch.tensor([[0.2, 0.4]]), 0.0)
     cfg = PPOConfig(beta=0.0, whiten_advantages=False)
@@ -142,3 +137,18 @@ def test_ppo_default_lambda_follows_where_the_critic_starts():
     torch.testing.assert_close(advantages(*args, critic_from_policy=False)["adv"], torch.tensor([[0.77, 0.6]]))
     cfg.lam = 0.0  # set explicitly, it wins: A0 = delta0 = 0.2
     torch.testing.assert_close(advantages(*args, critic_from_policy=True)["adv"], torch.tensor([[0.2, 0.6]]))
+
+
+def test_the_config_type_picks_the_algorithm_and_its_rules():
+    from rlaif.train.online.algorithms import GRPO, PPO, RLOO, strategy
+
+    assert [type(strategy(cls())) for cls in (GRPOConfig, RLOOConfig, PPOConfig)] == [GRPO, RLOO, PPO]
+    assert [strategy(cls()).level for cls in (GRPOConfig, RLOOConfig, PPOConfig)] == ["token", "sequence", "token"]
+    assert not strategy(GRPOConfig()).uses_reference() and strategy(GRPOConfig(beta=0.1)).uses_reference()
+    assert strategy(PPOConfig(beta=0.0, adaptive_kl=True)).uses_reference()
+    assert strategy(PPOConfig()).missing_eos_score == -1.0 and strategy(RLOOConfig()).missing_eos_score is None
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # 3 tokens, 2 sequences, 3 rows
+    normalizers = {loss_type: strategy(GRPOConfig(loss_type=loss_type, max_tokens=5)).normalizer(mask)
+                   for loss_type in ("grpo", "dapo", "dr_grpo")}
+    assert normalizers == {"grpo": 2.0, "dapo": 3.0, "dr_grpo": 15.0}
+    assert strategy(RLOOConfig()).normalizer(mask) == 2.0 and strategy(PPOConfig()).normalizer(mask) == 3.0

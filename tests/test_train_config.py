@@ -7,13 +7,26 @@ import pytest
 
 from rlaif.cli import build_parser, main
 from rlaif.errors import UserError
-from rlaif.train.config import DPOConfig, LoraOptions, RMConfig, ScoreConfig, TrainConfig
+from rlaif.train.config import DPOConfig, LoraOptions, RMConfig, ScoreConfig, TrainConfig, TrainerOptions
 
 
-@pytest.mark.parametrize("cls", [TrainConfig, RMConfig, DPOConfig, LoraOptions, ScoreConfig], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [TrainerOptions, TrainConfig, RMConfig, DPOConfig, LoraOptions, ScoreConfig],
+                         ids=lambda c: c.__name__)
 def test_every_field_has_help_text(cls):
     missing = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("help", "").strip()]
     assert missing == []
+
+
+def test_offline_and_online_trainers_share_one_help_text_per_common_option():
+    """The options every trainer has come from `TrainerOptions`; a recipe changes a default, not the
+    help (PPO's lr alone says that the value model has its own)."""
+    from rlaif.train.online.config import GRPOConfig, PPOConfig, RLOOConfig
+
+    shared = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainerOptions)}
+    for cls in (RMConfig, DPOConfig, GRPOConfig, RLOOConfig, PPOConfig):
+        assert issubclass(cls, TrainerOptions)
+        helps = {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+        assert [name for name in shared if helps[name] != shared[name]] == (["lr"] if cls is PPOConfig else [])
 
 
 def test_dpo_help_lists_every_key_with_its_text(capsys):

@@ -20,11 +20,18 @@ def _cfg(tiny_model_dir, out, **kw):
     return DPOConfig(**{**base, **kw})
 
 
+def _full_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log_softmax(logits)[t] at labels[t + 1] over labelled positions, and their count."""
+    shifted = labels[:, 1:]
+    mask = shifted != -100
+    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, shifted.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
 def test_response_logprobs_on_selected_positions_is_exact(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlaif.train.dpo import response_logprobs
-    from rlaif.train.losses import sequence_logprobs
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -33,7 +40,7 @@ def test_response_logprobs_on_selected_positions_is_exact(tiny_model_dir):
     with torch.no_grad():
         got, counts = response_logprobs(model, batch)
         full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        want, want_counts = sequence_logprobs(full, batch.labels)
+        want, want_counts = _full_logprobs(full, batch.labels)
     assert torch.allclose(got, want, atol=1e-4)
     assert counts.tolist() == want_counts.tolist()
     assert counts.tolist() == [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]

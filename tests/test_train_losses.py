@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlaif.train.losses import bradley_terry_loss, dpo_loss, sequence_logprobs
+from rlaif.train.losses import bradley_terry_loss, dpo_loss
 
 
 def sig(x: float) -> float:
@@ -66,14 +66,3 @@ def test_dpo_ipo_is_length_normalised():
         want.append((h - 1 / (2 * beta)) ** 2)
     assert got.tolist() == pytest.approx(want, rel=1e-6)
 
-
-def test_sequence_logprobs_matches_log_softmax():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 2, -100, -100]])
-    got, counts = sequence_logprobs(logits, labels)
-    logp = torch.log_softmax(logits, -1)
-    want0 = logp[0, 1, 3] + logp[0, 2, 4] + logp[0, 3, 1]  # logits at t predict labels at t+1
-    want1 = logp[1, 0, 2] + logp[1, 1, 2]
-    assert torch.allclose(got, torch.stack([want0, want1]), atol=1e-5)
-    assert counts.tolist() == [3, 2]

@@ -11,12 +11,9 @@ Multi-GPU: ``accelerate launch -m rlaif.cli train dpo ...`` (same options).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-from rlaif.errors import UserError, where
+from rlaif.errors import UserError
 
 
 def _train_config(args: argparse.Namespace, cls: type, verb: str, required: tuple[str, ...] = ("data", "out")) -> Any:
@@ -25,12 +22,12 @@ def _train_config(args: argparse.Namespace, cls: type, verb: str, required: tupl
     from rlaif.config import load_config, merge
 
     cfg = load_config(cls, args.config, args.overrides)
-    flags = {k: getattr(args, k) for k in ("data", "model", "out") if getattr(args, k, None) is not None}
+    flags = {key: getattr(args, key) for key in ("data", "model", "out") if getattr(args, key, None) is not None}
     if getattr(args, "overwrite_flag", False):
         flags["overwrite"] = True
     cfg = merge(cfg, flags, source="command line: ")
-    if not all(getattr(cfg, k) for k in required):
-        raise UserError(f"{verb}: {' and '.join('--' + k for k in required)} are required")
+    if not all(getattr(cfg, key) for key in required):
+        raise UserError(f"{verb}: {' and '.join('--' + key for key in required)} are required")
     return cfg
 
 
@@ -58,7 +55,8 @@ def _run_online(args: argparse.Namespace) -> int:
     from rlaif.config import load_config
     from rlaif.train.online.config import CONFIGS
 
-    flags: dict[str, Any] = {k: getattr(args, k) for k in ("prompts", "model", "out") if getattr(args, k) is not None}
+    flags: dict[str, Any] = {key: getattr(args, key) for key in ("prompts", "model", "out")
+                             if getattr(args, key) is not None}
     if args.reward:
         flags["reward"] = args.reward
     if args.overwrite_flag:
@@ -93,61 +91,13 @@ def _add_online_parsers(verbs: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_run_online)
 
 
-def _read_score_rows(path: Path) -> list[dict[str, Any]]:
-    """Lines with ``prompt`` (string or messages) and ``response`` (string), or a preference pair
-    (``chosen``/``rejected``, strings or [{"role": "assistant", ...}])."""
-    from rlaif.io.records import iter_jsonl
-
-    rows = []
-    for n, obj in iter_jsonl(path, objects_only=True):
-        prompt = obj.get("prompt", obj.get("messages"))
-        if not isinstance(prompt, (str, list)) or not prompt:
-            raise UserError(f"{where(path, n, 'prompt')}expected a string or a list of messages")
-        keys = ["response"] if "response" in obj else ["chosen", "rejected"]
-        texts = {}
-        for key in keys:
-            value = obj.get(key)
-            if isinstance(value, list) and value and isinstance(value[-1], dict):
-                value = value[-1].get("content")
-            if not isinstance(value, str):
-                raise UserError(f"{where(path, n, key)}expected a string (or a 'response' field)")
-            texts[key] = value
-        rows.append({"obj": obj, "prompt": prompt, "texts": texts})
-    if not rows:
-        raise UserError(f"{path}: no rows to score")
-    return rows
-
-
 def _run_score(args: argparse.Namespace) -> int:
     from rlaif.train.config import ScoreConfig
 
     cfg = _train_config(args, ScoreConfig, "rm score", required=("model", "data"))
-    rows = _read_score_rows(Path(cfg.data))
-    from rlaif.train.score import RewardModel
+    from rlaif.train.score import score_file
 
-    rm = RewardModel(cfg.model, device=cfg.device or None, max_length=cfg.max_length,
-                     max_prompt_length=cfg.max_length // 2)
-    prompts, responses, slots = [], [], []
-    for i, row in enumerate(rows):
-        for key, text in row["texts"].items():
-            prompts.append(row["prompt"])
-            responses.append(text)
-            slots.append((i, key))
-    values = rm(prompts, responses, batch_size=cfg.batch_size)
-    for (i, key), v in zip(slots, values):
-        rows[i]["obj"]["score" if key == "response" else f"reward_{key}"] = v
-    out = open(cfg.out, "w", encoding="utf-8") if cfg.out else sys.stdout
-    try:
-        for row in rows:
-            out.write(json.dumps(row["obj"], ensure_ascii=False) + "\n")
-    finally:
-        if cfg.out:
-            out.close()
-    pairs = [r["obj"] for r in rows if "reward_chosen" in r["obj"]]
-    if pairs:
-        acc = sum(p["reward_chosen"] > p["reward_rejected"] for p in pairs) / len(pairs)
-        print(f"pairwise accuracy (reward_chosen > reward_rejected): {acc:.3f} on {len(pairs)} pairs",
-              file=sys.stderr)
+    score_file(cfg)
     return 0
 
 

@@ -7,7 +7,8 @@ files. ``summary.json`` of a finished run keeps the same record. A rerun
 
 - with the same settings continues from the last checkpoint (or returns the finished summary);
 - with other settings is refused with one line naming what differs;
-- with ``overwrite=true`` first removes what the trainers write in ``out`` (`OWNED`) and starts over.
+- with ``overwrite=true`` first removes what the trainers write in ``out`` (`TRAINER_OUTPUTS`) and
+  starts over.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rlaif.config import to_dict
+from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
 from rlaif.io.store import fingerprint
 from rlaif.train.config import TrainConfig
@@ -28,9 +29,10 @@ from rlaif.train.data import find_split_files
 # How often to log, evaluate or save, and where: none of it changes the trained weights.
 IGNORED = ("out", "overwrite", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit")
 # What `rlaif train rm|dpo` writes in --out (save_pretrained's files included): overwrite removes these.
-OWNED = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt", ".ref_logps.pt.tmp",
-         "config.json", "generation_config.json", "model*.safetensors*", "tokenizer*", "special_tokens_map.json",
-         "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt")
+TRAINER_OUTPUTS = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt",
+                   ".ref_logps.pt.tmp", "config.json", "generation_config.json", "model*.safetensors*",
+                   "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "vocab.json",
+                   "merges.txt")
 
 
 def run_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -38,24 +40,14 @@ def run_settings(cfg: TrainConfig) -> dict[str, Any]:
     digest = hashlib.sha256()
     for split, path in sorted(find_split_files(cfg.data).items()):
         digest.update(split.encode() + b"\0" + path.read_bytes() + b"\0")
-    flat = _flatten({k: v for k, v in to_dict(cfg).items() if k not in IGNORED})
+    flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in IGNORED})
     flat["data"] = digest.hexdigest()[:16]
     return {**flat, "fingerprint": fingerprint(flat)}
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = [k for k in new if k != "fingerprint" and old.get(k) != new[k]]
-    keys += [k for k in old if k not in new and k != "fingerprint"]
+    keys = [key for key in new if key != "fingerprint" and old.get(key) != new[key]]
+    keys += [key for key in old if key not in new and key != "fingerprint"]
     text = ", ".join("data (the preference files differ)" if k == "data" else f"{k} {old.get(k)!r} -> {new.get(k)!r}"
                      for k in keys[:4])
     return text + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
@@ -69,10 +61,10 @@ def _refuse_if_different(old: dict[str, Any] | None, new: dict[str, Any], where:
                     f"or pick another --out")
 
 
-def clear_owned(out: Path, owned: tuple[str, ...] = OWNED) -> None:
-    """Remove what the trainer writes in ``out`` (``owned``: names or glob patterns); other files
+def clear_outputs(out: Path, outputs: tuple[str, ...] = TRAINER_OUTPUTS) -> None:
+    """Remove what the trainer writes in ``out`` (``outputs``: names or glob patterns); other files
     are left alone."""
-    for pattern in owned:
+    for pattern in outputs:
         for p in out.glob(pattern):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
@@ -89,8 +81,8 @@ def launched_on_cpu() -> bool:
 
 
 def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any],
-              owned: tuple[str, ...] = OWNED) -> dict[str, Any] | None:
-    """Overwrite (remove ``owned`` first), or refuse a folder made with other settings. Returns the
+              outputs: tuple[str, ...] = TRAINER_OUTPUTS) -> dict[str, Any] | None:
+    """Overwrite (remove ``outputs`` first), or refuse a folder made with other settings. Returns the
     summary of a finished run with these settings (nothing to train), else None (train: resume if
     a checkpoint is left)."""
     from accelerate import PartialState
@@ -98,7 +90,7 @@ def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any],
     if cfg.overwrite:
         state = PartialState(cpu=launched_on_cpu())  # under `accelerate launch` only the main process removes files
         if state.is_main_process:
-            clear_owned(out, owned)
+            clear_outputs(out, outputs)
         state.wait_for_everyone()
         return None
     if (out / "summary.json").is_file() and (out / "config.json").is_file():

@@ -1,6 +1,7 @@
 """Config dataclasses of the trainers (light: no torch import, so `rlaif --help` stays fast).
 
-Each field's help text appears in ``rlaif train rm|dpo --help``; every field can be set in a
+`TrainerOptions` holds what every trainer shares (the online configs build on it too); each
+field's help text appears in ``rlaif train rm|dpo|grpo|rloo|ppo --help``; every field can be set in a
 ``--config`` YAML file or as ``key=value`` (dotted for nested: ``lora.enabled=true``).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlaif.config import option
+from rlaif.config import option, redefault
 
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
 
@@ -24,49 +25,56 @@ class LoraOptions:
 
 
 @dataclass
-class TrainConfig:
-    """Options both trainers share. ``data``, ``model``, ``out`` are also --data/--model/--out."""
+class TrainerOptions:
+    """Options every trainer shares, offline (rm, dpo) and online (grpo, rloo, ppo): one help text each.
+    ``model`` and ``out`` are also --model/--out."""
 
-    data: str = option("", "folder with preferences/{train,test}.jsonl")
-    model: str = option("smollm2-135m", "base model: alias, local folder or hub id")
-    out: str = option("", "output folder (model, checkpoints, logs)")
+    model: str = option("smollm2-135m", "model to start from: alias, local folder or hub id; also --model")
+    out: str = option("", "output folder (final model, checkpoints, logs); also --out")
     overwrite: bool = option(False, "start over: delete what the trainer wrote in --out first (else a rerun "
                                     "resumes from the last checkpoint, if its settings match)")
-    max_length: int = option(1024, "tokens of prompt + response, longer pairs are truncated")
     max_prompt_length: int = option(512, "prompt tokens kept (from the end) when truncating")
-    batch_size: int = option(8, "pairs per micro-batch per process")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    epochs: float = option(1.0, "passes over the training pairs (fractions allowed); used when max_steps=0")
-    max_steps: int = option(0, "optimizer steps; 0 = from epochs")
-    lr: float = option(1e-5, "peak learning rate (AdamW)")
-    weight_decay: float = option(0.0, "AdamW weight decay (not on biases and norms)")
-    warmup_ratio: float = option(0.1, "share of the steps with a linear learning-rate warmup")
-    lr_schedule: Literal["cosine", "linear", "constant"] = option("cosine", "learning-rate decay after warmup")
+    lr: float = option(1e-5, "peak learning rate (AdamW; rm, dpo: with warmup and lr_schedule; online: constant)")
+    weight_decay: float = option(0.0, "AdamW weight decay (rm, dpo: not on biases and norms)")
     max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 = no clipping")
-    seed: int = option(0, "seed of the batch order and of torch")
+    seed: int = option(0, "seed of torch, of the data order and (online) of the sampling")
     precision: Literal["auto", "fp32", "bf16"] = option(
         "auto", "auto = bf16 mixed precision on a GPU that has it, else fp32")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, slower)")
-    group_by_length: bool = option(True, "sort within mega-batches by length (less padding)")
-    lora: LoraOptions = option(LoraOptions, "LoRA options (lora.enabled=true ...)")
-    logging_steps: int = option(10, "log the mean training metrics every N optimizer steps")
-    eval_steps: int = option(0, "evaluate every N steps; 0 = only at the end")
-    eval_batch_size: int = option(0, "pairs per evaluation / reference batch; 0 = batch_size")
-    save_steps: int = option(200, "checkpoint every N optimizer steps; 0 = never")
+    lora: LoraOptions = option(LoraOptions, "LoRA options (lora.enabled=true ...); a reference model is then "
+                                            "the base with the adapters disabled")
+    save_steps: int = option(200, "checkpoint every N steps (optimizer steps; online: rollout steps); 0 = never")
     save_total_limit: int = option(2, "checkpoints kept (oldest removed)")
+    logging_steps: int = option(10, "write the mean training metrics every N steps")
     progress: bool = option(True, "show progress bars")
 
 
 @dataclass
+class TrainConfig(TrainerOptions):
+    """Options both preference trainers (rm, dpo) share. ``data`` is also --data."""
+
+    data: str = option("", "folder with preferences/{train,test}.jsonl")
+    max_length: int = option(1024, "tokens of prompt + response, longer pairs are truncated")
+    batch_size: int = option(8, "pairs per micro-batch per process")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    epochs: float = option(1.0, "passes over the training pairs (fractions allowed); used when max_steps=0")
+    max_steps: int = option(0, "optimizer steps; 0 = from epochs")
+    warmup_ratio: float = option(0.1, "share of the steps with a linear learning-rate warmup")
+    lr_schedule: Literal["cosine", "linear", "constant"] = option("cosine", "learning-rate decay after warmup")
+    group_by_length: bool = option(True, "sort within mega-batches by length (less padding)")
+    eval_steps: int = option(0, "evaluate every N steps; 0 = only at the end")
+    eval_batch_size: int = option(0, "pairs per evaluation / reference batch; 0 = batch_size")
+
+
+@dataclass
 class RMConfig(TrainConfig):
-    lr: float = option(1e-5, "peak learning rate (AdamW)")
     margin_coef: float = option(0.0, "weight of the judge's score margin in the loss (0 = plain Bradley-Terry)")
     center_coef: float = option(0.0, "reward centering coefficient (Eisenstein et al. 2023 use 0.01)")
 
 
 @dataclass
 class DPOConfig(TrainConfig):
-    lr: float = option(1e-6, "peak learning rate (AdamW)")
+    lr: float = redefault(TrainerOptions, "lr", 1e-6)
     beta: float = option(0.1, "KL strength (for ipo: the regulariser tau)")
     loss_type: DPOLossType = option("sigmoid", "sigmoid | ipo | hinge | robust")
     label_smoothing: float = option(0.0, "assumed label-noise rate: cDPO with sigmoid, unbiased with robust")

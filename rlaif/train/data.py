@@ -144,12 +144,12 @@ def _ids(encoded: Any) -> list[int]:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
+    length = 0
     for x, y in zip(a, b):
         if x != y:
             break
-        n += 1
-    return n
+        length += 1
+    return length
 
 
 def tokenize_pair(tokenizer: Any, row: PreferenceRow, max_length: int, max_prompt_length: int,
@@ -233,10 +233,10 @@ def collate(pairs: list[TokenizedPair], pad_token_id: int) -> Batch:
     seqs = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
     prompt_lens = [len(p.prompt_ids) for p in pairs] * 2
     width = max(len(s) for s in seqs)
-    n = len(seqs)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    rows = len(seqs)
+    input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((rows, width), dtype=torch.long)
+    labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
     for i, (seq, plen) in enumerate(zip(seqs, prompt_lens)):
         ids = torch.tensor(seq, dtype=torch.long)
         input_ids[i, :len(seq)] = ids
@@ -244,7 +244,7 @@ def collate(pairs: list[TokenizedPair], pad_token_id: int) -> Batch:
         labels[i, plen:len(seq)] = ids[plen:]
     real = int(attention_mask.sum())
     return Batch(input_ids, attention_mask, labels, torch.tensor([p.margin for p in pairs], dtype=torch.float32),
-                 indices=[p.index for p in pairs], real_tokens=real, padded_tokens=n * width - real)
+                 indices=[p.index for p in pairs], real_tokens=real, padded_tokens=rows * width - real)
 
 
 def pad_right(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -109,16 +109,16 @@ class DPOObjective:
 def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair], table: torch.Tensor | None,
                  cfg: DPOConfig, pad_token_id: int, accelerator: Any) -> dict[str, float]:
     totals: dict[str, float] = {}
-    n = 0
-    bs = cfg.eval_batch_size or cfg.batch_size
-    for batch in batched_eval(pairs, bs, pad_token_id, accelerator.device, cfg.progress, "eval"):
+    count = 0
+    batch_size = cfg.eval_batch_size or cfg.batch_size
+    for batch in batched_eval(pairs, batch_size, pad_token_id, accelerator.device, cfg.progress, "eval"):
         with accelerator.autocast():
             _, metrics = objective(model, batch, table)
-        k = len(batch.indices)
-        for name, v in metrics.items():
-            totals[name] = totals.get(name, 0.0) + float(v) * k
-        n += k
-    return {name: v / max(n, 1) for name, v in totals.items()}
+        pairs_in_batch = len(batch.indices)
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + float(value) * pairs_in_batch
+        count += pairs_in_batch
+    return {name: total / max(count, 1) for name, total in totals.items()}
 
 
 def load_reference(path: str, pad_token_id: int) -> Any:

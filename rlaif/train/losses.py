@@ -64,19 +64,3 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
         return torch.relu(1 - beta * h)
     raise ValueError(f"unknown DPO loss type {loss_type!r}")
 
-
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of log p(label_t | <t) over labelled positions, and the count of those positions.
-
-    ``logits`` (N, T, V) predict ``labels`` (N, T) shifted by one: logits[:, t] scores labels[:, t+1].
-    log_softmax is computed as gather - logsumexp, so no (N, T, V) log-prob tensor is kept.
-    """
-    logits = logits[:, :-1]
-    labels = labels[:, 1:]
-    mask = labels != ignore_index
-    safe = labels.masked_fill(~mask, 0)
-    token_logits = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (N, T-1)
-    logps = token_logits - torch.logsumexp(logits.float(), dim=-1).to(token_logits.dtype)
-    logps = logps.float() * mask
-    return logps.sum(-1), mask.sum(-1)

@@ -32,14 +32,14 @@ def rm_step(model: Any, batch: Batch, cfg: RMConfig) -> tuple[torch.Tensor, dict
 
 
 def evaluate_rm(model: Any, pairs: list, cfg: RMConfig, pad_token_id: int, device: Any) -> dict[str, float]:
-    correct, gaps, n = 0, 0.0, 0
-    bs = cfg.eval_batch_size or cfg.batch_size
-    for batch in batched_eval(pairs, bs, pad_token_id, device, cfg.progress, "eval"):
+    correct, gaps, count = 0, 0.0, 0
+    batch_size = cfg.eval_batch_size or cfg.batch_size
+    for batch in batched_eval(pairs, batch_size, pad_token_id, device, cfg.progress, "eval"):
         r_c, r_r = reward_scores(model, batch.input_ids, batch.attention_mask).chunk(2)
         correct += int((r_c > r_r).sum())
         gaps += float((r_c - r_r).sum())
-        n += r_c.numel()
-    return {"accuracy": correct / max(n, 1), "margin": gaps / max(n, 1), "pairs": float(n)}
+        count += r_c.numel()
+    return {"accuracy": correct / max(count, 1), "margin": gaps / max(count, 1), "pairs": float(count)}
 
 
 def train_rm(cfg: RMConfig) -> dict[str, Any]:

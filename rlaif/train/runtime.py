@@ -189,8 +189,8 @@ class MetricsLog:
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
         if self.writer is not None:
-            for k, v in metrics.items():
-                self.writer.add_scalar(k, v, step)
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, step)
 
     def close(self) -> None:
         if self.enabled:
@@ -277,10 +277,10 @@ def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: An
     t0 = time.perf_counter()
     sums: dict[str, Any] = {}
     real = padded = 0
-    for k in range(cfg.grad_accum):
-        batch = batches(step * cfg.grad_accum + k)
+    for micro in range(cfg.grad_accum):
+        batch = batches(step * cfg.grad_accum + micro)
         real, padded = real + batch.real_tokens, padded + batch.padded_tokens
-        sync = k == cfg.grad_accum - 1  # DDP: all-reduce gradients on the last micro-batch only
+        sync = micro == cfg.grad_accum - 1  # DDP: all-reduce gradients on the last micro-batch only
         with nullcontext() if sync else accelerator.no_sync(model):
             with accelerator.autocast():
                 loss, metrics = loss_fn(model, batch)

@@ -10,11 +10,16 @@ token (see modeling.reward_scores).
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
+from rlaif.errors import UserError, where
 from rlaif.io.records import as_messages
+from rlaif.train.config import ScoreConfig
 from rlaif.train.data import PreferenceRow, pad_right, tokenize_pair
 
 Prompt = str | list[dict[str, str]]
@@ -64,3 +69,64 @@ def score(prompts: Sequence[Prompt], responses: Sequence[str], model: str, batch
     """Reward of each (prompt, response) pair under the reward model at ``model`` (a folder)."""
     return RewardModel(model, device=device)(prompts, responses, batch_size=batch_size)
 
+
+
+def read_score_rows(path: Path) -> list[dict[str, Any]]:
+    """Lines with ``prompt`` (string or messages) and ``response`` (string), or a preference pair
+    (``chosen``/``rejected``, strings or [{"role": "assistant", ...}])."""
+    from rlaif.io.records import iter_jsonl
+
+    rows = []
+    for line, obj in iter_jsonl(path, objects_only=True):
+        prompt = obj.get("prompt", obj.get("messages"))
+        if not isinstance(prompt, (str, list)) or not prompt:
+            raise UserError(f"{where(path, line, 'prompt')}expected a string or a list of messages")
+        keys = ["response"] if "response" in obj else ["chosen", "rejected"]
+        texts = {}
+        for key in keys:
+            value = obj.get(key)
+            if isinstance(value, list) and value and isinstance(value[-1], dict):
+                value = value[-1].get("content")
+            if not isinstance(value, str):
+                raise UserError(f"{where(path, line, key)}expected a string (or a 'response' field)")
+            texts[key] = value
+        rows.append({"obj": obj, "prompt": prompt, "texts": texts})
+    if not rows:
+        raise UserError(f"{path}: no rows to score")
+    return rows
+
+
+def pairwise_accuracy(records: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """Share of the scored pairs with reward_chosen > reward_rejected, and the pair count (None: no pairs)."""
+    pairs = [record for record in records if "reward_chosen" in record]
+    if not pairs:
+        return None
+    return sum(pair["reward_chosen"] > pair["reward_rejected"] for pair in pairs) / len(pairs), len(pairs)
+
+
+def score_file(cfg: ScoreConfig) -> None:
+    """``rlaif rm score``: each line of ``cfg.data`` written back (to ``cfg.out`` or stdout) with
+    ``score``, or ``reward_chosen``/``reward_rejected`` and the pairwise accuracy on stderr."""
+    rows = read_score_rows(Path(cfg.data))
+    reward_model = RewardModel(cfg.model, device=cfg.device or None, max_length=cfg.max_length,
+                               max_prompt_length=cfg.max_length // 2)
+    prompts, responses, slots = [], [], []
+    for index, row in enumerate(rows):
+        for key, text in row["texts"].items():
+            prompts.append(row["prompt"])
+            responses.append(text)
+            slots.append((index, key))
+    values = reward_model(prompts, responses, batch_size=cfg.batch_size)
+    for (index, key), value in zip(slots, values):
+        rows[index]["obj"]["score" if key == "response" else f"reward_{key}"] = value
+    out = open(cfg.out, "w", encoding="utf-8") if cfg.out else sys.stdout
+    try:
+        for row in rows:
+            out.write(json.dumps(row["obj"], ensure_ascii=False) + "\n")
+    finally:
+        if cfg.out:
+            out.close()
+    accuracy = pairwise_accuracy([row["obj"] for row in rows])
+    if accuracy is not None:
+        print(f"pairwise accuracy (reward_chosen > reward_rejected): {accuracy[0]:.3f} on {accuracy[1]} pairs",
+              file=sys.stderr)

@@ -1,9 +1,10 @@
 """Config of ``rlaif train grpo | rloo | ppo`` (light: no torch import, so ``--help`` stays fast).
 
-One dataclass, `OnlineConfig`, holds what the three algorithms share; `GRPOConfig`, `RLOOConfig`
-and `PPOConfig` change the defaults to each recipe's (GRPO: Shao et al. 2024, TRL defaults; RLOO:
-Ahmadian et al. 2024; PPO: "The N+ implementation details of RLHF with PPO", Huang et al. 2024).
-Every field is a ``key=value`` / ``--config`` option with its help text in ``--help``.
+`OnlineConfig` adds to the trainers' shared options (`TrainerOptions`) what the three algorithms
+share; `GRPOConfig`, `RLOOConfig` and `PPOConfig` set each recipe's defaults and options (GRPO:
+Shao et al. 2024, TRL defaults; RLOO: Ahmadian et al. 2024; PPO: "The N+ implementation details of
+RLHF with PPO", Huang et al. 2024); algorithms.py holds each one's step rules. Every field is a
+``key=value`` / ``--config`` option with its help text in ``--help``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rlaif.backends.base import BackendConfig, RayOptions
-from rlaif.config import option
+from rlaif.config import option, redefault
 from rlaif.errors import UserError
-from rlaif.train.config import LoraOptions
+from rlaif.train.config import TrainerOptions
 
 
 VALUE_LR_FACTOR = 10.0  # PPO: default value_lr = 10 x lr
@@ -55,18 +56,18 @@ def _judge_default() -> BackendConfig:
 
 
 @dataclass
-class OnlineConfig:
-    """Options the three online algorithms share (``algorithm`` is set by the verb)."""
+class OnlineConfig(TrainerOptions):
+    """Options the three online algorithms share; each subclass names its algorithm (the verb)."""
 
-    algorithm: ClassVar[str] = "grpo"
+    algorithm: ClassVar[str] = ""  # the verb: grpo | rloo | ppo (its rules: algorithms.strategy)
+    min_k: ClassVar[int] = 2  # completions per prompt a group baseline needs
 
-    # data, model, output
+    lr: float = redefault(TrainerOptions, "lr", 1e-6)
+    save_steps: int = redefault(TrainerOptions, "save_steps", 50)
+    logging_steps: int = redefault(TrainerOptions, "logging_steps", 1)
+    # data
     prompts: str = option("", "prompt file (JSONL/TXT/parquet, as for `rlaif generate`); also --prompts")
     prompt_column: str = option("prompt", "column holding the prompt (a string or a message list)")
-    model: str = option("smollm2-135m", "policy to start from: alias, local folder or hub id; also --model")
-    out: str = option("", "output folder (final policy, checkpoints, logs, rollouts); also --out")
-    overwrite: bool = option(False, "start over: delete what the trainer wrote in --out first (else a rerun "
-                                    "resumes from the last checkpoint, if its settings match)")
     # rewards
     reward: list[str] = option(list, "reward specs: rm:DIR (an `rlaif train rm` output), judge:RUBRIC (direct "
                                       "RLAIF), python:FILE.py:FUNC; several are mixed; also --reward (repeatable)")
@@ -83,32 +84,17 @@ class OnlineConfig:
     k: int = option(8, "completions sampled per prompt")
     prompts_per_step: int = option(8, "prompts per step (a step's batch is prompts_per_step * k completions)")
     max_tokens: int = option(128, "completion tokens at most (a completion cut here has no EOS)")
-    max_prompt_length: int = option(512, "prompt tokens kept (from the end)")
     temperature: float = option(1.0, "sampling temperature; the trainer divides its logits by the same value")
     top_p: float = option(1.0, "nucleus sampling threshold")
     # optimisation
     steps: int = option(100, "rollout steps (each: sample, score, update, sync)")
-    lr: float = option(1e-6, "learning rate (AdamW, constant)")
-    weight_decay: float = option(0.0, "AdamW weight decay")
     epochs_per_step: int = option(1, "passes over each step's rollouts")
     minibatch_size: int = option(0, "completions per optimizer update; 0 = the whole step's batch")
     micro_batch_size: int = option(8, "completions per forward/backward (gradients accumulate up to a minibatch)")
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 = no clipping")
     beta: float = option(0.0, "KL coefficient against the reference (the starting policy)")
     clip_eps: float = option(0.2, "PPO-clip range of the probability ratio")
-    seed: int = option(0, "seed of prompt order, sampling and minibatch order")
-    precision: Literal["auto", "fp32", "bf16"] = option(
-        "auto", "auto = bf16 autocast on a GPU that has it, else fp32")
-    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, slower)")
-    lora: LoraOptions = option(LoraOptions, "LoRA options (lora.enabled=true ...); the reference is then the "
-                                            "base with the adapters disabled")
-    # logging and checkpoints
-    save_steps: int = option(50, "checkpoint every N steps; 0 = never")
-    save_total_limit: int = option(2, "checkpoints kept (oldest removed)")
-    logging_steps: int = option(1, "write metrics every N steps")
     log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps (and the "
                                                 "first step's); 0 = never")
-    progress: bool = option(True, "show a progress bar with reward and KL")
 
 
 @dataclass
@@ -133,7 +119,7 @@ class RLOOConfig(OnlineConfig):
     algorithm: ClassVar[str] = "rloo"
     k: int = option(4, "completions sampled per prompt (>= 2: each one's baseline is the others' mean)")
     beta: float = option(0.05, "coefficient of the sequence KL (k1, summed over tokens) subtracted from the reward")
-    lr: float = option(3e-6, "learning rate (AdamW, constant)")
+    lr: float = redefault(TrainerOptions, "lr", 3e-6)
 
 
 @dataclass
@@ -142,6 +128,7 @@ class PPOConfig(OnlineConfig):
     reward on the EOS token, GAE, whitened advantages, clipped policy and value losses."""
 
     algorithm: ClassVar[str] = "ppo"
+    min_k: ClassVar[int] = 1
     k: int = option(1, "completions sampled per prompt")
     lr: float = option(3e-6, "learning rate of the policy (AdamW, constant); the value model's is value_lr")
     epochs_per_step: int = option(4, "passes over each step's rollouts")
@@ -166,25 +153,24 @@ class PPOConfig(OnlineConfig):
     value_model: str = option("", "value model init: empty = from the reward model when a reward is rm:DIR, "
                                   "else from the policy; or a model folder")
 
+    def value_init_dir(self, specs: list[tuple[str, str, float]]) -> str | None:
+        """Where the value model starts: ``value_model`` if set, else the first rm: reward, else None (the policy)."""
+        return self.value_model or next((target for source, target, _ in specs if source == "rm"), None)
 
-def value_learning_rate(cfg: OnlineConfig) -> float:
-    """PPO's value-model learning rate: ``value_lr``, or 10 x ``lr`` when it is null."""
-    value_lr = getattr(cfg, "value_lr", None)
-    return float(value_lr) if value_lr is not None else VALUE_LR_FACTOR * cfg.lr
+    def value_learning_rate(self) -> float:
+        """The value model's learning rate: ``value_lr``, or 10 x ``lr`` when it is null."""
+        return float(self.value_lr) if self.value_lr is not None else VALUE_LR_FACTOR * self.lr
 
+    def gae_lambda(self, critic_from_policy: bool) -> float:
+        """GAE's lambda: ``lam``, or when null 1.0 for a critic started from the policy, else 0.95.
 
-def gae_lambda(cfg: OnlineConfig, critic_from_policy: bool) -> float:
-    """PPO's GAE lambda: ``lam``, or when null 1.0 for a critic started from the policy, else 0.95.
-
-    With lam < 1 the advantage A_t = sum_l lam^l delta_{t+l} bootstraps on V; a critic that starts
-    knowing nothing (a zero head at the first batch's mean score) makes A_t ~ lam^(T-1-t) (r - V), a
-    position pattern that whitening's mean shift turns into advantages whose sign follows the
-    position, not the sample (measured on the embedded model: first-token advantage -1.04 for a
-    sample 0.86 above the critic). lam = 1 gives A_t = return_t - V_t, unbiased for any critic."""
-    lam = getattr(cfg, "lam", None)
-    if lam is not None:
-        return float(lam)
-    return 1.0 if critic_from_policy else 0.95
+        With lam < 1, A_t = sum_l lam^l delta_{t+l} bootstraps on V; a critic that starts knowing
+        nothing makes A_t ~ lam^(T-1-t) (r - V), a position pattern that whitening turns into
+        advantages whose sign follows the position, not the sample. lam = 1 gives A_t = return_t - V_t,
+        unbiased for any critic."""
+        if self.lam is not None:
+            return float(self.lam)
+        return 1.0 if critic_from_policy else 0.95
 
 
 CONFIGS: dict[str, type[OnlineConfig]] = {"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig}
@@ -211,8 +197,8 @@ def check_config(cfg: OnlineConfig) -> None:
     """One-line UserError for a missing required option or a value out of range."""
     name = cfg.algorithm
     check_launch(name)
-    for key, flag in (("prompts", "--prompts"), ("out", "--out")):
-        if not getattr(cfg, key):
+    for value, flag in ((cfg.prompts, "--prompts"), (cfg.out, "--out")):
+        if not value:
             raise UserError(f"train {name}: {flag} is required")
     if not cfg.reward:
         raise UserError(f"train {name}: at least one --reward SPEC is required (rm:DIR, judge:RUBRIC, "
@@ -220,24 +206,39 @@ def check_config(cfg: OnlineConfig) -> None:
     if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward):
         raise UserError(f"option 'reward_weights': {len(cfg.reward_weights)} weights for {len(cfg.reward)} "
                         f"reward specs")
-    low_k = 1 if name == "ppo" else 2
-    checks = [("k", cfg.k >= low_k, f">= {low_k}" + ("" if low_k == 1 else " (a group baseline needs 2 samples)")),
-              ("steps", cfg.steps >= 1, ">= 1"), ("prompts_per_step", cfg.prompts_per_step >= 1, ">= 1"),
-              ("max_tokens", cfg.max_tokens >= 1, ">= 1"), ("max_prompt_length", cfg.max_prompt_length >= 1, ">= 1"),
-              ("temperature", cfg.temperature > 0, "> 0"), ("top_p", 0 < cfg.top_p <= 1, "in (0, 1]"),
-              ("lr", cfg.lr > 0, "> 0"), ("epochs_per_step", cfg.epochs_per_step >= 1, ">= 1"),
-              ("minibatch_size", cfg.minibatch_size >= 0, ">= 0"),
-              ("micro_batch_size", cfg.micro_batch_size >= 1, ">= 1"),
-              ("max_grad_norm", cfg.max_grad_norm >= 0, ">= 0"), ("beta", cfg.beta >= 0, ">= 0"),
-              ("clip_eps", cfg.clip_eps > 0, "> 0"), ("save_steps", cfg.save_steps >= 0, ">= 0"),
-              ("logging_steps", cfg.logging_steps >= 1, ">= 1"),
-              ("log_rollouts_every", cfg.log_rollouts_every >= 0, ">= 0"),
-              ("verdict_retries", cfg.verdict_retries >= 0, ">= 0")]
-    if isinstance(cfg, PPOConfig):
-        checks += [("gamma", 0 < cfg.gamma <= 1, "in (0, 1]"), ("lam", cfg.lam is None or 0 <= cfg.lam <= 1, "in [0, 1] or null"),
-                   ("vf_coef", cfg.vf_coef >= 0, ">= 0"), ("value_lr", cfg.value_lr is None or cfg.value_lr > 0,
-                                                            "> 0 or null"), ("value_clip", cfg.value_clip > 0, "> 0"),
-                   ("kl_target", cfg.kl_target > 0, "> 0"), ("kl_horizon", cfg.kl_horizon >= 1, ">= 1")]
-    for key, ok, rule in checks:
+    for key, value, ok, rule in _range_checks(cfg):
         if not ok:
-            raise UserError(f"train {name}: option '{key}' must be {rule}, got {getattr(cfg, key)!r}")
+            raise UserError(f"train {name}: option '{key}' must be {rule}, got {value!r}")
+
+
+def _range_checks(cfg: OnlineConfig) -> list[tuple[str, object, bool, str]]:
+    """(option, its value, whether it is in range, the rule) for every option with a range."""
+    low_k = cfg.min_k
+    k_rule = f">= {low_k}" + ("" if low_k == 1 else " (a group baseline needs 2 samples)")
+    checks = [("k", cfg.k, cfg.k >= low_k, k_rule),
+              ("steps", cfg.steps, cfg.steps >= 1, ">= 1"),
+              ("prompts_per_step", cfg.prompts_per_step, cfg.prompts_per_step >= 1, ">= 1"),
+              ("max_tokens", cfg.max_tokens, cfg.max_tokens >= 1, ">= 1"),
+              ("max_prompt_length", cfg.max_prompt_length, cfg.max_prompt_length >= 1, ">= 1"),
+              ("temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
+              ("top_p", cfg.top_p, 0 < cfg.top_p <= 1, "in (0, 1]"),
+              ("lr", cfg.lr, cfg.lr > 0, "> 0"),
+              ("epochs_per_step", cfg.epochs_per_step, cfg.epochs_per_step >= 1, ">= 1"),
+              ("minibatch_size", cfg.minibatch_size, cfg.minibatch_size >= 0, ">= 0"),
+              ("micro_batch_size", cfg.micro_batch_size, cfg.micro_batch_size >= 1, ">= 1"),
+              ("max_grad_norm", cfg.max_grad_norm, cfg.max_grad_norm >= 0, ">= 0"),
+              ("beta", cfg.beta, cfg.beta >= 0, ">= 0"),
+              ("clip_eps", cfg.clip_eps, cfg.clip_eps > 0, "> 0"),
+              ("save_steps", cfg.save_steps, cfg.save_steps >= 0, ">= 0"),
+              ("logging_steps", cfg.logging_steps, cfg.logging_steps >= 1, ">= 1"),
+              ("log_rollouts_every", cfg.log_rollouts_every, cfg.log_rollouts_every >= 0, ">= 0"),
+              ("verdict_retries", cfg.verdict_retries, cfg.verdict_retries >= 0, ">= 0")]
+    if isinstance(cfg, PPOConfig):
+        checks += [("gamma", cfg.gamma, 0 < cfg.gamma <= 1, "in (0, 1]"),
+                   ("lam", cfg.lam, cfg.lam is None or 0 <= cfg.lam <= 1, "in [0, 1] or null"),
+                   ("vf_coef", cfg.vf_coef, cfg.vf_coef >= 0, ">= 0"),
+                   ("value_lr", cfg.value_lr, cfg.value_lr is None or cfg.value_lr > 0, "> 0 or null"),
+                   ("value_clip", cfg.value_clip, cfg.value_clip > 0, "> 0"),
+                   ("kl_target", cfg.kl_target, cfg.kl_target > 0, "> 0"),
+                   ("kl_horizon", cfg.kl_horizon, cfg.kl_horizon >= 1, ">= 1")]
+    return checks

@@ -98,9 +98,9 @@ class Dist:
             self.sum_(flat)
             offset = 0
             for p in bucket:
-                n = p.numel()
-                p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-                offset += n
+                size = p.numel()
+                p.grad.copy_(flat[offset:offset + size].view_as(p.grad))
+                offset += size
 
     def same_start(self, params: list[torch.nn.Parameter]) -> None:
         """Broadcast the main process's trainable weights (they are loaded and seeded alike on every
@@ -137,19 +137,19 @@ def init_dist(algorithm: str) -> Dist:
 def launcher_free_env(cuda_visible: str | None = None) -> Iterator[None]:
     """While inside: none of the launcher's variables (`LAUNCH_ENV`) and, when given,
     ``CUDA_VISIBLE_DEVICES=cuda_visible``; the environment is restored on the way out."""
-    saved = {k: os.environ.get(k) for k in (*LAUNCH_ENV, "CUDA_VISIBLE_DEVICES")}
+    saved = {name: os.environ.get(name) for name in (*LAUNCH_ENV, "CUDA_VISIBLE_DEVICES")}
     try:
-        for k in LAUNCH_ENV:
-            os.environ.pop(k, None)
+        for name in LAUNCH_ENV:
+            os.environ.pop(name, None)
         if cuda_visible is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
             else:
-                os.environ[k] = v
+                os.environ[name] = value
 
 
 def visible_gpus() -> list[str]:

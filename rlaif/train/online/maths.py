@@ -231,9 +231,6 @@ def aggregate_loss(losses: Tensor, m: Tensor, loss_type: str, max_completion_len
     raise ValueError(f"loss_type must be grpo, dapo, dr_grpo or token_mean, got {loss_type!r}")
 
 
-_aggregate = aggregate_loss  # the name trainer code first used
-
-
 def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
                 level: Literal["token", "sequence"] = "token", loss_type: LossType = "dapo",
                 max_completion_length: int | None = None, normalizer: float | None = None

@@ -12,29 +12,25 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
-from rlaif.train.online.config import OnlineConfig
+from rlaif.train.online.algorithms import strategy
+from rlaif.train.online.config import OnlineConfig, PPOConfig
 from rlaif.train.online.distributed import Dist, engine_env
+from rlaif.train.online.step import Learner
 
 
-@dataclass
-class Run:
-    """The live objects of one run."""
+@dataclass(kw_only=True)
+class Run(Learner):
+    """The live objects of one run: the `Learner` (policy, value model, optimizer, device, processes)
+    and what sampling and rewarding need."""
 
     tokenizer: Any
-    policy: Any
     reference: Callable[[], ContextManager[Any]] | None  # `with reference() as ref_model:`
-    value_model: Any
-    optimizer: torch.optim.Optimizer
-    params: list[torch.nn.Parameter]
     engine: Any  # None on ranks > 0 when the main process samples for all (rollout.replicas > 1)
     rewards: list[Any]
     weights: dict[str, float]
     kl: Any  # maths.FixedKLController | AdaptiveKLController
-    device: torch.device
-    autocast: Callable[[], ContextManager[Any]]
     warned: set[str] = field(default_factory=set)  # one-time warnings already given
     value_from_policy: bool = False  # PPO value model from the policy (zero head): its bias is set at step 0
-    dist: Dist = field(default_factory=Dist)
 
     def close(self) -> None:
         if self.engine is not None:
@@ -66,7 +62,7 @@ def load_policy(cfg: OnlineConfig, base: str, device: torch.device) -> Any:
 def make_reference(cfg: OnlineConfig, base: str, policy: Any, device: torch.device
                    ) -> Callable[[], ContextManager[Any]] | None:
     """None when no KL term is used; else a context giving the frozen reference model."""
-    if cfg.beta == 0 and not getattr(cfg, "adaptive_kl", False):
+    if not strategy(cfg).uses_reference():
         return None
     if cfg.lora.enabled:
         @contextmanager
@@ -85,18 +81,14 @@ def make_reference(cfg: OnlineConfig, base: str, policy: Any, device: torch.devi
     return frozen
 
 
-def value_init_dir(cfg: OnlineConfig, specs: list[tuple[str, str, float]]) -> str | None:
-    """Where PPO's value model starts: ``value_model`` if set, else the first rm: reward, else None (the policy)."""
-    return getattr(cfg, "value_model", "") or next((t for s, t, _ in specs if s == "rm"), None)
-
-
 def make_value_model(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]], device: torch.device) -> Any:
-    """PPO's value model: from ``value_model`` if set, else the first rm: reward, else the policy."""
-    if cfg.algorithm != "ppo":
+    """PPO's value model (None for the others): from ``value_model`` if set, else the first rm:
+    reward, else the policy."""
+    if not isinstance(cfg, PPOConfig):
         return None
     from rlaif.train.online.value import build_value_model
 
-    rm_dir = value_init_dir(cfg, specs)
+    rm_dir = cfg.value_init_dir(specs)
     model = build_value_model(base, rm_dir, torch.float32)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -107,14 +99,12 @@ def make_optimizer(cfg: OnlineConfig, policy: Any, value_model: Any
                    ) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
     """AdamW over the policy's trainable parameters (``lr``) and, for PPO, the value model's in a
     second parameter group (``value_lr``); returns all trained parameters (for the gradient clip)."""
-    from rlaif.train.online.config import value_learning_rate
-
     policy_params = [p for p in policy.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": policy_params, "lr": cfg.lr}]
     params = list(policy_params)
-    if value_model is not None:
+    if isinstance(cfg, PPOConfig) and value_model is not None:
         value_params = [p for p in value_model.parameters() if p.requires_grad]
-        groups.append({"params": value_params, "lr": value_learning_rate(cfg)})
+        groups.append({"params": value_params, "lr": cfg.value_learning_rate()})
         params += value_params
     return params, torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -134,9 +124,8 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     """Everything the step loop needs, in the order that fails cheapest first. Under several
     processes every rank builds its own copy and engine on its device (``dist``); with a Ray pool
     (rollout.replicas > 1) only the main process builds the engine."""
-    from rlaif.train.modeling import load_tokenizer
-    from rlaif.train.online import maths
     from rlaif.rewards.sources import load_rewards
+    from rlaif.train.modeling import load_tokenizer
     from rlaif.train.online.rollouts import RolloutEngine
 
     dist = dist or Dist()
@@ -148,10 +137,7 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     value_model = make_value_model(cfg, base, specs, device)
     params, optimizer = make_optimizer(cfg, policy, value_model)
     dist.same_start(params)
-    if getattr(cfg, "adaptive_kl", False):
-        kl: Any = maths.AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)  # type: ignore[attr-defined]
-    else:
-        kl = maths.FixedKLController(cfg.beta)
+    kl = strategy(cfg).kl_controller()
     engine_name = resolve_engine(cfg.engine)
     engine = None
     if dist.main or not pooled(cfg):
@@ -161,7 +147,8 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
                                    backend_options=cfg.rollout.backend_config(engine_name, base),
                                    max_prompt_length=cfg.max_prompt_length,
                                    hf_model=policy if engine_name == "hf" else None, ray_options=cfg.ray)
-    weights = {f"{s}:{t}": w for s, t, w in specs}
-    return Run(tokenizer, policy, reference, value_model, optimizer, params, engine, rewards, weights, kl, device,
-               _autocast(cfg, device), value_from_policy=value_model is not None and not value_init_dir(cfg, specs),
-               dist=dist)
+    weights = {f"{source}:{target}": weight for source, target, weight in specs}
+    value_from_policy = isinstance(cfg, PPOConfig) and not cfg.value_init_dir(specs)
+    return Run(policy=policy, value_model=value_model, optimizer=optimizer, params=params, device=device,
+               autocast=_autocast(cfg, device), dist=dist, tokenizer=tokenizer, reference=reference, engine=engine,
+               rewards=rewards, weights=weights, kl=kl, value_from_policy=value_from_policy)

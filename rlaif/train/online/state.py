@@ -20,23 +20,23 @@ from typing import Any
 
 import torch
 
-from rlaif.config import to_dict
+from rlaif.config import flatten_dict, to_dict
 from rlaif.io.seeds import stable_seed
 from rlaif.io.store import fingerprint
-from rlaif.train.checkpoints import IGNORED, OWNED, _flatten, checkpoint_dirs, cut_logs, publish_checkpoint
+from rlaif.train.checkpoints import IGNORED, TRAINER_OUTPUTS, checkpoint_dirs, cut_logs, publish_checkpoint
 from rlaif.train.online.config import OnlineConfig
 
 # Online-only keys that change no weight (how often rollouts are logged, where the engines run).
 ONLINE_IGNORED = IGNORED + ("log_rollouts_every", "ray")
 ONLINE_IGNORED_FLAT = ("rollout.replicas",)
 # What the online trainers write in --out (removed by overwrite): the offline trainers' files too.
-ONLINE_OWNED = OWNED + ("rollouts.jsonl", "value")
+ONLINE_TRAINER_OUTPUTS = TRAINER_OUTPUTS + ("rollouts.jsonl", "value")
 LOGS = ("metrics.jsonl", "rollouts.jsonl")
 
 
 def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
     """The keys that shape the result, flat and dotted, with the algorithm and the prompt file's digest."""
-    flat = _flatten({k: v for k, v in to_dict(cfg).items() if k not in ONLINE_IGNORED})
+    flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in ONLINE_IGNORED})
     for key in ONLINE_IGNORED_FLAT:
         flat.pop(key, None)
     flat["algorithm"] = cfg.algorithm
@@ -63,7 +63,7 @@ class Restored:
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _rng_state() -> dict[str, Any]:

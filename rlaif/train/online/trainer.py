@@ -36,11 +36,14 @@ from rlaif.config import to_dict
 from rlaif.io.records import Prompt, read_prompts
 from rlaif.io.seeds import stable_seed
 from rlaif.train.online import maths
+from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, check_config
 from rlaif.train.online.setup import Run, build_run
 from rlaif.train.checkpoints import check_out
-from rlaif.train.online.state import ONLINE_OWNED, prompt_order, resume_or_start, run_settings, save_checkpoint
-from rlaif.train.online.step import advantages, build_batch, reuses_current_logp, score_batch, sequence_kl, update
+from rlaif.train.online.state import (ONLINE_TRAINER_OUTPUTS, prompt_order, resume_or_start, run_settings,
+                                      save_checkpoint)
+from rlaif.train.online.batch import build_batch
+from rlaif.train.online.step import advantages, reuses_current_logp, score_batch, sequence_kl, update
 
 EOS_RATE_FLOOR = 0.05  # below it, "every sample is cut by max_tokens" for the missing-EOS warning
 
@@ -66,7 +69,7 @@ def reward_tensor(cfg: OnlineConfig, total: list, rollouts: list[Any]) -> tuple[
     """Scores (N,) with masked samples at 0, and validity (N,); PPO's missing-EOS score applied."""
     valid = torch.tensor([r is not None for r in total], dtype=torch.float)
     scores = torch.tensor([0.0 if r is None else float(r) for r in total])
-    eos_score = getattr(cfg, "missing_eos_score", None)
+    eos_score = strategy(cfg).missing_eos_score
     if eos_score is not None:
         cut = torch.tensor([not r.finished for r in rollouts])
         scores = torch.where(cut & (valid > 0), torch.tensor(float(eos_score)), scores)
@@ -93,15 +96,15 @@ def sample_and_reward(cfg: OnlineConfig, run: Run, batch_prompts: list[Prompt], 
     return rollouts, per_source, total, t1 - t0, t2 - t1
 
 
-def local_slice(cfg: OnlineConfig, run: Run, n: int) -> tuple[int, int]:
+def local_slice(cfg: OnlineConfig, run: Run, count: int) -> tuple[int, int]:
     """The prompts this rank samples: its contiguous slice, or with a Ray pool (only the main process
     holds the engine, which spreads the prompts over its replicas) all on the main process."""
     from rlaif.train.online.distributed import prompt_slice
     from rlaif.train.online.setup import pooled
 
     if pooled(cfg):
-        return (0, n) if run.dist.main else (0, 0)
-    return prompt_slice(n, run.dist.world, run.dist.rank)
+        return (0, count) if run.dist.main else (0, 0)
+    return prompt_slice(count, run.dist.world, run.dist.rank)
 
 
 def gather_rollouts(run: Run, lo: int, rollouts: list[Any], per_source: dict[str, list], total: list
@@ -112,7 +115,7 @@ def gather_rollouts(run: Run, lo: int, rollouts: list[Any], per_source: dict[str
     shifted = [dataclasses.replace(r, prompt_index=r.prompt_index + lo) for r in rollouts]
     parts = run.dist.gather((shifted, per_source, total))
     merged = {name: [v for _, src, _ in parts for v in src[name]] for name in per_source}
-    return [r for rs, _, _ in parts for r in rs], merged, [v for _, _, t in parts for v in t]
+    return [r for rs, _, _ in parts for r in rs], merged, [v for _, _, totals in parts for v in totals]
 
 
 def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict[int, list[int]],
@@ -139,8 +142,7 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     adv = advantages(cfg, batch, scores, valid, scored, run.kl.value, run.value_from_policy)
     run.policy.train()
     t3 = time.perf_counter()
-    train_stats = update(cfg, step, batch, scored, adv, valid, run.policy, run.value_model, run.optimizer,
-                         run.params, run.device, run.autocast, dist=run.dist)
+    train_stats = update(cfg, step, batch, scored, adv, valid, run)
     if not old_policy:
         adv["kl"] = sequence_kl(scored, batch.mask)  # the update filled scored.old_logp
     t4 = time.perf_counter()
@@ -160,7 +162,7 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
 def warn_missing_eos(cfg: OnlineConfig, run: Run, eos_rate: float) -> None:
     """Once per run, on stderr: a missing-EOS score is on and (almost) no sample stopped, so (almost)
     every sample gets the same score and the reward carries no signal."""
-    eos_score = getattr(cfg, "missing_eos_score", None)
+    eos_score = strategy(cfg).missing_eos_score
     if eos_score is None or eos_rate >= EOS_RATE_FLOOR or "missing_eos" in run.warned or not run.dist.main:
         return
     run.warned.add("missing_eos")
@@ -205,7 +207,7 @@ def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
     out = Path(cfg.out)
     settings = run_settings(cfg)
-    finished = check_out(cfg, out, settings, ONLINE_OWNED)  # type: ignore[arg-type]
+    finished = check_out(cfg, out, settings, ONLINE_TRAINER_OUTPUTS)  # type: ignore[arg-type]
     if finished is not None:
         return finished
     base = resolve_model(cfg.model)

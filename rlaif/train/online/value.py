@@ -4,17 +4,13 @@ one value per token.
 Initialisation ("The N+ implementation details of RLHF with PPO", Huang et al. 2024, arXiv
 2403.17031, detail 2): from the reward model when the reward is one (``rlaif train rm`` output,
 a ``*ForSequenceClassification`` with a ``score`` head): its backbone, and the value head copied
-from the score head, so V at the last token starts at the RM's score and the critic starts out
-knowing what the reward rewards. Without an RM (judge / python rewards) it starts from the
-policy's backbone with a zero head whose bias the trainer sets, at step 0, to the mean score of
-the first rollouts (`start_at_mean_score`): V = that mean everywhere, the best constant guess,
-as the RM-initialised critic starts at the reward's level. A zero bias would leave V = 0 while
-the returns sit at the reward's mean c (e.g. -1.4 for a length penalty): with GAE (lambda < 1)
-the advantages then carry c * lambda^(T-1-t), a position pattern shared by every sequence
-(74% of the whitened advantages' variance on the embedded model's first batch, measured), noise
-that drowns the reward differences until the critic has learnt c, which at PPO's learning rates
-takes far longer than a run (the head's bias moves about lr per update under Adam). The value
-model reads the policy's token ids, so an RM whose tokenizer differs from the policy's is refused.
+from the score head, so V at the last token starts at the RM's score. Without an RM (judge /
+python rewards) it starts from the policy's backbone with a zero head whose bias the trainer
+sets, at step 0, to the mean score of the first rollouts (`start_at_mean_score`): V = that mean
+everywhere, the best constant guess (a zero bias would leave V = 0 while the returns sit at the
+reward's mean c, and with GAE, lambda < 1, the advantages would carry c * lambda^(T-1-t), a
+position pattern shared by every sequence). The value model reads the policy's token ids, so an
+RM whose tokenizer differs from the policy's is refused.
 
 On disk (``save_value_model``): the backbone's ``save_pretrained`` files plus
 ``value_head.safetensors`` (weight (1, H), bias (1,), fp32).
@@ -128,15 +124,3 @@ def save_value_model(model: torch.nn.Module, out_dir: str | Path) -> None:
             "bias": model.head.bias.detach().float().cpu().contiguous()}
     save_file(head, str(out / HEAD_FILE))
 
-
-def load_value_model(path: str | Path, dtype: Any = "auto") -> ValueModel:
-    """A value model written by :func:`save_value_model` (backbone in its saved dtype by default)."""
-    from safetensors.torch import load_file
-    from transformers import AutoModel
-
-    head_file = Path(path) / HEAD_FILE
-    if not head_file.is_file():
-        raise UserError(f"value model '{path}': no {HEAD_FILE} (not written by save_value_model)")
-    backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
-    head = load_file(str(head_file))
-    return ValueModel(backbone, _head(backbone.config.hidden_size, head["weight"], head["bias"]))
