@@ -33,7 +33,7 @@ THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 
 def normalised_pair(outcome, weights: dict[str, float] | None = None) -> tuple[float | None, float | None]:
     """(better, worse) normalised score of one calibration outcome; None on a failed judgement."""
-    from rlaif.dataset.pairs import normalise
+    from rlaif.rewards.base import normalise
 
     row = outcome.judgement
     good = 0 if outcome.example.better == "a" else 1

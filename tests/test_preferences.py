@@ -3,8 +3,9 @@
 import pytest
 
 from rlaif.dataset.options import BuildOptions
-from rlaif.dataset.pairs import (build_pairs, combined_scores, judge_noise, normalise, rubric_key, split_by_prompt,
-                                 truncation_flags)
+from rlaif.dataset.noise import judge_noise, rubric_key
+from rlaif.dataset.pairs import build_pairs, combined_scores, split_by_prompt, truncation_flags
+from rlaif.rewards.base import normalise
 from rlaif.io.records import PAIR_SCHEMA, validate
 
 
@@ -190,13 +191,13 @@ def test_truncation_flags():
 
 
 def test_judge_noise_from_option_measurement_or_unknown(monkeypatch):
-    import rlaif.dataset.pairs as pairs_mod
+    import rlaif.dataset.noise as noise_mod
 
-    monkeypatch.setitem(pairs_mod.EMBEDDED_NOISE_MARGIN, "h:logprob", 0.07)
+    monkeypatch.setitem(noise_mod.EMBEDDED_JUDGE_NOISE_MARGINS, "h:logprob", 0.07)
     key = rubric_key([judg("x", "h", [1])], ["h"])
     assert key == "h:logprob"
     assert rubric_key([judg("x", "b", [1], method="rules"), judg("x", "a", [1])], ["b", "a"]) == "a:logprob+b:rules"
-    monkeypatch.setitem(pairs_mod.EMBEDDED_NOISE_MARGIN, "a:logprob+b:rules", 0.05)
+    monkeypatch.setitem(noise_mod.EMBEDDED_JUDGE_NOISE_MARGINS, "a:logprob+b:rules", 0.05)
     assert judge_noise(BuildOptions(), "vllm:smollm2-135m", "a:logprob+b:rules")[0] == 0.05
     assert judge_noise(BuildOptions(rubric_weights={"a": 2.0}), "vllm:smollm2-135m", "a:logprob+b:rules")[0] is None
     assert judge_noise(BuildOptions(noise_margin=0.2), "vllm:smollm2-135m", key)[0] == 0.2

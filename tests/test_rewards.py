@@ -10,8 +10,11 @@ import pytest
 
 from rlaif.backends.base import BackendConfig
 from rlaif.errors import UserError
-from rlaif.rewards import sources as rw
-from rlaif.rewards.sources import combine_rewards, group_items, load_rewards, parse_reward_specs
+from rlaif.rewards import load as rewards_load
+from rlaif.rewards.combine import combine_rewards
+from rlaif.rewards.judge import group_items
+from rlaif.rewards.load import load_rewards
+from rlaif.rewards.specs import parse_reward_specs
 
 ASSETS = Path(__file__).parent / "assets"
 GOOD = ASSETS / "rewards_good.py"
@@ -136,7 +139,7 @@ def test_python_import_error_and_non_callable() -> None:
 
 def test_python_errors_come_before_the_judge_engine_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     built = []
-    monkeypatch.setattr(rw, "SharedJudge", lambda config: built.append(config))
+    monkeypatch.setattr(rewards_load, "SharedJudge", lambda config: built.append(config))
     with pytest.raises(UserError, match="importing"):
         load("judge:helpfulness", f"python:{ASSETS / 'rewards_import_error.py'}:length")
     assert built == []

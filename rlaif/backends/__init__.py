@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from rlaif.backends.base import Backend, BackendConfig, Completion, Generation, SamplingParams
 
-__all__ = ["Backend", "BackendConfig", "Completion", "Generation", "SamplingParams", "load_backend"]
+__all__ = ["Backend", "BackendConfig", "Completion", "Generation", "SamplingParams", "load_backend",
+           "resolve_backend_model"]
 
 
 def load_backend(config: BackendConfig) -> Backend:
@@ -45,3 +46,12 @@ def load_backend(config: BackendConfig) -> Backend:
 
         return FakeBackend(config)
     raise ValueError(f"unknown engine {engine!r}")
+
+
+def resolve_backend_model(config: BackendConfig) -> str | None:
+    """Local folder of the model (UserError if missing); None where there is nothing local."""
+    if config.engine in ("fake", "openai"):
+        return None
+    from rlaif.models import resolve_model
+
+    return resolve_model(config.model)

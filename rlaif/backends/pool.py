@@ -1,7 +1,7 @@
 """Engine replicas on Ray: ``replicas=N`` engines of any kind, each in its own Ray actor.
 
 The unit of work is a chunk, the same fixed chunk the in-process engine gets
-(`rlaif.dataset.chunking`): `EnginePool.map_chunks` runs ``fn(engine, *args)`` for each chunk on
+(`rlaif.backends.chunking`): `EnginePool.map_chunks` runs ``fn(engine, *args)`` for each chunk on
 whichever replica is free and yields the results in chunk order. A chunk's result depends only on
 the chunk (per-prompt seeds, `rlaif.io.seeds`) and the engine sees the same batch as a single
 engine would, so the rows written are the same bytes whatever the fleet. A replica that dies
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from rlaif.backends.base import (Backend, BackendConfig, Conversation, Generation, RayOptions, SamplingParams)
 from rlaif.errors import UserError
+from rlaif.io.log import log
 
 LOOKAHEAD = 2  # chunks finished but not yet written, per replica, before dispatch waits for the oldest
 
@@ -39,9 +39,6 @@ def _import_ray(what: str) -> Any:
         raise UserError(f"option '{what}': more than one replica needs Ray: pip install 'rlaif[ray]'") from None
     return ray
 
-
-def _log(msg: str) -> None:
-    print(f"rlaif: {msg}", file=sys.stderr, flush=True)
 
 
 def call_method(backend: Backend, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -134,7 +131,7 @@ class EnginePool:
         where = f"the cluster at {address}" if address and self._started else (
             "a local Ray" if self._started else "this process's Ray")
         plural = "s" if len(self.actors) > 1 else ""
-        _log(f"{role}: {len(self.actors)} engine replica{plural} on {where}")
+        log(f"{role}: {len(self.actors)} engine replica{plural} on {where}")
 
     # -- life cycle ----------------------------------------------------------------------------
     def _start(self, address: str | None, replicas: int) -> None:
@@ -249,7 +246,7 @@ class EnginePool:
         why = " ".join(str(error).split())[:120]
         if not self.actors:
             raise UserError(f"option '{self.role}.replicas': every engine replica died; the last: {why}")
-        _log(f"{self.role}: an engine replica died ({why}); {then}, {len(self.actors)} left")
+        log(f"{self.role}: an engine replica died ({why}); {then}, {len(self.actors)} left")
 
     def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
         """``engine.name(*args, **kwargs)`` on every replica."""

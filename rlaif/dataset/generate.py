@@ -18,7 +18,7 @@ from rlaif.errors import UserError
 from rlaif.io.records import Prompt
 from rlaif.io.seeds import prompt_seed
 from rlaif.io.store import StageFile
-from rlaif.dataset.chunking import chunks, map_chunks, token_chunks
+from rlaif.backends.chunking import chunks, map_chunks, token_chunks
 
 
 def context_limit(model_dir: str, max_model_len: int | None) -> int:

@@ -9,7 +9,7 @@ or picking ``max``/``min`` over equal scores is how pipelines silently emit bad 
 Pairs. ``best-vs-worst`` (default): the highest against the lowest combined score, one pair per
 prompt; equal scores are a tie and give no pair. ``all-pairs``: every untied pair. Either keeps a
 pair only if its margin ``S_chosen - S_rejected`` is at least ``min_margin`` (None counts as 0
-here; the pipeline resolves None to the judge's noise margin, `judge_noise`). When a rubric is
+here; the pipeline resolves None to the judge's noise margin, `rlaif.dataset.noise.judge_noise`). When a rubric is
 pairwise (the judge compared the two responses in both orders, Lee et al. 2023), a pair is kept
 only if that comparison prefers the chosen response with probability >= ``pairwise_min_confidence``
 and, unless disabled, both orders agreed (position-consistent). Every dropped pair or response is counted by reason.
@@ -33,6 +33,7 @@ from collections import Counter
 from typing import Sequence
 
 from rlaif.dataset.options import BuildOptions
+from rlaif.rewards.base import normalise
 
 TIE_EPS = 1e-9
 
@@ -46,14 +47,6 @@ def truncation_flags(cand: dict) -> list[bool | None]:
         reason = reasons[k] if k < len(reasons) else "unknown"
         out.append(None if reason == "unknown" else reason == "length")
     return out
-
-
-def normalise(score: float | None, scale: list[float]) -> float | None:
-    """Map a score on ``scale = [lo, hi]`` to [0, 1] (None stays None)."""
-    if score is None:
-        return None
-    lo, hi = float(scale[0]), float(scale[1])
-    return (float(score) - lo) / (hi - lo) if hi != lo else 0.0
 
 
 def combined_scores(rows: dict[str, dict], weights: dict[str, float]) -> list[float | None]:
@@ -188,40 +181,6 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
         stats["prompts_with_pairs"] += kept > 0
     stats["pairs"] = len(pairs)
     return pairs, stats
-
-
-# The judge's noise: the largest margin t such that the labelled pairs whose |margin| < t (ties left
-# out: build drops them) agreed with the labels no better than chance (their Wilson 95% interval
-# contains 1/2; >= 10 pairs; t on a grid 0.005..0.3). Measured for the embedded judge (vllm,
-# SmolLM2-135M-Instruct) with bench/judge_quality.py on the 90 pairs of bench/data/judge_pairs.jsonl,
-# per rubric set with equal weights, keyed by sorted "name:method" joined by "+". The shipped default
-# (answer_likelihood + answer_checks, 1:1; measured as its pre-ship variant, the same likelihood rubric
-# with rules_basic): 80/90 agree; pairs with |margin| < 0.05 agreed 12/18, the rest 68/72. Re-measure when a shipped
-# rubric or the embedded model changes (helpfulness:logprob was near chance at every margin: no entry).
-EMBEDDED_NOISE_MARGIN: dict[str, float] = {"answer_checks:rules+answer_likelihood:likelihood": 0.05}
-
-
-def rubric_key(rows: Sequence[dict], rubrics: Sequence[str]) -> str:
-    """Sorted "name:method" of the rubrics joined by "+", from judgement rows (the noise table's key)."""
-    methods = {row["rubric"]: row["method"] for row in rows}
-    return "+".join(sorted(f"{r}:{methods.get(r, '?')}" for r in rubrics))
-
-
-def judge_noise(options: BuildOptions, judge: str, key: str) -> tuple[float | None, str]:
-    """The noise margin to report against, and where it came from (None: unknown for this judge).
-    ``key`` is `rubric_key` of the run's rubrics; a measured figure holds for equal rubric weights only."""
-    from rlaif.models import is_embedded
-
-    if getattr(options, "noise_margin", None) is not None:
-        return options.noise_margin, "option noise_margin"
-    judges = [j.split(":", 1)[-1] for j in judge.split("+") if j != "rules"]  # "engine:model"; rules: no model
-    names = [part.rsplit(":", 1)[0] for part in key.split("+")]
-    equal = len({options.rubric_weights.get(n, 1.0) for n in names}) <= 1
-    if judges and all(is_embedded(j) for j in judges) and key in EMBEDDED_NOISE_MARGIN and equal:
-        return EMBEDDED_NOISE_MARGIN[key], ("measured for the embedded judge on the labelled set "
-                                            "bench/data/judge_pairs.jsonl with bench/judge_quality.py")
-    return None, ("unknown for this judge and rubric set: measure agreement against margin with `rlaif rubric "
-                  "calibrate` and set noise_margin")
 
 
 def split_by_prompt(pairs: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

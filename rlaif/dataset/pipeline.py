@@ -10,7 +10,6 @@ and ends with the same bytes an uninterrupted run writes (manifest ``timings`` a
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,24 +17,16 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend
+from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend, resolve_backend_model
 from rlaif.backends.base import RayOptions
 from rlaif.errors import UserError
+from rlaif.io.log import log
 from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidate_sources, read_candidates,
                               read_jsonl, read_prompts)
 from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl
 from rlaif.dataset.manifest import assemble_manifest, finish_manifest
 from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, BuildOptions, CommonOptions, GenerateConfig,
                                    JudgeConfig, RunConfig, check_options, check_weights)
-
-
-def resolve_backend_model(config: BackendConfig) -> str | None:
-    """Local folder of the model (UserError if missing); None where there is nothing local."""
-    if config.engine in ("fake", "openai"):
-        return None
-    from rlaif.models import resolve_model
-
-    return resolve_model(config.model)
 
 
 def _same_engine(a: BackendConfig, b: BackendConfig) -> bool:
@@ -79,23 +70,6 @@ class Engines:
 
 
 # ----------------------------------------------------------------------------- stages
-def _log(msg: str) -> None:
-    print(f"rlaif: {msg}", file=sys.stderr, flush=True)
-
-
-def _begin_stage(out: Path, state: RunState, stage: str, fp: str, what: str) -> bool:
-    """True if the stage must run; False if a finished one with the same settings is there."""
-    final_names = STAGE_OUTPUTS[stage]
-    info = state.stage(stage)
-    if info.get("fingerprint") == fp and info.get("done") and all((out / n).exists() for n in final_names[:1]):
-        _log(f"{stage}: already done in {out} (same settings), skipped")
-        return False
-    state.check(stage, fp, what)
-    if not info and (out / final_names[0]).exists():
-        raise UserError(f"{out / final_names[0]}: exists but was not made by this command's settings; "
-                        "rerun with overwrite=true or pick another --out")
-    return True
-
 
 @dataclass
 class GeneratePlan:
@@ -111,7 +85,7 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
     check_options(cfg)
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
     if cfg.n == 1:
-        _log("generate: n=1 gives one candidate per prompt, so no pairs can be built from it")
+        log("generate: n=1 gives one candidate per prompt, so no pairs can be built from it")
     model_dir = resolve_backend_model(cfg.policy)
     counts = None
     if model_dir is not None:
@@ -129,15 +103,15 @@ def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: E
     from rlaif.dataset.generate import generate_candidates
 
     out = Path(cfg.out)
-    if not _begin_stage(out, state, "generate", plan.fingerprint, "prompts, policy, n, temperature, top_p, max_tokens or seed"):
+    if not state.begin("generate", plan.fingerprint, "prompts, policy, n, temperature, top_p, max_tokens or seed",
+                       STAGE_OUTPUTS["generate"][0], "generate"):
         return read_jsonl(out / "candidates.jsonl", CANDIDATE_SCHEMA)
-    state.update("generate", fingerprint=plan.fingerprint, done=False)
     stage = StageFile(out, "candidates", key_fn=lambda r: r["id"])
     stage.load()
     if stage.dropped_torn:
-        _log("generate: dropped a torn last row left by an interrupted run")
+        log("generate: dropped a torn last row left by an interrupted run")
     if stage.rows:
-        _log(f"generate: resuming, {len(stage.rows)}/{len(plan.prompts)} prompts already done")
+        log(f"generate: resuming, {len(stage.rows)}/{len(plan.prompts)} prompts already done")
     backend = engines.get("policy")
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             seed=cfg.seed)
@@ -152,9 +126,9 @@ def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: E
                  config={k: v for k, v in asdict(cfg).items() if k in GenerateConfig.__dataclass_fields__},
                  timings={"seconds": stats["seconds"], "tokens_per_s": stats["tokens_per_s"],
                           "rows_resumed": stats["resumed"]})
-    _log(f"generate: {len(rows)} prompts x {cfg.n} -> {out / 'candidates.jsonl'}")
+    log(f"generate: {len(rows)} prompts x {cfg.n} -> {out / 'candidates.jsonl'}")
     if cut:
-        _log(f"generate: {cut} of {total} candidates ({cut / total:.0%}) stopped at max_tokens={cfg.max_tokens}, cut "
+        log(f"generate: {cut} of {total} candidates ({cut / total:.0%}) stopped at max_tokens={cfg.max_tokens}, cut "
              "off mid-answer (build: option truncated); raise max_tokens to cut fewer")
     return rows
 
@@ -199,17 +173,17 @@ def _judge_chunk(backend: Backend | None, rubric: Any, items: list, seed: int, v
 
 def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[dict], engines: Engines,
               state: RunState) -> list[dict]:
-    from rlaif.dataset.chunking import chunks, map_chunks
+    from rlaif.backends.chunking import chunks, map_chunks
     from rlaif.judging.judge import JudgeItem
 
     out = Path(cfg.out)
-    if not _begin_stage(out, state, "judge", plan.fingerprint, "candidates, judge model, rubric files or seed"):
+    if not state.begin("judge", plan.fingerprint, "candidates, judge model, rubric files or seed",
+                       STAGE_OUTPUTS["judge"][0], "judge"):
         return read_jsonl(out / "judgements.jsonl", JUDGEMENT_SCHEMA)
-    state.update("judge", fingerprint=plan.fingerprint, done=False)
     stage = StageFile(out, "judgements", key_fn=lambda r: (r["id"], r["rubric"]))
     stage.load()
     if stage.dropped_torn:
-        _log("judge: dropped a torn last row left by an interrupted run")
+        log("judge: dropped a torn last row left by an interrupted run")
     backend = engines.get("judge") if any(r.needs_judge for r in plan.rubrics) else None  # rules: no model
     items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"],
                        finish_reasons=c.get("finish_reasons"), num_tokens=c.get("num_tokens"))
@@ -250,7 +224,7 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
                  rubrics=[{"name": r.name, "method": r.method, "path": str(r.path) if r.path else None}
                           for r in plan.rubrics])
     failed = sum(c["failed_scores"] for c in counts.values())
-    _log(f"judge: {len(rows)} judgements ({failed} failed scores) -> {out / 'judgements.jsonl'}")
+    log(f"judge: {len(rows)} judgements ({failed} failed scores) -> {out / 'judgements.jsonl'}")
     return rows
 
 
@@ -275,14 +249,15 @@ def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
 
 def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
               rubric_names: Sequence[str]) -> dict[str, Any]:
-    from rlaif.dataset.pairs import build_pairs, judge_noise, rubric_key, split_by_prompt
+    from rlaif.dataset.noise import judge_noise, rubric_key
+    from rlaif.dataset.pairs import build_pairs, split_by_prompt
     from rlaif.dataset.report import write_dataset_card, write_report
 
     out = Path(cfg.out)
     fp = build_fingerprint(cfg, candidates, judgements, state, rubric_names)
     info = state.stage("build")
     if info.get("fingerprint") == fp and info.get("done") and all((out / n).exists() for n in STAGE_OUTPUTS["build"]):
-        _log(f"build: already done in {out} (same settings), skipped")
+        log(f"build: already done in {out} (same settings), skipped")
         return info["counts"]
     start = time.perf_counter()
     models = {"policy": "+".join(dict.fromkeys(c["policy"] for c in candidates)),
@@ -305,14 +280,14 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     write_report(out / "report.html", candidates, judgements, train, test, manifest)
     write_dataset_card(out / "README.md", train, test, manifest)
     state.update("build", done=True)  # only now: a build killed before this point reruns
-    _log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}")
+    log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}")
     if note := _truncation_note(counts, cfg.truncated):
-        _log(f"build: {note}")
+        log(f"build: {note}")
     if noise is not None and stats["kept_inside_noise"]:
-        _log(f"build: {stats['kept_inside_noise']} of {len(pairs)} pairs have a margin below the judge's noise "
+        log(f"build: {stats['kept_inside_noise']} of {len(pairs)} pairs have a margin below the judge's noise "
              f"({noise:g}); raise min_margin to drop them")
     if not pairs:
-        _log("build: no pairs survived (see counts in manifest.json and report.html): all tied, failed or "
+        log("build: no pairs survived (see counts in manifest.json and report.html): all tied, failed or "
              "filtered; try strategy=all-pairs, more candidates (n) or a stronger judge")
     return counts
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,6 +38,7 @@ from typing import Any, Callable, Sequence
 from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend
 from rlaif.config import option
 from rlaif.errors import UserError
+from rlaif.io.log import log
 from rlaif.io.records import Prompt, read_candidate_sources, read_jsonl, read_prompts
 from rlaif.io.store import RunState, StageFile, atomic_write_text, clear_outputs, fingerprint, write_jsonl
 from rlaif.eval import winrate
@@ -105,9 +105,6 @@ class Pair:
     def key(self) -> str:
         return self.id if self.k == 0 else f"{self.id}#{self.k}"
 
-
-def _log(msg: str) -> None:
-    print(f"rlaif: {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- checks (nothing written)
@@ -186,9 +183,9 @@ def _candidate_side(cfg: EvalConfig, side: Side) -> tuple[list[dict], dict[str, 
 
 def plan_eval(cfg: EvalConfig) -> Plan:
     """Validate sides, prompts, rubrics, reward specs and model contexts without writing anything."""
-    from rlaif.dataset.pipeline import resolve_backend_model
+    from rlaif.backends import resolve_backend_model
     from rlaif.judging.rubrics import load_rubric
-    from rlaif.rewards.sources import parse_reward_specs
+    from rlaif.rewards.specs import parse_reward_specs
 
     check_eval_options(cfg)
     sides = [resolve_side(name, getattr(cfg, name)) for name in SIDES]
@@ -229,7 +226,7 @@ def plan_eval(cfg: EvalConfig) -> Plan:
                 raise UserError(f"{where[p.id]}: field 'messages': prompt '{p.id}' differs from the one at "
                                 f"{sources[p.id]}")
         if len(kept) < len(prompts):
-            _log(f"eval: {len(prompts) - len(kept)} of {len(prompts)} prompts are not in {side.candidates}; "
+            log(f"eval: {len(prompts) - len(kept)} of {len(prompts)} prompts are not in {side.candidates}; "
                  "comparing the others")
         prompts = kept
         given[side.name] = [by_id[p.id] for p in kept]
@@ -253,20 +250,6 @@ def plan_eval(cfg: EvalConfig) -> Plan:
 
 # ----------------------------------------------------------------------------- generation
 
-def _begin(out: Path, state: RunState, stage: str, fp: str, what: str, final: str | None) -> bool:
-    """True if the stage must run; False if it finished before with the same settings."""
-    info = state.stage(stage)
-    if info.get("fingerprint") == fp and info.get("done") and (final is None or (out / final).exists()):
-        _log(f"eval: {stage} already done in {out} (same settings), reused")
-        return False
-    state.check(stage, fp, what)
-    if not info and final is not None and (out / final).exists():
-        raise UserError(f"{out / final}: exists but was not made by these settings; rerun with overwrite=true "
-                        "or pick another --out")
-    state.update(stage, fingerprint=fp, done=False)
-    return True
-
-
 def generate_side(cfg: EvalConfig, plan: Plan, side: Side, state: RunState,
                   factory: Callable[[BackendConfig], Backend]) -> list[dict]:
     """``DIR/candidates_<side>.jsonl`` for a model side (the pipeline's generation code; resumable)."""
@@ -279,13 +262,13 @@ def generate_side(cfg: EvalConfig, plan: Plan, side: Side, state: RunState,
                       "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
                       "seed": cfg.seed})
     stage_name = f"generate_{side.name}"
-    if not _begin(out, state, stage_name, fp, f"prompts, model {side.label}, n_per_prompt, temperature, top_p, "
-                  "max_tokens or seed", f"{name}.jsonl"):
+    if not state.begin(stage_name, fp, f"prompts, model {side.label}, n_per_prompt, temperature, top_p, "
+                       "max_tokens or seed", f"{name}.jsonl", f"eval: {stage_name}"):
         return read_jsonl(out / f"{name}.jsonl")
     stage = StageFile(out, name, key_fn=lambda r: r["id"])
     stage.load()
     if stage.rows:
-        _log(f"eval: side {side.label}: resuming, {len(stage.rows)}/{len(plan.prompts)} prompts already generated")
+        log(f"eval: side {side.label}: resuming, {len(stage.rows)}/{len(plan.prompts)} prompts already generated")
     backend = factory(_side_backend(cfg, side))
     try:
         params = SamplingParams(n=cfg.n_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -298,7 +281,7 @@ def generate_side(cfg: EvalConfig, plan: Plan, side: Side, state: RunState,
         backend.close()
     rows = stage.finish([p.id for p in plan.prompts])
     state.update(stage_name, done=True, model_id=model_id, seconds=stats["seconds"])
-    _log(f"eval: side {side.label}: {len(rows)} prompts x {cfg.n_per_prompt} -> {out / (name + '.jsonl')}")
+    log(f"eval: side {side.label}: {len(rows)} prompts x {cfg.n_per_prompt} -> {out / (name + '.jsonl')}")
     return rows
 
 
@@ -338,7 +321,7 @@ def _score_vote(score_a: float | None, score_b: float | None, extra: dict[str, A
 def judge_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile, state: RunState,
                 factory: Callable[[BackendConfig], Backend]) -> None:
     """Rubric votes, chunk by chunk, with the judge engine (loaded only if some vote is missing)."""
-    from rlaif.dataset.chunking import chunks
+    from rlaif.backends.chunking import chunks
     from rlaif.judging.judge import JudgeItem, judge_items
 
     todo = [(r, [pr for pr in pairs if not stage.done((pr.key, r.name))]) for r in plan.rubrics]
@@ -372,7 +355,7 @@ def judge_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile
                         if vote["outcome"] is None:
                             vote["error"] = "; ".join(str(d.get("error")) for d in row["details"] if d.get("error"))
                     stage.append({"key": pr.key, "source": rubric.name, "kind": rubric.method, **vote})
-            _log(f"eval: rubric {rubric.name} ({rubric.method}): {len(missing)} pairs judged")
+            log(f"eval: rubric {rubric.name} ({rubric.method}): {len(missing)} pairs judged")
     finally:
         if backend is not None:
             backend.close()
@@ -380,7 +363,7 @@ def judge_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile
 
 def reward_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFile) -> None:
     """Reward votes: each source scores A's and B's responses in one call (interleaved A, B per pair)."""
-    from rlaif.rewards.sources import load_rewards
+    from rlaif.rewards.load import load_rewards
 
     specs = [f"{scheme}:{target}" for scheme, target, _ in plan.rewards]
     todo = {s: [pr for pr in pairs if not stage.done((pr.key, s))] for s in specs}
@@ -399,7 +382,7 @@ def reward_votes(cfg: EvalConfig, plan: Plan, pairs: list[Pair], stage: StageFil
             for j, pr in enumerate(missing):
                 vote = _score_vote(scores[2 * j], scores[2 * j + 1])
                 stage.append({"key": pr.key, "source": source.name, "kind": "reward", **vote})
-            _log(f"eval: reward {source.name}: {len(missing)} pairs scored")
+            log(f"eval: reward {source.name}: {len(missing)} pairs scored")
     finally:
         for source in sources:
             source.close()
@@ -547,7 +530,7 @@ def run_eval(cfg: EvalConfig, factory: Callable[[BackendConfig], Backend] = load
 
     fp = _votes_fingerprint(cfg, plan, pairs)
     stage = StageFile(out, "votes", key_fn=lambda r: (r["key"], r["source"]))
-    if _begin(out, state, "votes", fp, "the candidates, judge, rubrics, rewards or seed", "votes.jsonl"):
+    if state.begin("votes", fp, "the candidates, judge, rubrics, rewards or seed", "votes.jsonl", "eval: votes"):
         stage.load()
         try:
             judge_votes(cfg, plan, pairs, stage, state, factory)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from rlaif.errors import UserError
+from rlaif.io.log import log
 from rlaif.io.records import dumps
 
 PARTIAL_DIR = ".rlaif"
@@ -134,6 +135,22 @@ class RunState:
 
     def stage(self, stage: str) -> dict[str, Any]:
         return self.data.get(stage, {})
+
+    def begin(self, stage: str, fp: str, what: str, final: str | None, label: str) -> bool:
+        """Resume rule of a stage writing ``DIR/<final>``: False (skip it) if it finished before with the
+        same settings fingerprint and its file is there; else refuse other settings (`check`) or a
+        ``final`` file this state did not record, mark the stage begun and return True. ``label`` names
+        the stage in the log line; ``what`` lists the settings for the refusal."""
+        info = self.stage(stage)
+        if info.get("fingerprint") == fp and info.get("done") and (final is None or (self.out_dir / final).exists()):
+            log(f"{label}: already done in {self.out_dir} (same settings), skipped")
+            return False
+        self.check(stage, fp, what)
+        if not info and final is not None and (self.out_dir / final).exists():
+            raise UserError(f"{self.out_dir / final}: exists but was not made by these settings; rerun with "
+                            "overwrite=true or pick another --out")
+        self.update(stage, fingerprint=fp, done=False)
+        return True
 
     def update(self, stage: str, **values: Any) -> None:
         self.data.setdefault(stage, {}).update(values)

@@ -6,7 +6,7 @@ generate / judge / build options of ``rlaif run`` sit at the top level (``n=8``,
 trainer's own config is nested under its name (``dpo.beta=0.1``, ``grpo.k=4``, ``ppo.lr=...``,
 ``rm.epochs=...``), and so are the `rlaif eval` options (``eval.temperature=0``). The keys that the loop sets
 itself in every round (data, model, out, prompts, overwrite, seed, reward, judge) are listed in
-`LOOP_SET` and are refused when given.
+`KEYS_SET_BY_LOOP` and are refused when given.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rlaif.train.online.config import GRPOConfig, PPOConfig
 
 TRAINERS = ("dpo", "grpo", "rm+ppo")
 # Nested keys the loop fills in each round; a user value would be silently replaced, so it is refused.
-LOOP_SET = {"dpo": ("data", "model", "out", "overwrite", "seed", "ref_model"),
+KEYS_SET_BY_LOOP = {"dpo": ("data", "model", "out", "overwrite", "seed", "ref_model"),
             "rm": ("data", "model", "out", "overwrite", "seed"),
             "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
             "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
@@ -66,16 +66,16 @@ class LoopConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
 def given_keys(data: dict, prefix: str = "") -> set[str]:
     """Dotted keys of a nested override mapping."""
     keys: set[str] = set()
-    for k, v in data.items():
-        keys |= given_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + str(k)}
+    for key, value in data.items():
+        keys |= given_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + str(key)}
     return keys
 
 
 def check_loop_config(cfg: LoopConfig, given: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     """One-line UserErrors for what the types cannot say; ``given``: the dotted keys the user set."""
-    for section, keys in LOOP_SET.items():
+    for section, keys in KEYS_SET_BY_LOOP.items():
         for key in keys:
-            if any(g == f"{section}.{key}" or g.startswith(f"{section}.{key}.") for g in given):
+            if any(name == f"{section}.{key}" or name.startswith(f"{section}.{key}.") for name in given):
                 raise UserError(f"option '{section}.{key}': the loop sets it in every round (from its own prompts, "
                                 f"policy.*, judge.*, rewards, seed and out); set those instead")
     if not cfg.prompts:

@@ -25,21 +25,22 @@ import dataclasses
 import gc
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rlaif.config import to_dict
+from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
 from rlaif.io.records import Prompt
+from rlaif.io.log import log
 from rlaif.io.store import atomic_write_text, fingerprint
 from rlaif.loop.config import LoopConfig, check_loop_config
 from rlaif.loop.prompts import round_prompts, split_prompts, write_prompts
 
 STATE = Path(".rlaif") / "loop.json"
+LOG_PREFIX = "rlaif loop"
 # What `rlaif loop` writes in --out; overwrite removes these and nothing else.
-OWNED = ("round-*", "manifest.json", "report.html", "eval_prompts.jsonl", str(STATE))
+LOOP_OUTPUTS = ("round-*", "manifest.json", "report.html", "eval_prompts.jsonl", str(STATE))
 # Options that cannot change any round's result (top level), and nested keys of that kind (last part of
 # the dotted name): how often to log or save, resume granularity, memory shares and HTTP plumbing; and
 # dpo.ref_model, which the loop sets from `reference` (a user value is refused).
@@ -48,9 +49,6 @@ NOT_SETTING_LEAVES = ("ref_model", "progress", "logging_steps", "eval_steps", "s
                       "log_rollouts_every", "chunk_size", "chunk_tokens", "judge_chunk_size", "gpu_memory_utilization", "max_concurrency",
                       "timeout_s", "http_retries", "http_retry_backoff_s", "api_key_env")
 
-
-def _log(msg: str) -> None:
-    print(f"rlaif loop: {msg}", file=sys.stderr, flush=True)
 
 
 def round_dir(cfg: LoopConfig, k: int) -> Path:
@@ -65,21 +63,12 @@ def policy_of(cfg: LoopConfig, k: int) -> str:
 # ----------------------------------------------------------------------------- settings and resume
 def loop_settings(cfg: LoopConfig, pool: list[Prompt], evals: list[Prompt]) -> dict[str, Any]:
     """Flat settings that shape the results (the prompts by content), with their fingerprint."""
-    flat = _flatten({k: v for k, v in to_dict(cfg).items() if k not in NOT_SETTINGS})
+    flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in NOT_SETTINGS},
+                        keep_empty=True)
     flat = {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in NOT_SETTING_LEAVES}
     flat["prompts"] = fingerprint([(p.id, p.messages, p.metadata) for p in pool])
     flat["eval_prompts"] = fingerprint([(p.id, p.messages, p.metadata) for p in evals])
     return {**flat, "fingerprint": fingerprint(flat)}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def prepare_out(cfg: LoopConfig, settings: dict[str, Any]) -> None:
@@ -88,7 +77,7 @@ def prepare_out(cfg: LoopConfig, settings: dict[str, Any]) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"option 'out': {out} exists and is not a folder")
     if cfg.overwrite:
-        for pattern in OWNED:
+        for pattern in LOOP_OUTPUTS:
             for p in out.glob(pattern):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     state = out / STATE
@@ -230,13 +219,13 @@ def run_round(cfg: LoopConfig, k: int, prompts: list[Prompt], evaluate: EvalFn) 
                               "prompts": len(prompts)}
     if cfg.trainer != "grpo":
         t = time.perf_counter()
-        _log(f"round {k}: generate -> judge -> build with {policy_of(cfg, k - 1)}")
+        log(f"round {k}: generate -> judge -> build with {policy_of(cfg, k - 1)}", LOG_PREFIX)
         counts = stage_data(cfg, k)
         record["data"] = {key: counts.get(key) for key in ("train_pairs", "test_pairs")}
         timings["data_s"] = time.perf_counter() - t
         _free()
     t = time.perf_counter()
-    _log(f"round {k}: train ({cfg.trainer})")
+    log(f"round {k}: train ({cfg.trainer})", LOG_PREFIX)
     record["train"] = stage_train(cfg, k)
     timings["train_s"] = time.perf_counter() - t
     _free()
@@ -245,7 +234,7 @@ def run_round(cfg: LoopConfig, k: int, prompts: list[Prompt], evaluate: EvalFn) 
     for name, other in (("vs-initial", 0), ("vs-previous", k - 1)):
         if name == "vs-previous" and k == 1:
             continue  # pi_0 is both: see vs-initial
-        _log(f"round {k}: eval {name} ({policy_of(cfg, k)} vs {policy_of(cfg, other)})")
+        log(f"round {k}: eval {name} ({policy_of(cfg, k)} vs {policy_of(cfg, other)})", LOG_PREFIX)
         a, b = eval_sides(cfg, k, name)
         record["eval"][name] = evaluate(cfg, a, b, rd / "eval" / name)
         _free()
@@ -285,7 +274,7 @@ def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
     for k in range(1, cfg.rounds + 1):
         marker = round_dir(cfg, k) / "round.json"
         if marker.is_file():
-            _log(f"round {k}: already done (same settings), skipped")
+            log(f"round {k}: already done (same settings), skipped", LOG_PREFIX)
             record, timings = json.loads(marker.read_text()), {}
         else:
             record, timings = run_round(cfg, k, slices[k - 1], evaluate)
@@ -307,10 +296,10 @@ def _preflight(cfg: LoopConfig) -> None:
     """Check rubrics, rewards, models and eval options before anything is written (bad input never
     costs a round)."""
     from rlaif.dataset.options import check_options, check_shared_engine
-    from rlaif.dataset.pipeline import resolve_backend_model
+    from rlaif.backends import resolve_backend_model
     from rlaif.judging.rubrics import load_rubric
     from rlaif.eval.evaluate import check_eval_options
-    from rlaif.rewards.sources import parse_reward_specs
+    from rlaif.rewards.specs import parse_reward_specs
 
     check_options(cfg)
     check_shared_engine(cfg.policy, cfg.judge)

