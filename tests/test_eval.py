@@ -14,7 +14,9 @@ from rlaif.cli import main
 from rlaif.config import load_config
 from rlaif.errors import UserError
 from rlaif.io.records import CANDIDATE_SCHEMA, read_jsonl
-from rlaif.eval.evaluate import EvalConfig, combine, run_eval
+from rlaif.eval.evaluate import run_eval
+from rlaif.eval.options import EvalConfig
+from rlaif.eval.summary import combine
 from tests.conftest import build_tiny_model
 
 DEMO = Path(__file__).resolve().parents[1] / "prompts" / "demo.jsonl"

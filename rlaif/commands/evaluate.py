@@ -57,7 +57,8 @@ def format_table(s: dict[str, Any]) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rlaif.eval.evaluate import EvalConfig, run_eval
+    from rlaif.eval.evaluate import run_eval
+    from rlaif.eval.options import EvalConfig
 
     flags: dict[str, Any] = {k: v for k in ("a", "b", "prompts", "out") if (v := getattr(args, k, None))}
     if args.rubric:
@@ -74,7 +75,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: Any) -> None:
-    from rlaif.eval.evaluate import EvalConfig
+    from rlaif.eval.options import EvalConfig
 
     p = subparsers.add_parser("eval", help=DESCRIPTION, description=DESCRIPTION)
     p.add_argument("--a", metavar="MODEL|FILE", help="side A: a model or a candidates .jsonl (same as a=...)")

@@ -17,7 +17,7 @@ from typing import Literal
 from rlaif.config import option
 from rlaif.dataset.options import BuildOptions, CommonOptions, GenerateOptions, JudgeOptions
 from rlaif.errors import UserError
-from rlaif.eval.evaluate import EvalConfig
+from rlaif.eval.options import EvalConfig
 from rlaif.train.config import DPOConfig, RMConfig
 from rlaif.train.online.config import GRPOConfig, PPOConfig
 

@@ -298,7 +298,7 @@ def _preflight(cfg: LoopConfig) -> None:
     from rlaif.dataset.options import check_options, check_shared_engine
     from rlaif.backends import resolve_backend_model
     from rlaif.judging.rubrics import load_rubric
-    from rlaif.eval.evaluate import check_eval_options
+    from rlaif.eval.options import check_eval_options
     from rlaif.rewards.specs import parse_reward_specs
 
     check_options(cfg)
