@@ -1,6 +1,17 @@
-"""The package's import graph has no cycle, function-level (lazy) imports included.
+"""The package's import graph follows the layer order and has no cycle, function-level (lazy)
+imports included.
 
-Data flows one way: commands -> dataset / train -> judging -> backends -> io.
+Layers, top to bottom (`LAYERS`); a module may import its own package or any lower layer, never a
+higher one nor a sibling package of its own layer:
+
+    cli -> commands -> loop -> eval -> dataset | train.online -> rewards -> train | studio -> judging
+        -> backends -> io | config | errors | models | shipped | rlaif (the package itself)
+
+``train.online`` sits above ``rewards`` (online trainers score rollouts with reward sources) and the
+rest of ``train`` below it (``rm:DIR`` rewards score with `rlaif.train.score`). ``studio`` (the
+``rlaif rubric studio`` server, imported by commands) may use judging, backends and io only.
+A module falls in the layer of the longest package prefix naming it, so new modules
+(``rlaif.judging.methods``, ``rlaif.train.online.algorithms``) land in their package's layer.
 """
 
 from __future__ import annotations
@@ -9,6 +20,21 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rlaif"
+
+# Top to bottom; a row's packages are siblings (they may not import each other).
+LAYERS: list[tuple[str, ...]] = [
+    ("rlaif.cli",),
+    ("rlaif.commands",),
+    ("rlaif.loop",),
+    ("rlaif.eval",),
+    ("rlaif.dataset", "rlaif.train.online"),
+    ("rlaif.rewards",),
+    ("rlaif.train", "rlaif.studio"),
+    ("rlaif.judging",),
+    ("rlaif.backends",),
+    ("rlaif.io", "rlaif.config", "rlaif.errors", "rlaif.models", "rlaif.shipped", "rlaif"),
+]
+BASE_LAYER = len(LAYERS) - 1  # its modules are plumbing that any module, and each other, may use
 
 
 def module_name(path: Path) -> str:
@@ -31,6 +57,30 @@ def import_graph() -> dict[str, set[str]]:
                            for a in node.names]
             graph[mod].update(t for t in targets if t in modules and t != mod)
     return graph
+
+
+def package_of(module: str) -> tuple[int, str]:
+    """(layer index, package prefix) of ``module``: the longest prefix in `LAYERS` that names it."""
+    matches = [(len(prefix), index, prefix) for index, row in enumerate(LAYERS) for prefix in row
+               if module == prefix or module.startswith(prefix + ".")]
+    if not matches:
+        raise AssertionError(f"{module}: in no layer of LAYERS; add its package to the table")
+    _, index, prefix = max(matches)
+    return index, prefix
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Edges that import upwards, or across sibling packages of one layer (the base layer excepted)."""
+    bad = []
+    for module, targets in sorted(graph.items()):
+        layer, package = package_of(module)
+        for target in sorted(targets):
+            target_layer, target_package = package_of(target)
+            upward = target_layer < layer
+            sideways = target_layer == layer and target_package != package and layer != BASE_LAYER
+            if upward or sideways:
+                bad.append(f"{module} -> {target} ({package} may not import {target_package})")
+    return bad
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -68,3 +118,29 @@ def test_graph_sees_lazy_imports():
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_layer_table_classifies_by_longest_prefix():
+    assert package_of("rlaif.train.online.algorithms.grpo")[1] == "rlaif.train.online"
+    assert package_of("rlaif.train.score")[1] == "rlaif.train"
+    assert package_of("rlaif.judging.methods")[1] == "rlaif.judging"
+    assert package_of("rlaif")[1] == "rlaif" and package_of("rlaif.cli")[1] == "rlaif.cli"
+    assert package_of("rlaif.train.online")[0] < package_of("rlaif.rewards.rm")[0] < package_of("rlaif.train")[0]
+
+
+def test_layer_check_sees_upward_and_sideways_imports():
+    graph = {"rlaif.io.store": {"rlaif.dataset.pairs"}, "rlaif.dataset.pairs": {"rlaif.train.online.step"},
+             "rlaif.eval.plan": {"rlaif.dataset.generate", "rlaif.io.store"}, "rlaif.io.log": {"rlaif.config"}}
+    assert layer_violations(graph) == [
+        "rlaif.dataset.pairs -> rlaif.train.online.step (rlaif.dataset may not import rlaif.train.online)",
+        "rlaif.io.store -> rlaif.dataset.pairs (rlaif.io may not import rlaif.dataset)"]
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph():
+        package_of(module)
+
+
+def test_imports_follow_the_layer_order():
+    bad = layer_violations(import_graph())
+    assert not bad, "imports against the layer order:\n" + "\n".join(bad)
