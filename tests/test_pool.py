@@ -24,7 +24,7 @@ from processes import has_rows, run_and_signal  # noqa: E402
 from rlaif.backends import load_backend  # noqa: E402
 from rlaif.backends.base import BackendConfig, SamplingParams  # noqa: E402
 from rlaif.backends.fake import FakeBackend  # noqa: E402
-from rlaif.backends.pool import EnginePool  # noqa: E402
+from rlaif.backends.pool import EnginePool, call_method  # noqa: E402
 from rlaif.dataset.options import RunConfig  # noqa: E402
 from rlaif.dataset.pipeline import run_all  # noqa: E402
 from rlaif.errors import UserError  # noqa: E402
@@ -148,7 +148,7 @@ def test_pool_backend_calls_match_one_engine():
         replies = [f"answer {i}" for i in range(5)]
         assert pool.response_logprobs(convs, replies) == fake.response_logprobs(convs, replies)
         assert pool.chat([], params) == []
-        assert pool.call_all("close") == [None, None]
+        assert pool.call_all_with(call_method, "close", (), {}) == [None, None]
     finally:
         pool.close()
     assert ray.is_initialized()  # a Ray the pool did not start is left running

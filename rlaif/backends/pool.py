@@ -248,10 +248,6 @@ class EnginePool:
             raise UserError(f"option '{self.role}.replicas': every engine replica died; the last: {why}")
         log(f"{self.role}: an engine replica died ({why}); {then}, {len(self.actors)} left")
 
-    def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
-        """``engine.name(*args, **kwargs)`` on every replica."""
-        return self.call_all_with(call_method, name, args, kwargs)
-
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]], timeout_s: float = 600.0) -> int:
         """New policy weights into every live replica (online RL): the tensors go to Ray's object
         store once (on CPU), and each replica loads them with its engine's own ``update_weights``.
@@ -288,12 +284,12 @@ class EnginePool:
         """One engine call split into contiguous parts (``columns`` cut alike), one per replica;
         results concatenated in order. Engines' per-conversation seeds make the parts' samples
         those of the whole call."""
-        n = len(next(iter(columns.values())))
-        parts = max(1, min(len(self.actors), n))
-        bounds = [n * k // parts for k in range(parts + 1)]
-        calls = [(name, (), {key: list(col[bounds[k]:bounds[k + 1]]) for key, col in columns.items()} | kwargs)
-                 for k in range(parts)]
-        return [x for part in self.map_chunks(call_method, calls) for x in part]
+        rows = len(next(iter(columns.values())))
+        parts = max(1, min(len(self.actors), rows))
+        bounds = [rows * part // parts for part in range(parts + 1)]
+        calls = [(name, (), {key: list(column[bounds[part]:bounds[part + 1]]) for key, column in columns.items()}
+                  | kwargs) for part in range(parts)]
+        return [result for part in self.map_chunks(call_method, calls) for result in part]
 
     # -- Backend -------------------------------------------------------------------------------
     def chat(self, conversations: Sequence[Conversation], params: SamplingParams,

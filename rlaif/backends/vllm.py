@@ -16,21 +16,19 @@ prompt_logprobs=0``: one prefill, and vLLM returns log p(token_t | tokens_<t) fo
 position; the reply positions are read. These are the model's raw log-probs (temperature 1).
 
 CPU threads: vLLM's own default is kept (``VLLM_CPU_OMP_THREADS_BIND=auto``, one core reserved
-for the engine's scheduler process). Measured on 2 cores (bench/judge_threads.py, 180 candidates,
-two rounds each, a loaded machine): ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` (OMP threads on every
-core) judged at 0.53x (logprob) and 0.55x (likelihood) the candidates/s and generated 0.17x the
-tokens/s: the scheduler busy-polls and then competes with the OMP threads.
+for the engine's scheduler process): the scheduler busy-polls, so OMP threads on every core compete
+with it and run slower (bench/judge_threads.py).
 
 Every completion carries vLLM's ``token_ids``; with ``SamplingParams.logprobs`` the request asks
 for ``logprobs=0`` (the sampled token's log-prob only). That needs an engine built with
 ``enable_sample_logprobs``: `build_llm` then passes ``logprobs_mode="processed_logprobs"``, so the
 log-probs are those of the distribution the token was drawn from (after temperature and top-p;
 see `Completion`), not vLLM's default raw log-probs. It is off by default because vLLM then
-computes a full-vocabulary log-softmax at every sampling step (~12 ms per step for 96 rows on one
-core here, whether or not a request asks); it changes no sample on CPU, and on CUDA makes vLLM use
-its PyTorch sampler instead of FlashInfer's.
+computes a full-vocabulary log-softmax at every sampling step, whether or not a request asks; it
+changes no sample on CPU, and on CUDA makes vLLM use its PyTorch sampler instead of FlashInfer's.
 ``update_weights`` loads new policy weights into the running engine in place (for RL rollouts),
-through a shared-memory mirror of the parameters: no disk, no serialisation (see its docstring).
+through a shared-memory mirror of the parameters (`rlaif.backends.vllm_weights`): no disk, no
+serialisation.
 
 An engine that fails to start, or dies mid-call (``EngineDeadError``), raises `EngineError`: one
 line with the root cause read from the engine processes' output (`rlaif.backends.vllm_output`:
@@ -47,6 +45,7 @@ from rlaif.backends.base import BackendConfig, Completion, Conversation, Generat
 from rlaif.backends.choices import choice_token_ids, combine, render_prompt
 from rlaif.backends.turns import reply_token_ids
 from rlaif.backends.vllm_output import OutputTap, hint
+from rlaif.backends.vllm_weights import SharedMirror
 from rlaif.errors import EngineError, UserError
 from rlaif.io.seeds import mix_seed
 from rlaif.models import check_causal_lm, resolve_model
@@ -95,7 +94,7 @@ def build_llm(config: BackendConfig, tap: OutputTap | None = None) -> "vllm.LLM"
         gpu_memory_utilization=config.gpu_memory_utilization,
         enable_prefix_caching=config.enable_prefix_caching,
         tensor_parallel_size=config.tensor_parallel_size, seed=0,
-        worker_extension_cls="rlaif.backends.vllm.WeightUpdateExtension",
+        worker_extension_cls="rlaif.backends.vllm_weights.WeightUpdateExtension",
     )
     if config.enable_sample_logprobs:  # Completion.logprobs: the sampling distribution's
         kwargs["logprobs_mode"] = "processed_logprobs"
@@ -171,49 +170,6 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-class WeightUpdateExtension:
-    """Mixed into vLLM's worker class (``worker_extension_cls``); runs inside each worker."""
-
-    def _rlaif_reload(self, weights: Iterable[tuple[str, "torch.Tensor"]]) -> None:
-        """vLLM's in-place reload (CPU kernels repack their weights), then re-tie a tied LM head:
-        the reload skips it ("ParallelLMHead: Failed to load weights") and on CPU it keeps the
-        old packed copy of the embeddings, so the logits would come from the old weights."""
-        runner = self.model_runner  # type: ignore[attr-defined]
-        runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-        model = runner.get_model()
-        tied = getattr(runner.model_config.hf_text_config, "tie_word_embeddings", False)
-        head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
-        if tied and head is not None and embed is not None:
-            model.lm_head = head.tie_weights(embed)
-            model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
-
-    def rlaif_map_shared(self, path: str, numel: int, dtype: str,
-                         layout: list[tuple[str, int, list[int]]]) -> int:
-        """Map the trainer's shared-memory mirror (`SharedWeights`): one flat file, one view per
-        ``(name, offset, shape)``; kept until `rlaif_unmap_shared`. Returns the bytes mapped."""
-        import torch
-
-        flat = torch.from_file(path, shared=True, size=numel, dtype=getattr(torch, dtype))
-        self._rlaif_shared = [(name, flat[off:off + _numel(shape)].view(shape)) for name, off, shape in layout]
-        return flat.numel() * flat.element_size()
-
-    def rlaif_load_shared(self) -> int:
-        """Load the mapped mirror into the model in place (vLLM's reload: CPU kernels repack)."""
-        shared = self._rlaif_shared
-        self._rlaif_reload(shared)
-        return len(shared)
-
-    def rlaif_unmap_shared(self) -> None:
-        self._rlaif_shared = []
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _completion(o: Any, with_logprobs: bool) -> Completion:
     """A `Completion` from one ``vllm.CompletionOutput``."""
     ids = list(o.token_ids)
@@ -233,7 +189,7 @@ class VLLMBackend:
         self.llm = llm if llm is not None else build_llm(config, self._tap)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_id = f"vllm:{config.model}"
-        self._mirror: _SharedMirror | None = None
+        self._mirror: SharedMirror | None = None
 
     def _sampling_params(self, params: SamplingParams, seed: int | None) -> "vllm.SamplingParams":
         import vllm
@@ -361,7 +317,7 @@ class VLLMBackend:
                 raise self._died(e, mark) from e
             if method in str(e):
                 raise RuntimeError(f"{method} needs an LLM built by rlaif.backends.vllm.build_llm "
-                                   "(worker_extension_cls=rlaif.backends.vllm.WeightUpdateExtension)") from e
+                                   "(worker_extension_cls=rlaif.backends.vllm_weights.WeightUpdateExtension)") from e
             raise
 
     def update_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]], timeout_s: float = 600.0) -> None:
@@ -380,7 +336,7 @@ class VLLMBackend:
         layout = [(name, tuple(t.shape)) for name, t in tensors]
         if self._mirror is None or self._mirror.layout != layout:
             self._mirror = None
-            self._mirror = _SharedMirror(self, layout, self.llm.llm_engine.model_config.dtype, timeout_s)
+            self._mirror = SharedMirror(self._rpc, layout, self.llm.llm_engine.model_config.dtype, timeout_s)
         with torch.no_grad():
             for (_, t), view in zip(tensors, self._mirror.views):
                 view.copy_(t)
@@ -396,31 +352,3 @@ class VLLMBackend:
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             del llm
-
-
-class _SharedMirror:
-    """One flat, file-backed shared tensor in /dev/shm holding every synced parameter, mapped by
-    this process and by the engine's workers (`WeightUpdateExtension.rlaif_map_shared`)."""
-
-    def __init__(self, backend: VLLMBackend, layout: list[tuple[str, tuple[int, ...]]], dtype: "torch.dtype",
-                 timeout_s: float) -> None:
-        import os
-        import tempfile
-
-        import torch
-
-        self.layout = layout
-        offsets, total = [], 0
-        for _, shape in layout:
-            offsets.append(total)
-            total += _numel(shape)
-        fd, path = tempfile.mkstemp(prefix="rlaif-weights-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.truncate(total * torch.empty((), dtype=dtype).element_size())
-            flat = torch.from_file(path, shared=True, size=total, dtype=dtype)
-            spec = [(name, off, list(shape)) for (name, shape), off in zip(layout, offsets)]
-            backend._rpc("rlaif_map_shared", path, total, str(dtype).removeprefix("torch."), spec, timeout=timeout_s)
-        finally:
-            os.unlink(path)  # both sides hold their mapping; the memory goes with the last of them
-        self.views = [flat[off:off + _numel(shape)].view(shape) for (_, shape), off in zip(layout, offsets)]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Sequence
 
 from rlaif.dataset.options import BuildOptions
 from rlaif.rewards.base import normalise
