@@ -12,6 +12,8 @@ Flags are shorthands for config keys (``--prompts X`` is ``prompts=X``); everyth
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from rlaif.config import add_config_arguments, load_config
@@ -31,7 +33,8 @@ JUDGE_INHERITS = ("\n\n`judge.*` options default to the policy's values (the jud
 def load_verb_config(cls: type, args: argparse.Namespace, inherit_judge: bool) -> Any:
     """`rlaif.config.load_config` with the verb's flags as the last layer; with ``inherit_judge``
     every judge.* key not given defaults to the policy's value."""
-    flags = {k: v for k in ("prompts", "candidates", "judgements", "out") if (v := getattr(args, k, None))}
+    flags = {key: value for key in ("prompts", "candidates", "judgements", "out")
+             if (value := getattr(args, key, None))}
     if getattr(args, "rubric", None):
         flags["rubrics"] = args.rubric
     if getattr(args, "overwrite_flag", False):
@@ -40,44 +43,24 @@ def load_verb_config(cls: type, args: argparse.Namespace, inherit_judge: bool) -
                        inherit={"judge": "policy"} if inherit_judge else None)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from rlaif.dataset.options import RunConfig
-    from rlaif.dataset.pipeline import run_all
+@dataclass(frozen=True)
+class Verb:
+    """One pipeline verb: its config, the `rlaif.dataset.pipeline` function it runs, what it prints."""
 
-    cfg = load_verb_config(RunConfig, args, inherit_judge=True)
-    run_all(cfg)
-    print(f"dataset: {cfg.out}/preferences/train.jsonl, {cfg.out}/preferences/test.jsonl\n"
-          f"report:  {cfg.out}/report.html   card: {cfg.out}/README.md   manifest: {cfg.out}/manifest.json")
-    return 0
-
-
-def _generate(args: argparse.Namespace) -> int:
-    from rlaif.dataset.options import GenerateConfig
-    from rlaif.dataset.pipeline import generate_only
-
-    cfg = load_verb_config(GenerateConfig, args, inherit_judge=False)
-    generate_only(cfg)
-    print(f"candidates: {cfg.out}/candidates.jsonl")
-    return 0
+    name: str
+    config: type
+    entry: str  # the function of rlaif.dataset.pipeline taking the config
+    inherit_judge: bool
+    done: str  # printed at the end; {out} is the output folder
 
 
-def _judge(args: argparse.Namespace) -> int:
-    from rlaif.dataset.options import JudgeConfig
-    from rlaif.dataset.pipeline import judge_only
+def run_verb(verb: Verb, args: argparse.Namespace) -> int:
+    """Load the verb's config, run it, print where its outputs are."""
+    from rlaif.dataset import pipeline
 
-    cfg = load_verb_config(JudgeConfig, args, inherit_judge=False)
-    judge_only(cfg)
-    print(f"judgements: {cfg.out}/judgements.jsonl")
-    return 0
-
-
-def _build(args: argparse.Namespace) -> int:
-    from rlaif.dataset.options import BuildConfig
-    from rlaif.dataset.pipeline import build_only
-
-    cfg = load_verb_config(BuildConfig, args, inherit_judge=False)
-    build_only(cfg)
-    print(f"dataset: {cfg.out}/preferences/{{train,test}}.jsonl   report: {cfg.out}/report.html")
+    cfg = load_verb_config(verb.config, args, inherit_judge=verb.inherit_judge)
+    getattr(pipeline, verb.entry)(cfg)
+    print(verb.done.format(out=cfg.out))
     return 0
 
 
@@ -85,9 +68,15 @@ def add_parsers(subparsers: Any) -> None:
     # Config classes live in rlaif.dataset.options, which imports only light modules (no torch/vllm at import).
     from rlaif.dataset.options import BuildConfig, GenerateConfig, JudgeConfig, RunConfig
 
-    specs = [("run", RunConfig, _run), ("generate", GenerateConfig, _generate),
-             ("judge", JudgeConfig, _judge), ("build", BuildConfig, _build)]
-    for verb, cls, func in specs:
+    verbs = [Verb("run", RunConfig, "run_all", True,
+                  "dataset: {out}/preferences/train.jsonl, {out}/preferences/test.jsonl\n"
+                  "report:  {out}/report.html   card: {out}/README.md   manifest: {out}/manifest.json"),
+             Verb("generate", GenerateConfig, "generate_only", False, "candidates: {out}/candidates.jsonl"),
+             Verb("judge", JudgeConfig, "judge_only", False, "judgements: {out}/judgements.jsonl"),
+             Verb("build", BuildConfig, "build_only", False,
+                  "dataset: {out}/preferences/{{train,test}}.jsonl   report: {out}/report.html")]
+    for spec in verbs:
+        verb = spec.name
         p = subparsers.add_parser(verb, help=DESCRIPTIONS[verb], description=DESCRIPTIONS[verb])
         if verb in ("run", "generate"):
             p.add_argument("--prompts", metavar="FILE", help="prompt file (same as prompts=FILE)")
@@ -103,7 +92,7 @@ def add_parsers(subparsers: Any) -> None:
         p.add_argument("--out", metavar="DIR", help="output folder (same as out=DIR)")
         p.add_argument("--overwrite", dest="overwrite_flag", action="store_true",
                        help="start over instead of resuming (same as overwrite=true)")
-        add_config_arguments(p, cls)
+        add_config_arguments(p, spec.config)
         if verb == "run":
             p.epilog += JUDGE_INHERITS
-        p.set_defaults(func=func)
+        p.set_defaults(func=partial(run_verb, spec))
