@@ -42,24 +42,25 @@ def truncation_flags(cand: dict) -> list[bool | None]:
     None if unknown (user candidates carry "unknown"; a row without finish reasons gives None)."""
     reasons = cand.get("finish_reasons") or []
     out: list[bool | None] = []
-    for k in range(len(cand["responses"])):
-        reason = reasons[k] if k < len(reasons) else "unknown"
+    for index in range(len(cand["responses"])):
+        reason = reasons[index] if index < len(reasons) else "unknown"
         out.append(None if reason == "unknown" else reason == "length")
     return out
 
 
 def combined_scores(rows: dict[str, dict], weights: dict[str, float]) -> list[float | None]:
     """Weighted mean of normalised rubric scores per response; None if any rubric failed on it."""
-    n = len(next(iter(rows.values()))["scores"])
-    total_w = sum(weights.get(r, 1.0) for r in rows)
+    responses = len(next(iter(rows.values()))["scores"])
+    total_weight = sum(weights.get(rubric, 1.0) for rubric in rows)
     out: list[float | None] = []
-    for k in range(n):
-        parts = [(weights.get(r, 1.0), normalise(row["scores"][k] if k < len(row["scores"]) else None, row["scale"]))
-                 for r, row in rows.items()]
-        if total_w <= 0 or any(s is None for _, s in parts):
+    for index in range(responses):
+        parts = [(weights.get(rubric, 1.0),
+                  normalise(row["scores"][index] if index < len(row["scores"]) else None, row["scale"]))
+                 for rubric, row in rows.items()]
+        if total_weight <= 0 or any(score is None for _, score in parts):
             out.append(None)
         else:
-            out.append(sum(w * s for w, s in parts) / total_w)  # type: ignore[operator]
+            out.append(sum(weight * score for weight, score in parts) / total_weight)  # type: ignore[operator]
     return out
 
 
@@ -74,43 +75,38 @@ def _comparison_p(row: dict, chosen: int, rejected: int) -> tuple[float | None, 
     return None, None
 
 
-def _candidate_pairs(scores: list[float | None], truncated: list[bool | None], options: BuildOptions,
-                     stats: Counter) -> list[tuple[int, int]]:
-    """(chosen, rejected) index pairs of one prompt by the strategy, the margin and the truncation rule."""
-    mode = getattr(options, "truncated", "keep")
-    cut = [bool(t) for t in truncated]
-    scored = [(k, s) for k, s in enumerate(scores) if s is not None]
-    stats["responses_failed"] += len(scores) - len(scored)
-    if mode == "drop":
-        stats["responses_truncated_dropped"] += sum(cut[k] for k, _ in scored)
-        scored = [(k, s) for k, s in scored if not cut[k]]
-    if len(scored) < 2:
-        stats["prompts_too_few_scored"] += 1
+Scored = list[tuple[int, float]]  # (response index, combined score) of the responses that have one
+
+
+def _best_vs_worst(scored: Scored, may_choose: Scored, options: BuildOptions, stats: Counter) -> list[tuple[int, int]]:
+    """The best response allowed as chosen against the worst, unless tied or within ``min_margin``."""
+    # First index wins among equals: deterministic, and a tie is detected by the margin below.
+    top = max(scored, key=lambda entry: (entry[1], -entry[0]))
+    worst = min(scored, key=lambda entry: (entry[1], entry[0]))
+    if top[1] - worst[1] <= TIE_EPS:
+        stats["prompts_all_tied"] += 1
         return []
-    may_choose = [(k, s) for k, s in scored if mode == "keep" or not cut[k]]
-    if options.strategy == "best-vs-worst":
-        # First index wins among equals: deterministic, and a tie is detected by the margin below.
-        top = max(scored, key=lambda t: (t[1], -t[0]))
-        worst = min(scored, key=lambda t: (t[1], t[0]))
-        if top[1] - worst[1] <= TIE_EPS:
-            stats["prompts_all_tied"] += 1
-            return []
-        best = max(may_choose, key=lambda t: (t[1], -t[0]), default=None)
-        if best is None or top[1] - best[1] > TIE_EPS:
-            stats["prompts_best_truncated"] += 1  # the pair, if any, takes the best complete response as chosen
-        if best is None or best[1] - worst[1] <= TIE_EPS:
-            stats["prompts_no_complete_chosen"] += 1  # no complete response scored above another one
-            return []
-        if best[1] - worst[1] < (options.min_margin or 0.0):
-            stats["pairs_below_margin"] += 1
-            return []
-        return [(best[0], worst[0])]
+    best = max(may_choose, key=lambda entry: (entry[1], -entry[0]), default=None)
+    if best is None or top[1] - best[1] > TIE_EPS:
+        stats["prompts_best_truncated"] += 1  # the pair, if any, takes the best complete response as chosen
+    if best is None or best[1] - worst[1] <= TIE_EPS:
+        stats["prompts_no_complete_chosen"] += 1  # no complete response scored above another one
+        return []
+    if best[1] - worst[1] < (options.min_margin or 0.0):
+        stats["pairs_below_margin"] += 1
+        return []
+    return [(best[0], worst[0])]
+
+
+def _all_pairs(scored: Scored, cut: list[bool], mode: str, options: BuildOptions,
+               stats: Counter) -> list[tuple[int, int]]:
+    """Every untied pair with at least ``min_margin``; with ``reject_only`` a cut-off response is never chosen."""
     pairs = []
-    for a in range(len(scored)):
-        for b in range(a + 1, len(scored)):
-            (i, si), (j, sj) = scored[a], scored[b]
-            chosen, rejected = (i, j) if si > sj else (j, i)
-            margin = abs(si - sj)
+    for first in range(len(scored)):
+        for second in range(first + 1, len(scored)):
+            (index_a, score_a), (index_b, score_b) = scored[first], scored[second]
+            chosen, rejected = (index_a, index_b) if score_a > score_b else (index_b, index_a)
+            margin = abs(score_a - score_b)
             if margin <= TIE_EPS:
                 stats["pairs_tied"] += 1
             elif margin < (options.min_margin or 0.0):
@@ -120,6 +116,41 @@ def _candidate_pairs(scores: list[float | None], truncated: list[bool | None], o
             else:
                 pairs.append((chosen, rejected))
     return pairs
+
+
+def _candidate_pairs(scores: list[float | None], truncated: list[bool | None], options: BuildOptions,
+                     stats: Counter) -> list[tuple[int, int]]:
+    """(chosen, rejected) index pairs of one prompt by the strategy, the margin and the truncation rule."""
+    mode = getattr(options, "truncated", "keep")
+    cut = [bool(flag) for flag in truncated]
+    scored = [(index, score) for index, score in enumerate(scores) if score is not None]
+    stats["responses_failed"] += len(scores) - len(scored)
+    if mode == "drop":
+        stats["responses_truncated_dropped"] += sum(cut[index] for index, _ in scored)
+        scored = [(index, score) for index, score in scored if not cut[index]]
+    if len(scored) < 2:
+        stats["prompts_too_few_scored"] += 1
+        return []
+    if options.strategy == "best-vs-worst":
+        may_choose = [(index, score) for index, score in scored if mode == "keep" or not cut[index]]
+        return _best_vs_worst(scored, may_choose, options, stats)
+    return _all_pairs(scored, cut, mode, options, stats)
+
+
+def _pairwise_reason(rows: dict[str, dict], chosen: int, rejected: int, options: BuildOptions) -> str | None:
+    """Why a pairwise rubric vetoes the pair (its stats key), or None: the comparison failed, the two
+    orders disagreed, or P(chosen better) is below ``pairwise_min_confidence``."""
+    for row in rows.values():
+        if row["method"] != "pairwise":
+            continue
+        p, consistent = _comparison_p(row, chosen, rejected)
+        if p is None:
+            return "pairs_pairwise_failed"
+        if options.require_position_consistent and not consistent:
+            return "pairs_position_inconsistent"
+        if p < options.pairwise_min_confidence:
+            return "pairs_low_confidence"
+    return None
 
 
 def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str],
@@ -136,13 +167,13 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
         stats["prompts"] += 1
         truncated = truncation_flags(cand)
         stats["responses"] += len(truncated)
-        stats["responses_truncated"] += sum(t is True for t in truncated)
-        stats["responses_finish_unknown"] += sum(t is None for t in truncated)
+        stats["responses_truncated"] += sum(flag is True for flag in truncated)
+        stats["responses_finish_unknown"] += sum(flag is None for flag in truncated)
         rows = by_id.get(cand["id"], {})
         if set(rows) != set(rubrics):
             stats["prompts_missing_judgement"] += 1
             continue
-        rows = {r: rows[r] for r in rubrics}
+        rows = {rubric: rows[rubric] for rubric in rubrics}
         scores = combined_scores(rows, options.rubric_weights)
         judge = "+".join(dict.fromkeys(row["judge"] for row in rows.values()))
         kept = 0
@@ -150,28 +181,17 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
             if cand["responses"][chosen] == cand["responses"][rejected]:
                 stats["pairs_identical_text"] += 1
                 continue
-            reason = None
-            for row in rows.values():
-                if row["method"] != "pairwise":
-                    continue
-                p, consistent = _comparison_p(row, chosen, rejected)
-                if p is None:
-                    reason = "pairs_pairwise_failed"
-                elif options.require_position_consistent and not consistent:
-                    reason = "pairs_position_inconsistent"
-                elif p < options.pairwise_min_confidence:
-                    reason = "pairs_low_confidence"
-                if reason:
-                    break
+            reason = _pairwise_reason(rows, chosen, rejected, options)
             if reason:
                 stats[reason] += 1
                 continue
-            sc, sr = scores[chosen], scores[rejected]
+            score_chosen, score_rejected = scores[chosen], scores[rejected]
             pairs.append({
                 "prompt": cand["messages"],
                 "chosen": [{"role": "assistant", "content": cand["responses"][chosen]}],
                 "rejected": [{"role": "assistant", "content": cand["responses"][rejected]}],
-                "id": cand["id"], "score_chosen": sc, "score_rejected": sr, "margin": sc - sr,  # type: ignore[operator]
+                "id": cand["id"], "score_chosen": score_chosen, "score_rejected": score_rejected,
+                "margin": score_chosen - score_rejected,  # type: ignore[operator]
                 "rubric": rubric_label, "judge": judge, "policy": cand["policy"],
             })
             kept += 1
@@ -184,12 +204,12 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
 
 def split_by_prompt(pairs: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Seeded split of pairs by prompt id (all pairs of a prompt land on the same side)."""
-    ids = sorted({p["id"] for p in pairs})
+    ids = sorted({pair["id"] for pair in pairs})
     random.Random(seed).shuffle(ids)
-    n_test = round(test_fraction * len(ids))
-    if test_fraction > 0 and n_test == 0 and len(ids) >= 2:
-        n_test = 1
-    if n_test >= len(ids) and test_fraction < 1:
-        n_test = len(ids) - 1
-    test_ids = set(ids[:n_test])
-    return [p for p in pairs if p["id"] not in test_ids], [p for p in pairs if p["id"] in test_ids]
+    test_prompts = round(test_fraction * len(ids))
+    if test_fraction > 0 and test_prompts == 0 and len(ids) >= 2:
+        test_prompts = 1
+    if test_prompts >= len(ids) and test_fraction < 1:
+        test_prompts = len(ids) - 1
+    test_ids = set(ids[:test_prompts])
+    return [pair for pair in pairs if pair["id"] not in test_ids], [pair for pair in pairs if pair["id"] in test_ids]

@@ -18,55 +18,15 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend, resolve_backend_model
-from rlaif.backends.base import RayOptions
 from rlaif.errors import UserError
 from rlaif.io.log import log
 from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidate_sources, read_candidates,
                               read_jsonl, read_prompts)
 from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl
+from rlaif.dataset.engines import Engines
 from rlaif.dataset.manifest import assemble_manifest, finish_manifest
 from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, BuildOptions, CommonOptions, GenerateConfig,
                                    JudgeConfig, RunConfig, check_options, check_weights)
-
-
-def _same_engine(a: BackendConfig, b: BackendConfig) -> bool:
-    return a.engine == b.engine and a.model == b.model
-
-
-class Engines:
-    """Loads the policy and the judge lazily; one engine when both are the same model and engine.
-    A role with ``replicas`` > 1 gets a pool of ``factory``-built engines on Ray (`rlaif.backends.pool`)."""
-
-    def __init__(self, policy: BackendConfig | None, judge: BackendConfig | None,
-                 factory: Callable[[BackendConfig], Backend] = load_backend, ray: RayOptions | None = None) -> None:
-        self.configs = {"policy": policy, "judge": judge}
-        self.factory = factory
-        self.ray = ray
-        self.loaded: dict[str, Backend] = {}
-
-    def get(self, role: str) -> Backend:
-        if role in self.loaded:
-            return self.loaded[role]
-        other = "judge" if role == "policy" else "policy"
-        mine, theirs = self.configs[role], self.configs[other]
-        if other in self.loaded and theirs is not None and mine is not None and _same_engine(mine, theirs):
-            self.loaded[role] = self.loaded[other]
-            return self.loaded[role]
-        if other in self.loaded:  # a different model: free the other one's memory first
-            self.loaded.pop(other).close()
-        assert mine is not None
-        if mine.replicas > 1:
-            from rlaif.backends.pool import EnginePool
-
-            self.loaded[role] = EnginePool(mine, self.factory, self.ray, role)
-        else:
-            self.loaded[role] = self.factory(mine)
-        return self.loaded[role]
-
-    def close(self) -> None:
-        for backend in {id(b): b for b in self.loaded.values()}.values():
-            backend.close()
-        self.loaded.clear()
 
 
 # ----------------------------------------------------------------------------- stages
@@ -171,16 +131,53 @@ def _judge_chunk(backend: Backend | None, rubric: Any, items: list, seed: int, v
     return judge_items(backend, rubric, items, seed=seed, verdict_retries=verdict_retries, progress=False)
 
 
+def _judge_rubric(cfg: JudgeConfig | RunConfig, rubric: Any, items: list, backend: Backend | None,
+                  stage: StageFile) -> dict[str, Any]:
+    """Judge every item not yet in ``stage`` with one rubric, chunk by chunk; returns its timings."""
+    from rlaif.backends.chunking import chunks, map_chunks
+
+    done_before = sum(stage.done((item.id, rubric.name)) for item in items)
+    total = sum(len(item.responses) for item in items)
+    bar = tqdm(total=total, unit="cand", desc=f"judge {rubric.name} ({rubric.method})",
+               disable=not cfg.progress, dynamic_ncols=True,
+               initial=sum(len(item.responses) for item in items if stage.done((item.id, rubric.name))))
+    start = time.perf_counter()
+    judged = 0
+    todo = [block for block in chunks(len(items), cfg.judge_chunk_size)
+            if not all(stage.done((items[index].id, rubric.name)) for index in block)]
+    calls = ((rubric, [items[index] for index in block], cfg.seed, cfg.verdict_retries) for block in todo)
+    for block, rows in zip(todo, map_chunks(backend, _judge_chunk, calls)):
+        for item, row in zip((items[index] for index in block), rows):
+            if not stage.done((item.id, rubric.name)):
+                stage.append(row)
+                judged += len(item.responses)
+                bar.update(len(item.responses))
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "rows_resumed": done_before,
+            "candidates_per_s": round(judged / seconds, 2) if seconds > 0 and judged else None}
+
+
+def _judge_counts(rubrics: list[Any], rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per rubric: its method, items judged, failed scores and failed engine calls."""
+    counts = {}
+    for rubric in rubrics:
+        mine = [row for row in rows if row["rubric"] == rubric.name]
+        counts[rubric.name] = {"method": rubric.method, "items": len(mine),
+                               "failed_scores": sum(score is None for row in mine for score in row["scores"]),
+                               "failures": sum(row["failures"] for row in mine)}
+    return counts
+
+
 def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[dict], engines: Engines,
               state: RunState) -> list[dict]:
-    from rlaif.backends.chunking import chunks, map_chunks
     from rlaif.judging.judge import JudgeItem
 
     out = Path(cfg.out)
     if not state.begin("judge", plan.fingerprint, "candidates, judge model, rubric files or seed",
                        STAGE_OUTPUTS["judge"][0], "judge"):
         return read_jsonl(out / "judgements.jsonl", JUDGEMENT_SCHEMA)
-    stage = StageFile(out, "judgements", key_fn=lambda r: (r["id"], r["rubric"]))
+    stage = StageFile(out, "judgements", key_fn=lambda row: (row["id"], row["rubric"]))
     stage.load()
     if stage.dropped_torn:
         log("judge: dropped a torn last row left by an interrupted run")
@@ -188,42 +185,15 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
     items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"],
                        finish_reasons=c.get("finish_reasons"), num_tokens=c.get("num_tokens"))
              for c in candidates]
-    timings: dict[str, Any] = {}
-    for rubric in plan.rubrics:
-        done_before = sum(stage.done((it.id, rubric.name)) for it in items)
-        total = sum(len(it.responses) for it in items)
-        bar = tqdm(total=total, unit="cand", desc=f"judge {rubric.name} ({rubric.method})",
-                   disable=not cfg.progress, dynamic_ncols=True,
-                   initial=sum(len(it.responses) for it in items if stage.done((it.id, rubric.name))))
-        start = time.perf_counter()
-        judged = 0
-        todo = [block for block in chunks(len(items), cfg.judge_chunk_size)
-                if not all(stage.done((items[i].id, rubric.name)) for i in block)]
-        calls = ((rubric, [items[i] for i in block], cfg.seed, cfg.verdict_retries) for block in todo)
-        for block, rows in zip(todo, map_chunks(backend, _judge_chunk, calls)):
-            for it, row in zip((items[i] for i in block), rows):
-                if not stage.done((it.id, rubric.name)):
-                    stage.append(row)
-                    judged += len(it.responses)
-                    bar.update(len(it.responses))
-        bar.close()
-        seconds = time.perf_counter() - start
-        timings[rubric.name] = {"seconds": round(seconds, 3), "rows_resumed": done_before,
-                                "candidates_per_s": round(judged / seconds, 2) if seconds > 0 and judged else None}
-    order = [(c["id"], r.name) for r in plan.rubrics for c in candidates]
-    rows = stage.finish(order)
-    counts = {}
-    for r in plan.rubrics:
-        mine = [row for row in rows if row["rubric"] == r.name]
-        counts[r.name] = {"method": r.method, "items": len(mine),
-                          "failed_scores": sum(s is None for row in mine for s in row["scores"]),
-                          "failures": sum(row["failures"] for row in mine)}
+    timings = {rubric.name: _judge_rubric(cfg, rubric, items, backend, stage) for rubric in plan.rubrics}
+    rows = stage.finish([(c["id"], rubric.name) for rubric in plan.rubrics for c in candidates])
+    counts = _judge_counts(plan.rubrics, rows)
     state.update("judge", done=True, model_id=backend.model_id if backend is not None else "rules", counts=counts,
                  timings=timings,
-                 config={k: v for k, v in asdict(cfg).items() if k in JudgeConfig.__dataclass_fields__},
+                 config={key: value for key, value in asdict(cfg).items() if key in JudgeConfig.__dataclass_fields__},
                  rubrics=[{"name": r.name, "method": r.method, "path": str(r.path) if r.path else None}
                           for r in plan.rubrics])
-    failed = sum(c["failed_scores"] for c in counts.values())
+    failed = sum(count["failed_scores"] for count in counts.values())
     log(f"judge: {len(rows)} judgements ({failed} failed scores) -> {out / 'judgements.jsonl'}")
     return rows
 
