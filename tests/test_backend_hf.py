@@ -142,29 +142,29 @@ def test_greedy_matches_transformers_generate(tiny: HFBackend) -> None:
 
 
 def test_sampler_follows_softmax_and_top_p() -> None:
-    from rlaif.backends.hf import _sample
+    from rlaif.backends.hf_sampling import sample
 
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0]).repeat(6000, 1)  # (B, V)
     u = torch.rand(6000, generator=torch.Generator().manual_seed(0))
     want = torch.softmax(logits[0] / 0.7, -1)
-    got = torch.bincount(_sample(logits, SamplingParams(temperature=0.7), u)[0], minlength=5) / 6000
+    got = torch.bincount(sample(logits, SamplingParams(temperature=0.7), u)[0], minlength=5) / 6000
     assert torch.allclose(got, want, atol=0.02) and got[4] == 0
     # top_p=0.8 keeps the smallest head reaching 0.8: tokens 0 and 1 (p = 0.76, 0.18 at T=0.7)
-    got = torch.bincount(_sample(logits, SamplingParams(temperature=0.7, top_p=0.8), u)[0], minlength=5) / 6000
+    got = torch.bincount(sample(logits, SamplingParams(temperature=0.7, top_p=0.8), u)[0], minlength=5) / 6000
     head = want[:2] / want[:2].sum()
     assert torch.allclose(got[:2], head, atol=0.02) and got[2:].sum() == 0
 
 
 def test_top_p_nucleus_wider_than_the_candidates_falls_back_to_a_full_sort() -> None:
-    from rlaif.backends.hf import _TOP_P_CANDIDATES, _sample
+    from rlaif.backends.hf_sampling import TOP_P_CANDIDATES, sample
 
-    V = 4 * _TOP_P_CANDIDATES  # flat logits: the 0.9 nucleus is 0.9 V tokens, beyond the top-k candidates
+    V = 4 * TOP_P_CANDIDATES  # flat logits: the 0.9 nucleus is 0.9 V tokens, beyond the top-k candidates
     logits = torch.zeros(2000, V)
     logits[:, : V // 2] = 0.01  # the first half is slightly likelier: all of it is in the nucleus
     u = torch.rand(2000, generator=torch.Generator().manual_seed(1))
-    tokens, logp = _sample(logits, SamplingParams(temperature=1.0, top_p=0.9), u, with_logprobs=True)
+    tokens, logp = sample(logits, SamplingParams(temperature=1.0, top_p=0.9), u, with_logprobs=True)
     kept = int(0.9 * V) + 1  # smallest count of (near-uniform) tokens whose mass reaches 0.9
-    assert len(set(tokens.tolist())) > _TOP_P_CANDIDATES
+    assert len(set(tokens.tolist())) > TOP_P_CANDIDATES
     assert (tokens < V // 2).float().mean() == pytest.approx(0.5 * V / kept, abs=0.04)
     assert torch.allclose(logp.exp() * kept, torch.ones_like(logp), atol=0.02)
 

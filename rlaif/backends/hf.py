@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
 from rlaif.backends.choices import choice_token_ids, combine, render_prompt
+from rlaif.backends.hf_sampling import RowState, constrain, sample
 from rlaif.backends.turns import reply_token_ids
 from rlaif.errors import UserError
 from rlaif.io.seeds import mix_seed
@@ -67,56 +68,6 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
         ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
         mask[i, width - len(r):] = 1
     return ids.to(device), mask.to(device)
-
-
-# top-p candidates looked at before falling back to a full sort: the nucleus almost always fits
-_TOP_P_CANDIDATES = 256
-
-
-def _sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor | None,
-            with_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B,) next tokens from (B, V) logits and, if asked, (B,) their log-probs under the
-    distribution they were drawn from.
-
-    ``temperature == 0``: argmax, log-prob ``log_softmax(logits)`` at it. Otherwise inverse-CDF
-    sampling of ``p = softmax(logits / T)``, restricted to the top-p nucleus (the smallest head of
-    tokens, by probability, whose mass reaches ``top_p``; Holtzman et al. 2020) and renormalized:
-    row i's token is the first whose cumulative kept probability exceeds ``u[i] * kept mass``, so
-    ``u[i] ~ U(0, 1)`` (drawn from row i's own generator) alone decides it, and a token of
-    probability 0 (e.g. masked by a grammar) is never picked. The nucleus is looked for among the
-    top ``_TOP_P_CANDIDATES`` tokens (a top-k, not a sort of the vocabulary); exact whenever their
-    mass reaches ``top_p``, else the full sort is used.
-    """
-    if params.temperature <= 0:
-        tokens = logits.argmax(dim=-1)
-        if not with_logprobs:
-            return tokens, None
-        logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float() - logits.float().logsumexp(-1)
-        return tokens, logp
-    assert u is not None
-    scaled = logits.float() / params.temperature  # (B, V)
-    if params.top_p >= 1.0:
-        probs = torch.softmax(scaled, dim=-1)
-        cum = probs.cumsum(dim=-1)
-        idx = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(-1), right=True).clamp(max=cum.shape[-1] - 1)
-        tokens = idx.squeeze(-1)
-        if not with_logprobs:
-            return tokens, None
-        return tokens, scaled.gather(-1, idx).squeeze(-1) - scaled.logsumexp(-1)
-    lse = scaled.logsumexp(-1, keepdim=True)  # (B, 1)
-    k = min(_TOP_P_CANDIDATES, scaled.shape[-1])
-    head, order = scaled.topk(k, dim=-1)  # sorted, descending
-    probs = (head - lse).exp()
-    if k < scaled.shape[-1] and bool((probs.sum(-1) < params.top_p).any()):
-        head, order = scaled.sort(dim=-1, descending=True)
-        probs = (head - lse).exp()
-    probs = probs * (probs.cumsum(dim=-1) - probs < params.top_p)  # always keeps the top token
-    cum = probs.cumsum(dim=-1)
-    idx = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(-1), right=True).clamp(max=cum.shape[-1] - 1)
-    tokens = order.gather(-1, idx).squeeze(-1)
-    if not with_logprobs:
-        return tokens, None
-    return tokens, (probs.gather(-1, idx).squeeze(-1) / cum[:, -1]).log()
 
 
 class HFBackend:
@@ -207,73 +158,72 @@ class HFBackend:
         """Sample one completion per row of one batch; rows with the same prompt (consecutive in
         ``prompts``) share one prefill, and a finished row leaves the batch (its KV cache rows are
         dropped), so the remaining rows step alone."""
-        B = len(prompts)
-        # per-row budget, so a row's result never depends on its batch companions
-        room = [params.max_tokens if self.config.max_model_len is None
-                else min(params.max_tokens, self.config.max_model_len - len(p)) for p in prompts]
-        tokens: list[list[int]] = [[] for _ in range(B)]
-        logprobs: list[list[float]] = [[] for _ in range(B)]
-        finish: list[str | None] = ["length" if r <= 0 else None for r in room]
-        stop_text: list[str | None] = [None] * B  # text cut before a stop string
-        steps = max(room)
+        rows = RowState.start(prompts, params.max_tokens, self.config.max_model_len)
+        steps = max(rows.room)
         if steps <= 0:
-            return self._completions(tokens, logprobs, finish, stop_text, params)
+            return self._completions(rows.tokens, rows.logprobs, rows.finish, rows.stop_text, params)
         # row i's uniforms for all its steps, from its own generator: batch-independent draws
-        u_all = torch.stack([torch.rand(params.max_tokens, generator=g) for g in generators]).to(self.device)
-        matchers = None
-        if params.json_schema is not None:
-            import xgrammar
-
-            grammar = self._grammar(params.json_schema)
-            matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(B)]
-            bitmask = xgrammar.allocate_token_bitmask(B, grammar.tokenizer_info.vocab_size)
+        uniforms = torch.stack([torch.rand(params.max_tokens, generator=g) for g in generators]).to(self.device)
+        matchers, bitmask = self._matchers(params, len(prompts))
         past, logits, mask = self._prefill(prompts)
         positions = mask.sum(-1, keepdim=True) - 1  # (B, 1) position of each row's last token
-        active = [i for i in range(B) if finish[i] is None]  # batch row j is row active[j]
-        if len(active) < B:
+        active = [row for row in range(len(prompts)) if rows.finish[row] is None]  # batch slot s is row active[s]
+        if len(active) < len(prompts):
             keep = torch.tensor(active, device=self.device)
             past.batch_select_indices(keep)
-            mask, logits, positions, u_all = mask[keep], logits[keep], positions[keep], u_all[keep]
+            mask, logits, positions, uniforms = mask[keep], logits[keep], positions[keep], uniforms[keep]
         for step in range(steps):
             if not active:
                 break
             if matchers is not None:
-                for j, i in enumerate(active):
-                    matchers[i].fill_next_token_bitmask(bitmask, j)
-                logits = logits.float()
-                xgrammar.apply_token_bitmask_inplace(logits, bitmask[:len(active)].to(logits.device))
-            nxt_t, logp_t = _sample(logits, params, u_all[:, step], params.logprobs)
-            nxt = nxt_t.tolist()  # the step's one device -> host sync (two with log-probs)
-            logp = logp_t.tolist() if logp_t is not None else None
-            for j, i in enumerate(active):
-                t = nxt[j]
-                tokens[i].append(t)
-                if logp is not None:
-                    logprobs[i].append(logp[j])
-                if matchers is not None:
-                    matchers[i].accept_token(t)
-                if t in self.eos_ids:
-                    finish[i] = "stop"
-                elif params.stop:
-                    text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
-                    cut = min((text.find(s) for s in params.stop if s in text), default=-1)
-                    if cut >= 0:
-                        finish[i], stop_text[i] = "stop", text[:cut]
-                if finish[i] is None and len(tokens[i]) >= room[i]:
-                    finish[i] = "length"
-            still = [j for j, i in enumerate(active) if finish[i] is None]
+                logits = constrain(logits, [matchers[row] for row in active], bitmask)
+            next_ids, next_logprobs = sample(logits, params, uniforms[:, step], params.logprobs)
+            chosen = next_ids.tolist()  # the step's one device -> host sync (two with log-probs)
+            chosen_logprobs = next_logprobs.tolist() if next_logprobs is not None else None
+            for slot, row in enumerate(active):
+                self._take(rows, row, chosen[slot], None if chosen_logprobs is None else chosen_logprobs[slot],
+                           params, None if matchers is None else matchers[row])
+            still = [slot for slot, row in enumerate(active) if rows.finish[row] is None]
             if not still:
                 break
             if len(still) < len(active):  # finished rows stop stepping
                 keep = torch.tensor(still, device=self.device)
                 past.batch_select_indices(keep)
-                mask, positions, nxt_t, u_all = mask[keep], positions[keep], nxt_t[keep], u_all[keep]
-                active = [active[j] for j in still]
+                mask, positions, next_ids, uniforms = mask[keep], positions[keep], next_ids[keep], uniforms[keep]
+                active = [active[slot] for slot in still]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
             positions = positions + 1
-            out = self._forward(nxt_t.unsqueeze(-1), mask, past, positions)
+            out = self._forward(next_ids.unsqueeze(-1), mask, past, positions)
             past, logits = out.past_key_values, out.logits[:, -1, :]
-        return self._completions(tokens, logprobs, finish, stop_text, params)
+        return self._completions(rows.tokens, rows.logprobs, rows.finish, rows.stop_text, params)
+
+    def _matchers(self, params: SamplingParams, batch: int) -> tuple[list[Any] | None, Any]:
+        """One xgrammar matcher per row and their shared token bitmask, for ``json_schema``; else None."""
+        if params.json_schema is None:
+            return None, None
+        import xgrammar
+
+        grammar = self._grammar(params.json_schema)
+        matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(batch)]
+        return matchers, xgrammar.allocate_token_bitmask(batch, grammar.tokenizer_info.vocab_size)
+
+    def _take(self, rows: RowState, row: int, token: int, logprob: float | None, params: SamplingParams,
+              matcher: Any) -> None:
+        """Append the sampled token to ``row``; it finishes on EOS, a stop string or its token budget."""
+        rows.tokens[row].append(token)
+        if logprob is not None:
+            rows.logprobs[row].append(logprob)
+        if matcher is not None:
+            matcher.accept_token(token)
+        if token in self.eos_ids:
+            rows.finish[row] = "stop"
+        elif params.stop:
+            text = self.tokenizer.decode(rows.tokens[row], skip_special_tokens=True)
+            cut = min((text.find(stop) for stop in params.stop if stop in text), default=-1)
+            if cut >= 0:
+                rows.finish[row], rows.stop_text[row] = "stop", text[:cut]
+        if rows.finish[row] is None and len(rows.tokens[row]) >= rows.room[row]:
+            rows.finish[row] = "length"
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """KV cache, last-position logits (B, V) and attention mask of left-padded ``prompts``,

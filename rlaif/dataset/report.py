@@ -248,26 +248,34 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
     atomic_write_text(path, "\n".join(parts))
 
 
-def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], manifest: dict[str, Any]) -> None:
-    """README.md dataset card (Hugging Face style front matter + how the data was made)."""
+CARD_FRONT_MATTER = [
+    "---",
+    "configs:",
+    "- config_name: default",
+    "  data_files:",
+    "  - split: train",
+    "    path: preferences/train.jsonl",
+    "  - split: test",
+    "    path: preferences/test.jsonl",
+    "tags: [rlaif, preference, dpo, synthetic]",
+    "---",
+    "",
+]
+CARD_FORMAT = [
+    "## Format", "", "TRL conversational preference format, one pair per line:", "", "```json",
+    '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], '
+    '"rejected": [{"role": "assistant", "content": "..."}], "id": "...", "score_chosen": 0.8, '
+    '"score_rejected": 0.3, "margin": 0.5, "rubric": "...", "judge": "...", "policy": "..."}', "```", "",
+    "Train on it with `rlaif train dpo --data DIR` (or TRL's `DPOTrainer` directly).", "",
+]
+
+
+def _card_summary(train: list[dict], test: list[dict], manifest: dict[str, Any]) -> list[str]:
+    """The card's opening: what the data is and how it was made (models, sampling, pairing)."""
     stages = manifest.get("stages", {})
-    judge_info = stages.get("judge", {})
     gen_cfg = stages.get("generate", {}).get("config", {})
     build = stages.get("build", {})
-    rubrics = judge_info.get("rubrics") or [{"name": r, "method": "?"} for r in build.get("rubrics", [])]
-    weights = build.get("config", {}).get("rubric_weights", {})
     lines = [
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: preferences/train.jsonl",
-        "  - split: test",
-        "    path: preferences/test.jsonl",
-        "tags: [rlaif, preference, dpo, synthetic]",
-        "---",
-        "",
         "# Synthetic preference dataset (rlaif)",
         "",
         "Responses sampled from a policy model and ranked by a judge model against rubrics "
@@ -285,20 +293,26 @@ def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], ma
                  f"min_margin={build.get('min_margin')}, "
                  f"truncated={build.get('config', {}).get('truncated')}")
     lines.append(f"- {truncation_summary(build)}")
-    lines.append(f"- {noise_summary(build, [p['margin'] for p in train + test])}")
+    lines.append(f"- {noise_summary(build, [pair['margin'] for pair in train + test])}")
+    return lines
+
+
+def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], manifest: dict[str, Any]) -> None:
+    """README.md dataset card (Hugging Face style front matter + how the data was made)."""
+    stages = manifest.get("stages", {})
+    build = stages.get("build", {})
+    rubrics = (stages.get("judge", {}).get("rubrics")
+               or [{"name": name, "method": "?"} for name in build.get("rubrics", [])])
+    weights = build.get("config", {}).get("rubric_weights", {})
+    lines = CARD_FRONT_MATTER + _card_summary(train, test, manifest)
     lines += ["", "## Rubrics", "", "| rubric | method | weight |", "|---|---|---|"]
-    lines += [f"| {r['name']} | {r['method']} | {weights.get(r['name'], 1.0)} |" for r in rubrics]
+    lines += [f"| {rubric['name']} | {rubric['method']} | {weights.get(rubric['name'], 1.0)} |" for rubric in rubrics]
     lines += ["", "Scores: each rubric's score is normalised to [0, 1] by its scale and the rubrics are "
               "combined by a weighted mean; `score_chosen`, `score_rejected` and `margin` are on that [0, 1] "
               "scale. Responses with a failed judgement are never paired; ties give no pair.", "",
               "## Counts", "", "| what | count |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(build.get("counts", {}).items())]
-    lines += ["", "## Format", "", "TRL conversational preference format, one pair per line:", "", "```json",
-              '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], '
-              '"rejected": [{"role": "assistant", "content": "..."}], "id": "...", "score_chosen": 0.8, '
-              '"score_rejected": 0.3, "margin": 0.5, "rubric": "...", "judge": "...", "policy": "..."}', "```", "",
-              "Train on it with `rlaif train dpo --data DIR` (or TRL's `DPOTrainer` directly).", "",
-              "## Limitations", ""]
+    lines += [f"| {key} | {value} |" for key, value in sorted(build.get("counts", {}).items())]
+    lines += ["", *CARD_FORMAT, "## Limitations", ""]
     if note := weak_judge_note(manifest):
         lines.append(note)
     else:
