@@ -279,7 +279,7 @@ def test_hf_engine_tiny_models_same_model_ties_other_model_differs(tmp_path, tin
 
 
 def test_report_notes_and_table_names():
-    from rlaif.commands.evaluate import short_name
+    from rlaif.eval.report import short_name
     from rlaif.eval.report import notes
 
     weak = notes({"judge": "hf:smollm2-135m", "win_rate": 0.9, "lc_win_rate": 0.5, "position_consistency": 0.2,

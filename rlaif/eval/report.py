@@ -1,4 +1,5 @@
-"""report.html of `rlaif eval`: the summary, one line per judging source, and the pairs (plain HTML)."""
+"""report.html of `rlaif eval` (the summary, one line per judging source, the pairs; plain HTML) and the
+short table `rlaif eval` prints."""
 
 from __future__ import annotations
 
@@ -113,3 +114,36 @@ def render(s: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 def write_report(path: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, render(summary, rows))
+
+
+def short_name(source: str) -> str:
+    """``python:/long/path/f.py:fn`` -> ``python:f.py:fn``; ``rm:/path/dir`` -> ``rm:dir`` (for the table)."""
+    scheme, sep, target = source.partition(":")
+    if not sep or scheme not in ("python", "rm"):
+        return source
+    file, colon, func = target.rpartition(":") if scheme == "python" else (target, "", "")
+    return f"{scheme}:{Path(file).name}{colon}{func}"
+
+
+def format_table(s: dict[str, Any]) -> str:
+    """The short table printed at the end of ``rlaif eval``."""
+    unit = s.get("length_unit")
+    lines = [f"A: {s['a']}", f"B: {s['b']}",
+             f"{'source':<34} {'pairs':>5} {'W/L/T':>11} {'win rate':>9} {'95% interval':>17} {'LC':>7}"]
+    rows = list(s.get("by_source", {}).items())
+    if len(rows) > 1:
+        rows.append(("all (majority)", s))
+    for name, entry in rows:
+        low, high = entry.get("win_rate_ci") or [None, None]
+        wins_losses_ties = f"{entry['wins']}/{entry['losses']}/{entry['ties']}"
+        interval = f"[{_pct(low)}, {_pct(high)}]"
+        lines.append(f"{short_name(name)[:34]:<34} {entry['n']:>5} {wins_losses_ties:>11} {_pct(entry['win_rate']):>9} "
+                     f"{interval:>17} {_pct(entry['lc_win_rate']):>7}")
+    lines.append(f"position consistency {_pct(s.get('position_consistency'))}   failed pairs {s.get('failed')}")
+    lines.append(f"mean length A {s['mean_length_a'] or 0:.1f} / B {s['mean_length_b'] or 0:.1f} {unit}   "
+                 f"EOS rate A {_pct(s.get('eos_rate_a'))} / B {_pct(s.get('eos_rate_b'))}")
+    if s.get("mean_score_a") is not None:
+        lines.append(f"mean score ({short_name(s['score_source'])}) A {s['mean_score_a']:.3g} / "
+                     f"B {s['mean_score_b']:.3g}")
+    lines.append(verdict_line(s))
+    return "\n".join(lines)
