@@ -171,7 +171,7 @@ def _judge_counts(rubrics: list[Any], rows: list[dict]) -> dict[str, dict[str, A
 
 def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[dict], engines: Engines,
               state: RunState) -> list[dict]:
-    from rlaif.judging.judge import JudgeItem
+    from rlaif.judging.items import JudgeItem
 
     out = Path(cfg.out)
     if not state.begin("judge", plan.fingerprint, "candidates, judge model, rubric files or seed",

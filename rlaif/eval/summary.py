@@ -60,7 +60,7 @@ def source_kinds(plan: Plan) -> dict[str, str]:
 def _pair_row(pair: Pair, lengths: tuple[int, int], unit: str, mine: dict[str, dict],
               result: float | None) -> dict[str, Any]:
     """One readable ``eval.jsonl`` row."""
-    from rlaif.judging.rubrics import last_user_message
+    from rlaif.judging.templates import last_user_message
 
     return {"id": pair.id, "k": pair.index, "prompt": last_user_message(pair.messages),
             "response_a": pair.responses[0], "response_b": pair.responses[1],
@@ -73,6 +73,7 @@ def _pair_row(pair: Pair, lengths: tuple[int, int], unit: str, mine: dict[str, d
 
 def _by_source(plan: Plan, pairs: list[Pair], lengths: list[tuple[int, int]], votes: Votes) -> dict[str, Any]:
     """Each source's own win rate, failures and mean scores (and position consistency if pairwise)."""
+    pairwise = {rubric.name for rubric in plan.rubrics if rubric.judge_method.pairwise}
     by_source: dict[str, Any] = {}
     for source, kind in source_kinds(plan).items():
         got = [(pair, length, votes[(pair.key, source)]) for pair, length in zip(pairs, lengths)
@@ -82,7 +83,7 @@ def _by_source(plan: Plan, pairs: list[Pair], lengths: list[tuple[int, int]], vo
         entry |= {"kind": kind, "failed": len(pairs) - len(got),
                   "mean_score_a": _mean([vote["score_a"] for _, _, vote in got]),
                   "mean_score_b": _mean([vote["score_b"] for _, _, vote in got])}
-        if kind == "pairwise":
+        if source in pairwise:
             entry["position_consistency"] = _mean([float(vote["consistent"]) for _, _, vote in got])
         by_source[source] = entry
     return by_source
@@ -103,16 +104,15 @@ def summarise(cfg: EvalConfig, plan: Plan, pairs: list[Pair], votes: Votes, judg
             groups.append(pair.id)
             kept_lengths.append(length)
     by_source = _by_source(plan, pairs, lengths, votes)
-    has_pairwise = any(rubric.method == "pairwise" for rubric in plan.rubrics)
-    consistency = [float(votes[(pair.key, rubric.name)]["consistent"]) for rubric in plan.rubrics
-                   if rubric.method == "pairwise" for pair in pairs
-                   if votes[(pair.key, rubric.name)]["outcome"] is not None]
+    pairwise = [rubric.name for rubric in plan.rubrics if rubric.judge_method.pairwise]
+    consistency = [float(votes[(pair.key, name)]["consistent"]) for name in pairwise for pair in pairs
+                   if votes[(pair.key, name)]["outcome"] is not None]
     names = list(kinds)
     score_source = next((name for name in names if kinds[name] == "reward"),
-                        next((name for name in names if kinds[name] != "pairwise"), names[0]))
+                        next((name for name in names if name not in pairwise), names[0]))
     summary = _stats(outcomes, groups, kept_lengths) | {
         "failed": len(pairs) - len(outcomes),
-        "position_consistency": _mean(consistency) if has_pairwise else None,
+        "position_consistency": _mean(consistency) if pairwise else None,
         "length_unit": unit,
         "mean_length_a": _mean([a for a, _ in lengths]), "mean_length_b": _mean([b for _, b in lengths]),
         "eos_rate_a": _eos_rate([pair.finish[0] for pair in pairs]),

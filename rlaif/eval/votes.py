@@ -39,7 +39,7 @@ def _score_vote(score_a: float | None, score_b: float | None, extra: dict[str, A
 
 def _rubric_vote(rubric: Any, row: dict) -> dict[str, Any]:
     """One rubric's vote from its judgement row of the pair (responses A, B)."""
-    if rubric.method == "pairwise":
+    if rubric.judge_method.pairwise:
         return _pairwise_vote(row)
     vote = _score_vote(row["scores"][0], row["scores"][1], {"scale": row["scale"]})
     if vote["outcome"] is None:
@@ -48,7 +48,7 @@ def _rubric_vote(rubric: Any, row: dict) -> dict[str, Any]:
 
 
 def _judge_item(pair: Pair) -> Any:
-    from rlaif.judging.judge import JudgeItem
+    from rlaif.judging.items import JudgeItem
 
     known_finish = set(pair.finish) <= {"stop", "length"}
     return JudgeItem(id=pair.key, messages=pair.messages, responses=list(pair.responses),

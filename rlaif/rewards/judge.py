@@ -37,7 +37,7 @@ class SharedJudge:
 def group_items(prompts: list[list[dict]], completions: list[str], rows: list[dict]) -> list[tuple[Any, list[int]]]:
     """Judge items: consecutive completions of the same prompt (same ``id`` and chat) form one item;
     returns ``[(JudgeItem, completion indices)]``."""
-    from rlaif.judging.judge import JudgeItem
+    from rlaif.judging.items import JudgeItem
 
     out: list[tuple[Any, list[int]]] = []
     for index, (messages, completion, row) in enumerate(zip(prompts, completions, rows)):
