@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rlaif.config import load_config, parse_overrides
+from rlaif.config import flatten_dict, load_config, parse_overrides
 from rlaif.errors import UserError
 
 
@@ -92,3 +92,10 @@ def test_inherit_starts_judge_from_final_policy_then_applies_judge_keys(tmp_path
         load_config(WithJudge, None, ["judge.temperature=hot"], inherit={"judge": "policy"})
     with pytest.raises(UserError, match=r"command line: option 'judge': expected a mapping"):
         load_config(WithJudge, None, ["judge=3"], inherit={"judge": "policy"})
+
+
+def test_flatten_dict_dots_nested_keys_and_drops_or_keeps_empty_dicts():
+    nested = {"a": {"b": 1, "c": {"d": [2]}, "empty": {}}, "e": None}
+    assert flatten_dict(nested) == {"a.b": 1, "a.c.d": [2], "e": None}
+    assert flatten_dict(nested, empty_as_leaf=True) == {"a.b": 1, "a.c.d": [2], "a.empty": {}, "e": None}
+    assert flatten_dict({"x": 1}, "top.") == {"top.x": 1}

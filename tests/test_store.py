@@ -90,3 +90,21 @@ def test_run_state_refuses_other_settings(tmp_path):
     RunState(tmp_path).check("generate", "abc", "n")
     with pytest.raises(UserError, match="other settings \\(n\\).*overwrite=true"):
         RunState(tmp_path).check("generate", "xyz", "n")
+
+
+def test_begin_runs_a_new_stage_skips_a_finished_one_and_refuses_others(tmp_path, capsys):
+    state = RunState(tmp_path)
+    assert state.begin("gen", "fp1", "the settings", "out.jsonl", "gen") is True
+    assert state.stage("gen") == {"fingerprint": "fp1", "done": False}
+    assert state.begin("gen", "fp1", "the settings", "out.jsonl", "gen") is True  # not done yet: resume
+    state.update("gen", done=True)
+    assert state.begin("gen", "fp1", "the settings", "out.jsonl", "gen") is True  # done, but its file is gone
+    state.update("gen", done=True)
+    (tmp_path / "out.jsonl").write_text("")
+    assert RunState(tmp_path).begin("gen", "fp1", "the settings", "out.jsonl", "gen") is False
+    assert "gen: already done" in capsys.readouterr().err
+    with pytest.raises(UserError, match="other settings \\(the settings\\)"):
+        RunState(tmp_path).begin("gen", "fp2", "the settings", "out.jsonl", "gen")
+    (tmp_path / "other.jsonl").write_text("")
+    with pytest.raises(UserError, match="other.jsonl: exists but was not made by these settings"):
+        RunState(tmp_path).begin("judge", "fp3", "the settings", "other.jsonl", "judge")
