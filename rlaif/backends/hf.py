@@ -269,23 +269,25 @@ class HFBackend:
             self._grammar(params.json_schema)  # a bad schema fails before any sampling
         # one row per (prompt, sample); row r = prompt r // n, sample r % n; a prompt's rows stay
         # consecutive after the (stable) sort by length, so they share a prefill
-        n = params.n
-        rows = [(c, k) for c in range(len(prompts)) for k in range(n)]
+        samples = params.n
+        rows = [(prompt_index, sample) for prompt_index in range(len(prompts)) for sample in range(samples)]
         results: list[Completion | None] = [None] * len(rows)
         with tqdm(total=len(rows), desc="hf generate", unit="sample", disable=not progress) as bar:
-            for batch in self._batches(len(rows), [len(prompts[c]) for c, _ in rows]):
+            for batch in self._batches(len(rows), [len(prompts[prompt_index]) for prompt_index, _ in rows]):
                 gens: list[torch.Generator] = []
-                for r in batch:
-                    c, k = rows[r]
-                    seed = seeds[c] if seeds is not None else params.seed
+                for row_index in batch:
+                    prompt_index, sample = rows[row_index]
+                    seed = seeds[prompt_index] if seeds is not None else params.seed
                     seed = random.getrandbits(62) if seed is None else mix_seed(seed)
-                    gens.append(torch.Generator().manual_seed(seed + k))
-                comps = self._generate_rows([list(prompts[rows[r][0]]) for r in batch], params, gens)
-                for r, comp in zip(batch, comps):
-                    results[r] = comp
+                    gens.append(torch.Generator().manual_seed(seed + sample))
+                comps = self._generate_rows([list(prompts[rows[row_index][0]]) for row_index in batch], params,
+                                            gens)
+                for row_index, comp in zip(batch, comps):
+                    results[row_index] = comp
                 bar.update(len(batch))
-        return [Generation(completions=[results[c * n + k] for k in range(n)],  # type: ignore[misc]
-                           prompt_tokens=len(prompts[c])) for c in range(len(prompts))]
+        return [Generation(completions=[results[index * samples + sample]  # type: ignore[misc]
+                                        for sample in range(samples)],
+                           prompt_tokens=len(prompts[index])) for index in range(len(prompts))]
 
     def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
                           progress: bool = True) -> list[list[float]]:
@@ -302,18 +304,18 @@ class HFBackend:
                 width = max(len(r) for r in rows)
                 ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, r in enumerate(rows):
-                    ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
+                for slot, row_ids in enumerate(rows):
+                    ids[slot, :len(row_ids)], mask[slot, :len(row_ids)] = torch.tensor(row_ids), 1
                 # logits at position t predict token t + 1: keep the span from the first reply's predictor
                 first = min(len(splits[i][0]) for i in batch) - 1
                 span = torch.arange(first, width - 1, device=self.device)
                 positions = torch.arange(width, device=self.device).expand(len(rows), width)
                 logits = self._forward(ids.to(self.device), mask.to(self.device), positions=positions,
                                        logits_to_keep=span).logits  # (B, len(span), V), the model's dtype
-                for j, i in enumerate(batch):
+                for slot, i in enumerate(batch):
                     prompt, reply = splits[i]
                     at = len(prompt) - 1 - first  # the row's first reply token is predicted at span[at]
-                    row = logits[j, at:at + len(reply)].float()  # (len(reply), V); one row in float at a time
+                    row = logits[slot, at:at + len(reply)].float()  # (len(reply), V); one row in float at a time
                     target = torch.tensor(reply, device=self.device).unsqueeze(-1)
                     results[i] = (row.gather(-1, target).squeeze(-1) - row.logsumexp(-1)).tolist()
                 bar.update(len(batch))
@@ -322,7 +324,7 @@ class HFBackend:
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         assistant_prefix: str = "", progress: bool = True) -> list[dict[str, float]]:
         ids_by_choice = choice_token_ids(self.tokenizer, choices)
-        wanted = sorted({t for ids in ids_by_choice.values() for t in ids})
+        wanted = sorted({token_id for ids in ids_by_choice.values() for token_id in ids})
         prompts = [self._encode(c, assistant_prefix) for c in conversations]
         results: list[dict[str, float]] = [{} for _ in prompts]
         with tqdm(total=len(prompts), desc="hf choice logprobs", unit="prompt", disable=not progress) as bar:

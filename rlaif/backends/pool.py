@@ -51,8 +51,9 @@ def _as_bytes(name: str, tensor: Any) -> tuple[str, str, tuple[int, ...], Any]:
     readers map them without a copy (a torch tensor is pickled and unpickled: ~4x slower for 0.5 GB)."""
     import torch
 
-    t = tensor.detach().cpu().contiguous()
-    return name, str(t.dtype).removeprefix("torch."), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy()
+    flat = tensor.detach().cpu().contiguous()
+    return (name, str(flat.dtype).removeprefix("torch."), tuple(flat.shape),
+            flat.reshape(-1).view(torch.uint8).numpy())
 
 
 def _load_weights(backend: Backend, refs: list[Any], timeout_s: float) -> None:
@@ -162,7 +163,7 @@ class EnginePool:
         cpus = 1 if inner.engine not in ("fake", "openai") else 0
         remote = ray.remote(_Replica)
         actors = []
-        for k in range(self.config.replicas):
+        for replica in range(self.config.replicas):
             if gpus > 1:  # vLLM's tensor-parallel workers are placed in this group
                 group = placement_group([{"GPU": 1, "CPU": 1}] * gpus, strategy="STRICT_PACK")
                 self._groups.append(group)
@@ -171,7 +172,8 @@ class EnginePool:
                 opts: dict[str, Any] = dict(num_cpus=0, num_gpus=0, scheduling_strategy=strategy)
             else:
                 opts = dict(num_cpus=cpus, num_gpus=gpus)
-            name = f"rlaif-{self.role}-{k}-{os.getpid()}-{id(self):x}"  # `ray list actors` shows whose it is
+            # `ray list actors` shows whose it is
+            name = f"rlaif-{self.role}-{replica}-{os.getpid()}-{id(self):x}"
             actors.append(remote.options(name=name, **opts).remote(factory, inner, gpus > 1))
         return actors
 
@@ -254,7 +256,7 @@ class EnginePool:
         A replica found dead is dropped (as in `map_chunks`) and the others still load the weights,
         so every replica left holds them: a chunk a dead replica hands over is sampled with the
         current weights. Returns how many replicas loaded them."""
-        ref = self.ray.put([_as_bytes(name, t) for name, t in named_tensors])
+        ref = self.ray.put([_as_bytes(name, tensor) for name, tensor in named_tensors])
         return len(self.call_live_with(_load_weights, [ref], timeout_s))
 
     def call_live_with(self, fn: Callable[..., Any], *args: Any) -> list[Any]:

@@ -175,7 +175,7 @@ def _completion(o: Any, with_logprobs: bool) -> Completion:
     ids = list(o.token_ids)
     lps = None
     if with_logprobs:  # one {token_id: Logprob} per position; logprobs=0 holds the sampled token
-        lps = [step[t].logprob for step, t in zip(o.logprobs, ids)]
+        lps = [step[token_id].logprob for step, token_id in zip(o.logprobs, ids)]
     return Completion(text=o.text, num_tokens=len(ids), finish_reason=o.finish_reason or "length",
                       token_ids=ids, logprobs=lps)
 
@@ -270,7 +270,7 @@ class VLLMBackend:
         if not conversations:
             return []
         ids_by_choice = choice_token_ids(self.tokenizer, choices)
-        wanted = sorted({t for ids in ids_by_choice.values() for t in ids})
+        wanted = sorted({token_id for ids in ids_by_choice.values() for token_id in ids})
         prompts = [TokensPrompt(prompt_token_ids=self.tokenizer.encode(
             render_prompt(self.tokenizer, c, assistant_prefix), add_special_tokens=False)) for c in conversations]
         sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted)
@@ -298,7 +298,8 @@ class VLLMBackend:
         results = []
         for (prompt, reply), out in zip(splits, outputs):
             steps = out.prompt_logprobs  # one {token_id: Logprob} per prompt position (None at 0)
-            results.append([steps[len(prompt) + k][t].logprob for k, t in enumerate(reply)])
+            results.append([steps[len(prompt) + position][token_id].logprob
+                            for position, token_id in enumerate(reply)])
         return results
 
     def _died(self, e: BaseException, mark: int) -> EngineError:
@@ -332,13 +333,13 @@ class VLLMBackend:
         An RPC that takes longer than ``timeout_s`` raises ``TimeoutError`` (no silent hang)."""
         import torch
 
-        tensors = [(name, t.detach()) for name, t in named_tensors]
-        layout = [(name, tuple(t.shape)) for name, t in tensors]
+        tensors = [(name, tensor.detach()) for name, tensor in named_tensors]
+        layout = [(name, tuple(tensor.shape)) for name, tensor in tensors]
         if self._mirror is None or self._mirror.layout != layout:
             self._mirror = None
             self._mirror = SharedMirror(self._rpc, layout, self.llm.llm_engine.model_config.dtype, timeout_s)
         with torch.no_grad():
-            for (_, t), view in zip(tensors, self._mirror.views):
+            for (_, tensor), view in zip(tensors, self._mirror.views):
                 view.copy_(t)
         self._rpc("rlaif_load_shared", timeout=timeout_s)
         self._run(self.llm.reset_prefix_cache)

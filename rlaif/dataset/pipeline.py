@@ -83,7 +83,8 @@ def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: E
     total = sum(len(r["responses"]) for r in rows)
     state.update("generate", done=True, model_id=backend.model_id,
                  counts={"prompts": len(rows), "candidates": total, "tokens": tokens, "finished_by_length": cut},
-                 config={k: v for k, v in asdict(cfg).items() if k in GenerateConfig.__dataclass_fields__},
+                 config={key: value for key, value in asdict(cfg).items()
+                         if key in GenerateConfig.__dataclass_fields__},
                  timings={"seconds": stats["seconds"], "tokens_per_s": stats["tokens_per_s"],
                           "rows_resumed": stats["resumed"]})
     log(f"generate: {len(rows)} prompts x {cfg.n} -> {out / 'candidates.jsonl'}")
@@ -117,7 +118,8 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates: list[dict] | None,
         from rlaif.dataset.judge_context import check_judge_prompt_lengths
 
         check_judge_prompt_lengths(rubrics, candidates, model_dir, cfg.judge.max_model_len, cfg.seed, sources)
-    fp = fingerprint({"candidates": _candidates_fp(candidates or []), "engine": cfg.judge.engine, "model": cfg.judge.model,
+    fp = fingerprint({"candidates": _candidates_fp(candidates or []), "engine": cfg.judge.engine,
+                      "model": cfg.judge.model,
                       "rubrics": [(r.name, r.method, r.template,
                                    Path(r.path).read_text(encoding="utf-8") if r.path else "") for r in rubrics],
                       "seed": cfg.seed, "max_retries": cfg.verdict_retries})  # key kept: same fingerprints
@@ -202,7 +204,7 @@ def build_fingerprint(cfg: BuildConfig | RunConfig, candidates: list[dict], judg
                       rubric_names: Sequence[str]) -> str:
     """What shapes the build's outputs: its inputs, every build option, the seed, and the earlier
     stages' settings the report shows. A changed option gives a new fingerprint, so the build reruns."""
-    options = {k: getattr(cfg, k) for k in BuildOptions.__dataclass_fields__}
+    options = {key: getattr(cfg, key) for key in BuildOptions.__dataclass_fields__}
     return fingerprint({"options": options, "seed": cfg.seed, "rubrics": list(rubric_names),
                         "candidates": fingerprint(candidates), "judgements": fingerprint(judgements),
                         "stages": {s: state.stage(s).get("config") for s in ("generate", "judge")}})
@@ -226,12 +228,13 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     out = Path(cfg.out)
     fp = build_fingerprint(cfg, candidates, judgements, state, rubric_names)
     info = state.stage("build")
-    if info.get("fingerprint") == fp and info.get("done") and all((out / n).exists() for n in STAGE_OUTPUTS["build"]):
+    finished = all((out / name).exists() for name in STAGE_OUTPUTS["build"])
+    if info.get("fingerprint") == fp and info.get("done") and finished:
         log(f"build: already done in {out} (same settings), skipped")
         return info["counts"]
     start = time.perf_counter()
     models = {"policy": "+".join(dict.fromkeys(c["policy"] for c in candidates)),
-              "judge": "+".join(dict.fromkeys(j["judge"] for j in judgements if j["rubric"] in rubric_names))}
+              "judge": "+".join(dict.fromkeys(row["judge"] for row in judgements if row["rubric"] in rubric_names))}
     noise, noise_source = judge_noise(cfg, models["judge"], rubric_key(judgements, rubric_names))
     # min_margin null: drop the pairs inside the judge's noise where it is known
     min_margin = cfg.min_margin if cfg.min_margin is not None else (noise or 0.0)
@@ -244,7 +247,7 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
     state.update("build", done=False, fingerprint=fp, counts=counts, rubrics=list(rubric_names), models=models,
                  noise_margin={"value": noise, "source": noise_source}, min_margin=min_margin,
-                 config={k: v for k, v in asdict(cfg).items() if k in BuildConfig.__dataclass_fields__},
+                 config={key: value for key, value in asdict(cfg).items() if key in BuildConfig.__dataclass_fields__},
                  timings={"seconds": round(time.perf_counter() - start, 3)})
     manifest = assemble_manifest(state)
     write_report(out / "report.html", candidates, judgements, train, test, manifest)
@@ -268,7 +271,7 @@ def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
     if out.exists() and not out.is_dir():
         raise UserError(f"option 'out': {out} exists and is not a folder")
     if cfg.overwrite:
-        clear_outputs(out, [n for s in stages for n in STAGE_OUTPUTS[s]] + ["manifest.json"])
+        clear_outputs(out, [name for stage in stages for name in STAGE_OUTPUTS[stage]] + ["manifest.json"])
     out.mkdir(parents=True, exist_ok=True)
     state = RunState(out)
     if cfg.overwrite:
@@ -347,8 +350,8 @@ def build_only(cfg: BuildConfig) -> dict[str, Any]:
     judgements = read_jsonl(cfg.judgements, JUDGEMENT_SCHEMA)
     cand_path = cfg.candidates or str(Path(cfg.judgements).with_name("candidates.jsonl"))
     candidates = read_candidates(cand_path)
-    names = [Path(r).stem for r in cfg.rubrics] or list(dict.fromkeys(j["rubric"] for j in judgements))
-    missing = [n for n in names if n not in {j["rubric"] for j in judgements}]
+    names = [Path(rubric).stem for rubric in cfg.rubrics] or list(dict.fromkeys(row["rubric"] for row in judgements))
+    missing = [name for name in names if name not in {row["rubric"] for row in judgements}]
     if missing:
         raise UserError(f"{cfg.judgements}: no judgements for rubric '{missing[0]}'")
     if not judgements:

@@ -21,7 +21,8 @@ from rlaif.models import is_embedded
 def weak_judge_note(manifest: dict[str, Any]) -> str | None:
     """A warning when the run's judge (manifest ``models.judge``) is rlaif's embedded default model."""
     judge = str(manifest.get("models", {}).get("judge") or "")
-    if not any(is_embedded(j.split(":", 1)[-1]) for j in judge.split("+")):  # model ids are "engine:model"
+    # model ids are "engine:model"
+    if not any(is_embedded(judge_id.split(":", 1)[-1]) for judge_id in judge.split("+")):
         return None
     return (f"The judge of this run, {judge}, is rlaif's small embedded default model, a weak judge: on hand-made "
             "pairs with an obviously better answer its pairwise verdicts were almost never position-consistent and "
@@ -97,7 +98,7 @@ def plot_counts(counts: dict[str, int], title: str) -> str:
 
     fig, ax = plt.subplots(figsize=(6, 0.35 * max(3, len(counts)) + 0.8))
     names = list(counts)
-    ax.barh(names, [counts[n] for n in names], color="#55a868")
+    ax.barh(names, [counts[name] for name in names], color="#55a868")
     ax.invert_yaxis()
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=8)
@@ -176,7 +177,8 @@ def failure_counts(judgements: list[dict]) -> dict[str, int]:
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
-    body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(value))}</td></tr>"
+                   for key, value in rows)
     return f"<table>{body}</table>"
 
 
@@ -219,7 +221,7 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
     consistency = position_consistency(judgements)
     parts.append("<h2>Position consistency (pairwise rubrics)</h2>")
     if consistency:
-        flat = {f"{r}: {k}": v for r, c in consistency.items() for k, v in c.items()}
+        flat = {f"{r}: {key}": value for r, c in consistency.items() for key, value in c.items()}
         parts.append("<p>Each pair was judged in both orders; consistent = both orders preferred the same "
                      f"response.</p><img src='{plot_counts(flat, 'pairwise comparisons')}'>")
     else:
@@ -243,8 +245,8 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
     parts.extend(_example(p) for p in train[:n_examples])
     if not train:
         parts.append("<p>No pairs.</p>")
-    parts.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(
-        {k: v.get("config") for k, v in stages.items()}, indent=1, sort_keys=True)) + "</pre></body></html>\n")
+    settings = json.dumps({stage: info.get("config") for stage, info in stages.items()}, indent=1, sort_keys=True)
+    parts.append("<h2>Settings</h2><pre>" + html.escape(settings) + "</pre></body></html>\n")
     atomic_write_text(path, "\n".join(parts))
 
 

@@ -101,7 +101,7 @@ def render(s: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                           f"<span class='{cls}'>{e(str(r['winner']))}</span>"])
     more = (f"<p>First {MAX_ROWS} of {len(rows)} pairs; eval.jsonl has every pair with each source's vote.</p>"
             if len(rows) > MAX_ROWS else "<p>eval.jsonl has each source's vote per pair.</p>")
-    warn = "".join(f"<p class='note'>{e(n)}</p>" for n in notes(s))
+    warn = "".join(f"<p class='note'>{e(note)}</p>" for note in notes(s))
     how = ("<p>Win rate = (wins + ties/2) / pairs; the 95% interval is Agresti-Coull generalised to outcomes in "
            "{0, 1/2, 1}, over prompts. LC win rate: AlpacaEval 2's length-controlled win rate (a logistic fit of "
            "the verdict on tanh of the scaled length difference, read at zero difference). Pairwise rubrics are "

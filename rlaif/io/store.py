@@ -109,10 +109,10 @@ class StageFile:
     def finish(self, order: list[Hashable]) -> list[dict]:
         """Write the final file with the rows in ``order`` (every key must be done); drop the partial."""
         self.close()
-        missing = [k for k in order if k not in self.rows]
+        missing = [key for key in order if key not in self.rows]
         if missing:
             raise RuntimeError(f"{self.final.name}: {len(missing)} rows missing at finish, e.g. {missing[0]!r}")
-        rows = [self.rows[k] for k in order]
+        rows = [self.rows[key] for key in order]
         write_jsonl(self.final, rows)
         self.partial.unlink(missing_ok=True)
         return rows

@@ -46,18 +46,19 @@ LOOP_OUTPUTS = ("round-*", "manifest.json", "report.html", "eval_prompts.jsonl",
 # dpo.ref_model, which the loop sets from `reference` (a user value is refused).
 NOT_SETTINGS = ("out", "overwrite", "progress", "rounds")
 NOT_SETTING_LEAVES = ("ref_model", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
-                      "log_rollouts_every", "chunk_size", "chunk_tokens", "judge_chunk_size", "gpu_memory_utilization", "max_concurrency",
+                      "log_rollouts_every", "chunk_size", "chunk_tokens", "judge_chunk_size", "gpu_memory_utilization",
+                      "max_concurrency",
                       "timeout_s", "http_retries", "http_retry_backoff_s", "api_key_env")
 
 
 
-def round_dir(cfg: LoopConfig, k: int) -> Path:
-    return Path(cfg.out) / f"round-{k}"
+def round_dir(cfg: LoopConfig, round_number: int) -> Path:
+    return Path(cfg.out) / f"round-{round_number}"
 
 
-def policy_of(cfg: LoopConfig, k: int) -> str:
+def policy_of(cfg: LoopConfig, round_number: int) -> str:
     """pi_k: the starting policy for k = 0, else round k's trained model folder."""
-    return cfg.policy.model if k == 0 else str(round_dir(cfg, k) / "model")
+    return cfg.policy.model if round_number == 0 else str(round_dir(cfg, round_number) / "model")
 
 
 # ----------------------------------------------------------------------------- settings and resume
@@ -65,9 +66,9 @@ def loop_settings(cfg: LoopConfig, pool: list[Prompt], evals: list[Prompt]) -> d
     """Flat settings that shape the results (the prompts by content), with their fingerprint."""
     flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in NOT_SETTINGS},
                         keep_empty=True)
-    flat = {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in NOT_SETTING_LEAVES}
-    flat["prompts"] = fingerprint([(p.id, p.messages, p.metadata) for p in pool])
-    flat["eval_prompts"] = fingerprint([(p.id, p.messages, p.metadata) for p in evals])
+    flat = {key: value for key, value in flat.items() if key.rsplit(".", 1)[-1] not in NOT_SETTING_LEAVES}
+    flat["prompts"] = fingerprint([(prompt.id, prompt.messages, prompt.metadata) for prompt in pool])
+    flat["eval_prompts"] = fingerprint([(prompt.id, prompt.messages, prompt.metadata) for prompt in evals])
     return {**flat, "fingerprint": fingerprint(flat)}
 
 
@@ -78,15 +79,15 @@ def prepare_out(cfg: LoopConfig, settings: dict[str, Any]) -> None:
         raise UserError(f"option 'out': {out} exists and is not a folder")
     if cfg.overwrite:
         for pattern in LOOP_OUTPUTS:
-            for p in out.glob(pattern):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            for path in out.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     state = out / STATE
     if state.is_file():
         old = json.loads(state.read_text())
         if old.get("fingerprint") != settings["fingerprint"]:
-            keys = [k for k in settings if k != "fingerprint" and old.get(k) != settings[k]]
-            keys += [k for k in old if k not in settings]
-            what = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in keys[:3])
+            keys = [key for key in settings if key != "fingerprint" and old.get(key) != settings[key]]
+            keys += [key for key in old if key not in settings]
+            what = ", ".join(f"{key} {old.get(key)!r} -> {settings.get(key)!r}" for key in keys[:3])
             raise UserError(f"{out}: holds a loop made with other settings ({what}"
                             f"{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}); rerun with --overwrite "
                             f"(overwrite=true) to start over, or pick another --out")
@@ -109,52 +110,53 @@ def _free() -> None:
         pass
 
 
-def stage_data(cfg: LoopConfig, k: int) -> dict[str, Any]:
+def stage_data(cfg: LoopConfig, round_number: int) -> dict[str, Any]:
     """`rlaif run` of round k's prompts with pi_{k-1} as the policy; counts of the build stage."""
     from rlaif.dataset.options import RunConfig
     from rlaif.dataset.pipeline import run_all
 
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    fields = {field.name for field in dataclasses.fields(RunConfig)}
     values = {name: getattr(cfg, name) for name in fields if hasattr(cfg, name)}
-    values.update(prompts=str(round_dir(cfg, k) / "prompts.jsonl"), prompt_column="prompt",
-                  out=str(round_dir(cfg, k) / "data"), overwrite=False,
-                  policy=dataclasses.replace(cfg.policy, model=policy_of(cfg, k - 1)))
+    values.update(prompts=str(round_dir(cfg, round_number) / "prompts.jsonl"), prompt_column="prompt",
+                  out=str(round_dir(cfg, round_number) / "data"), overwrite=False,
+                  policy=dataclasses.replace(cfg.policy, model=policy_of(cfg, round_number - 1)))
     counts = run_all(RunConfig(**values))
     if not counts.get("train_pairs"):
-        done = f"rounds 1-{k - 1} are kept" if k > 1 else "no earlier round"
-        raise UserError(f"round {k}: `rlaif run` produced no training pairs (see {values['out']}/report.html: all "
-                        f"tied, failed or filtered); try a larger n, strategy=all-pairs or another judge ({done})")
+        done = f"rounds 1-{round_number - 1} are kept" if round_number > 1 else "no earlier round"
+        raise UserError(f"round {round_number}: `rlaif run` produced no training pairs (see "
+                        f"{values['out']}/report.html: all tied, failed or filtered); try a larger n, "
+                        f"strategy=all-pairs or another judge ({done})")
     return counts
 
 
-def stage_train(cfg: LoopConfig, k: int) -> dict[str, Any]:
+def stage_train(cfg: LoopConfig, round_number: int) -> dict[str, Any]:
     """Train pi_k from pi_{k-1}; returns the trainer's summary (trimmed to numbers worth a report)."""
-    rd = round_dir(cfg, k)
-    base, out = policy_of(cfg, k - 1), str(rd / "model")
+    folder = round_dir(cfg, round_number)
+    base, out = policy_of(cfg, round_number - 1), str(folder / "model")
     common = {"model": base, "out": out, "overwrite": False, "seed": cfg.seed, "progress": cfg.progress}
     if cfg.trainer == "dpo":
         from rlaif.train.dpo import train_dpo
 
         reference = policy_of(cfg, 0) if cfg.reference == "initial" else base
         ref_model = "" if reference == base else reference  # "": the round's starting weights
-        summary = train_dpo(dataclasses.replace(cfg.dpo, data=str(rd / "data"), ref_model=ref_model, **common))
+        summary = train_dpo(dataclasses.replace(cfg.dpo, data=str(folder / "data"), ref_model=ref_model, **common))
         return {"trainer": "dpo", "reference": reference, "steps": summary.get("steps"),
                 "test": summary.get("test", {}), "train_margin_last_steps": summary.get("train_margin_last_steps")}
     from rlaif.train.online.trainer import train_online
 
     if cfg.trainer == "grpo":
-        ocfg = dataclasses.replace(cfg.grpo, prompts=str(rd / "prompts.jsonl"), prompt_column="prompt",
+        online_config = dataclasses.replace(cfg.grpo, prompts=str(folder / "prompts.jsonl"), prompt_column="prompt",
                                    reward=list(cfg.rewards), reward_weights=list(cfg.reward_weights),
                                    judge=cfg.judge, **common)  # judge: rewards use the loop's judge.*
     else:  # rm+ppo: a reward model on this round's pairs (from the starting policy), then PPO with it
         from rlaif.train.rm import train_rm
 
-        train_rm(dataclasses.replace(cfg.rm, data=str(rd / "data"), model=policy_of(cfg, 0), out=str(rd / "rm"),
+        train_rm(dataclasses.replace(cfg.rm, data=str(folder / "data"), model=policy_of(cfg, 0), out=str(folder / "rm"),
                                      overwrite=False, seed=cfg.seed, progress=cfg.progress))
         _free()
-        ocfg = dataclasses.replace(cfg.ppo, prompts=str(rd / "prompts.jsonl"), prompt_column="prompt",
-                                   reward=[f"rm:{rd / 'rm'}"], reward_weights=[], **common)
-    summary = train_online(ocfg)
+        online_config = dataclasses.replace(cfg.ppo, prompts=str(folder / "prompts.jsonl"), prompt_column="prompt",
+                                   reward=[f"rm:{folder / 'rm'}"], reward_weights=[], **common)
+    summary = train_online(online_config)
     return {"trainer": cfg.trainer, "steps": summary.get("steps"), "reward_first": summary.get("reward_first"),
             "reward_last": summary.get("reward_last")}
 
@@ -169,8 +171,8 @@ def eval_sources(cfg: LoopConfig) -> tuple[list[str], list[str]]:
         return list(cfg.eval.rubrics), list(cfg.eval.rewards)
     if cfg.trainer != "grpo":
         return list(cfg.rubrics), []
-    return ([r.split(":", 1)[1] for r in cfg.rewards if r.startswith("judge:")],
-            [r for r in cfg.rewards if not r.startswith("judge:")])
+    return ([spec.split(":", 1)[1] for spec in cfg.rewards if spec.startswith("judge:")],
+            [spec for spec in cfg.rewards if not spec.startswith("judge:")])
 
 
 def stage_eval(cfg: LoopConfig, a: str, b: str, out: Path) -> dict[str, Any]:
@@ -186,19 +188,20 @@ def stage_eval(cfg: LoopConfig, a: str, b: str, out: Path) -> dict[str, Any]:
     return run_eval(ecfg)
 
 
-def eval_sides(cfg: LoopConfig, k: int, name: str) -> tuple[str, str]:
+def eval_sides(cfg: LoopConfig, round_number: int, name: str) -> tuple[str, str]:
     """Sides of round k's eval ``name``. Generation happens once per policy: pi_0's eval responses are
     round 1's side B, later rounds reuse them, and pi_{k-1}'s are round k-1's side A (same prompts, seed and
     sampling settings, so the same responses a fresh generation would give)."""
     first = round_dir(cfg, 1) / "eval" / "vs-initial"
     if name == "vs-initial":
-        return policy_of(cfg, k), policy_of(cfg, 0) if k == 1 else str(first / "candidates_b.jsonl")
-    mine = str(round_dir(cfg, k) / "eval" / "vs-initial" / "candidates_a.jsonl")
-    return mine, str(round_dir(cfg, k - 1) / "eval" / "vs-initial" / "candidates_a.jsonl")
+        baseline = policy_of(cfg, 0) if round_number == 1 else str(first / "candidates_b.jsonl")
+        return policy_of(cfg, round_number), baseline
+    mine = str(round_dir(cfg, round_number) / "eval" / "vs-initial" / "candidates_a.jsonl")
+    return mine, str(round_dir(cfg, round_number - 1) / "eval" / "vs-initial" / "candidates_a.jsonl")
 
 
 # ----------------------------------------------------------------------------- rounds
-def _rss_mb() -> float:
+def _anonymous_rss_megabytes() -> float:
     """Anonymous resident memory of this process in MB (Linux /proc ``RssAnon``; 0 where unavailable): the
     heap a leak grows, without the shared-library pages the kernel drops and reloads under memory pressure."""
     try:
@@ -210,45 +213,47 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def run_round(cfg: LoopConfig, k: int, prompts: list[Prompt], evaluate: EvalFn) -> tuple[dict[str, Any], dict]:
+def run_round(cfg: LoopConfig, round_number: int, prompts: list[Prompt],
+              evaluate: EvalFn) -> tuple[dict[str, Any], dict]:
     """Run (or finish) round k; returns its record (written to round.json) and its timings."""
-    rd = round_dir(cfg, k)
+    folder = round_dir(cfg, round_number)
     timings: dict[str, float] = {}
-    write_prompts(rd / "prompts.jsonl", prompts)
-    record: dict[str, Any] = {"round": k, "policy_in": policy_of(cfg, k - 1), "policy_out": policy_of(cfg, k),
-                              "prompts": len(prompts)}
+    write_prompts(folder / "prompts.jsonl", prompts)
+    record: dict[str, Any] = {"round": round_number, "policy_in": policy_of(cfg, round_number - 1),
+                              "policy_out": policy_of(cfg, round_number), "prompts": len(prompts)}
     if cfg.trainer != "grpo":
-        t = time.perf_counter()
-        log(f"round {k}: generate -> judge -> build with {policy_of(cfg, k - 1)}", LOG_PREFIX)
-        counts = stage_data(cfg, k)
+        started = time.perf_counter()
+        log(f"round {round_number}: generate -> judge -> build with {policy_of(cfg, round_number - 1)}", LOG_PREFIX)
+        counts = stage_data(cfg, round_number)
         record["data"] = {key: counts.get(key) for key in ("train_pairs", "test_pairs")}
-        timings["data_s"] = time.perf_counter() - t
+        timings["data_s"] = time.perf_counter() - started
         _free()
-    t = time.perf_counter()
-    log(f"round {k}: train ({cfg.trainer})", LOG_PREFIX)
-    record["train"] = stage_train(cfg, k)
-    timings["train_s"] = time.perf_counter() - t
+    started = time.perf_counter()
+    log(f"round {round_number}: train ({cfg.trainer})", LOG_PREFIX)
+    record["train"] = stage_train(cfg, round_number)
+    timings["train_s"] = time.perf_counter() - started
     _free()
-    t = time.perf_counter()
+    started = time.perf_counter()
     record["eval"] = {}
-    for name, other in (("vs-initial", 0), ("vs-previous", k - 1)):
-        if name == "vs-previous" and k == 1:
+    for name, other in (("vs-initial", 0), ("vs-previous", round_number - 1)):
+        if name == "vs-previous" and round_number == 1:
             continue  # pi_0 is both: see vs-initial
-        log(f"round {k}: eval {name} ({policy_of(cfg, k)} vs {policy_of(cfg, other)})", LOG_PREFIX)
-        a, b = eval_sides(cfg, k, name)
-        record["eval"][name] = evaluate(cfg, a, b, rd / "eval" / name)
+        log(f"round {round_number}: eval {name} ({policy_of(cfg, round_number)} vs {policy_of(cfg, other)})",
+            LOG_PREFIX)
+        a, b = eval_sides(cfg, round_number, name)
+        record["eval"][name] = evaluate(cfg, a, b, folder / "eval" / name)
         _free()
-    timings["eval_s"] = time.perf_counter() - t
+    timings["eval_s"] = time.perf_counter() - started
     if cfg.measure_kl:
         from rlaif.io.records import read_candidates
         from rlaif.eval.kl import policy_kl
 
-        t = time.perf_counter()
-        rows = read_candidates(rd / "eval" / "vs-initial" / "candidates_a.jsonl")
-        record["kl"] = policy_kl(policy_of(cfg, k), policy_of(cfg, 0), rows)
-        timings["kl_s"] = time.perf_counter() - t
+        started = time.perf_counter()
+        rows = read_candidates(folder / "eval" / "vs-initial" / "candidates_a.jsonl")
+        record["kl"] = policy_kl(policy_of(cfg, round_number), policy_of(cfg, 0), rows)
+        timings["kl_s"] = time.perf_counter() - started
         _free()
-    atomic_write_text(rd / "round.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(folder / "round.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return record, timings
 
 
@@ -260,7 +265,7 @@ def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
     start = time.perf_counter()
     check_loop_config(cfg)
     pool, evals = split_prompts(cfg.prompts, cfg.eval_prompts, cfg.eval_size, cfg.seed, cfg.prompt_column)
-    slices = [round_prompts(pool, cfg.seed, cfg.prompts_per_round, k) for k in range(1, cfg.rounds + 1)]
+    slices = [round_prompts(pool, cfg.seed, cfg.prompts_per_round, number) for number in range(1, cfg.rounds + 1)]
     _preflight(cfg)
     settings = loop_settings(cfg, pool, evals)
     prepare_out(cfg, settings)
@@ -271,16 +276,16 @@ def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
                                 "prompts": {"training_pool": len(pool), "eval": len(evals),
                                             "per_round": cfg.prompts_per_round},
                                 "rounds": [], "timings": {"rounds": {}}}
-    for k in range(1, cfg.rounds + 1):
-        marker = round_dir(cfg, k) / "round.json"
+    for round_number in range(1, cfg.rounds + 1):
+        marker = round_dir(cfg, round_number) / "round.json"
         if marker.is_file():
-            log(f"round {k}: already done (same settings), skipped", LOG_PREFIX)
+            log(f"round {round_number}: already done (same settings), skipped", LOG_PREFIX)
             record, timings = json.loads(marker.read_text()), {}
         else:
-            record, timings = run_round(cfg, k, slices[k - 1], evaluate)
-        timings["rss_mb"] = round(_rss_mb(), 1)
+            record, timings = run_round(cfg, round_number, slices[round_number - 1], evaluate)
+        timings["rss_mb"] = round(_anonymous_rss_megabytes(), 1)
         manifest["rounds"].append(record)
-        manifest["timings"]["rounds"][str(k)] = {key: round(v, 3) for key, v in timings.items()}
+        manifest["timings"]["rounds"][str(round_number)] = {key: round(value, 3) for key, value in timings.items()}
         manifest["timings"]["total_seconds_this_invocation"] = round(time.perf_counter() - start, 3)
         _write_manifest(out, manifest)
     write_report(out / "report.html", manifest)
@@ -307,12 +312,12 @@ def _preflight(cfg: LoopConfig) -> None:
     if cfg.trainer == "grpo":
         parse_reward_specs(cfg.rewards, cfg.reward_weights)
     else:
-        for r in cfg.rubrics:
-            load_rubric(r)
+        for rubric in cfg.rubrics:
+            load_rubric(rubric)
     rubrics, rewards = eval_sources(cfg)
     check_eval_options(dataclasses.replace(cfg.eval, a="new", b="old", rubrics=rubrics, rewards=rewards))
-    for r in rubrics:
-        load_rubric(r)
+    for rubric in rubrics:
+        load_rubric(rubric)
     for scheme, target, _ in parse_reward_specs(rewards, []) if rewards else []:
         if scheme not in ("python", "rm"):
             raise UserError(f"option 'eval.rewards': {scheme}:{target}: eval takes python:FILE.py:FUNC or rm:DIR; "
