@@ -8,6 +8,9 @@
 
 ``load_backend(BackendConfig)`` builds one; each engine module is imported only when chosen.
 With ``replicas`` > 1 it builds `rlaif.backends.pool.EnginePool`: that many engines as Ray actors.
+Beside them: ``base`` (the protocol), ``choices`` and ``turns`` (prompt rendering shared by the
+engines), ``chunking`` (fixed chunks of work and their dispatch), ``hf_sampling``, ``vllm_output``
+(engine errors) and ``vllm_weights`` (in-place weight sync for RL).
 """
 
 from __future__ import annotations
