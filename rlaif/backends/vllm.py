@@ -38,7 +38,6 @@ vLLM itself only says "see root cause above") and a hint, e.g. raise ``gpu_memor
 from __future__ import annotations
 
 import os
-import sys
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
@@ -47,6 +46,7 @@ from rlaif.backends.turns import reply_token_ids
 from rlaif.backends.vllm_output import OutputTap, hint
 from rlaif.backends.vllm_weights import SharedMirror
 from rlaif.errors import EngineError, UserError
+from rlaif.io.log import log
 from rlaif.io.seeds import mix_seed
 from rlaif.models import check_causal_lm, resolve_model
 
@@ -158,8 +158,7 @@ def _fit_context(max_model_len: int, path: str, model_config: Any) -> int:
     text_config = model_config.get_text_config()
     limit = getattr(text_config, "max_position_embeddings", None)
     if isinstance(limit, int) and 0 < limit < max_model_len:
-        print(f"rlaif: max_model_len {max_model_len} is more than {path}'s {limit} positions: using {limit}",
-              file=sys.stderr)
+        log(f"max_model_len {max_model_len} is more than {path}'s {limit} positions: using {limit}")
         return limit
     return max_model_len
 
