@@ -339,7 +339,7 @@ class VLLMBackend:
             self._mirror = SharedMirror(self._rpc, layout, self.llm.llm_engine.model_config.dtype, timeout_s)
         with torch.no_grad():
             for (_, tensor), view in zip(tensors, self._mirror.views):
-                view.copy_(t)
+                view.copy_(tensor)
         self._rpc("rlaif_load_shared", timeout=timeout_s)
         self._run(self.llm.reset_prefix_cache)
 
