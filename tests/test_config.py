@@ -97,5 +97,5 @@ def test_inherit_starts_judge_from_final_policy_then_applies_judge_keys(tmp_path
 def test_flatten_dict_dots_nested_keys_and_drops_or_keeps_empty_dicts():
     nested = {"a": {"b": 1, "c": {"d": [2]}, "empty": {}}, "e": None}
     assert flatten_dict(nested) == {"a.b": 1, "a.c.d": [2], "e": None}
-    assert flatten_dict(nested, empty_as_leaf=True) == {"a.b": 1, "a.c.d": [2], "a.empty": {}, "e": None}
+    assert flatten_dict(nested, keep_empty=True) == {"a.b": 1, "a.c.d": [2], "a.empty": {}, "e": None}
     assert flatten_dict({"x": 1}, "top.") == {"top.x": 1}
