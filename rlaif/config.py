@@ -64,49 +64,64 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """``value`` (from YAML or a key=value string) as type ``tp``, or a one-line UserError."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except UserError as e:
-                errors.append(e)
-        raise errors[0] if errors else UserError(f"{source}option '{key}': bad value {value!r}")
+        return _coerce_union(value, typing.get_args(tp), key, source)
     if origin is typing.Literal:
-        if value not in args:
-            raise UserError(f"{source}option '{key}': expected one of {list(args)}, got {value!r}")
+        if value not in typing.get_args(tp):
+            raise UserError(f"{source}option '{key}': expected one of {list(typing.get_args(tp))}, got {value!r}")
         return value
+    if origin in (list, tuple, dict) or dataclasses.is_dataclass(tp):
+        return _coerce_container(value, tp, key, source)
+    return _coerce_scalar(value, tp, key, source)
+
+
+def _coerce_union(value: Any, members: tuple[Any, ...], key: str, source: str) -> Any:
+    """The first member type that accepts ``value`` (None for an Optional)."""
+    if value is None and type(None) in members:
+        return None
+    errors = []
+    for member in members:
+        if member is type(None):
+            continue
+        try:
+            return _coerce(value, member, key, source)
+        except UserError as e:
+            errors.append(e)
+    raise errors[0] if errors else UserError(f"{source}option '{key}': bad value {value!r}")
+
+
+def _coerce_container(value: Any, tp: Any, key: str, source: str) -> Any:
+    """A list ("a,b" splits on commas), a mapping, or a nested config dataclass."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [item.strip() for item in value.split(",") if item.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
-        return [_coerce(v, inner, key, source) for v in value]
+        return [_coerce(item, inner, key, source) for item in value]
+    if dataclasses.is_dataclass(tp) and isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise UserError(f"{source}option '{key}': expected a mapping, got {value!r}")
     if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{source}option '{key}': expected a mapping, got {value!r}")
-        vt = args[1] if len(args) == 2 else Any
-        return {k: _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise UserError(f"{source}option '{key}': expected a mapping, got {value!r}")
-        return merge(tp(), value, source, prefix=key + ".")
+        value_type = args[1] if len(args) == 2 else Any
+        return {name: _coerce(item, value_type, f"{key}.{name}", source) for name, item in value.items()}
+    return merge(tp(), value, source, prefix=key + ".")
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str, source: str) -> Any:
+    """bool, int, float, str or another plain type; bools never pass as numbers."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is bool and isinstance(value, bool):
+        return value
     if tp is bool:
-        if isinstance(value, bool):
-            return value
         raise UserError(f"{source}option '{key}': expected true/false, got {value!r}")
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is float and is_number:
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
         try:
@@ -115,9 +130,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+    if tp is str and (isinstance(value, str) or is_number):
+        return str(value)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise UserError(f"{source}option '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")

@@ -73,6 +73,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(cal, RubricCommandConfig)
     cal.set_defaults(func=run_calibrate)
 
+    _add_studio_parser(verbs)
+    rubric.set_defaults(func=lambda args: rubric.print_help() or 2)
+
+
+def _add_studio_parser(verbs: argparse._SubParsersAction) -> None:
     studio = verbs.add_parser("studio", help="edit a rubric in the browser: lint, judge input, verdict and "
                               "calibration refresh as you type",
                               description="Serve a local page that edits the rubrics in RUBRIC's folder (default: "
@@ -85,7 +90,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "machine only)")
     add_config_arguments(studio, RubricCommandConfig)
     studio.set_defaults(func=run_studio)
-    rubric.set_defaults(func=lambda args: rubric.print_help() or 2)
 
 
 def _config(args: argparse.Namespace, overrides: list[str] | None = None) -> RubricCommandConfig:

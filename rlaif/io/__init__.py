@@ -1,1 +1,2 @@
-"""Files on disk: input records and their schemas, resumable stage files, seeds."""
+"""Files on disk and plumbing every layer uses: input records and their schemas (records,
+candidate_rows), crash-safe stage files and stage resume (store), seeds, YAML line numbers, log."""

@@ -212,71 +212,79 @@ async def _studio_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
 
-def build_app(studio: Studio) -> Starlette:
-    """The ASGI app for one studio session."""
+class _Handlers:
+    """The page and the JSON API of one studio session (routes in `build_app`)."""
 
-    async def index(request: Request) -> Response:
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+
+    async def index(self, request: Request) -> Response:
         response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
-        response.set_cookie(COOKIE, studio.token, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, self.studio.token, httponly=True, samesite="strict")
         return response
 
-    async def state(request: Request) -> Response:
-        return JSONResponse(studio.state())
+    async def state(self, request: Request) -> Response:
+        return JSONResponse(self.studio.state())
 
-    async def read_file(request: Request) -> Response:
+    async def read_file(self, request: Request) -> Response:
         name = request.query_params.get("name", "")
-        text, draft = await run_in_threadpool(studio.folder.read, name)
+        text, draft = await run_in_threadpool(self.studio.folder.read, name)
         return JSONResponse({"name": name, "text": text, "draft": draft})
 
-    async def lint(request: Request) -> Response:
+    async def lint(self, request: Request) -> Response:
         name, text = _name_text(await _body(request))
-        return JSONResponse(await run_in_threadpool(studio.lint, name, text))
+        return JSONResponse(await run_in_threadpool(self.studio.lint, name, text))
 
-    async def preview(request: Request) -> Response:
+    async def preview(self, request: Request) -> Response:
         body = await _body(request)
         name, text = _name_text(body)
-        return JSONResponse(await run_in_threadpool(studio.preview, name, text, body))
+        return JSONResponse(await run_in_threadpool(self.studio.preview, name, text, body))
 
-    async def start_calibration(request: Request) -> Response:
+    async def start_calibration(self, request: Request) -> Response:
         name, text = _name_text(await _body(request))
-        job = await run_in_threadpool(studio.start_calibration, name, text)
+        job = await run_in_threadpool(self.studio.start_calibration, name, text)
         return JSONResponse(job.public(), status_code=202)
 
-    def _job(request: Request) -> Job:
-        job = studio.jobs.get(request.path_params["job"])
+    def _job(self, request: Request) -> Job:
+        job = self.studio.jobs.get(request.path_params["job"])
         if job is None:
             raise StudioInputError("no such job (finished jobs are replaced by newer ones)", 404)
         return job
 
-    async def job_state(request: Request) -> Response:
-        return JSONResponse(_job(request).public())
+    async def job_state(self, request: Request) -> Response:
+        return JSONResponse(self._job(request).public())
 
-    async def cancel(request: Request) -> Response:
-        job = _job(request)
+    async def cancel(self, request: Request) -> Response:
+        job = self._job(request)
         job.cancel.set()
         return JSONResponse(job.public())
 
-    async def save(request: Request) -> Response:
+    async def save(self, request: Request) -> Response:
         body = await _body(request)
         name, text = _name_text(body)
-        status, out = await run_in_threadpool(studio.save, name, text, body.get("draft") is True)
+        status, out = await run_in_threadpool(self.studio.save, name, text, body.get("draft") is True)
         return JSONResponse(out, status_code=status)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
-        for job in studio.jobs.values():
+        for job in self.studio.jobs.values():
             job.cancel.set()
-        studio.judge.close()
+        self.studio.judge.close()
 
+
+def build_app(studio: Studio) -> Starlette:
+    """The ASGI app for one studio session."""
+    handlers = _Handlers(studio)
     routes = [
-        Route("/", index), Route("/api/state", state), Route("/api/file", read_file),
-        Route("/api/lint", lint, methods=["POST"]), Route("/api/preview", preview, methods=["POST"]),
-        Route("/api/calibrate", start_calibration, methods=["POST"]), Route("/api/jobs/{job}", job_state),
-        Route("/api/jobs/{job}/cancel", cancel, methods=["POST"]), Route("/api/save", save, methods=["POST"]),
+        Route("/", handlers.index), Route("/api/state", handlers.state), Route("/api/file", handlers.read_file),
+        Route("/api/lint", handlers.lint, methods=["POST"]), Route("/api/preview", handlers.preview, methods=["POST"]),
+        Route("/api/calibrate", handlers.start_calibration, methods=["POST"]),
+        Route("/api/jobs/{job}", handlers.job_state), Route("/api/jobs/{job}/cancel", handlers.cancel, methods=["POST"]),
+        Route("/api/save", handlers.save, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
+    app = Starlette(routes=routes, lifespan=handlers.lifespan,
                     exception_handlers={StudioInputError: _studio_error, UserError: _studio_error,
                                         Exception: _studio_error})
     app.add_middleware(TokenGate, token=studio.token)
