@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,18 @@ def check_ref_model(cfg: DPOConfig, run: RunInputs) -> str | None:
     return path
 
 
+def _read_cache(path: Path) -> dict[str, Any] | None:
+    """The reference table cached in ``path`` (tensors only: loaded with ``weights_only=True``, so a
+    planted file cannot run code); None when missing or unreadable (it is computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError):  # torn, foreign or hostile: recompute
+        return None
+    return cached if isinstance(cached, dict) else None
+
+
 class Reference:
     """Where the reference log-probs come from (``reference=precompute``: ``out/ref_logps.pt``,
     computed once before the first step with the wrapped model, or with ``ref_model``) or the frozen
@@ -173,7 +186,7 @@ class Reference:
         self.model: Any = None
         self.cache, self.key = run.out / "ref_logps.pt", _fingerprint(ref_path or run.base, run.train + run.test)
         if cfg.reference == "precompute":
-            cached = torch.load(self.cache) if self.cache.is_file() else None
+            cached = _read_cache(self.cache)
             if cached is not None and cached.get("key") == self.key:
                 self.train, self.test = cached["train"], cached["test"]
         elif ref_path is not None or not cfg.lora.enabled:

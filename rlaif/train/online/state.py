@@ -1,7 +1,7 @@
 """Run state of the online trainers: settings, prompt order, checkpoints and resume.
 
 A checkpoint (``out/checkpoints/step-N/``) holds the policy's trainable weights (the LoRA adapters
-alone when training LoRA), the value model (PPO), the optimizer, every RNG, and
+alone when training LoRA), the value model (PPO), the optimizer, every RNG (JSON and plain tensors: nothing in a checkpoint is unpickled), and
 ``trainer_state.json`` = step, KL coefficient, prompt position and the run's *settings* (the
 config minus what cannot change the weights, the prompt file as a digest), in the format of
 `rlaif.train.checkpoints`, whose refusal and overwrite logic is reused: a rerun with the same
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from rlaif.config import flatten_dict, to_dict
+from rlaif.errors import UserError
 from rlaif.io.seeds import stable_seed
 from rlaif.io.store import fingerprint
 from rlaif.train.checkpoints import IGNORED, TRAINER_OUTPUTS, checkpoint_dirs, cut_logs, publish_checkpoint
@@ -66,28 +68,49 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+RNG_JSON, RNG_TENSORS = "rng.json", "rng_tensors.pt"
+
+
+def _save_rng_state(folder: Path) -> None:
+    """Every RNG in formats that cannot run code on load: Python's and NumPy's state as JSON, torch's
+    (and CUDA's) as plain tensors (read back with ``weights_only=True``)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {"python": [version, list(internal), gauss]}
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
     except ImportError:
         pass
-    return state
+    (folder / RNG_JSON).write_text(json.dumps(state))
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
+    torch.save(tensors, folder / RNG_TENSORS)
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _load_rng_state(folder: Path) -> None:
+    """Restore what `_save_rng_state` wrote; a checkpoint of the old pickled ``rng.pt`` is refused."""
+    if not (folder / RNG_JSON).is_file() or not (folder / RNG_TENSORS).is_file():
+        raise UserError(f"{folder}: a checkpoint of an older rlaif (pickled rng.pt, not loaded: it could run "
+                        f"code); rerun with --overwrite to start over, or resume with the older rlaif version")
+    try:
+        state = json.loads((folder / RNG_JSON).read_text())
+        tensors = torch.load(folder / RNG_TENSORS, weights_only=True)
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(tensors["torch"])
+    except (ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
+        raise UserError(f"{folder}: unreadable RNG state ({type(e).__name__}); rerun with --overwrite") from None
+    cuda = [tensors[f"cuda{i}"] for i in range(sum(key.startswith("cuda") for key in tensors))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def save_checkpoint(out: Path, step: int, limit: int, settings: dict[str, Any], policy: torch.nn.Module,
@@ -103,7 +126,7 @@ def save_checkpoint(out: Path, step: int, limit: int, settings: dict[str, Any], 
     if value is not None:
         torch.save(_trainable(value), tmp / "value.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
+    _save_rng_state(tmp)
     (tmp / "trainer_state.json").write_text(json.dumps({
         "step": step, "settings": settings, "kl_coef": kl_coef, "prompt_position": prompt_position}))
     publish_checkpoint(tmp, final, out, limit)
@@ -117,7 +140,7 @@ def load_checkpoint(path: Path, policy: torch.nn.Module, value: torch.nn.Module 
     if value is not None:
         value.load_state_dict(torch.load(path / "value.pt", weights_only=True), strict=False)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    _load_rng_state(path)
     state = json.loads((path / "trainer_state.json").read_text())
     return Restored(step=int(state["step"]), kl_coef=state.get("kl_coef"))
 
