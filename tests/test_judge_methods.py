@@ -253,3 +253,20 @@ def test_rules_preview_shows_each_check_without_loading_a_model(tmp_path: Path, 
                                  "finish_reasons": ["length"], "num_tokens": [4]}) + "\n")
     assert main(["rubric", "preview", str(path), "--from", str(cands)]) == 0
     assert "FAIL  finished" in capsys.readouterr().out  # the row's finish reason reached the check
+
+
+@pytest.mark.parametrize("kind", ["regex", "not_regex"])
+def test_catastrophic_regexes_finish_fast_and_a_timeout_is_a_failed_check(kind: str) -> None:
+    """Backtracking regexes on untrusted text never stall a judge (issue 20, item 5): the issue's
+    '^(\\w+\\s?)*\\.$' gets its true answer at once, and one that still backtracks gives up after the
+    time limit and counts as failed, naming the check and the limit."""
+    import time
+
+    t0 = time.perf_counter()
+    text = "an answer that goes on and on without end" + " x" * 4
+    _, (outcome,) = score_response([Check(kind, name="dot", pattern=r"^(\w+\s?)*\.$")], text)
+    assert outcome.passed is (kind == "not_regex") and outcome.why == "no match"
+    score, (outcome,) = score_response([Check(kind, name="pairs", pattern=r"(a|aa)+$")], "a" * 40 + "b")
+    assert time.perf_counter() - t0 < 10
+    assert score == 0.0 and outcome.passed is False
+    assert "'pairs'" in outcome.why and "timed out after 1s" in outcome.why

@@ -12,7 +12,8 @@ Check kinds (``kind`` in the YAML; every check takes ``weight`` > 0, default 1, 
 ``name`` shown in `rlaif rubric preview` and the judgement details):
 
 ==============  =====================================================================================
-regex           ``pattern`` (Python ``re`` syntax; flags inline, e.g. ``(?i)``) is found in the response
+regex           ``pattern`` (Python ``re`` syntax; flags inline, e.g. ``(?i)``) is found in the response;
+                a search that runs past `REGEX_TIMEOUT_S` (catastrophic backtracking) counts as failed
 not_regex       ``pattern`` is not found in the response
 words           the response has between ``min`` and ``max`` whitespace-separated words (either optional)
 tokens          between ``min`` and ``max`` tokens, as counted by the policy engine (candidates.jsonl
@@ -35,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import regex  # searches with ``re``'s syntax and a time limit: untrusted text cannot stall a judge
+
+REGEX_TIMEOUT_S = 1.0  # per search of one check on one response
 CHECK_KINDS = ("regex", "not_regex", "words", "tokens", "json", "json_schema", "no_refusal", "ends_with_eos")
 UNKNOWN_FINISH = ("", "unknown", None)
 CHECK_KEYS = {"regex": {"pattern"}, "not_regex": {"pattern"}, "words": {"min", "max"}, "tokens": {"min", "max"},
@@ -163,15 +167,22 @@ def _parse_json(text: str) -> tuple[bool, Any, str]:
         return False, None, f"not JSON: {e.msg} at line {e.lineno} column {e.colno}"
 
 
+def _search(check: Check, response: str) -> tuple[bool, str]:
+    """A regex / not_regex check; a search past `REGEX_TIMEOUT_S` fails the check, whatever its kind."""
+    try:
+        m = regex.search(check.pattern or "", response, timeout=REGEX_TIMEOUT_S)
+    except TimeoutError:
+        return False, f"check {check.label!r}: regex timed out after {REGEX_TIMEOUT_S:g}s (catastrophic backtracking?)"
+    return (m is not None) == (check.kind == "regex"), (f"found {m.group(0)[:40]!r}" if m else "no match")
+
+
 def run_check(check: Check, response: str, finish_reason: str | None = None,
               num_tokens: int | None = None) -> Outcome:
     """Evaluate one check on one response (pure)."""
     passed: bool | None
     kind = check.kind
     if kind in ("regex", "not_regex"):
-        m = re.search(check.pattern or "", response)
-        passed = (m is not None) == (kind == "regex")
-        why = f"found {m.group(0)[:40]!r}" if m else "no match"
+        passed, why = _search(check, response)
     elif kind == "words":
         passed, why = _bounds(len(response.split()), check, "words")
     elif kind == "tokens":
