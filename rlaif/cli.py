@@ -17,6 +17,7 @@ from typing import Any
 
 from rlaif import __version__
 from rlaif.errors import UserError
+from rlaif.io.redact import redact
 
 # Modules that define `add_parsers(subparsers)`; kept light: heavy imports happen inside commands.
 COMMAND_MODULES = [
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"rlaif: error: {e}", file=sys.stderr)
+        print(f"rlaif: error: {redact(str(e))}", file=sys.stderr)  # no password of a URL on screen
         return e.exit_code
     except KeyboardInterrupt as e:
         what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from rlaif.errors import UserError, where
+from rlaif.io.redact import redact
 
 T = TypeVar("T")
 
@@ -187,8 +188,9 @@ def load_config(cls: type[T], config_file: str | Path | None = None, overrides: 
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (for manifests)."""
-    return dataclasses.asdict(cfg)
+    """A JSON-ready dict of a config dataclass (for manifests, summaries and checkpoint settings),
+    credentials in URLs redacted (``base_url``): what is written never holds a password."""
+    return redact(dataclasses.asdict(cfg))
 
 
 def flatten_dict(nested: dict[str, Any], prefix: str = "", keep_empty: bool = False) -> dict[str, Any]:

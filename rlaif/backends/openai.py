@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
 from rlaif.backends.choices import logsumexp
 from rlaif.errors import UserError
+from rlaif.io.redact import redact, redact_url
 from rlaif.io.seeds import mix_seed
 
 TOP_LOGPROBS = 20  # the most OpenAI's API allows
@@ -99,7 +100,7 @@ def base_urls(value: str | list[str]) -> list[str]:
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"option 'base_url': expected http(s)://host[:port]/v1, got {url!r}")
+            raise UserError(f"option 'base_url': expected http(s)://host[:port]/v1, got {redact_url(url)!r}")
     return urls
 
 
@@ -155,7 +156,8 @@ class OpenAIBackend:
 
     # -- HTTP --------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        """``text`` without the API key or credentials in a URL (it is printed)."""
+        return redact(text.replace(self._key, "***") if self._key else text)
 
     def _url(self, index: int, path: str) -> str:
         """``path`` under server ``index``: relative to ``/v1`` ("/chat/completions"), or to the
@@ -367,7 +369,7 @@ class OpenAIBackend:
             steps = ((out.get("choices") or [{}])[0]).get("prompt_logprobs")
             if not isinstance(steps, list) or len(steps) != len(prompt) + len(reply):
                 raise UserError(f"openai engine: response_logprobs (likelihood judging) needs a vLLM server: "
-                                f"{self.bases[0]}/completions "
+                                f"{redact_url(self.bases[0])}/completions "
                                 f"returned no prompt_logprobs")
             return [float(steps[len(prompt) + k][str(t)]["logprob"]) for k, t in enumerate(reply)]
 

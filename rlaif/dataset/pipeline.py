@@ -11,13 +11,14 @@ and ends with the same bytes an uninterrupted run writes (manifest ``timings`` a
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
 from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend, resolve_backend_model
+from rlaif.config import to_dict
 from rlaif.errors import UserError
 from rlaif.io.log import log
 from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidate_sources, read_candidates,
@@ -83,7 +84,7 @@ def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: E
     total = sum(len(r["responses"]) for r in rows)
     state.update("generate", done=True, model_id=backend.model_id,
                  counts={"prompts": len(rows), "candidates": total, "tokens": tokens, "finished_by_length": cut},
-                 config={key: value for key, value in asdict(cfg).items()
+                 config={key: value for key, value in to_dict(cfg).items()
                          if key in GenerateConfig.__dataclass_fields__},
                  timings={"seconds": stats["seconds"], "tokens_per_s": stats["tokens_per_s"],
                           "rows_resumed": stats["resumed"]})
@@ -192,7 +193,7 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
     counts = _judge_counts(plan.rubrics, rows)
     state.update("judge", done=True, model_id=backend.model_id if backend is not None else "rules", counts=counts,
                  timings=timings,
-                 config={key: value for key, value in asdict(cfg).items() if key in JudgeConfig.__dataclass_fields__},
+                 config={key: value for key, value in to_dict(cfg).items() if key in JudgeConfig.__dataclass_fields__},
                  rubrics=[{"name": r.name, "method": r.method, "path": str(r.path) if r.path else None}
                           for r in plan.rubrics])
     failed = sum(count["failed_scores"] for count in counts.values())
@@ -247,7 +248,7 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
     state.update("build", done=False, fingerprint=fp, counts=counts, rubrics=list(rubric_names), models=models,
                  noise_margin={"value": noise, "source": noise_source}, min_margin=min_margin,
-                 config={key: value for key, value in asdict(cfg).items() if key in BuildConfig.__dataclass_fields__},
+                 config={key: value for key, value in to_dict(cfg).items() if key in BuildConfig.__dataclass_fields__},
                  timings={"seconds": round(time.perf_counter() - start, 3)})
     manifest = assemble_manifest(state)
     write_report(out / "report.html", candidates, judgements, train, test, manifest)
