@@ -79,16 +79,19 @@ def test_missing_data_dir(tmp_path, capsys, verb):
 
 
 def test_malformed_line_names_file_line_field(tmp_path, capsys):
-    (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
-                                          + json.dumps({"prompt": "a", "chosen": 3, "rejected": "c"}) + "\n")
-    code, err = _run(["train", "rm", "--data", str(tmp_path), "--out", str(tmp_path / "o")], capsys)
+    data = tmp_path / "d"  # beside --out: an --out inside --data is refused
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
+                                      + json.dumps({"prompt": "a", "chosen": 3, "rejected": "c"}) + "\n")
+    code, err = _run(["train", "rm", "--data", str(data), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "train.jsonl:2: field 'chosen'" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists(), "nothing is written before the input is known good"
 
 
 def test_empty_split_and_bad_option(tmp_path, capsys):
-    (tmp_path / "train.jsonl").write_text("")
-    code, err = _run(["train", "dpo", "--data", str(tmp_path), "--out", str(tmp_path / "o")], capsys)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.jsonl").write_text("")
+    code, err = _run(["train", "dpo", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "empty train split" in err
     code, err = _run(["train", "dpo", "--data", str(ASSETS), "loss_type=kto"], capsys)
     assert code == 2 and "loss_type" in err

@@ -23,7 +23,7 @@ from rlaif.errors import UserError
 from rlaif.io.log import log
 from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidate_sources, read_candidates,
                               read_jsonl, read_prompts)
-from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, write_jsonl
+from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, refuse_out_overlap, write_jsonl
 from rlaif.dataset.engines import Engines
 from rlaif.dataset.manifest import assemble_manifest, finish_manifest
 from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, BuildOptions, CommonOptions, GenerateConfig,
@@ -267,6 +267,14 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
 
 
 # ----------------------------------------------------------------------------- verbs
+def _refuse_out_on_inputs(cfg: CommonOptions, stages: Sequence[str]) -> None:
+    """--out that is an input file, or holds one that these stages write (and ``overwrite`` removes):
+    one line, before anything is read or deleted. An input elsewhere in --out is fine (``rlaif judge
+    --candidates DIR/candidates.jsonl --out DIR``)."""
+    inputs = {f"--{key}": getattr(cfg, key, None) for key in ("prompts", "candidates", "judgements")}
+    refuse_out_overlap(cfg.out, inputs, [name for stage in stages for name in STAGE_OUTPUTS[stage]] + ["manifest.json"])
+
+
 def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -287,6 +295,7 @@ def _candidates_fp(rows: list[dict]) -> str:
 def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_backend) -> dict[str, Any]:
     """`rlaif run`: generate -> judge -> build into ``cfg.out``."""
     start = time.perf_counter()
+    _refuse_out_on_inputs(cfg, STAGES)
     gen_plan = plan_generate(cfg)
     # The judge plan needs the candidates, known only after generation; validate the rest now.
     judge_plan = plan_judge(cfg, None)
@@ -305,6 +314,7 @@ def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_b
 
 def generate_only(cfg: GenerateConfig, factory: Callable[[BackendConfig], Backend] = load_backend) -> None:
     start = time.perf_counter()
+    _refuse_out_on_inputs(cfg, STAGES)
     plan = plan_generate(cfg)
     state = _prepare_out(cfg, STAGES)  # new candidates invalidate judgements and pairs
     engines = Engines(cfg.policy, None, factory, ray=cfg.ray)
@@ -331,6 +341,7 @@ def judge_only(cfg: JudgeConfig, factory: Callable[[BackendConfig], Backend] = l
     start = time.perf_counter()
     if not cfg.candidates:
         raise UserError("option 'candidates': give a candidates file (--candidates FILE)")
+    _refuse_out_on_inputs(cfg, ["judge", "build"])
     candidates, sources = read_candidate_sources(cfg.candidates, cfg.prompt_column)
     plan = plan_judge(cfg, candidates, sources)
     state = _prepare_out(cfg, ["judge", "build"])
@@ -348,6 +359,7 @@ def build_only(cfg: BuildConfig) -> dict[str, Any]:
     check_options(cfg)
     if not cfg.judgements:
         raise UserError("option 'judgements': give a judgements file (--judgements FILE)")
+    _refuse_out_on_inputs(cfg, ["build"])
     judgements = read_jsonl(cfg.judgements, JUDGEMENT_SCHEMA)
     cand_path = cfg.candidates or str(Path(cfg.judgements).with_name("candidates.jsonl"))
     candidates = read_candidates(cand_path)

@@ -41,7 +41,7 @@ from rlaif.eval.sampling import Pair, generate_side, make_pairs
 from rlaif.eval.summary import source_kinds, summarise
 from rlaif.eval.votes import judge_votes, reward_votes, votes_fingerprint
 from rlaif.io.records import read_jsonl
-from rlaif.io.store import RunState, StageFile, atomic_write_text, clear_outputs, write_jsonl
+from rlaif.io.store import RunState, StageFile, atomic_write_text, clear_outputs, refuse_out_overlap, write_jsonl
 
 OUTPUTS = ["candidates_a.jsonl", "candidates_b.jsonl", "votes.jsonl", "eval.json", "eval.jsonl", "report.html"]
 STAGES = ["generate_a", "generate_b", "votes"]
@@ -83,6 +83,9 @@ def run_eval(cfg: EvalConfig, factory: Callable[[BackendConfig], Backend] = load
     ``cfg.out``; returns the ``eval.json`` dict. ``factory`` builds engines (tests pass scripted fakes)."""
     from rlaif.eval.report import write_report
 
+    refuse_out_overlap(cfg.out, {"--a": cfg.a, "--b": cfg.b, "--prompts": cfg.prompts,
+                                 **{f"--reward {spec}": spec[3:] for spec in cfg.rewards if spec.startswith("rm:")}},
+                       OUTPUTS)
     plan = plan_eval(cfg)
     state = _prepare_out(cfg)
     out = Path(cfg.out)

@@ -13,6 +13,7 @@ rows; a rerun with different settings is refused instead of mixing rows from two
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -172,6 +173,37 @@ def clear_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
+
+
+def _written(rel: Path, outputs: Iterable[str]) -> bool:
+    """Whether ``rel`` (a path under an output folder) is, or lies in, one of ``outputs`` (names or
+    glob patterns the command writes and ``--overwrite`` removes) or the partial files' folder."""
+    text = rel.as_posix()
+    return rel.parts[0] == PARTIAL_DIR or any(
+        fnmatch.fnmatch(rel.parts[0], pattern) or text == pattern or text.startswith(pattern.rstrip("/") + "/")
+        for pattern in outputs)
+
+
+def refuse_out_overlap(out: str | Path, inputs: dict[str, str | None], outputs: Iterable[str] | None = None) -> None:
+    """One-line UserError, before anything is read or deleted, when ``out`` is an input path, lies
+    inside one, or holds one (``outputs``: only an input among what the command writes there; None:
+    any). ``inputs`` maps an option name to its value; values that are no existing path (an alias,
+    a hub id) are skipped."""
+    target = Path(out).expanduser().resolve()
+    for name, value in inputs.items():
+        if not value or not Path(value).expanduser().exists():
+            continue
+        path = Path(value).expanduser().resolve()
+        if path == target:
+            why = "is"
+        elif path in target.parents:
+            why = "lies inside"
+        elif target in path.parents and (outputs is None or _written(path.relative_to(target), list(outputs))):
+            why = "holds"
+        else:
+            continue
+        raise UserError(f"option 'out': --out {out} {why} the input {name} {value}; pick another --out "
+                        f"(nothing was read or deleted)")
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:

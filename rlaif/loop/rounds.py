@@ -33,7 +33,7 @@ from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
 from rlaif.io.records import Prompt
 from rlaif.io.log import log
-from rlaif.io.store import atomic_write_text, fingerprint
+from rlaif.io.store import atomic_write_text, fingerprint, refuse_out_overlap
 from rlaif.loop.config import LoopConfig, check_loop_config
 from rlaif.loop.prompts import round_prompts, split_prompts, write_prompts
 
@@ -264,6 +264,9 @@ def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
 
     start = time.perf_counter()
     check_loop_config(cfg)
+    inputs = {"--prompts": cfg.prompts, "eval_prompts": cfg.eval_prompts, "policy.model": cfg.policy.model,
+              **{f"rewards {spec}": spec[3:] for spec in cfg.rewards if spec.startswith("rm:")}}
+    refuse_out_overlap(cfg.out, inputs, LOOP_OUTPUTS)  # before anything is read or deleted
     pool, evals = split_prompts(cfg.prompts, cfg.eval_prompts, cfg.eval_size, cfg.seed, cfg.prompt_column)
     slices = [round_prompts(pool, cfg.seed, cfg.prompts_per_round, number) for number in range(1, cfg.rounds + 1)]
     _preflight(cfg)

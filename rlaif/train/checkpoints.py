@@ -22,7 +22,7 @@ from typing import Any
 
 from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
-from rlaif.io.store import fingerprint
+from rlaif.io.store import fingerprint, refuse_out_overlap
 from rlaif.train.config import TrainConfig
 from rlaif.train.data import find_split_files
 
@@ -70,6 +70,23 @@ def clear_outputs(out: Path, outputs: tuple[str, ...] = TRAINER_OUTPUTS) -> None
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
+
+
+def trainer_inputs(cfg: Any) -> dict[str, str | None]:
+    """The paths a trainer (rm, dpo, grpo, rloo, ppo) reads, by option: what --out must keep clear of."""
+    inputs = {"--model": cfg.model, "--data": getattr(cfg, "data", None), "--prompts": getattr(cfg, "prompts", None),
+              "ref_model": getattr(cfg, "ref_model", None)}
+    for spec in getattr(cfg, "reward", None) or []:
+        kind, _, rest = spec.partition(":")
+        if kind in ("rm", "python"):
+            inputs[f"--reward {spec}"] = rest if kind == "rm" else rest.rpartition(":")[0]
+    return inputs
+
+
+def refuse_out_on_inputs(cfg: Any) -> None:
+    """--out equal to, inside or holding an input of the trainer: one line, before anything is read or deleted
+    (``--overwrite`` would otherwise remove the model it is about to load)."""
+    refuse_out_overlap(cfg.out, trainer_inputs(cfg))
 
 
 def launched_on_cpu() -> bool:

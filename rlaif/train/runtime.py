@@ -36,7 +36,7 @@ import torch
 from rlaif.config import to_dict
 from rlaif.errors import UserError
 from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, launched_on_cpu, load_checkpoint,
-                                     run_settings, save_checkpoint)
+                                     refuse_out_on_inputs, run_settings, save_checkpoint)
 from rlaif.train.config import TrainConfig
 from rlaif.train.data import Batch, TokenizedPair, collate, epoch_batches, load_splits, tokenize_rows
 from rlaif.train.modeling import load_tokenizer
@@ -65,6 +65,7 @@ def prepare_run(cfg: TrainConfig, check_base: Callable[[str], None] | None = Non
     seeded. When ``out`` holds a run already finished with these settings: its summary instead."""
     from rlaif.models import resolve_model
 
+    refuse_out_on_inputs(cfg)
     out = Path(cfg.out)
     splits = load_splits(cfg.data)
     settings = run_settings(cfg)

@@ -39,7 +39,7 @@ from rlaif.train.online import maths
 from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, check_config
 from rlaif.train.online.setup import Run, build_run
-from rlaif.train.checkpoints import check_out
+from rlaif.train.checkpoints import check_out, refuse_out_on_inputs
 from rlaif.train.online.state import (ONLINE_TRAINER_OUTPUTS, prompt_order, resume_or_start, run_settings,
                                       save_checkpoint)
 from rlaif.train.online.batch import build_batch
@@ -202,6 +202,7 @@ def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     from rlaif.train.online.distributed import init_dist
 
     check_config(cfg)
+    refuse_out_on_inputs(cfg)
     dist = init_dist(cfg.algorithm)  # world 1 unless under accelerate launch / torchrun
     specs = parse_reward_specs(cfg.reward, cfg.reward_weights)
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
