@@ -1,4 +1,4 @@
-"""Verbs ``rlaif train rm|dpo`` and ``rlaif rm score``.
+"""Verbs ``rlaif train rm|dpo|grpo|rloo|ppo`` and ``rlaif rm score``.
 
     rlaif train rm  --data outputs/run1 --model smollm2-135m --out outputs/rm  [--config F] [k=v ...]
     rlaif train dpo --data outputs/run1 --model smollm2-135m --out outputs/dpo beta=0.1 loss_type=ipo
