@@ -13,7 +13,13 @@ methods) or a preference p > 0.5 (pairwise, p averaged over both orders). Report
   and how often the judge prefers the longer response vs how often the labels do;
 - the worst disagreements (largest margin in the wrong direction);
 - the same figures per fault kind, when every example names one (``fault``; or ``note`` when
-  notes repeat: at most one distinct note per two examples).
+  notes repeat: at most one distinct note per two examples);
+- the judge's noise margin (`noise_margin`): the largest margin t of normalised scores (the
+  [0, 1] scale of `rlaif build`'s ``min_margin``) such that the labelled pairs whose judge margin
+  is below t (ties left out) agree with the labels no better than chance: their Wilson 95%
+  interval contains 1/2, with at least `NOISE_MIN_PAIRS` pairs; t on the grid 0.005, 0.010, ..., 0.3.
+  ``min_margin`` = t drops exactly the pairs where the judge is indistinguishable from a coin.
+  `rlaif review report` applies the same function to a person's labels.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from rlaif.judging.rubrics import CalibrationExample, Rubric
 from rlaif.judging.validation import rubric_schema
 
 LOW_AGREEMENT = 0.75
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+NOISE_GRID = tuple(round(0.005 * k, 3) for k in range(1, 61))  # 0.005 .. 0.3
+NOISE_MIN_PAIRS = 10
 # a labelled-set row: the responses as text, which one is better is implied by the key
 TRIPLE_SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "required": ["prompt", "better", "worse"],
@@ -58,6 +67,47 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
     sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval for a proportion k/n (Wilson 1927); ``n`` may be an effective, non-integer
+    sample size. None for n <= 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n))) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def noise_margin(margins: Sequence[float | None], grid: Sequence[float] = NOISE_GRID,
+                 min_pairs: int = NOISE_MIN_PAIRS) -> float | None:
+    """The noise margin of the module docstring from signed normalised margins (> 0: the judge preferred
+    the labelled-better response; 0 or None: tie or failed, left out). 0.0 when the judge beats chance
+    at every margin with enough pairs; None when fewer than ``min_pairs`` untied pairs (not measurable)."""
+    untied = [m for m in margins if m is not None and m != 0]
+    if len(untied) < min_pairs:
+        return None
+    found = 0.0
+    for t in grid:
+        inside = [m for m in untied if abs(m) < t]
+        if len(inside) < min_pairs:
+            continue
+        low, high = wilson(sum(m > 0 for m in inside), len(inside))  # type: ignore[misc]
+        if low <= 0.5 <= high:
+            found = t
+    return found
+
+
+def normalised_margin(o: "Outcome") -> float | None:
+    """score(better) - score(worse) on the judgement's scale mapped to [0, 1] (build's margin scale)."""
+    if o.score_a is None or o.score_b is None:
+        return None
+    lo, hi = (o.judgement.get("scale") or [0.0, 1.0])[:2]
+    span = float(hi) - float(lo) or 1.0
+    diff = (o.score_a - o.score_b) / span
+    return diff if o.example.better == "a" else -diff
 
 
 def ranks(x: Sequence[float]) -> list[float]:
@@ -125,6 +175,10 @@ class CalibrationReport:
         vals = [o.first_order_agrees for o in self.outcomes if o.first_order_agrees is not None]
         return sum(vals) / len(vals) if vals else None
 
+    @property
+    def noise_margin(self) -> float | None:
+        return noise_margin([normalised_margin(o) for o in self.outcomes])
+
     def by_fault(self) -> dict[str, "CalibrationReport"]:
         """One sub-report per fault kind (see `fault_kinds`), in order of first appearance; {} if none."""
         kinds = fault_kinds([o.example for o in self.outcomes])
@@ -142,6 +196,7 @@ class CalibrationReport:
                                "position_consistency": self.position_consistency,
                                "first_order_agreement": self.first_order_agreement}
         out["margins"] = [o.margin for o in self.outcomes]
+        out["noise_margin"] = self.noise_margin
         faults = self.by_fault()
         if faults:
             out["by_fault"] = {k: {"n": r.n, "agreement": r.agreement, "position_consistency":
@@ -225,6 +280,10 @@ def format_report(r: CalibrationReport, worst: int = 3) -> str:
     lines.append(f"verbosity bias:         corr(score, length) Pearson {_fmt(r.length_pearson)}, "
                  f"Spearman {_fmt(r.length_spearman)}; judge prefers the longer response in "
                  f"{_fmt(r.judge_prefers_longer, True)} of pairs, labels in {_fmt(r.labels_prefer_longer, True)}")
+    noise = r.noise_margin
+    lines.append(f"noise margin:           n/a (fewer than {NOISE_MIN_PAIRS} untied pairs)" if noise is None else
+                 f"noise margin:           {noise:g} (pairs with a normalised margin below it agree no better than "
+                 f"chance; min_margin={noise:g} drops them)")
     faults = r.by_fault()
     if faults:
         width = max(len(k) for k in faults)

@@ -1,0 +1,1 @@
+"""`rlaif review`: people check a sample of the judge's pairs; the figures and uses of their labels."""
