@@ -3,7 +3,7 @@
     rlaif run      --prompts FILE --rubric R [--rubric R2 ...] --out DIR [key=value ...]
     rlaif generate --prompts FILE --out DIR
     rlaif judge    --candidates FILE --rubric R --out DIR
-    rlaif build    --judgements FILE --out DIR
+    rlaif build    --judgements FILE --out DIR [--labels DIR/review/labels.jsonl]
 
 Flags are shorthands for config keys (``--prompts X`` is ``prompts=X``); everything else is a
 ``key=value`` override or a ``--config`` YAML key, listed in each verb's ``--help``.
@@ -33,7 +33,7 @@ JUDGE_INHERITS = ("\n\n`judge.*` options default to the policy's values (the jud
 def load_verb_config(cls: type, args: argparse.Namespace, inherit_judge: bool) -> Any:
     """`rlaif.config.load_config` with the verb's flags as the last layer; with ``inherit_judge``
     every judge.* key not given defaults to the policy's value."""
-    flags = {key: value for key in ("prompts", "candidates", "judgements", "out")
+    flags = {key: value for key in ("prompts", "candidates", "judgements", "labels", "out")
              if (value := getattr(args, key, None))}
     if getattr(args, "rubric", None):
         flags["rubrics"] = args.rubric
@@ -86,6 +86,9 @@ def add_parsers(subparsers: Any) -> None:
             p.add_argument("--judgements", metavar="FILE", help="judgements file (same as judgements=FILE)")
             p.add_argument("--candidates", metavar="FILE", help="candidates that were judged "
                            "(default: candidates.jsonl beside the judgements)")
+        if verb in ("run", "build"):
+            p.add_argument("--labels", metavar="FILE", help="people's verdicts, DIR/review/labels.jsonl from "
+                           "`rlaif review`, over the judge's (same as labels=FILE)")
         if verb in ("run", "judge", "build"):
             p.add_argument("--rubric", action="append", metavar="R",
                            help="rubric name or YAML path; repeat for several (same as rubrics=[R,...])")

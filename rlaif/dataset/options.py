@@ -89,14 +89,20 @@ class JudgeConfig(JudgeOptions, CommonOptions):
 
 
 @dataclass
-class BuildConfig(BuildOptions, CommonOptions):
+class LabelsOption:
+    labels: str = option("", "people's verdicts from `rlaif review` (DIR/review/labels.jsonl): they override the "
+                         "judge's on the pairs they decided (A/B: kept or flipped, or added; tie/both bad: dropped)")
+
+
+@dataclass
+class BuildConfig(LabelsOption, BuildOptions, CommonOptions):
     judgements: str = option("", "judgements.jsonl from judge")
     candidates: str = option("", "the candidates file that was judged (default: candidates.jsonl beside --judgements)")
     rubrics: list[str] = option(list, "rubrics to combine (default: every rubric in the judgements file)")
 
 
 @dataclass
-class RunConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
+class RunConfig(LabelsOption, BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
     prompts: str = option("", "prompt file: .jsonl (prompt|messages, id?), .txt, .json or .parquet")
 
 

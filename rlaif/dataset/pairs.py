@@ -13,6 +13,7 @@ here; the pipeline resolves None to the judge's noise margin, `rlaif.dataset.noi
 pairwise (the judge compared the two responses in both orders, Lee et al. 2023), a pair is kept
 only if that comparison prefers the chosen response with probability >= ``pairwise_min_confidence``
 and, unless disabled, both orders agreed (position-consistent). Every dropped pair or response is counted by reason.
+People's verdicts (``--labels``, `rlaif.dataset.labels`) then override the judge's on the pairs they decided.
 
 Truncation. A candidate whose generation stopped at ``max_tokens`` (finish_reason "length") is
 cut off mid-answer. ``truncated`` decides what it may become: ``reject_only`` (default) never
@@ -31,6 +32,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from rlaif.dataset.labels import apply_verdicts
 from rlaif.dataset.options import BuildOptions
 from rlaif.rewards.base import normalise
 
@@ -153,9 +155,26 @@ def _pairwise_reason(rows: dict[str, dict], chosen: int, rejected: int, options:
     return None
 
 
-def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str],
-                options: BuildOptions) -> tuple[list[dict], Counter]:
-    """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped."""
+def _judge_pairs(cand: dict, rows: dict[str, dict], scores: list[float | None], truncated: list[bool | None],
+                 options: BuildOptions, stats: Counter) -> list[tuple[int, int]]:
+    """The judge's (chosen, rejected) pairs of one prompt that pass every filter."""
+    kept = []
+    for chosen, rejected in _candidate_pairs(scores, truncated, options, stats):
+        if cand["responses"][chosen] == cand["responses"][rejected]:
+            stats["pairs_identical_text"] += 1
+            continue
+        reason = _pairwise_reason(rows, chosen, rejected, options)
+        if reason:
+            stats[reason] += 1
+            continue
+        kept.append((chosen, rejected))
+    return kept
+
+
+def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str], options: BuildOptions,
+                verdicts: dict[str, dict[tuple[int, int], int]] | None = None) -> tuple[list[dict], Counter]:
+    """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped.
+    ``verdicts``: people's verdicts by prompt id (`rlaif.dataset.labels`), applied over the judge's."""
     stats: Counter = Counter()
     by_id: dict[str, dict[str, dict]] = {}
     for row in judgements:
@@ -170,34 +189,37 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
         stats["responses_truncated"] += sum(flag is True for flag in truncated)
         stats["responses_finish_unknown"] += sum(flag is None for flag in truncated)
         rows = by_id.get(cand["id"], {})
+        person = (verdicts or {}).get(cand["id"], {})
         if set(rows) != set(rubrics):
             stats["prompts_missing_judgement"] += 1
-            continue
-        rows = {rubric: rows[rubric] for rubric in rubrics}
-        scores = combined_scores(rows, options.rubric_weights)
-        judge = "+".join(dict.fromkeys(row["judge"] for row in rows.values()))
-        kept = 0
-        for chosen, rejected in _candidate_pairs(scores, truncated, options, stats):
-            if cand["responses"][chosen] == cand["responses"][rejected]:
-                stats["pairs_identical_text"] += 1
+            if not person:
                 continue
-            reason = _pairwise_reason(rows, chosen, rejected, options)
-            if reason:
-                stats[reason] += 1
-                continue
+            scores: list[float | None] = [None] * len(cand["responses"])
+            judge, judged = "", []
+        else:
+            rows = {rubric: rows[rubric] for rubric in rubrics}
+            scores = combined_scores(rows, options.rubric_weights)
+            judge = "+".join(dict.fromkeys(row["judge"] for row in rows.values()))
+            judged = _judge_pairs(cand, rows, scores, truncated, options, stats)
+        final = apply_verdicts(judged, person, scores, stats) if person else [(c, r, False) for c, r in judged]
+        for chosen, rejected, by_person in final:
             score_chosen, score_rejected = scores[chosen], scores[rejected]
-            pairs.append({
+            known = score_chosen is not None and score_rejected is not None
+            margin = score_chosen - score_rejected if known else 0.0  # type: ignore[operator]
+            pair = {
                 "prompt": cand["messages"],
                 "chosen": [{"role": "assistant", "content": cand["responses"][chosen]}],
                 "rejected": [{"role": "assistant", "content": cand["responses"][rejected]}],
                 "id": cand["id"], "score_chosen": score_chosen, "score_rejected": score_rejected,
-                "margin": score_chosen - score_rejected,  # type: ignore[operator]
+                "margin": max(0.0, margin) if by_person else margin,  # person: the judge's margin their way, >= 0
                 "rubric": rubric_label, "judge": judge, "policy": cand["policy"],
-            })
-            kept += 1
+            }
+            if by_person:
+                pair["label_source"] = "person"
+            pairs.append(pair)
             stats["kept_chosen_truncated"] += truncated[chosen] is True
             stats["kept_rejected_truncated"] += truncated[rejected] is True
-        stats["prompts_with_pairs"] += kept > 0
+        stats["prompts_with_pairs"] += bool(final)
     stats["pairs"] = len(pairs)
     return pairs, stats
 

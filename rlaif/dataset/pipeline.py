@@ -11,6 +11,7 @@ and ends with the same bytes an uninterrupted run writes (manifest ``timings`` a
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +26,7 @@ from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_c
                               read_jsonl, read_prompts)
 from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, refuse_out_overlap, write_jsonl
 from rlaif.dataset.engines import Engines
+from rlaif.dataset.labels import Verdicts, check_labels_file, read_verdicts, review_line, review_summary
 from rlaif.dataset.manifest import assemble_manifest, finish_manifest
 from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, BuildOptions, CommonOptions, GenerateConfig,
                                    JudgeConfig, RunConfig, check_options, check_weights)
@@ -202,13 +204,22 @@ def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[di
 
 
 def build_fingerprint(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
-                      rubric_names: Sequence[str]) -> str:
-    """What shapes the build's outputs: its inputs, every build option, the seed, and the earlier
-    stages' settings the report shows. A changed option gives a new fingerprint, so the build reruns."""
+                      rubric_names: Sequence[str], verdicts: Verdicts | None = None) -> str:
+    """What shapes the build's outputs: its inputs, every build option, the seed, the earlier stages'
+    settings the report shows and the labels file's content. A change gives a new fingerprint, so the
+    build reruns."""
     options = {key: getattr(cfg, key) for key in BuildOptions.__dataclass_fields__}
-    return fingerprint({"options": options, "seed": cfg.seed, "rubrics": list(rubric_names),
-                        "candidates": fingerprint(candidates), "judgements": fingerprint(judgements),
-                        "stages": {s: state.stage(s).get("config") for s in ("generate", "judge")}})
+    shaped = {"options": options, "seed": cfg.seed, "rubrics": list(rubric_names),
+              "candidates": fingerprint(candidates), "judgements": fingerprint(judgements),
+              "stages": {s: state.stage(s).get("config") for s in ("generate", "judge")}}
+    if verdicts is not None:  # only then: builds without labels keep their fingerprints
+        shaped["labels"] = verdicts.sha256
+    return fingerprint(shaped)
+
+
+def read_labels_option(cfg: BuildConfig | RunConfig, candidates: list[dict]) -> Verdicts | None:
+    """People's verdicts of option ``labels`` checked against ``candidates`` (None without the option)."""
+    return read_verdicts(cfg.labels, candidates) if getattr(cfg, "labels", "") else None
 
 
 def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
@@ -221,13 +232,13 @@ def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
 
 
 def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
-              rubric_names: Sequence[str]) -> dict[str, Any]:
+              rubric_names: Sequence[str], verdicts: Verdicts | None = None) -> dict[str, Any]:
     from rlaif.dataset.noise import judge_noise, rubric_key
     from rlaif.dataset.pairs import build_pairs, split_by_prompt
     from rlaif.dataset.report import write_dataset_card, write_report
 
     out = Path(cfg.out)
-    fp = build_fingerprint(cfg, candidates, judgements, state, rubric_names)
+    fp = build_fingerprint(cfg, candidates, judgements, state, rubric_names, verdicts)
     info = state.stage("build")
     finished = all((out / name).exists() for name in STAGE_OUTPUTS["build"])
     if info.get("fingerprint") == fp and info.get("done") and finished:
@@ -239,13 +250,20 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     noise, noise_source = judge_noise(cfg, models["judge"], rubric_key(judgements, rubric_names))
     # min_margin null: drop the pairs inside the judge's noise where it is known
     min_margin = cfg.min_margin if cfg.min_margin is not None else (noise or 0.0)
-    pairs, stats = build_pairs(candidates, judgements, list(rubric_names), replace(cfg, min_margin=min_margin))
+    pairs, stats = build_pairs(candidates, judgements, list(rubric_names), replace(cfg, min_margin=min_margin),
+                               verdicts.by_prompt if verdicts is not None else None)
+    review = review_summary(verdicts, stats) if verdicts is not None else None
+    stats = Counter({key: value for key, value in stats.items() if not key.startswith("review_")})
     train, test = split_by_prompt(pairs, cfg.test_fraction, cfg.seed)
     write_jsonl(out / "preferences" / "train.jsonl", train)
     write_jsonl(out / "preferences" / "test.jsonl", test)
     if noise is not None:
-        stats["kept_inside_noise"] = sum(p["margin"] < noise for p in pairs)
+        stats["kept_inside_noise"] = sum(p["margin"] < noise for p in pairs if "label_source" not in p)
     counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
+    if review is None:
+        state.stage("build").pop("review", None)  # a build without labels after one with them
+    else:
+        state.update("build", review=review)
     state.update("build", done=False, fingerprint=fp, counts=counts, rubrics=list(rubric_names), models=models,
                  noise_margin={"value": noise, "source": noise_source}, min_margin=min_margin,
                  config={key: value for key, value in to_dict(cfg).items() if key in BuildConfig.__dataclass_fields__},
@@ -260,6 +278,9 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     if noise is not None and stats["kept_inside_noise"]:
         log(f"build: {stats['kept_inside_noise']} of {len(pairs)} pairs have a margin below the judge's noise "
              f"({noise:g}); raise min_margin to drop them")
+    if review is not None:
+        log(f"build: {review_line(review)}" + (f"; {review['disagreements']} items where reviewers disagree "
+                                                "kept the judge's verdict" if review["disagreements"] else ""))
     if not pairs:
         log("build: no pairs survived (see counts in manifest.json and report.html): all tied, failed or "
              "filtered; try strategy=all-pairs, more candidates (n) or a stronger judge")
@@ -297,6 +318,8 @@ def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_b
     start = time.perf_counter()
     _refuse_out_on_inputs(cfg, STAGES)
     gen_plan = plan_generate(cfg)
+    if cfg.labels:  # its rows are checked now, its items against the candidates once they exist
+        check_labels_file(cfg.labels)
     # The judge plan needs the candidates, known only after generation; validate the rest now.
     judge_plan = plan_judge(cfg, None)
     state = _prepare_out(cfg, STAGES)
@@ -307,7 +330,8 @@ def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_b
         judgements = run_judge(cfg, judge_plan, candidates, engines, state)
     finally:
         engines.close()
-    counts = run_build(cfg, candidates, judgements, state, [r.name for r in judge_plan.rubrics])
+    counts = run_build(cfg, candidates, judgements, state, [r.name for r in judge_plan.rubrics],
+                       read_labels_option(cfg, candidates))
     finish_manifest(Path(cfg.out), state, time.perf_counter() - start)
     return counts
 
@@ -370,7 +394,8 @@ def build_only(cfg: BuildConfig) -> dict[str, Any]:
     if not judgements:
         raise UserError(f"{cfg.judgements}: no judgements in the file")
     check_weights(cfg.rubric_weights, names)
+    verdicts = read_labels_option(cfg, candidates)
     state = _prepare_out(cfg, ["build"])
-    counts = run_build(cfg, candidates, judgements, state, names)
+    counts = run_build(cfg, candidates, judgements, state, names, verdicts)
     finish_manifest(Path(cfg.out), state, time.perf_counter() - start)
     return counts

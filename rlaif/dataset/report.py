@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rlaif.dataset.labels import review_line
 from rlaif.io.store import atomic_write_text
 from rlaif.models import is_embedded
 
@@ -184,11 +185,13 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 def _example(pair: dict) -> str:
     prompt = "\n\n".join(f"[{m['role']}] {m['content']}" for m in pair["prompt"])
-    return (f"<div class='ex'><p><b>{html.escape(pair['id'])}</b> margin {pair['margin']:.3f}</p>"
+    score = lambda s: "unscored" if s is None else f"{s:.3f}"  # noqa: E731 (a person's pair may be unscored)
+    person = " (chosen by a person)" if pair.get("label_source") == "person" else ""
+    return (f"<div class='ex'><p><b>{html.escape(pair['id'])}</b> margin {pair['margin']:.3f}{person}</p>"
             f"<pre>{html.escape(prompt)}</pre><div class='cols'>"
-            f"<div><h4>chosen ({pair['score_chosen']:.3f})</h4>"
+            f"<div><h4>chosen ({score(pair['score_chosen'])})</h4>"
             f"<pre>{html.escape(pair['chosen'][0]['content'])}</pre></div>"
-            f"<div><h4>rejected ({pair['score_rejected']:.3f})</h4>"
+            f"<div><h4>rejected ({score(pair['score_rejected'])})</h4>"
             f"<pre>{html.escape(pair['rejected'][0]['content'])}</pre></div>"
             "</div></div>")
 
@@ -296,6 +299,8 @@ def _card_summary(train: list[dict], test: list[dict], manifest: dict[str, Any])
                  f"truncated={build.get('config', {}).get('truncated')}")
     lines.append(f"- {truncation_summary(build)}")
     lines.append(f"- {noise_summary(build, [pair['margin'] for pair in train + test])}")
+    if build.get("review"):
+        lines.append(f"- {review_line(build['review'])} (pairs marked `\"label_source\": \"person\"`)")
     return lines
 
 

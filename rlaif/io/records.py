@@ -111,12 +111,13 @@ PAIR_SCHEMA: dict[str, Any] = {
         "chosen": _ASSISTANT_TURN,
         "rejected": _ASSISTANT_TURN,
         "id": {"type": "string"},
-        "score_chosen": {"type": "number"},
-        "score_rejected": {"type": "number"},
+        "score_chosen": {"type": ["number", "null"]},  # null: a pair a person added on an unscored response
+        "score_rejected": {"type": ["number", "null"]},
         "margin": {"type": "number", "minimum": 0},
         "rubric": {"type": "string"},
         "judge": {"type": "string"},
         "policy": {"type": "string"},
+        "label_source": {"enum": ["person"]},  # present on pairs a person decided (`rlaif build --labels`)
     },
 }
 

@@ -10,10 +10,11 @@ Row shapes are in docs/review-figures.md and the module's checks below.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from rlaif.errors import UserError, where
 from rlaif.io.log import log
@@ -130,17 +131,16 @@ def _complete_end(data: bytes) -> int:
     return end
 
 
-def read_labels(path: str | Path) -> list[dict]:
-    """All answers, in file order. A torn last line is dropped (logged, not repaired: reading never
-    writes); any other bad row is a UserError naming file:line:field. A missing file is no labels."""
+def iter_labels(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, answer) in file order. A torn last line is dropped (logged, not repaired: reading
+    never writes); any other bad row is a UserError naming file:line:field. A missing file is no labels."""
     path = Path(path)
     if not path.exists():
-        return []
+        return
     data = path.read_bytes()
     end = _complete_end(data)
     if end < len(data):
         log(f"{path}: dropped a torn last line (an answer cut off while being written)")
-    rows = []
     for line_no, raw in enumerate(data[:end].split(b"\n"), 1):
         if not raw.strip():
             continue
@@ -148,8 +148,18 @@ def read_labels(path: str | Path) -> list[dict]:
             row = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{where(path, line_no)}not valid JSON ({getattr(exc, 'msg', exc)})") from None
-        rows.append(check_label(row, path, line_no))
-    return rows
+        yield line_no, check_label(row, path, line_no)
+
+
+def read_labels(path: str | Path) -> list[dict]:
+    """All answers in file order (see `iter_labels`)."""
+    return [row for _, row in iter_labels(path)]
+
+
+def labels_digest(path: str | Path) -> str:
+    """sha256 of the labels file's complete lines (a torn last line is not part of it)."""
+    data = Path(path).read_bytes()
+    return hashlib.sha256(data[:_complete_end(data)]).hexdigest()
 
 
 def _repair(path: Path) -> None:
