@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.errors import UserError, where
-from rlaif.io.review_files import DECIDED, iter_labels, labels_digest
-
-DROP = -1  # verdict: the person said tie or both bad, so the pair goes
+from rlaif.io.review_files import DECIDED, DROP, item_verdicts, iter_labels, labels_digest, latest_labels
 
 
 @dataclass
 class Verdicts:
-    """People's verdicts by prompt id: ``{(i, j): preferred candidate, or DROP}`` with i < j."""
+    """People's verdicts by prompt id: ``{(i, j): preferred candidate, or DROP (tie / both bad)}``, i < j."""
 
     path: str
     sha256: str
-    by_prompt: dict[str, dict[tuple[int, int], int]] = field(default_factory=dict)
+    by_prompt: dict[str, dict[tuple[int, int], int | str]] = field(default_factory=dict)
     counts: Counter = field(default_factory=Counter)  # labels, reviewers, skipped, disagreements
     reviewers: list[str] = field(default_factory=list)
 
@@ -58,7 +56,7 @@ def read_verdicts(path: str | Path, candidates: list[dict]) -> Verdicts:
     run's candidates is a one-line UserError naming file:line."""
     path = check_labels_file(path)
     sizes = {c["id"]: len(c["responses"]) for c in candidates}
-    latest: dict[tuple[str, str], tuple[int, dict]] = {}
+    rows = []
     for line, row in iter_labels(path):
         parsed = parse_item(row["item"])
         if parsed is None or parsed[0] not in sizes or not 0 <= parsed[1] < parsed[2] < sizes[parsed[0]]:
@@ -66,29 +64,22 @@ def read_verdicts(path: str | Path, candidates: list[dict]) -> Verdicts:
                             f"(labels from a review of another run folder?)")
         if row["answer"] in DECIDED and row["preferred"] not in parsed[1:]:
             raise UserError(f"{where(path, line, 'preferred')}{row['preferred']} is neither candidate of {row['item']!r}")
-        latest[(row["reviewer"], row["item"])] = (line, row)
+        rows.append(row)
+    latest = latest_labels(rows)
     verdicts = Verdicts(str(path), labels_digest(path), reviewers=sorted({r for r, _ in latest}))
-    answers: dict[str, list[int]] = {}
-    for (_, item), (_, row) in latest.items():
-        verdicts.counts["labels"] += 1
-        if row["answer"] != "skip":
-            answers.setdefault(item, []).append(row["preferred"] if row["answer"] in DECIDED else DROP)
-        else:
-            answers.setdefault(item, [])
-    for item, votes in answers.items():
-        prompt_id, i, j = parse_item(item)  # type: ignore[misc]
-        if not votes:
-            verdicts.counts["skipped"] += 1
-            continue
-        top, count = Counter(votes).most_common(1)[0]
-        if 2 * count <= len(votes):
+    verdicts.counts["labels"] = len(latest)
+    resolved = item_verdicts(latest)
+    verdicts.counts["skipped"] = len({item for _, item in latest} - set(resolved))
+    for item, verdict in resolved.items():
+        if verdict is None:
             verdicts.counts["disagreements"] += 1
             continue
-        verdicts.by_prompt.setdefault(prompt_id, {})[(i, j)] = top
+        prompt_id, i, j = parse_item(item)  # type: ignore[misc]
+        verdicts.by_prompt.setdefault(prompt_id, {})[(i, j)] = verdict
     return verdicts
 
 
-def apply_verdicts(judged: list[tuple[int, int]], verdicts: dict[tuple[int, int], int],
+def apply_verdicts(judged: list[tuple[int, int]], verdicts: dict[tuple[int, int], int | str],
                    scores: list[float | None], stats: Counter) -> list[tuple[int, int, bool]]:
     """One prompt's (chosen, rejected) judge pairs with the person's verdicts applied, as
     (chosen, rejected, by_person); counts agreement with the judge's scores on the decided pairs."""

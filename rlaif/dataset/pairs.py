@@ -172,7 +172,7 @@ def _judge_pairs(cand: dict, rows: dict[str, dict], scores: list[float | None], 
 
 
 def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str], options: BuildOptions,
-                verdicts: dict[str, dict[tuple[int, int], int]] | None = None) -> tuple[list[dict], Counter]:
+                verdicts: dict[str, dict[tuple[int, int], int | str]] | None = None) -> tuple[list[dict], Counter]:
     """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped.
     ``verdicts``: people's verdicts by prompt id (`rlaif.dataset.labels`), applied over the judge's."""
     stats: Counter = Counter()

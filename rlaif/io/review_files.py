@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -200,3 +201,21 @@ def latest_labels(rows: Iterable[dict]) -> dict[tuple[str, str], dict]:
     for row in rows:
         latest[(row["reviewer"], row["item"])] = row
     return latest
+
+
+DROP = "drop"  # an item's verdict when people called it a tie or both bad
+
+
+def item_verdicts(latest: dict[tuple[str, str], dict]) -> dict[str, int | str | None]:
+    """item -> what a strict majority of its reviewers' non-skip answers says: the preferred candidate
+    index, or `DROP` (tie / both bad); None when there is no strict majority (reviewers disagree).
+    Items with nothing but skips are left out."""
+    votes: dict[str, list[int | str]] = {}
+    for (_, item), row in latest.items():
+        if row["answer"] != "skip":
+            votes.setdefault(item, []).append(row["preferred"] if row["answer"] in DECIDED else DROP)
+    out: dict[str, int | str | None] = {}
+    for item, answers in votes.items():
+        top, count = Counter(answers).most_common(1)[0]
+        out[item] = top if 2 * count > len(answers) else None
+    return out

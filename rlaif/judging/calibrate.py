@@ -33,6 +33,7 @@ import yaml
 
 from rlaif.errors import UserError, where
 from rlaif.io.records import as_messages, iter_jsonl, read_text
+from rlaif.io.review_files import item_verdicts, latest_labels, read_items, read_labels
 from rlaif.io.yaml_lines import key_lines, line_of
 from rlaif.judging.judge import JudgeItem, judge_items
 from rlaif.judging.methods import METHODS
@@ -259,7 +260,9 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.0f}%" if pct else f"{x:+.2f}"
 
 
-def _short(text: str, n: int = 70) -> str:
+def _short(text: str | list[dict[str, str]], n: int = 70) -> str:
+    if not isinstance(text, str):  # a chat prompt (from a review's items)
+        text = " / ".join(m["content"] for m in text)
     text = " ".join(text.split())
     return repr(text if len(text) <= n else text[: n - 3] + "...")
 
@@ -314,8 +317,9 @@ def format_report(r: CalibrationReport, worst: int = 3) -> str:
 def read_examples(path: str | Path) -> list[CalibrationExample]:
     """Labelled pairs from a YAML file (a list, or a mapping with ``examples:``) or JSONL.
 
-    A row is either a rubric example (prompt, response_a, response_b, better: a|b, optional id,
-    note, fault) or a labelled-set triple (prompt, better, worse as text, optional id, fault,
+    A labels file of `rlaif review` (``DIR/review/labels.jsonl``) gives the reviewed items
+    (`review_examples`). A row is either a rubric example (prompt, response_a, response_b, better: a|b,
+    optional id, note, fault) or a labelled-set triple (prompt, better, worse as text, optional id, fault,
     note). Triples alternate which position the better response takes (row 0: a, row 1: b, ...),
     so a judge that always prefers one position scores 50%, not 100%.
     """
@@ -324,6 +328,8 @@ def read_examples(path: str | Path) -> list[CalibrationExample]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: examples file not found")
+    if is_labels_file(path):
+        return review_examples(path)
     rows = list(iter_jsonl(path)) if path.suffix == ".jsonl" else _yaml_rows(path)
     if not rows:
         raise UserError(f"{path}: no examples")
@@ -349,6 +355,41 @@ def read_examples(path: str | Path) -> list[CalibrationExample]:
             fields.update(response_a=good if a_first else bad, response_b=bad if a_first else good,
                           better="a" if a_first else "b")
         out.append(LabelledExample(**fields))
+    return out
+
+
+def is_labels_file(path: Path) -> bool:
+    """A review's labels file: named labels.jsonl beside items.jsonl, or whose first row is an answer."""
+    if path.name == "labels.jsonl" and (path.parent / "items.jsonl").is_file():
+        return True
+    if path.suffix != ".jsonl":
+        return False
+    first = next(iter(iter_jsonl(path)), (None, None))[1]
+    return isinstance(first, dict) and {"item", "reviewer", "answer"} <= set(first)
+
+
+def review_examples(path: Path) -> list[CalibrationExample]:
+    """Calibration examples from a review: one per item whose reviewers preferred a response (strict
+    majority of A/B/tie/both-bad answers; ties, both bad, skips and split items left out), with the prompt
+    and the two responses from the sibling items.jsonl, in the order the person saw them."""
+    items_path = path.parent / "items.jsonl"
+    if not items_path.is_file():
+        raise UserError(f"{path}: a review's labels need their items.jsonl beside them ({items_path} not found)")
+    items = {item["item"]: item for item in read_items(items_path)}
+    out: list[CalibrationExample] = []
+    for item_id, verdict in item_verdicts(latest_labels(read_labels(path))).items():
+        item = items.get(item_id)
+        if item is None or not isinstance(verdict, int):
+            continue
+        text = dict(zip(item["candidates"], item["responses"]))
+        first, second = item.get("show") or item["candidates"]
+        prompt = item["prompt"]
+        single = len(prompt) == 1 and prompt[0].get("role") == "user"
+        out.append(LabelledExample(prompt=prompt[0]["content"] if single else prompt, id=item_id,
+                                   response_a=text[first], response_b=text[second],
+                                   better="a" if verdict == first else "b"))
+    if not out:
+        raise UserError(f"{path}: no item with an A/B verdict to calibrate on (ties, both bad and skips are left out)")
     return out
 
 
