@@ -111,6 +111,10 @@ def test_build_with_labels_end_to_end(tmp_path, capsys):
     assert main(build[:-2]) == 0  # without labels: the judge's pairs again, no review record
     assert read_jsonl(out / "preferences" / "train.jsonl") == judge_pairs
     assert "review" not in json.loads((out / "manifest.json").read_text())["stages"]["build"]
+    assert main(["run", "--prompts", str(small_prompts(tmp_path, 6)), "--rubric", "helpfulness", "--out", str(out),
+                 *FAKE, "test_fraction=0", "--labels", str(labels)]) == 0  # run: generate, judge skipped
+    review = json.loads((out / "manifest.json").read_text())["stages"]["build"]["review"]
+    assert (review["agreed"], review["dropped"]) == (1, 1)
 
 
 def test_bad_labels_file_one_line_exit_2_outputs_intact(tmp_path, capsys):

@@ -298,7 +298,8 @@ def _card_summary(train: list[dict], test: list[dict], manifest: dict[str, Any])
                  f"min_margin={build.get('min_margin')}, "
                  f"truncated={build.get('config', {}).get('truncated')}")
     lines.append(f"- {truncation_summary(build)}")
-    lines.append(f"- {noise_summary(build, [pair['margin'] for pair in train + test])}")
+    judged = [pair["margin"] for pair in train + test if "label_source" not in pair]  # a person's pair is no noise
+    lines.append(f"- {noise_summary(build, judged)}")
     if build.get("review"):
         lines.append(f"- {review_line(build['review'])} (pairs marked `\"label_source\": \"person\"`)")
     return lines
