@@ -284,9 +284,11 @@ def format_report(r: CalibrationReport, worst: int = 3) -> str:
                  f"Spearman {_fmt(r.length_spearman)}; judge prefers the longer response in "
                  f"{_fmt(r.judge_prefers_longer, True)} of pairs, labels in {_fmt(r.labels_prefer_longer, True)}")
     noise = r.noise_margin
-    lines.append(f"noise margin:           n/a (fewer than {NOISE_MIN_PAIRS} untied pairs)" if noise is None else
-                 f"noise margin:           {noise:g} (pairs with a normalised margin below it agree no better than "
-                 f"chance; min_margin={noise:g} drops them)")
+    lines.append("noise margin:           " + (
+        f"n/a (fewer than {NOISE_MIN_PAIRS} untied pairs)" if noise is None else
+        "0 (better than chance at every margin with enough pairs)" if noise == 0 else
+        f"{noise:g} (pairs with a normalised margin below it agree no better than chance; min_margin={noise:g} "
+        f"drops them)"))
     faults = r.by_fault()
     if faults:
         width = max(len(k) for k in faults)
