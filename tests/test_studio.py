@@ -67,7 +67,8 @@ def make(folder: Path, loader: Loader | None = None, chunk: int | None = None) -
     loader = loader or Loader()
     cfg = BackendConfig(engine="fake")
     studio = Studio(folder, cfg, judge_impl=CachedJudge(cfg, loader=loader, chunk=chunk))
-    client = TestClient(build_app(studio), headers={"X-Studio-Token": studio.token})
+    client = TestClient(build_app(studio, "127.0.0.1", 8765), base_url="http://127.0.0.1:8765",
+                        headers={"X-Studio-Token": studio.token})
     return studio, client, loader
 
 
@@ -81,7 +82,7 @@ def body(folder: Path, name: str, **extra: Any) -> dict[str, Any]:
 def test_every_request_without_the_token_is_refused(folder: Path) -> None:
     studio, _, loader = make(folder)
     before = snapshot(folder)
-    bare = TestClient(build_app(studio))
+    bare = TestClient(build_app(studio, "127.0.0.1", 8765), base_url="http://127.0.0.1:8765")
     for method, url, js in [("GET", "/", None), ("GET", "/api/state", None), ("GET", "/static/studio.js", None),
                             ("GET", "/api/file?name=helpfulness.yaml", None),
                             ("POST", "/api/save", body(folder, "answer_checks.yaml")),
@@ -98,7 +99,7 @@ def test_every_request_without_the_token_is_refused(folder: Path) -> None:
 
 def test_the_token_in_the_url_sets_a_cookie_that_opens_the_api(folder: Path) -> None:
     studio, _, _ = make(folder)
-    client = TestClient(build_app(studio))
+    client = TestClient(build_app(studio, "127.0.0.1", 8765), base_url="http://127.0.0.1:8765")
     page = client.get(f"/?token={studio.token}")
     assert page.status_code == 200 and "studio.js" in page.text
     assert client.cookies.get(COOKIE) == studio.token  # set from the page; the JS and CSS load with it
@@ -297,7 +298,7 @@ def test_a_calibration_can_be_cancelled(folder: Path) -> None:
     _, client, _ = make(folder, Loader(delay=0.2), chunk=1)
     job = client.post("/api/calibrate", json=body(folder, "helpfulness.yaml")).json()
     time.sleep(0.3)
-    assert client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
+    assert client.post(f"/api/jobs/{job['id']}/cancel", json={}).status_code == 200
     state = wait(client, job["id"])
     assert state["status"] == "cancelled" and 0 < state["done"] < 18 and state["result"] is None
 

@@ -40,7 +40,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(build_app(studio), log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(build_app(studio, "127.0.0.1", port), log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not srv.started:
