@@ -25,6 +25,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rlaif"
 LAYERS: list[tuple[str, ...]] = [
     ("rlaif.cli",),
     ("rlaif.commands",),
+    ("rlaif.review",),
     ("rlaif.loop",),
     ("rlaif.eval",),
     ("rlaif.dataset", "rlaif.train.online"),
