@@ -74,7 +74,8 @@ function renderJudge(v) {
   verdict.replaceChildren(you + " " + judge + " ");
   if (v.agrees === true) verdict.append(el("span", { class: "agree" }, "You agree."));
   else if (v.agrees === false) verdict.append(el("span", { class: "disagree" }, "You disagree."));
-  verdict.append(` (${v.in_dataset ? "in" : "not in"} the dataset; stratum ${v.stratum}, weight ${fmt(v.weight, 2)})`);
+  verdict.append(` (${v.in_dataset ? "in" : "not in"} the dataset; stratum ${v.stratum}, weight ${fmt(v.weight, 2)}; ` +
+                 "green frame: your pick, orange: the judge's)");
   const pos = (c) => v.candidates.indexOf(c);
   const row = (cells, tag = "td") => el("tr", {}, ...cells.map((c) => el(tag, {}, c)));
   const table = $("scores");
