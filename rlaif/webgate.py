@@ -11,7 +11,8 @@ Rules, for every HTTP request and websocket (answered 403/415 with a one-line JS
   without a CORS preflight, which this server never grants) and ``Content-Type: application/json``
   (a cross-site ``text/plain`` body is the classic way round the preflight).
 
-Also `listen`: bind the socket before the app exists, so the gate knows the served port.
+Also `listen`: bind the socket before the app exists, so the gate knows the served port; and
+`common_files`, the JS both pages share (``common/page.js``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rlaif.errors import UserError
@@ -29,6 +33,12 @@ from rlaif.errors import UserError
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WILDCARD = ("0.0.0.0", "::", "")
 UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+COMMON = Path(__file__).parent / "webstatic"
+
+
+def common_files() -> Mount:
+    """The route serving the pages' shared JS at ``/common/`` (behind the gate like every route)."""
+    return Mount("/common", StaticFiles(directory=COMMON), name="common")
 
 
 def _bracketed(host: str) -> str:

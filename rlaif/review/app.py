@@ -34,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 from rlaif.errors import UserError
 from rlaif.io.review_files import ANSWERS, DECIDED, append_label, latest_labels, read_labels
 from rlaif.review.items import public
-from rlaif.webgate import WebGate, served_hosts
+from rlaif.webgate import WebGate, common_files, served_hosts
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "rlaif_review_token"
@@ -185,7 +185,7 @@ def build_app(review: Review, host: str, port: int) -> Starlette:
 
     routes = [Route("/", index), Route("/api/state", state), Route("/api/item", item),
               Route("/api/label", label, methods=["POST"]),
-              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+              Mount("/static", StaticFiles(directory=STATIC), name="static"), common_files()]
     app = Starlette(routes=routes, exception_handlers={ReviewInputError: _error, UserError: _error, Exception: _error})
     app.add_middleware(WebGate, token=review.token, header=HEADER, cookie=COOKIE, hosts=served_hosts(host, port),
                        what="`rlaif review`")

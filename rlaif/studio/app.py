@@ -47,7 +47,7 @@ from rlaif.judging.preview import format_preview
 from rlaif.judging.rubrics import Rubric
 from rlaif.studio.engine import CachedJudge, Job, run_job
 from rlaif.studio.files import RubricFolder, StudioInputError
-from rlaif.webgate import WebGate, served_hosts
+from rlaif.webgate import WebGate, common_files, served_hosts
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "rlaif_studio_token"
@@ -264,6 +264,7 @@ def build_app(studio: Studio, host: str, port: int) -> Starlette:
         Route("/api/jobs/{job}", handlers.job_state), Route("/api/jobs/{job}/cancel", handlers.cancel, methods=["POST"]),
         Route("/api/save", handlers.save, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        common_files(),
     ]
     app = Starlette(routes=routes, lifespan=handlers.lifespan,
                     exception_handlers={StudioInputError: _studio_error, UserError: _studio_error,

@@ -1,32 +1,11 @@
-// rlaif review: one item at a time; the judge's view only after the person answers.
+// rlaif review: one item at a time; the judge's view only after the person answers. el, api and $
+// come from common/page.js; the API is documented in rlaif/review/app.py.
 "use strict";
 
-const TOKEN = new URLSearchParams(location.search).get("token") || "";
-const $ = (id) => document.getElementById(id);
 const KEYS = { a: "A", b: "B", t: "tie", x: "both_bad", s: "skip" };
 const NAMES = { A: "A is better", B: "B is better", tie: "tie", both_bad: "both bad", skip: "skip" };
 let view = null;   // the item shown: the server's answer to /api/item or /api/label
 let busy = false;
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
-}
-
-async function api(path, body) {
-  const opts = { headers: { "X-Review-Token": TOKEN } };
-  if (body !== undefined) {
-    opts.method = "POST";
-    opts.headers["Content-Type"] = "application/json";
-    opts.body = JSON.stringify(body);
-  }
-  const r = await fetch(path, opts);
-  let data;
-  try { data = await r.json(); } catch (e) { data = { error: `${r.status} ${r.statusText}` }; }
-  return { ok: r.ok, status: r.status, data };
-}
 
 function status(text, kind = "") { $("status").textContent = text; $("status").className = kind; }
 const fmt = (x, digits = 3) => (x === null || x === undefined ? "n/a" : Number(x).toFixed(digits));
