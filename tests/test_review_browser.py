@@ -10,9 +10,6 @@ order; reopening the page continues with the fourth item; the report names them 
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +19,7 @@ from rlaif.io.review_files import read_labels
 from rlaif.review.app import Review, build_app
 from rlaif.review.items import load_or_sample
 from tests.review_runs import make_run
-from tests.test_studio_browser import CHROMIUM, DRIVER, browser, text_of, wait_for  # noqa: F401 (fixture)
+from tests.test_studio_browser import CHROMIUM, DRIVER, browser, serve_in_thread, text_of, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
                                 reason="needs Debian's chromium and chromedriver: `make browser`")
@@ -31,23 +28,11 @@ pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).ex
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Review]]:
     """A review of a fresh fake run on a free port; yields (URL with token, the review)."""
-    import uvicorn
-
     run = make_run(tmp_path)
     items, _ = load_or_sample(run, size=6, strategy=None, seed=None)
     review = Review(run, items, "tester")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(build_app(review, "127.0.0.1", port), log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/?token={review.token}", review
-    srv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_in_thread(lambda port: build_app(review, "127.0.0.1", port)) as port:
+        yield f"http://127.0.0.1:{port}/?token={review.token}", review
 
 
 def press(driver: Any, keys: str) -> None:

@@ -54,7 +54,7 @@ def test_population_is_every_scored_distinct_pair_with_the_judges_view(run: Path
     distinct = sum(len({c["responses"][i], c["responses"][j]}) == 2
                    for c in cands for i in range(3) for j in range(i + 1, 3))
     assert len(pop) == distinct and noise == 0.05
-    kept = sum(1 for name in ("train", "test") for _ in (run / "preferences" / f"{name}.jsonl").read_text().splitlines())
+    kept = sum(len((run / "preferences" / f"{name}.jsonl").read_text().splitlines()) for name in ("train", "test"))
     assert sum(item["in_dataset"] for item in pop) == kept
     for item in pop:
         j, (s_i, s_j) = item["judge"], item["judge"]["scores"]
@@ -209,7 +209,8 @@ def test_a_torn_last_line_is_dropped_and_labelling_goes_on(run: Path) -> None:
     answer_all(client, review, 2)
     path = run / "review" / "labels.jsonl"
     good = path.read_bytes()
-    path.write_bytes(good + b'{"item": "' + review.items[2]["item"].encode() + b'", "reviewer": "ann", "ti')  # killed mid-write
+    torn = b'{"item": "' + review.items[2]["item"].encode() + b'", "reviewer": "ann", "ti'  # killed mid-write
+    path.write_bytes(good + torn)
     _, client2 = client_for(run)
     state = client2.get("/api/state").json()
     assert state["summary"]["answered"] == 2 and state["next"] == 2  # nothing finished lost

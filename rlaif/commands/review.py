@@ -105,7 +105,8 @@ def serve(run: Path, args: argparse.Namespace, reviewer: str) -> int:
           f"{run / 'review' / 'items.jsonl'}; {reviewer} answered {state['summary']['answered']}; Ctrl-C to stop",
           flush=True)
     if args.host not in LOOPBACK:
-        print(f"  warning: listening on {args.host}: anyone who can reach it and has the URL can label", file=sys.stderr)
+        print(f"  warning: listening on {args.host}: anyone who can reach it and has the URL can label",
+              file=sys.stderr)
     server = uvicorn.Server(uvicorn.Config(build_app(review, args.host, sock.getsockname()[1]), log_level="warning"))
     try:
         server.run(sockets=[sock])

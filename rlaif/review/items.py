@@ -213,7 +213,8 @@ def load_or_sample(run: Path, *, size: int | None, strategy: str | None, seed: i
     pop, noise = population(run)
     if not pop:
         raise UserError(f"{run}: no judged pair with two scored, different responses to review")
-    items = sample(pop, noise, strategy or "margin", DEFAULT_SIZE if size is None else size, 0 if seed is None else seed)
+    items = sample(pop, noise, strategy or "margin", DEFAULT_SIZE if size is None else size,
+                   0 if seed is None else seed)
     if not items:
         raise UserError(f"{run}: no pair matches --strategy {strategy} (no flagged pair)")
     path.parent.mkdir(parents=True, exist_ok=True)
