@@ -54,8 +54,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _report(dirs: list[str]) -> int:
     if len(dirs) != 1:
         raise UserError("usage: rlaif review report DIR (one run folder)")
-    from rlaif.review.report import format_report  # engineer REPORT's module
-
+    try:
+        from rlaif.review.report import format_report
+    except ImportError:
+        raise UserError("rlaif review report: this build has no rlaif.review.report module") from None
     print(format_report(Path(dirs[0])))
     return 0
 
