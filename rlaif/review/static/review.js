@@ -123,7 +123,8 @@ $("prev").onclick = prev;
 (async () => {
   const st = await api("api/state");
   if (!st.ok) { status(st.data.error, "error"); return; }
-  $("run").textContent = `${st.data.run} · reviewer ${st.data.reviewer}`;
+  $("run").textContent = `${st.data.run.split("/").pop()} · reviewer ${st.data.reviewer}`;
+  $("run").title = st.data.run;
   showSummary(st.data.summary);
   await load("next");
 })();
