@@ -3,8 +3,8 @@ browser`) against a real uvicorn server over a fake-engine run folder.
 
 Three items are labelled with the KEYBOARD only (b, n + a note, a, t; Enter for the next item); the
 judge's view appears only after each answer; labels.jsonl holds the three answers in the shown
-order; reopening the page continues with the fourth item; the report names them when
-`rlaif.review.report` is present. ``REVIEW_SCREENSHOT=docs/review.png`` keeps the picture.
+order; reopening the page continues with the fourth item (then x, s, a end the sample); the report
+names them when `rlaif.review.report` is present. ``REVIEW_SCREENSHOT=docs/review.png`` keeps the picture.
 """
 
 from __future__ import annotations
@@ -89,6 +89,12 @@ def test_label_three_items_with_the_keyboard(server: tuple[str, Review], browser
 
     browser.get(url)  # reopening continues where it stopped
     wait_for(browser, lambda d: "item 4 of 6" in text_of(d, "#item-id"), "the fourth item on reopening")
+    for k, key in enumerate("xsa", start=4):  # both bad, skip, A: then every item is answered
+        press(browser, key)
+        wait_for(browser, lambda d: f"{k} of 6 answered" in text_of(d, "#progress"), f"answer {k}")
+        press(browser, Keys.ENTER)
+    wait_for(browser, lambda d: "All 6 items answered" in text_of(d, "#status"), "the end of the sample")
+    assert [r["answer"] for r in read_labels(labels)] == ["B", "A", "tie", "both_bad", "skip", "A"]
     try:
         from rlaif.review.report import format_report
     except ImportError:

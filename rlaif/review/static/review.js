@@ -72,8 +72,8 @@ async function load(query) {
   const r = await api(`api/item?${query}`);
   if (!r.ok) { status(r.data.error, "error"); return; }
   if (r.data.done) {
-    status(`All ${r.data.items} items answered. Use ← to look back; \`rlaif review report\` gives the figures.`);
     if (!view) await load("index=0");
+    status(`All ${r.data.items} items answered. Use ← to look back; \`rlaif review report\` gives the figures.`);
     return;
   }
   status("");
