@@ -10,20 +10,22 @@ Row shapes are in docs/review-figures.md and the module's checks below.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from rlaif.errors import UserError, where
 from rlaif.io.log import log
-from rlaif.io.records import dumps
+from rlaif.io.records import dumps, iter_jsonl
 from rlaif.io.store import write_jsonl
 
 ANSWERS = ("A", "B", "tie", "both_bad", "skip")
 DECIDED = ("A", "B")  # the answers that name a preferred response
 
-_ITEM_FIELDS: dict[str, type | tuple[type, ...]] = {
+_ITEM_FIELDS: dict[str, type] = {
     "item": str,
     "prompt_id": str,
     "prompt": list,
@@ -31,7 +33,7 @@ _ITEM_FIELDS: dict[str, type | tuple[type, ...]] = {
     "responses": list,
     "judge": dict,
 }
-_LABEL_FIELDS: dict[str, type | tuple[type, ...]] = {
+_LABEL_FIELDS: dict[str, type] = {
     "item": str,
     "reviewer": str,
     "time": str,
@@ -45,13 +47,17 @@ def _check_pair(value: Any, kind: type, path: Path | None, line: int | None, nam
         raise UserError(f"{where(path, line, name)}expected a list of two {kind.__name__}s, got {value!r}")
 
 
-def check_item(row: Any, path: Path | None = None, line: int | None = None) -> dict:
-    """Validate one items.jsonl row (the fields readers rely on); returns it."""
+def _check_fields(row: Any, fields: dict[str, type], path: Path | None, line: int | None) -> None:
     if not isinstance(row, dict):
         raise UserError(f"{where(path, line)}expected a JSON object")
-    for name, kind in _ITEM_FIELDS.items():
+    for name, kind in fields.items():
         if not isinstance(row.get(name), kind):
-            raise UserError(f"{where(path, line, name)}missing or not a {getattr(kind, '__name__', kind)}")
+            raise UserError(f"{where(path, line, name)}missing or not a {kind.__name__}")
+
+
+def check_item(row: Any, path: Path | None = None, line: int | None = None) -> dict:
+    """Validate one items.jsonl row (the fields readers rely on); returns it."""
+    _check_fields(row, _ITEM_FIELDS, path, line)
     _check_pair(row["candidates"], int, path, line, "candidates")
     _check_pair(row["responses"], str, path, line, "responses")
     if "show" in row:
@@ -66,11 +72,7 @@ def check_item(row: Any, path: Path | None = None, line: int | None = None) -> d
 
 def check_label(row: Any, path: Path | None = None, line: int | None = None) -> dict:
     """Validate one labels.jsonl row: fields, answer, and ``preferred`` matching answer and shown order."""
-    if not isinstance(row, dict):
-        raise UserError(f"{where(path, line)}expected a JSON object")
-    for name, kind in _LABEL_FIELDS.items():
-        if not isinstance(row.get(name), kind):
-            raise UserError(f"{where(path, line, name)}missing or not a {kind.__name__}")
+    _check_fields(row, _LABEL_FIELDS, path, line)
     if not row["reviewer"].strip():
         raise UserError(f"{where(path, line, 'reviewer')}must not be empty")
     _check_pair(row["shown"], int, path, line, "shown")
@@ -80,7 +82,8 @@ def check_label(row: Any, path: Path | None = None, line: int | None = None) -> 
     preferred = row.get("preferred")
     expected = row["shown"][DECIDED.index(answer)] if answer in DECIDED else None
     if preferred != expected or isinstance(preferred, bool):
-        raise UserError(f"{where(path, line, 'preferred')}answer {answer!r} with shown {row['shown']} means preferred={expected!r}, got {preferred!r}")
+        raise UserError(f"{where(path, line, 'preferred')}answer {answer!r} with shown {row['shown']} means "
+                        f"preferred={expected!r}, got {preferred!r}")
     if not isinstance(row.get("note", ""), str):
         raise UserError(f"{where(path, line, 'note')}expected a string")
     return row
@@ -88,22 +91,14 @@ def check_label(row: Any, path: Path | None = None, line: int | None = None) -> 
 
 def read_items(path: str | Path) -> list[dict]:
     """The sample's rows; a bad row is a UserError naming file:line(:field)."""
-    path = Path(path)
     items: list[dict] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
-        for line_no, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where(path, line_no)}not valid JSON ({exc.msg})") from None
-            check_item(row, path, line_no)
-            if row["item"] in seen:
-                raise UserError(f"{where(path, line_no, 'item')}{row['item']!r} appears twice")
-            seen.add(row["item"])
-            items.append(row)
+    for line_no, row in iter_jsonl(path):
+        check_item(row, Path(path), line_no)
+        if row["item"] in seen:
+            raise UserError(f"{where(path, line_no, 'item')}{row['item']!r} appears twice")
+        seen.add(row["item"])
+        items.append(row)
     return items
 
 
@@ -130,17 +125,16 @@ def _complete_end(data: bytes) -> int:
     return end
 
 
-def read_labels(path: str | Path) -> list[dict]:
-    """All answers, in file order. A torn last line is dropped (logged, not repaired: reading never
-    writes); any other bad row is a UserError naming file:line:field. A missing file is no labels."""
+def iter_labels(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, answer) in file order. A torn last line is dropped (logged, not repaired: reading
+    never writes); any other bad row is a UserError naming file:line:field. A missing file is no labels."""
     path = Path(path)
     if not path.exists():
-        return []
+        return
     data = path.read_bytes()
     end = _complete_end(data)
     if end < len(data):
         log(f"{path}: dropped a torn last line (an answer cut off while being written)")
-    rows = []
     for line_no, raw in enumerate(data[:end].split(b"\n"), 1):
         if not raw.strip():
             continue
@@ -148,8 +142,18 @@ def read_labels(path: str | Path) -> list[dict]:
             row = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{where(path, line_no)}not valid JSON ({getattr(exc, 'msg', exc)})") from None
-        rows.append(check_label(row, path, line_no))
-    return rows
+        yield line_no, check_label(row, path, line_no)
+
+
+def read_labels(path: str | Path) -> list[dict]:
+    """All answers in file order (see `iter_labels`)."""
+    return [row for _, row in iter_labels(path)]
+
+
+def labels_digest(path: str | Path) -> str:
+    """sha256 of the labels file's complete lines (a torn last line is not part of it)."""
+    data = Path(path).read_bytes()
+    return hashlib.sha256(data[:_complete_end(data)]).hexdigest()
 
 
 def _repair(path: Path) -> None:
@@ -190,3 +194,21 @@ def latest_labels(rows: Iterable[dict]) -> dict[tuple[str, str], dict]:
     for row in rows:
         latest[(row["reviewer"], row["item"])] = row
     return latest
+
+
+DROP = "drop"  # an item's verdict when people called it a tie or both bad
+
+
+def item_verdicts(latest: dict[tuple[str, str], dict]) -> dict[str, int | str | None]:
+    """item -> what a strict majority of its reviewers' non-skip answers says: the preferred candidate
+    index, or `DROP` (tie / both bad); None when there is no strict majority (reviewers disagree).
+    Items with nothing but skips are left out."""
+    votes: dict[str, list[int | str]] = {}
+    for (_, item), row in latest.items():
+        if row["answer"] != "skip":
+            votes.setdefault(item, []).append(row["preferred"] if row["answer"] in DECIDED else DROP)
+    out: dict[str, int | str | None] = {}
+    for item, answers in votes.items():
+        top, count = Counter(answers).most_common(1)[0]
+        out[item] = top if 2 * count > len(answers) else None
+    return out
