@@ -251,9 +251,10 @@ def test_review_report_dir_parses_to_the_report(run: Path, monkeypatch: pytest.M
 def test_cli_serves_the_tokenised_url_and_warns_on_a_remote_host(run: Path) -> None:
     import os
     import subprocess
-    import time
 
     import httpx
+
+    from tests.processes import get_when_up
 
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "rlaif.cli", "review", str(run), "--port", "0", "--host", "0.0.0.0",
@@ -263,12 +264,7 @@ def test_cli_serves_the_tokenised_url_and_warns_on_a_remote_host(run: Path) -> N
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert line.startswith("rlaif review: http://0.0.0.0:") and "/?token=" in line, line
         url = line.split(": ", 1)[1].strip().replace("0.0.0.0", "127.0.0.1")
-        for _ in range(50):
-            try:
-                r = httpx.get(url)
-                break
-            except httpx.ConnectError:
-                time.sleep(0.1)
+        r = get_when_up(url)
         assert r.status_code == 200 and "rlaif review" in r.text
         base = url.split("/?")[0]
         assert httpx.get(base + "/api/state").status_code == 403

@@ -22,6 +22,7 @@ from rlaif.judging.calibrate import calibrate
 from rlaif.judging.rubrics import rubric_from_file
 from rlaif.studio.app import COOKIE, Studio, build_app
 from rlaif.studio.engine import CachedJudge
+from tests.processes import get_when_up
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["helpfulness.yaml", "helpfulness.jinja", "answer_checks.yaml", "overall_preference.yaml",
@@ -361,12 +362,7 @@ def test_cli_prints_a_tokenised_url_and_serves_it(folder: Path) -> None:
         assert line.startswith("rubric studio: http://127.0.0.1:") and "/?token=" in line, line
         url = line.split(": ", 1)[1].strip()
         base = url.split("/?")[0]
-        for _ in range(50):
-            try:
-                r = httpx.get(url)
-                break
-            except httpx.ConnectError:
-                time.sleep(0.1)
+        r = get_when_up(url)
         assert r.status_code == 200 and "rubric studio" in r.text
         assert httpx.get(base + "/api/state").status_code == 403
         state = httpx.get(base + "/api/state", cookies=r.cookies).json()
