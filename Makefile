@@ -14,7 +14,7 @@ else
   TORCH_PIN := torch==2.13.0
 endif
 
-.PHONY: setup browser demo loop-demo test test-fast bench clean-venv
+.PHONY: setup browser demo review-demo loop-demo test test-fast bench clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ demo: $(STAMP)
 	$(VENV)/bin/rlaif run --prompts prompts/demo.jsonl --rubric answer_likelihood --rubric answer_checks \
 		--out outputs/demo n=4 max_tokens=384 $(DEMO_ARGS)
 	@echo "demo done: preference dataset in outputs/demo/preferences/, report in outputs/demo/report.html"
+
+# Check the demo's judged pairs in the browser (after `make demo`): open the printed URL.
+review-demo: $(STAMP)
+	@test -f outputs/demo/manifest.json || { echo "run 'make demo' first: outputs/demo is its output"; exit 2; }
+	$(VENV)/bin/rlaif review outputs/demo $(REVIEW_ARGS)
 
 # 2 rounds of generate -> judge -> build -> DPO -> eval on the embedded model (policy and judge):
 # 12 min 20 s measured on a 2-core CPU (BENCHMARKS.md, "Loop demo").

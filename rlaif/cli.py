@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "rlaif.commands.train",     # train rm | dpo | grpo | rloo | ppo, rm score
     "rlaif.commands.evaluate",  # eval: win rate of A over B
     "rlaif.commands.loop",      # loop: rounds of run -> train -> eval
+    "rlaif.commands.review",    # review: people check the judge's pairs in the browser; review report
 ]
 
 

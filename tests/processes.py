@@ -80,3 +80,17 @@ def _read(err: Any) -> str:
 
 def _tail(err: Any, chars: int = 3000) -> str:
     return _read(err)[-chars:]
+
+
+def get_when_up(url: str, seconds: float = 5.0) -> Any:
+    """GET ``url`` from a server a subprocess is starting, retrying while the port refuses connections."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return httpx.get(url)
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

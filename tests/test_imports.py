@@ -4,12 +4,13 @@ imports included.
 Layers, top to bottom (`LAYERS`); a module may import its own package or any lower layer, never a
 higher one nor a sibling package of its own layer:
 
-    cli -> commands -> loop -> eval -> dataset | train.online -> rewards -> train | studio -> judging
-        -> backends -> io | config | errors | models | shipped | rlaif (the package itself)
+    cli -> commands -> review -> loop -> eval -> dataset | train.online -> rewards -> train | studio
+        -> judging -> backends -> io | config | errors | models | shipped | rlaif (the package itself)
 
 ``train.online`` sits above ``rewards`` (online trainers score rollouts with reward sources) and the
 rest of ``train`` below it (``rm:DIR`` rewards score with `rlaif.train.score`). ``studio`` (the
 ``rlaif rubric studio`` server, imported by commands) may use judging, backends and io only.
+``review`` (`rlaif review`: sampler, page, figures) reads run folders with dataset's code.
 A module falls in the layer of the longest package prefix naming it, so new modules
 (``rlaif.judging.methods``, ``rlaif.train.online.algorithms``) land in their package's layer.
 """

@@ -22,6 +22,7 @@ from rlaif.judging.calibrate import calibrate
 from rlaif.judging.rubrics import rubric_from_file
 from rlaif.studio.app import COOKIE, Studio, build_app
 from rlaif.studio.engine import CachedJudge
+from tests.processes import get_when_up
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["helpfulness.yaml", "helpfulness.jinja", "answer_checks.yaml", "overall_preference.yaml",
@@ -67,7 +68,8 @@ def make(folder: Path, loader: Loader | None = None, chunk: int | None = None) -
     loader = loader or Loader()
     cfg = BackendConfig(engine="fake")
     studio = Studio(folder, cfg, judge_impl=CachedJudge(cfg, loader=loader, chunk=chunk))
-    client = TestClient(build_app(studio), headers={"X-Studio-Token": studio.token})
+    client = TestClient(build_app(studio, "127.0.0.1", 8765), base_url="http://127.0.0.1:8765",
+                        headers={"X-Studio-Token": studio.token})
     return studio, client, loader
 
 
@@ -81,7 +83,7 @@ def body(folder: Path, name: str, **extra: Any) -> dict[str, Any]:
 def test_every_request_without_the_token_is_refused(folder: Path) -> None:
     studio, _, loader = make(folder)
     before = snapshot(folder)
-    bare = TestClient(build_app(studio))
+    bare = TestClient(build_app(studio, "127.0.0.1", 8765), base_url="http://127.0.0.1:8765")
     for method, url, js in [("GET", "/", None), ("GET", "/api/state", None), ("GET", "/static/studio.js", None),
                             ("GET", "/api/file?name=helpfulness.yaml", None),
                             ("POST", "/api/save", body(folder, "answer_checks.yaml")),
@@ -98,7 +100,7 @@ def test_every_request_without_the_token_is_refused(folder: Path) -> None:
 
 def test_the_token_in_the_url_sets_a_cookie_that_opens_the_api(folder: Path) -> None:
     studio, _, _ = make(folder)
-    client = TestClient(build_app(studio))
+    client = TestClient(build_app(studio, "127.0.0.1", 8765), base_url="http://127.0.0.1:8765")
     page = client.get(f"/?token={studio.token}")
     assert page.status_code == 200 and "studio.js" in page.text
     assert client.cookies.get(COOKIE) == studio.token  # set from the page; the JS and CSS load with it
@@ -297,7 +299,7 @@ def test_a_calibration_can_be_cancelled(folder: Path) -> None:
     _, client, _ = make(folder, Loader(delay=0.2), chunk=1)
     job = client.post("/api/calibrate", json=body(folder, "helpfulness.yaml")).json()
     time.sleep(0.3)
-    assert client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
+    assert client.post(f"/api/jobs/{job['id']}/cancel", json={}).status_code == 200
     state = wait(client, job["id"])
     assert state["status"] == "cancelled" and 0 < state["done"] < 18 and state["result"] is None
 
@@ -360,12 +362,7 @@ def test_cli_prints_a_tokenised_url_and_serves_it(folder: Path) -> None:
         assert line.startswith("rubric studio: http://127.0.0.1:") and "/?token=" in line, line
         url = line.split(": ", 1)[1].strip()
         base = url.split("/?")[0]
-        for _ in range(50):
-            try:
-                r = httpx.get(url)
-                break
-            except httpx.ConnectError:
-                time.sleep(0.1)
+        r = get_when_up(url)
         assert r.status_code == 200 and "rubric studio" in r.text
         assert httpx.get(base + "/api/state").status_code == 403
         state = httpx.get(base + "/api/state", cookies=r.cookies).json()

@@ -14,7 +14,8 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -27,28 +28,37 @@ pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).ex
                                 reason="needs Debian's chromium and chromedriver: `make browser`")
 
 
+@contextmanager
+def serve_in_thread(build: Callable[[int], Any]) -> Iterator[int]:
+    """A real uvicorn server on a free loopback port, in a thread, for ``build(port)``'s app; yields the port."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(build(port), log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A studio on a free port over a copy of three shipped rubrics; yields (URL with token, folder)."""
-    import uvicorn
-
     folder = tmp_path / "rubrics"
     folder.mkdir()
     for name in ("honesty.yaml", "answer_checks.yaml", "overall_preference.yaml"):
         shutil.copy(ROOT / "rubrics" / name, folder / name)
     studio = Studio(folder, BackendConfig(engine="fake"), start="honesty.yaml")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(build_app(studio), log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/?token={studio.token}", folder
-    srv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_in_thread(lambda port: build_app(studio, "127.0.0.1", port)) as port:
+        yield f"http://127.0.0.1:{port}/?token={studio.token}", folder
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ def test_studio_judges_with_the_embedded_model(embedded_model_dir: str, tmp_path
         shutil.copy(ROOT / "rubrics" / name, folder / name)
     cfg = BackendConfig(engine="vllm", model=embedded_model_dir, gpu_memory_utilization=0.1, max_model_len=2048)
     studio = Studio(folder, cfg)
-    with TestClient(build_app(studio), headers={"X-Studio-Token": studio.token}) as client:
+    with TestClient(build_app(studio, "127.0.0.1", 8765), base_url="http://127.0.0.1:8765",
+                    headers={"X-Studio-Token": studio.token}) as client:
         text = (folder / "answer_likelihood.yaml").read_text()
         r = client.post("/api/preview", json={"name": "answer_likelihood.yaml", "text": text, "example": 0})
         assert r.status_code == 200, r.text

@@ -221,12 +221,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
 # studio
 
 def run_studio(args: argparse.Namespace) -> int:
-    import socket
-
     import uvicorn
 
     from rlaif.judging.rubrics import find_rubric, rubric_dirs
     from rlaif.studio.app import Studio, build_app
+    from rlaif.webgate import listen, shown_url
 
     # RUBRIC and key=value share the positional slot: a key=value there is an override
     if args.rubric is not None and not Path(args.rubric).exists() and re.match(r"^[A-Za-z_][\w.-]*=", args.rubric):
@@ -240,25 +239,16 @@ def run_studio(args: argparse.Namespace) -> int:
         if folder is None:
             raise UserError("no rubrics/ folder here; name a rubric (rlaif rubric studio RUBRIC)")
         start = None
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port}: expected 0-65535")
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as e:
-        raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror}); "
-                        f"pick another --port") from None
+    sock = listen(args.host, args.port)
     studio = Studio(folder, cfg.judge, start=start, seed=cfg.seed, verdict_retries=cfg.verdict_retries)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"rubric studio: http://{shown}:{port}/?token={studio.token}", flush=True)
+    print(f"rubric studio: {shown_url(sock, studio.token)}", flush=True)
     print(f"  editing {studio.folder.root} (opens {studio.start}); judge {cfg.judge.engine} {cfg.judge.model}, "
           f"loaded on the first judge call and kept warm; Ctrl-C to stop", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"  warning: listening on {args.host}: anyone who can reach it and has the URL can edit and save "
               f"rubrics", file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(build_app(studio), log_level="warning", lifespan="on"))
+    app = build_app(studio, args.host, sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     try:
         server.run(sockets=[sock])  # Ctrl-C / SIGTERM: uvicorn shuts down (the judge engine closes), then re-raises
     except KeyboardInterrupt:

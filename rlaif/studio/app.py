@@ -1,7 +1,8 @@
 """The rubric studio's web app (Starlette): one static page and a small JSON API.
 
-Every request must carry the session token (``?token=``, the ``X-Studio-Token`` header, or the
-cookie the page sets from it) or gets 403. The API:
+Every request passes `rlaif.webgate.WebGate`: the session token (``?token=``, the ``X-Studio-Token``
+header, or the cookie the page sets from it), the served Host/Origin, and for a POST the token in the
+header and a JSON body; else 403/415. The API:
 
 ==========================  ===================================================================
 GET  /api/state             folder, rubric files, judge (engine, model, loaded), cache counts,
@@ -31,11 +32,10 @@ from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rlaif.backends.base import BackendConfig
 from rlaif.errors import UserError
@@ -47,30 +47,11 @@ from rlaif.judging.preview import format_preview
 from rlaif.judging.rubrics import Rubric
 from rlaif.studio.engine import CachedJudge, Job, run_job
 from rlaif.studio.files import RubricFolder, StudioInputError
+from rlaif.webgate import WebGate, common_files, served_hosts
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "rlaif_studio_token"
 HEADER = "x-studio-token"
-FORBIDDEN = "403 Forbidden: this rubric studio needs its token; open the URL `rlaif rubric studio` printed."
-
-
-class TokenGate:
-    """ASGI middleware: refuse (403) every HTTP request without the session token."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app, self.token = app, token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            conn = HTTPConnection(scope)
-            given = conn.query_params.get("token") or conn.headers.get(HEADER) or conn.cookies.get(COOKIE) or ""
-            if not secrets.compare_digest(given.encode(), self.token.encode()):
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008})
-                else:
-                    await PlainTextResponse(FORBIDDEN, status_code=403)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class Studio:
@@ -273,8 +254,8 @@ class _Handlers:
         self.studio.judge.close()
 
 
-def build_app(studio: Studio) -> Starlette:
-    """The ASGI app for one studio session."""
+def build_app(studio: Studio, host: str, port: int) -> Starlette:
+    """The ASGI app for one studio session served at ``host:port`` (the gate checks Host/Origin against it)."""
     handlers = _Handlers(studio)
     routes = [
         Route("/", handlers.index), Route("/api/state", handlers.state), Route("/api/file", handlers.read_file),
@@ -283,9 +264,11 @@ def build_app(studio: Studio) -> Starlette:
         Route("/api/jobs/{job}", handlers.job_state), Route("/api/jobs/{job}/cancel", handlers.cancel, methods=["POST"]),
         Route("/api/save", handlers.save, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        common_files(),
     ]
     app = Starlette(routes=routes, lifespan=handlers.lifespan,
                     exception_handlers={StudioInputError: _studio_error, UserError: _studio_error,
                                         Exception: _studio_error})
-    app.add_middleware(TokenGate, token=studio.token)
+    app.add_middleware(WebGate, token=studio.token, header=HEADER, cookie=COOKIE, hosts=served_hosts(host, port),
+                       what="`rlaif rubric studio`")
     return app

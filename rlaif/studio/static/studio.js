@@ -1,9 +1,8 @@
 // rlaif rubric studio: the editor page. Plain JS, no build step; every text from the server is set
-// with textContent (never parsed as HTML). The API is documented in rlaif/studio/app.py.
+// with textContent (never parsed as HTML). The API is documented in rlaif/studio/app.py; el, api and $
+// come from common/page.js.
 "use strict";
 
-const TOKEN = new URLSearchParams(location.search).get("token") || "";
-const $ = (id) => document.getElementById(id);
 let current = null;      // rubric file name being edited
 let lastExamples = [];   // examples of the last text that passed lint
 let checkSeq = 0;        // newer checks make older answers stale
@@ -12,28 +11,6 @@ let debounce = null;
 let savedText = "";      // the file's text as last opened or saved
 let methods = {};        // judge method name -> {needs_judge, pairwise, view}, from api/state
 const unsaved = () => current !== null && $("editor").value !== savedText;
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (k === "style") node.style.cssText = v; else node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
-}
-
-async function api(path, body) {
-  const opts = { headers: { "X-Studio-Token": TOKEN } };
-  if (body !== undefined) {
-    opts.method = "POST";
-    opts.headers["Content-Type"] = "application/json";
-    opts.body = JSON.stringify(body);
-  }
-  const r = await fetch(path, opts);
-  let data;
-  try { data = await r.json(); } catch (e) { data = { error: `${r.status} ${r.statusText}` }; }
-  return { ok: r.ok, status: r.status, data };
-}
 
 function status(text, kind = "") { $("status").textContent = text; $("status").className = kind; }
 const fmt = (x, digits = 2) => (x === null || x === undefined ? "n/a" : Number(x).toFixed(digits));
