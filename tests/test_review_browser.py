@@ -4,7 +4,7 @@ browser`) against a real uvicorn server over a fake-engine run folder.
 Three items are labelled with the KEYBOARD only (b, n + a note, a, t; Enter for the next item); the
 judge's view appears only after each answer; labels.jsonl holds the three answers in the shown
 order; reopening the page continues with the fourth item (then x, s, a end the sample); the report
-names them when `rlaif.review.report` is present. ``REVIEW_SCREENSHOT=docs/review.png`` keeps the picture.
+names them. ``REVIEW_SCREENSHOT=docs/review.png`` keeps the picture.
 """
 
 from __future__ import annotations
@@ -97,9 +97,7 @@ def test_label_three_items_with_the_keyboard(server: tuple[str, Review], browser
             wait_for(browser, lambda d: f"item {k + 1} of 6" in text_of(d, "#item-id"), f"item {k + 1}")
     wait_for(browser, lambda d: "All 6 items answered" in text_of(d, "#status"), "the end of the sample")
     assert [r["answer"] for r in read_labels(labels)] == ["B", "A", "tie", "both_bad", "skip", "A"]
-    try:
-        from rlaif.review.report import format_report
-    except ImportError:
-        return
+    from rlaif.review.report import format_report
+
     report = format_report(review.run)
     assert "6 answers on 6 items" in report and "judge agrees" in report and "tie 1, both bad 1, skip 1" in report

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from rlaif.cli import main
-from rlaif.io.review_files import read_items, read_labels
+from rlaif.io.review_files import append_label, read_items, read_labels
 from rlaif.review.app import Review, build_app
 from rlaif.review.items import allocate, load_or_sample, population, sample, strata
 from tests.review_runs import make_run
@@ -238,14 +237,19 @@ def test_cli_bad_inputs_one_line(run: Path, tmp_path: Path, capsys: pytest.Captu
     assert "--seed 9 (recorded 0)" in capsys.readouterr().err
 
 
-def test_review_report_dir_parses_to_the_report(run: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    seen = []
-    module = types.ModuleType("rlaif.review.report")
-    module.format_report = lambda d: seen.append(d) or "REPORT TEXT"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "rlaif.review.report", module)
+def test_review_report_prints_the_figures_as_text_and_json(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items = load_or_sample(run, size=4, strategy="random", seed=0)[0]
+    for item in items[:3]:
+        first, second = item["show"]
+        append_label(run / "review" / "labels.jsonl", {
+            "item": item["item"], "reviewer": "ann", "time": "2026-12-06T00:00:00Z", "shown": [first, second],
+            "answer": "A", "preferred": first, "note": ""})
     assert main(["review", "report", str(run)]) == 0
-    assert seen == [run] and "REPORT TEXT" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 answers on 4 items" in out and "1.00 [0.44, 1.00]  (3 of 3)" in out  # all A: position bias 1
+    assert main(["review", "report", str(run), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["labels"] == 3 and figures["answers"]["A"] == 3
 
 
 def test_cli_serves_the_tokenised_url_and_warns_on_a_remote_host(run: Path) -> None:

@@ -2,13 +2,14 @@
 
     rlaif review DIR [--sample N] [--strategy margin|random|flagged] [--seed S] [--reviewer NAME]
                      [--port P] [--host H] [--allow-remote] [--resample]
-    rlaif review report DIR        # the agreement figures in the terminal (rlaif.review.report)
+    rlaif review report DIR [--json]   # the agreement figures in the terminal (rlaif.review.report)
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rlaif.errors import UserError
 from rlaif.webgate import LOOPBACK
 
 USAGE = ("rlaif review DIR [--sample N] [--strategy margin|random|flagged] [--seed S] [--reviewer NAME] "
-         "[--port P] [--host H] [--allow-remote] [--resample]\n       rlaif review report DIR")
+         "[--port P] [--host H] [--allow-remote] [--resample]\n       rlaif review report DIR [--json]")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -48,24 +49,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     review.add_argument("--allow-remote", action="store_true",
                         help="allow a --host other than 127.0.0.1/localhost/::1 (anyone who can reach it and has "
                         "the URL can label)")
+    review.add_argument("--json", action="store_true", help="with `report`: the figures as JSON instead of text")
     review.set_defaults(func=run_review)
 
 
-def _report(dirs: list[str]) -> int:
+def _report(dirs: list[str], as_json: bool) -> int:
     if len(dirs) != 1:
         raise UserError("usage: rlaif review report DIR (one run folder)")
-    try:
-        from rlaif.review.report import format_report
-    except ImportError:
-        raise UserError("rlaif review report: this build has no rlaif.review.report module") from None
-    print(format_report(Path(dirs[0])))
+    from rlaif.review.report import format_report, report_json
+
+    if as_json:
+        print(json.dumps(report_json(Path(dirs[0])), indent=2, sort_keys=True, default=str))
+    else:
+        print(format_report(Path(dirs[0])))
     return 0
 
 
 def run_review(args: argparse.Namespace) -> int:
     target: list[str] = args.target
     if target[0] == "report" and (len(target) > 1 or not Path("report").is_dir()):
-        return _report(target[1:])
+        return _report(target[1:], args.json)
     if len(target) != 1:
         raise UserError(f"rlaif review takes one run folder, got {' '.join(target)}")
     run = Path(target[0])

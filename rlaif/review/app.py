@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 from rlaif.errors import UserError
 from rlaif.io.review_files import ANSWERS, DECIDED, append_label, latest_labels, read_labels
 from rlaif.review.items import public
+from rlaif.review.stats import review_stats
 from rlaif.webgate import WebGate, common_files, served_hosts
 
 STATIC = Path(__file__).parent / "static"
@@ -75,15 +76,11 @@ class Review:
 
     def summary(self, mine: dict[str, dict]) -> dict[str, Any]:
         """Answered, and agreement with the judge on this reviewer's A/B answers (plain counts); the
-        full figures (all reviewers, weighted, 95% interval) from `rlaif.review.stats` when present."""
+        full figures (all reviewers, weighted, 95% interval) from `rlaif.review.stats`."""
         verdicts = [agrees(self.items[self.by_id[i]], row) for i, row in mine.items() if i in self.by_id]
         decided = [v for v in verdicts if v is not None]
         out: dict[str, Any] = {"answered": len(verdicts), "items": len(self.items), "compared": len(decided),
                                "agreed": sum(decided), "agreement": sum(decided) / len(decided) if decided else None}
-        try:
-            from rlaif.review.stats import review_stats  # engineer REPORT's module; optional until merged
-        except ImportError:
-            return out
         try:
             out["stats"] = review_stats(self.items, read_labels(self.labels_path))
         except Exception as exc:  # the summary panel never breaks labelling
