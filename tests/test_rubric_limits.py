@@ -7,6 +7,7 @@ of hanging the suite (``{{ 9**(9**9) }}`` used to be folded at compile time, dea
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,37 @@ def test_long_schema_message_is_cut_to_one_line(tmp_path: Path) -> None:
     assert lint.returncode == 1
     finding = next(line for line in lint.stdout.splitlines() if "description" in line)
     assert len(finding) < 600 and finding.endswith("(cut)")
+
+
+STUDIO = """
+import json, sys, time
+from pathlib import Path
+from starlette.testclient import TestClient
+from rlaif.backends.base import BackendConfig
+from rlaif.studio.app import Studio, build_app
+
+folder, text = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
+studio = Studio(folder, BackendConfig(engine="fake"))
+client = TestClient(build_app(studio), headers={"X-Studio-Token": studio.token})
+start = time.monotonic()
+lint = client.post("/api/lint", json={"name": "evil.yaml", "text": text}).json()
+preview = client.post("/api/preview", json={"name": "evil.yaml", "text": text, "prompt": "hi", "response": "yo"})
+print(json.dumps({"lint": lint["findings"], "preview": [preview.status_code, preview.json().get("error")],
+                  "seconds": time.monotonic() - start}))
+"""
+
+
+@pytest.mark.parametrize("case", ["power", "nested_loops"])
+def test_the_studio_answers_a_rubric_over_a_limit(tmp_path: Path, case: str) -> None:
+    folder = tmp_path / "rubrics"
+    folder.mkdir()
+    text = rubric_with(tmp_path, PAYLOADS[case]).read_text()
+    (tmp_path / "draft.yaml").write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", STUDIO, str(folder), str(tmp_path / "draft.yaml")], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any("template exceeds a limit" in finding["message"] for finding in out["lint"]), out
+    assert out["preview"][0] == 422 and "template exceeds a limit" in out["preview"][1]
+    assert out["seconds"] < 10

@@ -100,9 +100,10 @@ def _strings(args: Iterable[Any]) -> list[str]:
     return [arg for arg in args if isinstance(arg, str)]
 
 
-def _check_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Bound the result of the calls and filters that multiply their input, before they run."""
-    _check_ints(list(args) + list(kwargs.values()))
+def _check_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], first: int = 0) -> None:
+    """Bound the result of the calls and filters that multiply their input, before they run
+    (``first``: the index of the first argument that is not the value itself)."""
+    _check_ints(list(args[first:]) + list(kwargs.values()))
     texts = _strings(args) + _strings(kwargs.values())
     if name == "replace" and len(texts) >= 3:
         text, old, new = texts[:3]
@@ -122,10 +123,12 @@ def _check_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
 
 
 def _guard_filter(name: str, func: Any) -> Any:
+    first = 2 if getattr(func, "jinja_pass_arg", None) else 1  # after the context (if passed) and the value
+
     @functools.wraps(func)  # keeps jinja_pass_arg (pass_context, ...)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         tick()
-        _check_call(name, args, kwargs)
+        _check_call(name, args, kwargs, first)
         return _check_value(func(*args, **kwargs), f"filter '{name}' result")
     return guarded
 
@@ -165,7 +168,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(owner, str):  # str methods: replace, join, center, format, ...
             if name == "join" and args and not isinstance(args[0], (list, tuple)):
                 args = (_check_value(list(args[0])), *args[1:])
-            _check_call(name, (owner, *args), kwargs)
+            _check_call(name, (owner, *args), kwargs, 1)
         else:
             _check_ints(list(args) + list(kwargs.values()))
         return _check_value(ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs),
