@@ -46,7 +46,7 @@ def environment() -> LimitedEnvironment:
     """Sandboxed (no attribute tricks, no file access: there is no loader), strict undefined, with
     limits on time and size (`rlaif.judging.sandbox`)."""
     return LimitedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, loader=None,
-                                         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
 
 
 def fence(name: str, text: str) -> str:
