@@ -100,7 +100,9 @@ class BackendConfig:
     api_key_env: str = option("OPENAI_API_KEY", "openai: environment variable holding the API key "
                                                 "(the key itself is never stored or logged)")
     max_concurrency: int = option(16, "openai: requests in flight at once")
-    timeout_s: float = option(120.0, "openai: seconds before one HTTP request times out")
+    timeout_s: float = option(120.0, "openai: seconds before one HTTP request times out (the whole answer, "
+                                     "not each read: a server that drips bytes times out too)")
+    max_response_mb: float = option(8.0, "openai: largest answer body in MB; a larger one stops the run")
     http_retries: int = option(5, "openai: retries of a failed request (429, 5xx, timeout, connection error)")
     http_retry_backoff_s: float = option(1.0, "openai: first wait between HTTP retries in seconds; doubles "
                                               "each time, at most 30 s (a 429's Retry-After is honoured)")

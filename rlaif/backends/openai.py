@@ -6,6 +6,13 @@ waiting ``http_retry_backoff_s * 2**k`` seconds (at most 30; a 429's ``Retry-Aft
 to ``http_retries`` retries; then a one-line UserError names the URL and the last status. Other
 4xx answers (bad model name, bad request) fail at once with the server's message.
 
+Untrusted servers: ``timeout_s`` bounds each whole answer (every read, and the body in total), so a
+server that drips a byte a second times out like a silent one; a body over ``max_response_mb``
+fails at once (one line). A reply of the wrong JSON shape (no ``choices``, a ``message`` that is not
+an object, log-probs of the wrong type, ...) is not an error of the run: chat returns empty
+completions with ``finish_reason`` "error" (a verdict judge records the failure), choice log-probs
+are all ``-inf`` and response log-probs NaN (the judging methods record a failure).
+
 Several servers (``base_url`` a list, or comma-separated: a fleet of ``vllm serve`` of the same
 model) share the requests: each attempt goes to the server with the fewest requests in flight
 (ties in turn), and a server that failed to answer (connection error, timeout, 5xx) is avoided for
@@ -50,6 +57,7 @@ replies are tokenized once.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -69,6 +77,7 @@ from rlaif.io.redact import redact, redact_url
 from rlaif.io.seeds import mix_seed
 
 TOP_LOGPROBS = 20  # the most OpenAI's API allows
+SHAPE_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError)  # a reply of the wrong shape
 
 
 class TransientHTTPError(Exception):
@@ -171,25 +180,41 @@ class OpenAIBackend:
         tried.append(url)
         failed = True
         try:
-            response = self.client.post(url, json=body)
+            with self.client.stream("POST", url, json=body) as response:
+                content = self._read_limited(response, url, time.monotonic() + self.config.timeout_s)
             failed = response.status_code >= 500
         finally:
             self.servers.release(index, failed)
+        text = content.decode("utf-8", errors="replace")
         if response.status_code == 429 or response.status_code >= 500:
             retry_after = response.headers.get("retry-after")
             try:
                 wait = float(retry_after) if retry_after is not None else None
             except ValueError:
                 wait = None
-            raise TransientHTTPError(response.status_code, _short(response.text), wait)
+            raise TransientHTTPError(response.status_code, _short(text), wait)
         if response.status_code >= 400:
-            raise UserError(self._scrub(f"openai engine: {url} answered {response.status_code}: "
-                                        f"{_short(response.text)}"))
+            raise UserError(self._scrub(f"openai engine: {url} answered {response.status_code}: {_short(text)}"))
         try:
-            return response.json()
+            return json.loads(content)
         except ValueError:
             raise UserError(self._scrub(f"openai engine: {url} answered {response.status_code} with a "
-                                        f"body that is not JSON: {_short(response.text, 120)}")) from None
+                                        f"body that is not JSON: {_short(text, 120)}")) from None
+
+    def _read_limited(self, response: httpx.Response, url: str, deadline: float) -> bytes:
+        """The body, read until ``deadline`` (then httpx.ReadTimeout: retried like any timeout) and up to
+        ``max_response_mb`` (then a UserError)."""
+        limit = int(self.config.max_response_mb * 2**20)
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise UserError(self._scrub(f"openai engine: {url} answered more than "
+                                            f"{self.config.max_response_mb:g} MB (max_response_mb)"))
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(f"answer not complete after {self.config.timeout_s:g} s")
+        return b"".join(chunks)
 
     def _wait(self, state: RetryCallState) -> float:
         e = state.outcome.exception() if state.outcome else None
@@ -260,11 +285,26 @@ class OpenAIBackend:
         return body
 
     @staticmethod
-    def _generation(reply: dict[str, Any], n: int, want_logprobs: bool = False) -> Generation:
+    def _generation(reply: Any, n: int, want_logprobs: bool = False) -> Generation:
+        """The reply's ``n`` completions; ``n`` empty ones with ``finish_reason`` "error" when the reply
+        has the wrong shape (a judge records that as a failure)."""
+        try:
+            generation = OpenAIBackend._parse_generation(reply, n, want_logprobs)
+            if len(generation.completions) == n:
+                return generation
+        except SHAPE_ERRORS:
+            pass
+        return Generation(completions=[Completion(text="", num_tokens=0, finish_reason="error") for _ in range(n)],
+                          prompt_tokens=0)
+
+    @staticmethod
+    def _parse_generation(reply: dict[str, Any], n: int, want_logprobs: bool) -> Generation:
         usage = reply.get("usage") or {}
         comps = []
         for choice in sorted(reply.get("choices", []), key=lambda c: c.get("index", 0)):
             text = (choice.get("message") or {}).get("content") or ""
+            if not isinstance(text, str):
+                raise TypeError("message content is not text")
             tokens = ((choice.get("logprobs") or {}).get("content")) or None
             ids = choice.get("token_ids")
             ids = [int(t) for t in ids] if isinstance(ids, list) else None
@@ -312,6 +352,12 @@ class OpenAIBackend:
 
         def score(conversation: Conversation) -> dict[str, float]:
             reply = self._post(body(conversation))
+            try:
+                return read(reply)
+            except SHAPE_ERRORS:  # the wrong shape: no choice has mass, the method records a failure
+                return {c: -math.inf for c in choices}
+
+        def read(reply: Any) -> dict[str, float]:
             content = ((reply.get("choices") or [{}])[0].get("logprobs") or {}).get("content") or []
             top = content[0].get("top_logprobs", []) if content else []
             found: dict[str, list[float]] = {c: [] for c in choices}
@@ -339,7 +385,11 @@ class OpenAIBackend:
         body = {"model": self.config.model, "messages": list(messages), "add_generation_prompt": generation_prompt,
                 "return_token_strs": True}
         reply = self._vllm_only("its /tokenize endpoint", lambda: self._post(body, "//tokenize"))
-        return [int(t) for t in reply["tokens"]], list(reply.get("token_strs") or [])
+        try:
+            return [int(t) for t in reply["tokens"]], [str(t) for t in reply.get("token_strs") or []]
+        except SHAPE_ERRORS:
+            raise UserError(self._scrub(f"openai engine: {self._url(0, '//tokenize')} answered without a list of "
+                                        f"'tokens'")) from None
 
     def response_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str],
                           progress: bool = True) -> list[list[float]]:
@@ -371,7 +421,10 @@ class OpenAIBackend:
                 raise UserError(f"openai engine: response_logprobs (likelihood judging) needs a vLLM server: "
                                 f"{redact_url(self.bases[0])}/completions "
                                 f"returned no prompt_logprobs")
-            return [float(steps[len(prompt) + k][str(t)]["logprob"]) for k, t in enumerate(reply)]
+            try:
+                return [float(steps[len(prompt) + k][str(t)]["logprob"]) for k, t in enumerate(reply)]
+            except SHAPE_ERRORS:  # the wrong shape: a non-finite score, recorded as a failure
+                return [math.nan]
 
         return self._map(score, list(zip(conversations, responses)), "openai response logprobs", progress)
 

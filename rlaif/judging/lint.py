@@ -28,7 +28,7 @@ from rlaif.io.records import as_messages
 from rlaif.io.yaml_lines import key_lines, line_of
 from rlaif.judging.methods import METHODS, JudgeMethod
 from rlaif.judging.rubrics import read_rubric_data, rubric_from_file, template_source
-from rlaif.judging.templates import RubricError, environment
+from rlaif.judging.templates import RubricError, environment, one_line
 from rlaif.judging.validation import schema_errors, semantic_errors
 from rlaif.judging.variables import TEMPLATE_VARIABLES, variables_of
 
@@ -43,6 +43,9 @@ class Finding:
     line: int | None
     message: str
     level: str = "error"  # "error" | "warning"
+
+    def __post_init__(self) -> None:
+        self.message = one_line(self.message)  # a message may quote a huge value
 
     def __str__(self) -> str:
         loc = f"{self.path}:{self.line}" if self.line is not None else str(self.path)

@@ -22,9 +22,10 @@ import yaml
 from rlaif.errors import UserError, where
 from rlaif.io.records import read_text
 from rlaif.io.seeds import digest_int
-from rlaif.io.yaml_lines import key_lines, line_of
+from rlaif.io.yaml_lines import key_lines, line_of, load_limited
 from rlaif.judging.methods import METHODS, JudgeMethod
 from rlaif.judging.methods.verdict import capped_verdict_schema
+from rlaif.judging.paths import rubric_relative
 from rlaif.judging.rules import Check, checks_from_data
 from rlaif.judging.templates import RubricError
 from rlaif.judging.validation import schema_errors, semantic_errors
@@ -113,11 +114,13 @@ def read_rubric_data(path: Path) -> tuple[dict[str, Any], str]:
         raise RubricError(f"{path}: rubric file not found")
     text = read_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = load_limited(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise RubricError(f"{where(path, mark.line + 1 if mark else None)}invalid YAML: "
                           f"{getattr(e, 'problem', e)}") from None
+    except (ValueError, RecursionError) as e:
+        raise RubricError(f"{where(path, 1)}{e if isinstance(e, ValueError) else 'YAML nested too deeply'}") from None
     if not isinstance(data, dict):
         raise RubricError(f"{path}:1: a rubric is a YAML mapping (name, description, method, ...)")
     if isinstance(data.get("scale"), dict):
@@ -130,7 +133,10 @@ def template_source(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...
     if not METHODS[data["method"]].templated:
         return "", path, 0
     if "template_file" in data:
-        template_path = path.parent / data["template_file"]
+        try:
+            template_path = rubric_relative(path.parent, data["template_file"])
+        except ValueError as e:
+            raise RubricError(f"{where(path, lines.get(('template_file',)))}field 'template_file': {e}") from None
         if not template_path.is_file():
             raise RubricError(f"{where(path, lines.get(('template_file',)))}field 'template_file': "
                               f"{template_path} not found")

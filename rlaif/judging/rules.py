@@ -38,6 +38,8 @@ from typing import Any, Sequence
 
 import regex  # searches with ``re``'s syntax and a time limit: untrusted text cannot stall a judge
 
+from rlaif.judging.paths import rubric_relative
+
 REGEX_TIMEOUT_S = 1.0  # per search of one check on one response
 CHECK_KINDS = ("regex", "not_regex", "words", "tokens", "json", "json_schema", "no_refusal", "ends_with_eos")
 UNKNOWN_FINISH = ("", "unknown", None)
@@ -82,8 +84,9 @@ class Outcome:
 
 
 def load_schema_file(base: Path | None, name: str) -> dict[str, Any]:
-    """Read ``schema_file`` relative to the rubric's folder; ValueError with a one-line reason."""
-    path = (base or Path.cwd()) / name
+    """Read ``schema_file`` relative to the rubric's folder (and inside it, see `rlaif.judging.paths`);
+    ValueError with a one-line reason."""
+    path = rubric_relative(base or Path.cwd(), name)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError:

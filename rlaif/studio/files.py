@@ -23,6 +23,7 @@ import yaml
 
 from rlaif.judging.lint import Finding, lint_file
 from rlaif.judging.rubrics import Rubric, rubric_from_file
+from rlaif.judging.paths import trusting_paths
 from rlaif.judging.templates import RubricError
 
 RUBRIC_SUFFIXES = (".yaml", ".yml")
@@ -102,7 +103,8 @@ class RubricFolder:
                     (stage / sibling.name).symlink_to(sibling.resolve())
             staged = stage / path.name
             staged.write_text(text, encoding="utf-8")
-            yield staged
+            with trusting_paths():  # the links lead out of the stage; _check_references kept them in the root
+                yield staged
 
     def _check_references(self, path: Path, text: str) -> None:
         """``template_file`` and ``schema_file`` must name files inside the folder too."""

@@ -27,7 +27,8 @@ from rlaif.train.config import TrainConfig
 from rlaif.train.data import find_split_files
 
 # How often to log, evaluate or save, and where: none of it changes the trained weights.
-IGNORED = ("out", "overwrite", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit")
+IGNORED = ("out", "overwrite", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+           "nonfinite")  # nonfinite: a run stopped by a NaN may resume with nonfinite=skip
 # What `rlaif train rm|dpo` writes in --out (save_pretrained's files included): overwrite removes these.
 TRAINER_OUTPUTS = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt",
                    ".ref_logps.pt.tmp", "config.json", "generation_config.json", "model*.safetensors*",

@@ -37,6 +37,8 @@ class TrainerOptions:
     lr: float = option(1e-5, "peak learning rate (AdamW; rm, dpo: with warmup and lr_schedule; online: constant)")
     weight_decay: float = option(0.0, "AdamW weight decay (rm, dpo: not on biases and norms)")
     max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 = no clipping")
+    nonfinite: Literal["stop", "skip"] = option("stop", "a NaN/inf loss or gradient norm: stop (one-line error, "
+                                                        "nothing new saved) or skip that update (3 in a row stop)")
     seed: int = option(0, "seed of torch, of the data order and (online) of the sampling")
     precision: Literal["auto", "fp32", "bf16"] = option(
         "auto", "auto = bf16 mixed precision on a GPU that has it, else fp32")

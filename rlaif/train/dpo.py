@@ -254,7 +254,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         "resumed_from": result.resumed_from, "test": result.eval_metrics,
         "train_margin_first_steps": mean(first, "rewards/margin"),
         "train_margin_last_steps": mean(last, "rewards/margin"),
-        "padding_fraction": result.padding_fraction,
+        "padding_fraction": result.padding_fraction, "nonfinite_skipped": result.nonfinite_skipped,
         "truncation": {"train": vars(run.train_stats), "test": vars(run.test_stats)},
     }
     save_final(run, model, summary, cfg)

@@ -63,6 +63,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         "trainer": "rm", "steps": result.steps, "resumed_from": result.resumed_from,
         "train": train_metrics,
         "test": result.eval_metrics, "padding_fraction": result.padding_fraction,
+        "nonfinite_skipped": result.nonfinite_skipped,
         "truncation": {"train": vars(run.train_stats), "test": vars(run.test_stats)},
     }
     save_final(run, model, summary, cfg)

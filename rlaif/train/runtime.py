@@ -40,6 +40,7 @@ from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, launc
 from rlaif.train.config import TrainConfig
 from rlaif.train.data import Batch, TokenizedPair, collate, epoch_batches, load_splits, tokenize_rows
 from rlaif.train.modeling import load_tokenizer
+from rlaif.train.nonfinite import NonFiniteGuard
 
 LossFn = Callable[[Any, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # metrics: 0-d tensors
 EvalFn = Callable[[Any], dict[str, float]]
@@ -167,6 +168,7 @@ class LoopResult:
     eval_metrics: dict[str, float]
     padding_fraction: float
     resumed_from: int
+    nonfinite_skipped: int = 0  # updates dropped for a NaN/inf loss or gradient (nonfinite=skip)
 
 
 class MetricsLog:
@@ -223,9 +225,10 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
     history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
     padded_sum = 0
+    guard = NonFiniteGuard(cfg.nonfinite)
     model.train()
     for step in range(start, total):
-        entry, padded = optimizer_step(cfg, accelerator, model, optimizer, scheduler, loss_fn, batches, step)
+        entry, padded = optimizer_step(cfg, accelerator, model, optimizer, scheduler, loss_fn, batches, step, guard)
         history.append(entry)
         window.append(entry)
         padded_sum += padded
@@ -247,7 +250,8 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
     log.close()
     real_sum = sum(e["tokens"] for e in history)
     return LoopResult(steps=total, history=history, eval_metrics=eval_metrics,
-                      padding_fraction=padded_sum / max(real_sum + padded_sum, 1), resumed_from=start)
+                      padding_fraction=padded_sum / max(real_sum + padded_sum, 1), resumed_from=start,
+                      nonfinite_skipped=guard.skipped)
 
 
 def resume_or_start(accelerator: Any, out: Path, total: int) -> int:
@@ -268,15 +272,19 @@ def resume_or_start(accelerator: Any, out: Path, total: int) -> int:
 
 
 def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
-                   loss_fn: LossFn, batches: MicroBatches, step: int) -> tuple[dict[str, float], int]:
+                   loss_fn: LossFn, batches: MicroBatches, step: int,
+                   guard: NonFiniteGuard | None = None) -> tuple[dict[str, float], int]:
     """One optimizer step over ``grad_accum`` micro-batches on each process; returns its metrics
     (averaged over processes; tokens summed) and this process's padded tokens.
 
     ``accelerator.backward`` divides each micro-batch loss by ``grad_accum`` (DeepSpeed's engine
     does it itself), and DDP averages over processes: the update follows the mean loss of the
-    ``grad_accum * world_size`` micro-batches, as one process with ``grad_accum * world_size`` would."""
+    ``grad_accum * world_size`` micro-batches, as one process with ``grad_accum * world_size`` would.
+    Before the optimizer steps, ``guard`` checks the loss and the gradient norm (`rlaif.train.nonfinite`)."""
+    guard = guard or NonFiniteGuard(cfg.nonfinite)
     t0 = time.perf_counter()
     sums: dict[str, Any] = {}
+    loss_sum = torch.zeros((), device=accelerator.device)
     real = padded = 0
     for micro in range(cfg.grad_accum):
         batch = batches(step * cfg.grad_accum + micro)
@@ -286,12 +294,19 @@ def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: An
             with accelerator.autocast():
                 loss, metrics = loss_fn(model, batch)
             accelerator.backward(loss)
+        loss_sum += loss.detach().float()
         for name, v in metrics.items():
             sums[name] = sums.get(name, 0.0) + v.detach().float() / cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare (FSDP replaces them)
     grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-    optimizer.step()
-    scheduler.step()
+    norm = grad_norm if grad_norm is not None else _grad_norm(params)
+    checked = torch.stack([loss_sum, torch.as_tensor(norm, device=accelerator.device).float()])
+    if accelerator.num_processes > 1:  # every process takes the same decision
+        checked = accelerator.reduce(checked, reduction="sum")
+    loss_total, norm_total = checked.tolist()
+    if guard.allows(f"step {step + 1}", loss_total, norm_total):
+        optimizer.step()
+    scheduler.step()  # a skipped update keeps the schedule of the step count
     optimizer.zero_grad(set_to_none=True)
     dev = accelerator.device  # the metrics live there (CUDA); the counts are made there too, so stack sees one device
     local = torch.stack([*(v.to(dev) for v in sums.values()), torch.tensor(float(real), device=dev),
@@ -304,7 +319,15 @@ def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: An
              "padding_fraction": padded_all / max(real_all + padded_all, 1), "step_time": time.perf_counter() - t0}
     if grad_norm is not None:
         entry["grad_norm"] = float(grad_norm)
+    if cfg.nonfinite == "skip":
+        entry["nonfinite_skipped"] = float(not math.isfinite(loss_total) or not math.isfinite(norm_total))
     return entry, int(padded_all)
+
+
+def _grad_norm(params: list[Any]) -> torch.Tensor:
+    """L2 norm of the gradients of ``params`` (those that have one); 0 when none has."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 def window_means(window: list[dict[str, float]]) -> dict[str, float]:

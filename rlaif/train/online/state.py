@@ -29,7 +29,7 @@ from rlaif.train.checkpoints import IGNORED, TRAINER_OUTPUTS, checkpoint_dirs, c
 from rlaif.train.online.config import OnlineConfig
 
 # Online-only keys that change no weight (how often rollouts are logged, where the engines run).
-ONLINE_IGNORED = IGNORED + ("log_rollouts_every", "ray")
+ONLINE_IGNORED = IGNORED + ("log_rollouts_every", "ray")  # IGNORED has nonfinite
 ONLINE_IGNORED_FLAT = ("rollout.replicas",)
 # What the online trainers write in --out (removed by overwrite): the offline trainers' files too.
 ONLINE_TRAINER_OUTPUTS = TRAINER_OUTPUTS + ("rollouts.jsonl", "value")

@@ -19,6 +19,7 @@ from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.batch import MicroBatch, RolloutBatch, Scored, micro_batches, token_logprobs, token_values
 from rlaif.train.online.config import OnlineConfig
 from rlaif.train.online.distributed import Dist, mine
+from rlaif.train.nonfinite import NonFiniteGuard
 
 
 def reuses_current_logp(cfg: OnlineConfig, count: int, kl_coef: float) -> bool:
@@ -101,6 +102,7 @@ class Learner:
     device: Any
     autocast: Callable[[], ContextManager[Any]]
     dist: Dist = field(default_factory=Dist)
+    guard: NonFiniteGuard | None = None  # the run's NaN/inf check (made from cfg.nonfinite on first use)
 
 
 def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: Any
@@ -135,6 +137,7 @@ class _Tally:
         self.micro_index = -1    # micro-batch counter of the step
         self.fresh = fresh
         self.entropy, self.tokens = 0.0, 0.0
+        self.step_loss = 0.0     # this rank's loss sum of the current optimizer update (NaN/inf check)
 
     def add(self, stats: dict[str, float]) -> None:
         for key, value in stats.items():
@@ -206,17 +209,33 @@ def _micro_batch(batch: RolloutBatch, scored: Scored, adv: dict[str, torch.Tenso
                       adv["returns"][idx, :width] if "returns" in adv else None, *normalizers)
 
 
-def _optimizer_step(cfg: OnlineConfig, learner: Learner, tally: _Tally) -> None:
-    """Sum the gradients over ranks, log the norms, clip, step."""
+def _optimizer_step(cfg: OnlineConfig, learner: Learner, tally: _Tally, where: str) -> None:
+    """Sum the gradients over ranks, check loss and gradient norm are finite (`rlaif.train.nonfinite`:
+    stop, or skip the update), log the norms, clip, step."""
     learner.dist.sum_grads(learner.params)
-    if learner.value_model is not None:
-        tally.add({"value_grad_norm": _grad_norm(learner.value_model.parameters()),
-                   "policy_grad_norm": _grad_norm(learner.policy.parameters())})
+    loss = float(learner.dist.sum_(torch.tensor([tally.step_loss], dtype=torch.float64))[0])  # same on every rank
+    tally.step_loss = 0.0
+    norms: dict[str, float] = {}
+    if learner.value_model is not None:  # before the joint clip
+        norms = {"value_grad_norm": _grad_norm(learner.value_model.parameters()),
+                 "policy_grad_norm": _grad_norm(learner.policy.parameters())}
     if cfg.max_grad_norm > 0:
-        tally.add({"grad_norm": float(torch.nn.utils.clip_grad_norm_(learner.params, cfg.max_grad_norm))})
+        norms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(learner.params, cfg.max_grad_norm))
+    if not _guard(cfg, learner).allows(where, loss, norms["grad_norm"] if "grad_norm" in norms
+                                       else _grad_norm(learner.params)):
+        learner.optimizer.zero_grad(set_to_none=True)
+        return
+    tally.add(norms)
     learner.optimizer.step()
     learner.optimizer.zero_grad(set_to_none=True)
     tally.updates += 1
+
+
+def _guard(cfg: OnlineConfig, learner: Learner) -> NonFiniteGuard:
+    """The run's NaN/inf check, made on first use."""
+    if learner.guard is None:
+        learner.guard = NonFiniteGuard(cfg.nonfinite)
+    return learner.guard
 
 
 def _micro_step(cfg: OnlineConfig, micro: MicroBatch, idx: list[int], learner: Learner, tally: _Tally) -> None:
@@ -228,11 +247,13 @@ def _micro_step(cfg: OnlineConfig, micro: MicroBatch, idx: list[int], learner: L
     if tally.fresh is not None and mean_entropy is not None:
         tally.keep_logprobs(idx, logp, mean_entropy, float(micro.rows.mask.sum()))
     tally.add({"loss": loss.item(), **stats})
+    tally.step_loss += loss.item()
     tally.count += 1
 
 
 def _minibatch_step(cfg: OnlineConfig, rows: list[int], batch: RolloutBatch, scored: Scored,
-                    adv: dict[str, torch.Tensor], valid: torch.Tensor, learner: Learner, tally: _Tally) -> None:
+                    adv: dict[str, torch.Tensor], valid: torch.Tensor, learner: Learner, tally: _Tally,
+                    where: str) -> None:
     """One optimizer update on minibatch ``rows``: this rank's micro-batches, each loss divided by
     the whole minibatch's normaliser so their gradients sum to the minibatch's, then the step. A
     minibatch of masked samples only is skipped."""
@@ -248,7 +269,7 @@ def _minibatch_step(cfg: OnlineConfig, rows: list[int], batch: RolloutBatch, sco
         micro = _micro_batch(batch, scored, adv, valid, idx, normalizers)
         if float(micro.rows.mask.sum()) > 0:  # only masked samples: nothing to learn, no stats
             _micro_step(cfg, micro, idx, learner, tally)
-    _optimizer_step(cfg, learner, tally)
+    _optimizer_step(cfg, learner, tally, where)
 
 
 def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, adv: dict[str, torch.Tensor],
@@ -263,6 +284,10 @@ def update(cfg: OnlineConfig, step: int, batch: RolloutBatch, scored: Scored, ad
     the old ones: it writes them and the entropy into ``scored``. Logs the gradient norms of the
     policy and the value model apart (before the joint clip)."""
     tally = _Tally(torch.zeros_like(batch.mask) if scored.old_logp is None else None)
-    for rows in _minibatches(cfg, step, batch.mask.shape[0]):
-        _minibatch_step(cfg, rows, batch, scored, adv, valid, learner, tally)
-    return tally.finish(scored, learner.dist)
+    skipped = _guard(cfg, learner).skipped
+    for update_index, rows in enumerate(_minibatches(cfg, step, batch.mask.shape[0]), 1):
+        _minibatch_step(cfg, rows, batch, scored, adv, valid, learner, tally, f"step {step + 1}, update {update_index}")
+    stats = tally.finish(scored, learner.dist)
+    if cfg.nonfinite == "skip":
+        stats["nonfinite_skipped"] = float(_guard(cfg, learner).skipped - skipped)
+    return stats
