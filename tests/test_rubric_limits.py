@@ -118,7 +118,8 @@ from rlaif.studio.app import Studio, build_app
 
 folder, text = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 studio = Studio(folder, BackendConfig(engine="fake"))
-client = TestClient(build_app(studio), headers={"X-Studio-Token": studio.token})
+client = TestClient(build_app(studio, "127.0.0.1", 8765), base_url="http://127.0.0.1:8765",
+                    headers={"X-Studio-Token": studio.token})
 start = time.monotonic()
 lint = client.post("/api/lint", json={"name": "evil.yaml", "text": text}).json()
 preview = client.post("/api/preview", json={"name": "evil.yaml", "text": text, "prompt": "hi", "response": "yo"})
