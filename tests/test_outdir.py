@@ -46,12 +46,19 @@ def finished_run(tmp_path: Path) -> Path:
 def test_build_into_the_cwd_with_a_user_readme_is_refused(tmp_path, finished_run, monkeypatch, capsys):
     home = tmp_path / "project"
     home.mkdir()
+    for name in ("judgements.jsonl", "candidates.jsonl"):  # inputs in --out: read, never written
+        shutil.copy(finished_run / name, home / name)
     (home / "README.md").write_text("# my project\n")
+    before = _snapshot(home)
     monkeypatch.chdir(home)
-    err = _refused(capsys, ["build", "--judgements", str(finished_run / "judgements.jsonl"), "--out", "."],
+    err = _refused(capsys, ["build", "--judgements", "judgements.jsonl", "--out", "."],
                    "holds README.md, which rlaif did not write")
     assert "nothing was written" in err
-    assert _snapshot(home) == {"README.md": b"# my project\n"}  # not even a .rlaif/ folder
+    assert _snapshot(home) == before  # not even a .rlaif/ folder
+    (home / "README.md").unlink()
+    assert main(["build", "--judgements", "judgements.jsonl", "--out", ".", "--overwrite"]) == 0
+    assert (home / "preferences" / "train.jsonl").is_file() and "judgements.jsonl" not in listed(home)
+    assert (home / "judgements.jsonl").read_bytes() == before["judgements.jsonl"]
 
 
 def test_run_into_a_folder_with_foreign_files_is_refused(tmp_path, finished_run, capsys):

@@ -281,12 +281,20 @@ def _is_data_output(name: str) -> bool:
     return name == "manifest.json" or any(name in names for names in STAGE_OUTPUTS.values())
 
 
+def _inputs(cfg: CommonOptions) -> list[str | None]:
+    """The files a data stage reads (build: the candidates beside the judgements by default)."""
+    inputs = [getattr(cfg, key, None) for key in ("prompts", "candidates", "judgements")]
+    judgements = getattr(cfg, "judgements", None)
+    return inputs + [str(Path(judgements).with_name("candidates.jsonl"))] if judgements else inputs
+
+
 def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
     """Refuse an --out holding files rlaif did not write; with overwrite remove these stages'
     outputs; list what they write in the folder's marker."""
     outputs = [name for stage in stages for name in STAGE_OUTPUTS[stage]] + ["manifest.json"]
     prepare_out(cfg.out, outputs + STAGE_OUTPUTS["generate"], overwrite=cfg.overwrite, legacy=_is_data_output,
-                evidence=[PARTIAL_DIR], remove=outputs)
+                evidence=[PARTIAL_DIR], remove=outputs,
+                inputs=_inputs(cfg))
     state = RunState(cfg.out)
     if cfg.overwrite:
         state.forget(*stages)

@@ -51,7 +51,8 @@ STAGES = ["generate_a", "generate_b", "votes"]
 def _prepare_out(cfg: EvalConfig) -> RunState:
     """Refuse an --out holding files rlaif did not write; with overwrite remove eval's outputs; list
     them in the folder's marker."""
-    prepare_out(cfg.out, OUTPUTS, overwrite=cfg.overwrite, legacy=OUTPUTS.__contains__, evidence=[PARTIAL_DIR])
+    prepare_out(cfg.out, OUTPUTS, overwrite=cfg.overwrite, legacy=OUTPUTS.__contains__, evidence=[PARTIAL_DIR],
+                inputs=[cfg.a, cfg.b, cfg.prompts])
     state = RunState(cfg.out)
     if cfg.overwrite:
         state.forget(*STAGES)

@@ -5,8 +5,9 @@ Every output folder carries ``DIR/.rlaif/outputs.json``: the names of the entrie
 crash never leaves an unlisted rlaif file. Before writing anything a command calls `prepare_out`:
 
 - DIR missing, empty, or every entry listed (``.rlaif`` itself, and ``.NAME.tmp`` of a listed NAME,
-  are rlaif's): go on; an entry not listed (a user's README.md, a model): one-line UserError naming
-  it, nothing touched;
+  are rlaif's; an entry holding one of the command's input files is left alone, never written or
+  removed): go on; any other entry (a user's README.md, a model): one-line UserError naming it,
+  nothing touched;
 - ``overwrite``: refused outright for ``/``, ``$HOME`` and the cwd's ancestors (inputs: see
   `rlaif.io.store.refuse_out_overlap`); else removes listed entries only (by exact name, never by
   pattern) and their partial files in ``DIR/.rlaif/``.
@@ -65,10 +66,23 @@ def _ours(name: str, names: set[str]) -> bool:
         name.startswith(".") and name.endswith(".tmp") and name[1:-4] in names)
 
 
-def rlaif_entries(out: Path, legacy: Callable[[str], bool], evidence: Iterable[str]) -> set[str]:
+def _holding_inputs(out: Path, inputs: Iterable[str | None]) -> set[str]:
+    """The entries of ``out`` that are, or hold, one of the command's input files."""
+    target = out.resolve()
+    names = set()
+    for value in inputs:
+        path = Path(value).expanduser().resolve() if value else None
+        if path is not None and path.exists() and target in path.parents:
+            names.add(path.relative_to(target).parts[0])
+    return names
+
+
+def rlaif_entries(out: Path, legacy: Callable[[str], bool], evidence: Iterable[str],
+                  inputs: Iterable[str | None] = ()) -> set[str]:
     """The names rlaif wrote in ``out`` (see the module docstring); UserError naming the first
-    entry that is not one of them."""
-    entries = sorted(p.name for p in out.iterdir())
+    entry that is not one of them nor holds one of the command's ``inputs`` (read, never written)."""
+    kept = _holding_inputs(out, inputs)
+    entries = sorted(p.name for p in out.iterdir() if p.name not in kept)
     names = listed(out)
     if names is None:  # no marker: empty, or a folder made before markers existed
         old = {name for name in entries if name != PARTIAL_DIR}
@@ -107,15 +121,16 @@ def remove_listed(out: Path, names: set[str], only: Iterable[str] | None = None)
 
 
 def prepare_out(out: str | Path, outputs: Iterable[str], *, overwrite: bool, legacy: Callable[[str], bool],
-                evidence: Iterable[str], remove: Iterable[str] | None = None, write: bool = True) -> None:
-    """Check ``out`` before anything is written (module docstring), then, if ``write``: with
-    ``overwrite`` remove the listed entries (among ``remove`` when given), create ``out`` and list
-    ``outputs`` (the names the command writes) in its marker. ``write=False``: the check alone (the
-    non-main processes of a distributed trainer)."""
+                evidence: Iterable[str], remove: Iterable[str] | None = None, inputs: Iterable[str | None] = (),
+                write: bool = True) -> None:
+    """Check ``out`` before anything is written (module docstring; ``inputs``: the command's input
+    files, which may lie in ``out``), then, if ``write``: with ``overwrite`` remove the listed entries
+    (among ``remove`` when given), create ``out`` and list ``outputs`` (the names the command writes)
+    in its marker. ``write=False``: the check alone (the non-main processes of a distributed trainer)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"option 'out': {out} exists and is not a folder")
-    names = rlaif_entries(out, legacy, evidence) if out.is_dir() else set()
+    names = rlaif_entries(out, legacy, evidence, inputs) if out.is_dir() else set()
     if overwrite:
         refuse_dangerous(out)
     if not write:

@@ -84,7 +84,8 @@ def prepare_loop_out(cfg: LoopConfig, settings: dict[str, Any]) -> None:
     the loop wrote (listed in the marker). Else refuse a folder holding another loop's rounds."""
     out = Path(cfg.out)
     names = [f"round-{number}" for number in range(1, cfg.rounds + 1)] + list(LOOP_FILES)
-    prepare_out(out, names, overwrite=cfg.overwrite, legacy=_is_loop_output, evidence=[str(STATE.parent)])
+    prepare_out(out, names, overwrite=cfg.overwrite, legacy=_is_loop_output, evidence=[str(STATE.parent)],
+                inputs=[cfg.prompts, cfg.eval_prompts])
     state = out / STATE
     if cfg.overwrite:
         state.unlink(missing_ok=True)
