@@ -152,7 +152,8 @@ def test_overwrite_of_root_home_or_a_folder_holding_the_cwd_is_refused(tmp_path,
     shutil.copy(finished_run / "judgements.jsonl", judgements)
     shutil.copy(finished_run / "candidates.jsonl", finished_run.parent / "candidates.jsonl")
     before = _snapshot(finished_run)
-    _refused(capsys, ["build", "--judgements", str(judgements), "--out", "~", "--overwrite"], "home folder")
+    _refused(capsys, ["build", "--judgements", str(judgements), "--out", str(finished_run), "--overwrite"],
+             "home folder")
     monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
     monkeypatch.chdir(finished_run / "preferences")
     _refused(capsys, ["build", "--judgements", str(judgements), "--out", "..", "--overwrite"],

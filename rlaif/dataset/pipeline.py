@@ -292,7 +292,8 @@ def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
     """Refuse an --out holding files rlaif did not write; with overwrite remove these stages'
     outputs; list what they write in the folder's marker."""
     outputs = [name for stage in stages for name in STAGE_OUTPUTS[stage]] + ["manifest.json"]
-    prepare_out(cfg.out, outputs + STAGE_OUTPUTS["generate"], overwrite=cfg.overwrite, legacy=_is_data_output,
+    beside = STAGE_OUTPUTS["generate"] if "judge" in stages else []  # judge keeps its candidates in --out
+    prepare_out(cfg.out, outputs + beside, overwrite=cfg.overwrite, legacy=_is_data_output,
                 evidence=[PARTIAL_DIR], remove=outputs,
                 inputs=_inputs(cfg))
     state = RunState(cfg.out)

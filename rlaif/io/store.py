@@ -17,7 +17,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
@@ -184,18 +183,6 @@ class RunState:
         for s in stages:
             self.data.pop(s, None)
         atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True, default=str))
-
-
-def clear_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
-    """For ``overwrite=true``: remove the named outputs (files or folders) of ``out_dir`` and their
-    partial files in ``DIR/.rlaif/``; the caller forgets those stages in `RunState`."""
-    out = Path(out_dir)
-    for name in names:
-        for p in (out / name, out / PARTIAL_DIR / name):
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
 
 
 def _written(rel: Path, outputs: Iterable[str]) -> bool:
