@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlaif.backends import Backend, BackendConfig, load_backend
-from rlaif.errors import UserError
 from rlaif.eval.options import EvalConfig
 from rlaif.eval.plan import Plan, plan_eval
 from rlaif.eval.sampling import Pair, generate_side, make_pairs
