@@ -86,7 +86,11 @@ def test_other_settings_are_refused_and_overwrite_starts_over(tmp_path, tiny_mod
     out = tmp_path / "rm"
     first = train_rm(_rm_cfg(tiny_model_dir, out))
     weights = (out / "model.safetensors").read_bytes()
-    (out / "notes.txt").write_text("mine")
+    (out / "notes.txt").write_text("mine")  # a file rlaif did not write: the folder is refused, untouched
+    with pytest.raises(UserError, match="holds notes.txt, which rlaif did not write"):
+        train_rm(_rm_cfg(tiny_model_dir, out, overwrite=True))
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").read_bytes() == weights
+    (out / "notes.txt").unlink()
 
     # same settings, only how it logs and saves differs: the finished run is returned, nothing trains
     again = train_rm(_rm_cfg(tiny_model_dir, out, logging_steps=5, save_steps=7, progress=True))
@@ -108,12 +112,11 @@ def test_other_settings_are_refused_and_overwrite_starts_over(tmp_path, tiny_mod
     with pytest.raises(UserError, match=r"step-1: holds a checkpoint made with other settings: data \(the pref"):
         train_rm(_rm_cfg(tiny_model_dir, out, data=str(data)))
 
-    # overwrite: what the trainer wrote goes, the user's own file stays, the new settings are recorded
+    # overwrite: what the trainer wrote goes, the new settings are recorded
     (out / "checkpoints" / "step-9").mkdir()
     second = train_rm(_rm_cfg(tiny_model_dir, out, lr=1e-3, save_steps=0, overwrite=True))
     assert second["resumed_from"] == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["lr"] == 1e-3 and summary["config"]["overwrite"] is True
     assert not (out / "checkpoints").exists(), "old checkpoints are removed by overwrite"
-    assert (out / "notes.txt").read_text() == "mine"
     assert (out / "model.safetensors").read_bytes() != weights

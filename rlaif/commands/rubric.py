@@ -23,6 +23,7 @@ from rlaif.backends.base import BackendConfig
 from rlaif.config import add_config_arguments, load_config, option
 from rlaif.errors import UserError
 from rlaif.io.records import as_messages
+from rlaif.io.store import atomic_write_text
 
 
 @dataclass
@@ -207,10 +208,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
             backend.close()
     print(format_report(report, worst=args.worst))
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        atomic_write_text(args.json, json.dumps({
             "rubric": report.rubric, "judge": report.judge, **report.metrics(),
             "length_pearson": report.length_pearson, "length_spearman": report.length_spearman,
-            "judgements": [o.judgement for o in report.outcomes]}, indent=1) + "\n", encoding="utf-8")
+            "judgements": [o.judgement for o in report.outcomes]}, indent=1) + "\n")
     if args.min_agreement is not None and report.agreement < args.min_agreement:
         print(f"agreement {report.agreement:.2f} is below --min-agreement {args.min_agreement}", file=sys.stderr)
         return 1

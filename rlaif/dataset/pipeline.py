@@ -24,7 +24,8 @@ from rlaif.errors import UserError
 from rlaif.io.log import log
 from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidate_sources, read_candidates,
                               read_jsonl, read_prompts)
-from rlaif.io.store import RunState, StageFile, clear_outputs, fingerprint, refuse_out_overlap, write_jsonl
+from rlaif.io.outdir import prepare_out
+from rlaif.io.store import PARTIAL_DIR, RunState, StageFile, fingerprint, refuse_out_overlap, write_jsonl
 from rlaif.dataset.engines import Engines
 from rlaif.dataset.labels import Verdicts, check_labels_file, read_verdicts, review_line, review_summary
 from rlaif.dataset.manifest import assemble_manifest, finish_manifest
@@ -296,14 +297,27 @@ def _refuse_out_on_inputs(cfg: CommonOptions, stages: Sequence[str]) -> None:
     refuse_out_overlap(cfg.out, inputs, [name for stage in stages for name in STAGE_OUTPUTS[stage]] + ["manifest.json"])
 
 
+def _is_data_output(name: str) -> bool:
+    """A name the data stages wrote before output folders carried a marker (`rlaif.io.outdir`)."""
+    return name == "manifest.json" or any(name in names for names in STAGE_OUTPUTS.values())
+
+
+def _inputs(cfg: CommonOptions) -> list[str | None]:
+    """The files a data stage reads (build: the candidates beside the judgements by default)."""
+    inputs = [getattr(cfg, key, None) for key in ("prompts", "candidates", "judgements")]
+    judgements = getattr(cfg, "judgements", None)
+    return inputs + [str(Path(judgements).with_name("candidates.jsonl"))] if judgements else inputs
+
+
 def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"option 'out': {out} exists and is not a folder")
-    if cfg.overwrite:
-        clear_outputs(out, [name for stage in stages for name in STAGE_OUTPUTS[stage]] + ["manifest.json"])
-    out.mkdir(parents=True, exist_ok=True)
-    state = RunState(out)
+    """Refuse an --out holding files rlaif did not write; with overwrite remove these stages'
+    outputs; list what they write in the folder's marker."""
+    outputs = [name for stage in stages for name in STAGE_OUTPUTS[stage]] + ["manifest.json"]
+    beside = STAGE_OUTPUTS["generate"] if "judge" in stages else []  # judge keeps its candidates in --out
+    prepare_out(cfg.out, outputs + beside, overwrite=cfg.overwrite, legacy=_is_data_output,
+                evidence=[PARTIAL_DIR], remove=outputs,
+                inputs=_inputs(cfg))
+    state = RunState(cfg.out)
     if cfg.overwrite:
         state.forget(*stages)
     return state

@@ -34,27 +34,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlaif.backends import Backend, BackendConfig, load_backend
-from rlaif.errors import UserError
 from rlaif.eval.options import EvalConfig
 from rlaif.eval.plan import Plan, plan_eval
 from rlaif.eval.sampling import Pair, generate_side, make_pairs
 from rlaif.eval.summary import source_kinds, summarise
 from rlaif.eval.votes import judge_votes, reward_votes, votes_fingerprint
 from rlaif.io.records import read_jsonl
-from rlaif.io.store import RunState, StageFile, atomic_write_text, clear_outputs, refuse_out_overlap, write_jsonl
+from rlaif.io.outdir import prepare_out
+from rlaif.io.store import PARTIAL_DIR, RunState, StageFile, atomic_write_text, refuse_out_overlap, write_jsonl
 
 OUTPUTS = ["candidates_a.jsonl", "candidates_b.jsonl", "votes.jsonl", "eval.json", "eval.jsonl", "report.html"]
 STAGES = ["generate_a", "generate_b", "votes"]
 
 
 def _prepare_out(cfg: EvalConfig) -> RunState:
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"option 'out': {out} exists and is not a folder")
-    if cfg.overwrite:
-        clear_outputs(out, OUTPUTS)
-    out.mkdir(parents=True, exist_ok=True)
-    state = RunState(out)
+    """Refuse an --out holding files rlaif did not write; with overwrite remove eval's outputs; list
+    them in the folder's marker."""
+    prepare_out(cfg.out, OUTPUTS, overwrite=cfg.overwrite, legacy=OUTPUTS.__contains__, evidence=[PARTIAL_DIR],
+                inputs=[cfg.a, cfg.b, cfg.prompts])
+    state = RunState(cfg.out)
     if cfg.overwrite:
         state.forget(*STAGES)
     return state

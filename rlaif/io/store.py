@@ -17,7 +17,7 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
+import stat
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
@@ -28,16 +28,38 @@ from rlaif.io.records import dumps
 PARTIAL_DIR = ".rlaif"
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder, so that a rename or a new entry in it survives a power loss."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
+    """Write ``text`` to ``path`` so that a crash or power loss leaves either the old file or the new
+    one: a temporary file in the same folder, fsynced, ``os.replace``, then the folder fsynced.
+    Replacing a file keeps its permission bits; a new file gets the umask's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = None
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -161,18 +183,6 @@ class RunState:
         for s in stages:
             self.data.pop(s, None)
         atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True, default=str))
-
-
-def clear_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
-    """For ``overwrite=true``: remove the named outputs (files or folders) of ``out_dir`` and their
-    partial files in ``DIR/.rlaif/``; the caller forgets those stages in `RunState`."""
-    out = Path(out_dir)
-    for name in names:
-        for p in (out / name, out / PARTIAL_DIR / name):
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
 
 
 def _written(rel: Path, outputs: Iterable[str]) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import shutil
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +33,7 @@ from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
 from rlaif.io.records import Prompt
 from rlaif.io.log import log
+from rlaif.io.outdir import prepare_out
 from rlaif.io.store import atomic_write_text, fingerprint, refuse_out_overlap
 from rlaif.loop.config import LoopConfig, check_loop_config
 from rlaif.loop.prompts import round_prompts, split_prompts, write_prompts
@@ -40,7 +41,8 @@ from rlaif.loop.prompts import round_prompts, split_prompts, write_prompts
 STATE = Path(".rlaif") / "loop.json"
 LOG_PREFIX = "rlaif loop"
 # What `rlaif loop` writes in --out; overwrite removes these and nothing else.
-LOOP_OUTPUTS = ("round-*", "manifest.json", "report.html", "eval_prompts.jsonl", str(STATE))
+LOOP_FILES = ("manifest.json", "report.html", "eval_prompts.jsonl")
+LOOP_OUTPUTS = ("round-*", *LOOP_FILES, str(STATE))  # for refuse_out_overlap
 # Options that cannot change any round's result (top level), and nested keys of that kind (last part of
 # the dotted name): how often to log or save, resume granularity, memory shares and HTTP plumbing; and
 # dpo.ref_model, which the loop sets from `reference` (a user value is refused).
@@ -72,16 +74,21 @@ def loop_settings(cfg: LoopConfig, pool: list[Prompt], evals: list[Prompt]) -> d
     return {**flat, "fingerprint": fingerprint(flat)}
 
 
-def prepare_out(cfg: LoopConfig, settings: dict[str, Any]) -> None:
-    """Overwrite: remove what the loop wrote. Else refuse a folder holding another loop's rounds."""
+def _is_loop_output(name: str) -> bool:
+    """A name `rlaif loop` wrote before output folders carried a marker (`rlaif.io.outdir`)."""
+    return name in LOOP_FILES or re.fullmatch(r"round-[0-9]+", name) is not None
+
+
+def prepare_loop_out(cfg: LoopConfig, settings: dict[str, Any]) -> None:
+    """Refuse an --out holding files rlaif did not write (`rlaif.io.outdir`); overwrite: remove what
+    the loop wrote (listed in the marker). Else refuse a folder holding another loop's rounds."""
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"option 'out': {out} exists and is not a folder")
-    if cfg.overwrite:
-        for pattern in LOOP_OUTPUTS:
-            for path in out.glob(pattern):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    names = [f"round-{number}" for number in range(1, cfg.rounds + 1)] + list(LOOP_FILES)
+    prepare_out(out, names, overwrite=cfg.overwrite, legacy=_is_loop_output, evidence=[str(STATE.parent)],
+                inputs=[cfg.prompts, cfg.eval_prompts])
     state = out / STATE
+    if cfg.overwrite:
+        state.unlink(missing_ok=True)
     if state.is_file():
         old = json.loads(state.read_text())
         if old.get("fingerprint") != settings["fingerprint"]:
@@ -271,7 +278,7 @@ def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
     slices = [round_prompts(pool, cfg.seed, cfg.prompts_per_round, number) for number in range(1, cfg.rounds + 1)]
     _preflight(cfg)
     settings = loop_settings(cfg, pool, evals)
-    prepare_out(cfg, settings)
+    prepare_loop_out(cfg, settings)
     out = Path(cfg.out)
     write_prompts(out / "eval_prompts.jsonl", evals)
     manifest: dict[str, Any] = {"format": "rlaif-loop/1", "versions": package_versions(), "config": to_dict(cfg),

@@ -6,14 +6,13 @@ paths and a symlink pointing out are refused. Unsaved editor text is linted and 
 temporary copy of the folder's view (the text as ``NAME.yaml`` plus links to its sibling
 ``.jinja``/``.json`` files, so ``template_file`` and ``schema_file`` resolve as they would on
 disk); the folder itself is never written for that. Saving is atomic (temporary file in the same
-folder + ``os.replace``) and keeps the previous text as ``NAME.yaml.prev``; a rubric that fails
+folder, fsynced, ``os.replace``, the file's mode kept) and keeps the previous text as ``NAME.yaml.prev``; a rubric that fails
 lint is written only as the draft ``NAME.draft.yaml``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Iterator
 
 import yaml
 
+from rlaif.io.store import atomic_write_text
 from rlaif.judging.lint import Finding, lint_file
 from rlaif.judging.rubrics import Rubric, rubric_from_file
 from rlaif.judging.paths import trusting_paths
@@ -171,16 +171,5 @@ def check_text(text: object) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then ``os.replace`` it over ``path``."""
-    path = path.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Atomic, durable, mode-keeping write of the real file behind ``path`` (`atomic_write_text`)."""
+    atomic_write_text(path.resolve(), text)

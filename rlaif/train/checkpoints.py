@@ -7,8 +7,10 @@ files. ``summary.json`` of a finished run keeps the same record. A rerun
 
 - with the same settings continues from the last checkpoint (or returns the finished summary);
 - with other settings is refused with one line naming what differs;
-- with ``overwrite=true`` first removes what the trainers write in ``out`` (`TRAINER_OUTPUTS`) and
+- with ``overwrite=true`` first removes what the folder's marker lists (`rlaif.io.outdir`) and
   starts over.
+
+A folder holding files rlaif did not write (a user's model) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -16,25 +18,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
-from rlaif.io.store import fingerprint, refuse_out_overlap
+from rlaif.io.outdir import fsync_tree, prepare_out, publish_files
+from rlaif.io.store import PARTIAL_DIR, atomic_write_text, fingerprint, fsync_dir, refuse_out_overlap
 from rlaif.train.config import TrainConfig
 from rlaif.train.data import find_split_files
 
 # How often to log, evaluate or save, and where: none of it changes the trained weights.
 IGNORED = ("out", "overwrite", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
            "nonfinite")  # nonfinite: a run stopped by a NaN may resume with nonfinite=skip
-# What `rlaif train rm|dpo` writes in --out (save_pretrained's files included): overwrite removes these.
-TRAINER_OUTPUTS = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt",
-                   ".ref_logps.pt.tmp", "config.json", "generation_config.json", "model*.safetensors*",
-                   "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "vocab.json",
-                   "merges.txt")
-
+# What `rlaif train rm|dpo` writes in --out besides save_pretrained's files: listed in the folder's marker
+# (`rlaif.io.outdir`) before training; overwrite removes what the marker lists, by exact name.
+TRAINER_OUTPUTS = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.json", "ref_logps.pt")
+# save_pretrained's files (model + tokenizer): listed as they are moved into --out (`publish_files`).
+SAVED_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+               "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+               "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt")
+# A finished or checkpointed run: what makes a folder without a marker one rlaif made (`rlaif.io.outdir`).
+RUN_EVIDENCE = ("summary.json", "checkpoints")
+STAGING = Path(PARTIAL_DIR) / "final"
 
 def run_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The config keys that shape the result (dotted, flat), the data as a digest of its files."""
@@ -62,15 +70,11 @@ def _refuse_if_different(old: dict[str, Any] | None, new: dict[str, Any], where:
                     f"or pick another --out")
 
 
-def clear_outputs(out: Path, outputs: tuple[str, ...] = TRAINER_OUTPUTS) -> None:
-    """Remove what the trainer writes in ``out`` (``outputs``: names or glob patterns); other files
-    are left alone."""
-    for pattern in outputs:
-        for p in out.glob(pattern):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+def is_trainer_output(name: str, outputs: tuple[str, ...] = TRAINER_OUTPUTS) -> bool:
+    """A name a trainer wrote in --out before output folders carried a marker (exact names; the
+    shards of a sharded save_pretrained)."""
+    return (name in outputs or name in SAVED_FILES
+            or re.fullmatch(r"model-[0-9]+-of-[0-9]+\.safetensors", name) is not None)
 
 
 def trainer_inputs(cfg: Any) -> dict[str, str | None]:
@@ -100,16 +104,17 @@ def launched_on_cpu() -> bool:
 
 def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any],
               outputs: tuple[str, ...] = TRAINER_OUTPUTS) -> dict[str, Any] | None:
-    """Overwrite (remove ``outputs`` first), or refuse a folder made with other settings. Returns the
+    """Refuse an ``out`` holding files rlaif did not write (`rlaif.io.outdir`); list ``outputs`` in its
+    marker; overwrite (remove what the marker lists first), or refuse a folder made with other settings. Returns the
     summary of a finished run with these settings (nothing to train), else None (train: resume if
     a checkpoint is left)."""
-    from accelerate import PartialState
-
+    main = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch` / torchrun only rank 0 writes
+    prepare_out(out, outputs, overwrite=cfg.overwrite, legacy=lambda name: is_trainer_output(name, outputs),
+                evidence=RUN_EVIDENCE, write=main)
     if cfg.overwrite:
-        state = PartialState(cpu=launched_on_cpu())  # under `accelerate launch` only the main process removes files
-        if state.is_main_process:
-            clear_outputs(out, outputs)
-        state.wait_for_everyone()
+        from accelerate import PartialState
+
+        PartialState(cpu=launched_on_cpu()).wait_for_everyone()  # nobody reads before rank 0 has removed
         return None
     if (out / "summary.json").is_file() and (out / "config.json").is_file():
         summary = json.loads((out / "summary.json").read_text())
@@ -135,16 +140,20 @@ def checkpoint_dirs(out: Path) -> list[Path]:
 
 def publish_checkpoint(tmp: Path, final: Path, out: Path, limit: int) -> None:
     """Rename a fully written ``tmp`` checkpoint folder to ``final`` (a kill leaves the whole
-    checkpoint or none), then keep only the last ``limit`` checkpoints (0: all)."""
+    checkpoint or none), then keep only the last ``limit`` checkpoints (0: all). Its files and folders
+    are fsynced before the rename and the parent after it, so a power loss cannot publish a
+    checkpoint whose files are not on disk."""
+    fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    fsync_dir(final.parent)
     for old in checkpoint_dirs(out)[:-limit] if limit > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def cut_logs(out: Path, names: tuple[str, ...], step: int | None) -> None:
     """Keep the lines of the JSONL logs ``names`` up to ``step`` (later steps are redone after a
-    resume; a torn last line goes too); ``step=None``: delete them (a fresh start)."""
+    resume; a torn last line goes too), rewritten atomically; ``step=None``: delete them (a fresh start)."""
     for name in names:
         path = out / name
         if step is None:
@@ -152,7 +161,7 @@ def cut_logs(out: Path, names: tuple[str, ...], step: int | None) -> None:
         elif path.is_file():
             kept = [x for x in path.read_text(encoding="utf-8").splitlines(keepends=True)
                     if x.endswith("\n") and json.loads(x)["step"] <= step]
-            path.write_text("".join(kept), encoding="utf-8")
+            atomic_write_text(path, "".join(kept))
 
 
 def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int, settings: dict[str, Any]) -> Path:
@@ -176,3 +185,14 @@ def load_checkpoint(accelerator: Any, path: Path) -> int:
     """Restore the state saved in ``path``; returns its step."""
     accelerator.load_state(str(path))
     return json.loads((path / "trainer_state.json").read_text())["step"]
+
+
+def save_model_files(out: Path, save: Callable[[Path], None]) -> None:
+    """``save(folder)`` (save_pretrained of model and tokenizer) into a staging folder in
+    ``out/.rlaif/``, then each file listed in the marker and moved into ``out`` (`publish_files`):
+    every file rlaif puts in ``out`` is listed before it appears there."""
+    stage = out / STAGING
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    save(stage)
+    publish_files(stage, out)

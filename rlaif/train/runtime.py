@@ -36,7 +36,8 @@ import torch
 from rlaif.config import to_dict
 from rlaif.errors import UserError
 from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, launched_on_cpu, load_checkpoint,
-                                     refuse_out_on_inputs, run_settings, save_checkpoint)
+                                     refuse_out_on_inputs, run_settings, save_checkpoint, save_model_files)
+from rlaif.io.store import atomic_write_text
 from rlaif.train.config import TrainConfig
 from rlaif.train.data import Batch, TokenizedPair, collate, epoch_batches, load_splits, tokenize_rows
 from rlaif.train.modeling import load_tokenizer
@@ -384,8 +385,12 @@ def save_final(run: RunInputs, model: Any, summary: dict[str, Any], cfg: TrainCo
                     unwrapped = merged_from_adapter(run.base, out / "adapter", unwrapped)
             state = None
         unwrapped.config.use_cache = True
-        unwrapped.save_pretrained(out, state_dict=state, safe_serialization=True)
-        run.tokenizer.save_pretrained(out)
+
+        def save(folder: Path) -> None:
+            unwrapped.save_pretrained(folder, state_dict=state, safe_serialization=True)
+            run.tokenizer.save_pretrained(folder)
+
+        save_model_files(out, save)
         summary = {**summary, "config": to_dict(cfg), "settings": run.settings}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     accelerator.wait_for_everyone()

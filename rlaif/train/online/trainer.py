@@ -34,12 +34,13 @@ import torch
 
 from rlaif.config import to_dict
 from rlaif.io.records import Prompt, read_prompts
+from rlaif.io.store import atomic_write_text
 from rlaif.io.seeds import stable_seed
 from rlaif.train.online import maths
 from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, check_config
 from rlaif.train.online.setup import Run, build_run
-from rlaif.train.checkpoints import check_out, refuse_out_on_inputs
+from rlaif.train.checkpoints import check_out, refuse_out_on_inputs, save_model_files
 from rlaif.train.online.state import (ONLINE_TRAINER_OUTPUTS, prompt_order, resume_or_start, run_settings,
                                       save_checkpoint)
 from rlaif.train.online.batch import build_batch
@@ -282,11 +283,15 @@ def _write_final(cfg: OnlineConfig, run: Run, out: Path, summary: dict[str, Any]
         policy.save_pretrained(out / "adapter")
         policy = policy.merge_and_unload()
     policy.config.use_cache = True
-    policy.save_pretrained(out, safe_serialization=True)
-    run.tokenizer.save_pretrained(out)
+
+    def save(folder: Path) -> None:
+        policy.save_pretrained(folder, safe_serialization=True)
+        run.tokenizer.save_pretrained(folder)
+
+    save_model_files(out, save)
     if run.value_model is not None:
         from rlaif.train.online.value import save_value_model
 
         save_value_model(run.value_model, out / "value")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(f"saved {cfg.algorithm} policy to {out}")
