@@ -14,6 +14,7 @@ from rlaif.dataset.options import BuildOptions
 from rlaif.dataset.pairs import build_pairs
 from rlaif.errors import UserError
 from rlaif.io.records import PAIR_SCHEMA, read_jsonl, validate
+from rlaif.io.outdir import claim
 from rlaif.io.review_files import append_label
 from test_pipeline import FAKE, small_prompts
 from test_preferences import cand, judg
@@ -82,6 +83,7 @@ def test_build_with_labels_end_to_end(tmp_path, capsys):
     assert len(judge_pairs) >= 2
     (c0, r0), (c1, r1) = _indices(candidates, judge_pairs[0]), _indices(candidates, judge_pairs[1])
     labels = out / "review" / "labels.jsonl"
+    claim(out, "review")  # as `rlaif review` does: the run's marker lists review/, so builds without --labels accept it
     item = lambda pair, a, b: f"{pair['id']}:{min(a, b)}:{max(a, b)}"  # noqa: E731
     append_label(labels, label(item(judge_pairs[0], c0, r0), r0))  # the person reverses the judge
     append_label(labels, label(item(judge_pairs[1], c1, r1), None, answer="both_bad"))

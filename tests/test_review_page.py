@@ -277,3 +277,18 @@ def test_cli_serves_the_tokenised_url_and_warns_on_a_remote_host(run: Path) -> N
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "warning: listening on 0.0.0.0" in err
+
+
+def test_a_reviewed_run_folder_still_builds_and_overwrite_keeps_the_labels(run: Path) -> None:
+    """review/ is listed in the run's marker: a later build accepts it, and `--overwrite` (which
+    removes only the stages' outputs) never deletes people's labels."""
+    items = load_or_sample(run, size=3, strategy="random", seed=0)[0]
+    labels = run / "review" / "labels.jsonl"
+    first, second = items[0]["show"]
+    append_label(labels, {"item": items[0]["item"], "reviewer": "ann", "time": "2026-12-06T00:00:00Z",
+                          "shown": [first, second], "answer": "A", "preferred": first, "note": ""})
+    before = labels.read_bytes()
+    build = ["build", "--judgements", str(run / "judgements.jsonl"), "--out", str(run), "progress=false"]
+    assert main(build) == 0
+    assert main(build + ["--overwrite"]) == 0
+    assert labels.read_bytes() == before and (run / "review" / "items.jsonl").is_file()

@@ -298,13 +298,15 @@ def _refuse_out_on_inputs(cfg: CommonOptions, stages: Sequence[str]) -> None:
 
 
 def _is_data_output(name: str) -> bool:
-    """A name the data stages wrote before output folders carried a marker (`rlaif.io.outdir`)."""
-    return name == "manifest.json" or any(name in names for names in STAGE_OUTPUTS.values())
+    """A name the data stages (or `rlaif review`: ``review/``) wrote before output folders carried a
+    marker (`rlaif.io.outdir`)."""
+    return name in ("manifest.json", "review") or any(name in names for names in STAGE_OUTPUTS.values())
 
 
 def _inputs(cfg: CommonOptions) -> list[str | None]:
-    """The files a data stage reads (build: the candidates beside the judgements by default)."""
-    inputs = [getattr(cfg, key, None) for key in ("prompts", "candidates", "judgements")]
+    """The files a data stage reads (build: the candidates beside the judgements by default; people's
+    labels, which usually lie in DIR/review/)."""
+    inputs = [getattr(cfg, key, None) for key in ("prompts", "candidates", "judgements", "labels")]
     judgements = getattr(cfg, "judgements", None)
     return inputs + [str(Path(judgements).with_name("candidates.jsonl"))] if judgements else inputs
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from rlaif.dataset.pairs import TIE_EPS, combined_scores, truncation_flags
 from rlaif.errors import UserError
+from rlaif.io.outdir import claim, listed
 from rlaif.io.records import read_jsonl
 from rlaif.io.review_files import read_items, write_items
 
@@ -38,8 +39,11 @@ STRATEGIES = ("margin", "random", "flagged")
 DEFAULT_SIZE = 50
 
 
+REVIEW = "review"  # the run folder's entry for the review's files (listed in its rlaif marker)
+
+
 def review_dir(run: Path) -> Path:
-    return run / "review"
+    return run / REVIEW
 
 
 def _build_facts(run: Path) -> tuple[list[str], dict[str, float], float | None]:
@@ -217,6 +221,8 @@ def load_or_sample(run: Path, *, size: int | None, strategy: str | None, seed: i
                    0 if seed is None else seed)
     if not items:
         raise UserError(f"{run}: no pair matches --strategy {strategy} (no flagged pair)")
+    if listed(run) is not None:  # the run's marker lists review/ so later stages accept it (and never remove it)
+        claim(run, REVIEW)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         path.replace(path.with_name("items.prev.jsonl"))
