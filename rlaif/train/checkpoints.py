@@ -23,7 +23,7 @@ from typing import Any
 from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
 from rlaif.io.store import fingerprint, refuse_out_overlap
-from rlaif.train.config import TrainConfig
+from rlaif.train.config import OfflineOptions, TrainConfig
 from rlaif.train.data import find_split_files
 
 # How often to log, evaluate or save, and where: none of it changes the trained weights.
@@ -35,10 +35,11 @@ TRAINER_OUTPUTS = ("checkpoints", "runs", "adapter", "metrics.jsonl", "summary.j
                    "merges.txt")
 
 
-def run_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The config keys that shape the result (dotted, flat), the data as a digest of its files."""
+def run_settings(cfg: OfflineOptions, files: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The config keys that shape the result (dotted, flat), the data as a digest of its files
+    (``files``: split -> path; default the preference files of ``cfg.data``)."""
     digest = hashlib.sha256()
-    for split, path in sorted(find_split_files(cfg.data).items()):
+    for split, path in sorted((files if files is not None else find_split_files(cfg.data)).items()):
         digest.update(split.encode() + b"\0" + path.read_bytes() + b"\0")
     flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in IGNORED})
     flat["data"] = digest.hexdigest()[:16]
@@ -97,7 +98,7 @@ def launched_on_cpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any],
+def check_out(cfg: OfflineOptions, out: Path, settings: dict[str, Any],
               outputs: tuple[str, ...] = TRAINER_OUTPUTS) -> dict[str, Any] | None:
     """Overwrite (remove ``outputs`` first), or refuse a folder made with other settings. Returns the
     summary of a finished run with these settings (nothing to train), else None (train: resume if
