@@ -240,3 +240,20 @@ def test_other_settings_are_refused_and_the_cli_runs(tmp_path, sft_data, tiny_mo
     assert json.loads((out / "summary.json").read_text())["trainer"] == "sft"
     assert main(argv[:-1] + ["lr=0.1"]) == 2
     assert "lr" in capsys.readouterr().err
+
+
+def test_the_packed_batches_of_each_step_do_not_depend_on_the_process_count(tok):
+    from rlaif.train.sft import PackedMicroBatches
+    from tests.test_train_distributed import FakeAccelerator
+
+    rows, _ = tokenize_conversations(tok, chats(40), 256)
+
+    def steps(world: int, accum: int, n: int) -> list[list[tuple[int, ...]]]:
+        cfg = SFTConfig(max_tokens_per_batch=200, max_length=200, grad_accum=accum, seed=5)
+        ranks = [PackedMicroBatches(cfg, rows, 0, FakeAccelerator(world, r)) for r in range(world)]
+        assert len({b.per_epoch for b in ranks}) == 1 and ranks[0].per_epoch % accum == 0
+        return [sorted(tuple(b(s * accum + k).indices) for b in ranks for k in range(accum)) for s in range(n)]
+
+    one = steps(1, 4, 6)
+    assert steps(2, 2, 6) == one and steps(4, 1, 6) == one
+    assert one[0] != one[len(one) // 2], "each epoch has its own order"

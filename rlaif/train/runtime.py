@@ -161,8 +161,8 @@ class MicroBatches:
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.per_epoch = len(self._epoch(0)) // self.world
         if self.per_epoch < 1:
-            raise UserError(f"{len(pairs)} training pairs give fewer than grad_accum x processes = "
-                            f"{cfg.grad_accum} x {self.world} batches of batch_size={cfg.batch_size}")
+            raise UserError(f"{len(pairs)} training rows give fewer micro-batches than grad_accum x processes = "
+                            f"{cfg.grad_accum} x {self.world}; lower grad_accum or the micro-batch size")
         self._cached: tuple[int, list[list[int]]] = (-1, [])
 
     def _epoch(self, epoch: int) -> list[list[int]]:
