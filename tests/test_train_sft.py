@@ -240,6 +240,11 @@ def test_other_settings_are_refused_and_the_cli_runs(tmp_path, sft_data, tiny_mo
     assert json.loads((out / "summary.json").read_text())["trainer"] == "sft"
     assert main(argv[:-1] + ["lr=0.1"]) == 2
     assert "lr" in capsys.readouterr().err
+    # bad data with --overwrite: refused before anything in --out is deleted
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "no reply"}]}])
+    assert main(["train", "sft", "--data", str(bad), "--model", tiny_model_dir, "--out", str(out), "--overwrite"]) == 2
+    assert "bad.jsonl:1: field 'messages': no assistant turn" in capsys.readouterr().err
+    assert (out / "summary.json").is_file() and (out / "model.safetensors").is_file()
 
 
 def test_the_packed_batches_of_each_step_do_not_depend_on_the_process_count(tok):
