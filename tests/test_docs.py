@@ -258,12 +258,12 @@ def test_checker_accepts_real_commands(parser: argparse.ArgumentParser) -> None:
 @pytest.mark.parametrize("command, problem", [
     ("rlaif run --prompts FILE --made-up-option 3", "unrecognized arguments: --made-up-option"),
     ("rlaif frobnicate --out DIR", "invalid choice: 'frobnicate'"),
-    ("rlaif train sft --data DIR", "invalid choice: 'sft'"),
+    ("rlaif train kto --data DIR", "invalid choice: 'kto'"),
     ("rlaif run --prompts FILE made_up_key=1", "unknown config key 'made_up_key'"),
     ("rlaif run --prompts FILE policy.made_up=1", "unknown config key 'policy.made_up'"),
     ("rlaif rubric preview helpfulness --row N", "invalid int value: 'N'"),
     ("rlaif train", "no verb"),
-    ("rlaif train sft --help", "invalid choice: 'sft'"),
+    ("rlaif train kto --help", "invalid choice: 'kto'"),
 ])
 def test_checker_rejects_made_up_commands(parser: argparse.ArgumentParser, command: str, problem: str) -> None:
     problems = check_command(parser, command_arguments(command) or [])

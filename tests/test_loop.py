@@ -54,7 +54,7 @@ def test_unknown_trainer_and_loop_set_keys_are_refused(tmp_path):
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     prompts = prompts_file(tmp_path / "p.jsonl", 10)
     out = tmp_path / "out"
-    cases = [(["trainer=sft"], "trainer"), (["eval_size=0", "eval_prompts="], "no eval prompts"),
+    cases = [(["trainer=ppo"], "trainer"), (["eval_size=0", "eval_prompts="], "no eval prompts"),
              (["dpo.out=x"], "dpo.out"), (["prompts_per_round=9"], "more than the 8 training prompts"),
              (["rubrics=[no_such_rubric]"], "no_such_rubric")]
     for extra, needle in cases:

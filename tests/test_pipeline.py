@@ -445,7 +445,7 @@ def test_build_fingerprint_follows_every_build_option(finished_run):
     assert build_fingerprint(BuildConfig(progress=False), cands, judgements, state, ["helpfulness"]) == base
     changed = {"rubric_weights": {"helpfulness": 2.0}, "strategy": "all-pairs", "min_margin": 0.5,
                "truncated": "drop", "noise_margin": 0.1, "pairwise_min_confidence": 0.9,
-               "require_position_consistent": False, "test_fraction": 0.5}
+               "require_position_consistent": False, "test_fraction": 0.5, "best_min_score": 0.9}
     assert set(changed) == set(BuildOptions.__dataclass_fields__)  # a new option must be listed here
     for key, value in changed.items():
         assert build_fingerprint(BuildConfig(**{key: value}), cands, judgements, state, ["helpfulness"]) != base, key

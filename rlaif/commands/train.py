@@ -1,7 +1,8 @@
-"""Verbs ``rlaif train rm|dpo|grpo|rloo|ppo`` and ``rlaif rm score``.
+"""Verbs ``rlaif train rm|dpo|sft|grpo|rloo|ppo`` and ``rlaif rm score``.
 
     rlaif train rm  --data outputs/run1 --model smollm2-135m --out outputs/rm  [--config F] [k=v ...]
     rlaif train dpo --data outputs/run1 --model smollm2-135m --out outputs/dpo beta=0.1 loss_type=ipo
+    rlaif train sft --data chats.jsonl --model smollm2-135m --out outputs/sft  (or --data outputs/run1: its sft/)
     rlaif rm score  --model outputs/rm --data pairs.jsonl [--out scores.jsonl]
     rlaif train grpo|rloo|ppo --prompts FILE --model M --reward SPEC [--reward SPEC2 ...] --out DIR [k=v ...]
 
@@ -48,6 +49,16 @@ def _run_dpo(args: argparse.Namespace) -> int:
     from rlaif.train.dpo import train_dpo
 
     train_dpo(cfg)
+    return 0
+
+
+def _run_sft(args: argparse.Namespace) -> int:
+    from rlaif.train.config import SFTConfig
+
+    cfg = _train_config(args, SFTConfig, "train sft")
+    from rlaif.train.sft import train_sft
+
+    train_sft(cfg)
     return 0
 
 
@@ -103,18 +114,22 @@ def _run_score(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from rlaif.config import add_config_arguments
-    from rlaif.train.config import DPOConfig, RMConfig, ScoreConfig
+    from rlaif.train.config import DPOConfig, RMConfig, ScoreConfig, SFTConfig
 
-    train = sub.add_parser("train", help="train a reward model or a policy (on preferences: rm, dpo; online RL: "
-                                               "grpo, rloo, ppo)")
+    train = sub.add_parser("train", help="train a reward model or a policy (on preferences: rm, dpo; on chats: sft; "
+                                               "online RL: grpo, rloo, ppo)")
     verbs = train.add_subparsers(dest="trainer", metavar="TRAINER")
-    for name, cls, func, text in (
-        ("rm", RMConfig, _run_rm, "reward model: scalar head on a causal LM, Bradley-Terry loss"),
-        ("dpo", DPOConfig, _run_dpo, "policy by direct preference optimisation (sigmoid/ipo/hinge/robust)"),
+    pairs = "folder with preferences/{train,test}.jsonl (an `rlaif run` output) or {train,test}.jsonl; same as data="
+    chats = ("messages or prompt/completion JSONL, a folder with {train,test}.jsonl, or an `rlaif run` output "
+             "(its sft/{train,test}.jsonl: the best candidate per prompt); same as data=")
+    for name, cls, func, text, data_help in (
+        ("rm", RMConfig, _run_rm, "reward model: scalar head on a causal LM, Bradley-Terry loss", pairs),
+        ("dpo", DPOConfig, _run_dpo, "policy by direct preference optimisation (sigmoid/ipo/hinge/robust)", pairs),
+        ("sft", SFTConfig, _run_sft, "policy by supervised fine-tuning on chats (loss on assistant tokens, "
+                                     "packed rows)", chats),
     ):
         p = verbs.add_parser(name, help=text, description=text)
-        p.add_argument("--data", help="folder with preferences/{train,test}.jsonl (an `rlaif run` output) "
-                       "or {train,test}.jsonl; same as data=")
+        p.add_argument("--data", help=data_help)
         p.add_argument("--model", help="base model: smollm2-135m, a local folder or a hub id; same as model=")
         p.add_argument("--out", help="output folder (final model, checkpoints, logs); same as out=")
         p.add_argument("--overwrite", dest="overwrite_flag", action="store_true",

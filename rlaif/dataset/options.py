@@ -16,7 +16,7 @@ from rlaif.errors import UserError
 STAGE_OUTPUTS = {
     "generate": ["candidates.jsonl"],
     "judge": ["judgements.jsonl"],
-    "build": ["preferences", "report.html", "README.md"],
+    "build": ["preferences", "sft", "report.html", "README.md"],
 }
 STAGES = list(STAGE_OUTPUTS)
 
@@ -75,6 +75,8 @@ class BuildOptions:
     pairwise_min_confidence: float = option(0.6, "pairwise rubrics: keep a pair only if P(chosen better) >= this")
     require_position_consistent: bool = option(True, "pairwise rubrics: keep a pair only if both orders agreed")
     test_fraction: float = option(0.1, "share of prompts (with pairs) in preferences/test.jsonl")
+    best_min_score: float = option(0.5, "sft/{train,test}.jsonl (best-of-n, for `rlaif train sft`): a prompt's best "
+                                        "complete candidate is kept when its combined score in [0,1] is >= this")
 
 
 @dataclass
@@ -127,7 +129,7 @@ def check_options(cfg: Any) -> None:
             raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
     if not 0 <= getattr(cfg, "test_fraction", 0.0) < 1:
         raise bad("test_fraction", f"must be in [0, 1), got {cfg.test_fraction}")
-    for key in ("min_margin", "noise_margin"):
+    for key in ("min_margin", "noise_margin", "best_min_score"):
         value = getattr(cfg, key, None)
         if value is not None and not 0 <= value <= 1:
             raise bad(key, f"must be in [0, 1] (a margin between scores normalised to [0, 1]), got {value}")

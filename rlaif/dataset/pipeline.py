@@ -234,6 +234,7 @@ def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
 
 def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
               rubric_names: Sequence[str], verdicts: Verdicts | None = None) -> dict[str, Any]:
+    from rlaif.dataset.best import best_of_n
     from rlaif.dataset.noise import judge_noise, rubric_key
     from rlaif.dataset.pairs import build_pairs, split_by_prompt
     from rlaif.dataset.report import write_dataset_card, write_report
@@ -258,6 +259,11 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     train, test = split_by_prompt(pairs, cfg.test_fraction, cfg.seed)
     write_jsonl(out / "preferences" / "train.jsonl", train)
     write_jsonl(out / "preferences" / "test.jsonl", test)
+    sft_train, sft_test, sft_stats = best_of_n(candidates, judgements, list(rubric_names), cfg.rubric_weights,
+                                               cfg.best_min_score, {pair["id"] for pair in test})
+    write_jsonl(out / "sft" / "train.jsonl", sft_train)
+    write_jsonl(out / "sft" / "test.jsonl", sft_test)
+    stats.update(sft_stats)
     if noise is not None:
         stats["kept_inside_noise"] = sum(p["margin"] < noise for p in pairs if "label_source" not in p)
     counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
@@ -273,7 +279,9 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
     write_report(out / "report.html", candidates, judgements, train, test, manifest)
     write_dataset_card(out / "README.md", train, test, manifest)
     state.update("build", done=True)  # only now: a build killed before this point reruns
-    log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}")
+    log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}; best-of-n: "
+        f"{len(sft_train)} train / {len(sft_test)} test rows with a best response >= {cfg.best_min_score:g} -> "
+        f"{out / 'sft'}")
     if note := _truncation_note(counts, cfg.truncated):
         log(f"build: {note}")
     if noise is not None and stats["kept_inside_noise"]:

@@ -298,6 +298,11 @@ def _card_summary(train: list[dict], test: list[dict], manifest: dict[str, Any])
                  f"min_margin={build.get('min_margin')}, "
                  f"truncated={build.get('config', {}).get('truncated')}")
     lines.append(f"- {truncation_summary(build)}")
+    counts = build.get("counts", {})
+    if "sft_kept" in counts or "sft_train" in counts:
+        lines.append(f"- best-of-n (`sft/`, for `rlaif train sft`): {counts.get('sft_kept', 0)} prompts with a best "
+                     f"response >= {build.get('config', {}).get('best_min_score')} ({counts.get('sft_train', 0)} "
+                     f"train, {counts.get('sft_test', 0)} test; complete candidates only)")
     judged = [pair["margin"] for pair in train + test if "label_source" not in pair]  # a person's pair is no noise
     lines.append(f"- {noise_summary(build, judged)}")
     if build.get("review"):

@@ -18,13 +18,14 @@ from rlaif.config import option
 from rlaif.dataset.options import BuildOptions, CommonOptions, GenerateOptions, JudgeOptions
 from rlaif.errors import UserError
 from rlaif.eval.options import EvalConfig
-from rlaif.train.config import DPOConfig, RMConfig
+from rlaif.train.config import DPOConfig, RMConfig, SFTConfig
 from rlaif.train.online.config import GRPOConfig, PPOConfig
 
-TRAINERS = ("dpo", "grpo", "rm+ppo")
+TRAINERS = ("dpo", "grpo", "rm+ppo", "sft")
 # Nested keys the loop fills in each round; a user value would be silently replaced, so it is refused.
 KEYS_SET_BY_LOOP = {"dpo": ("data", "model", "out", "overwrite", "seed", "ref_model"),
             "rm": ("data", "model", "out", "overwrite", "seed"),
+            "sft": ("data", "model", "out", "overwrite", "seed"),
             "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
             "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
             "eval": ("a", "b", "prompts", "prompt_column", "out", "overwrite", "seed", "policy", "judge")}
@@ -44,9 +45,12 @@ class LoopConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
     rounds: int = option(2, "rounds to run (raise it and rerun to add rounds to a finished loop)")
     prompts_per_round: int = option(32, "training prompts per round (a fresh seeded slice; a new shuffle starts "
                                         "when the pool runs out)")
-    trainer: Literal["dpo", "grpo", "rm+ppo"] = option(
+    trainer: Literal["dpo", "grpo", "rm+ppo", "sft"] = option(
         "dpo", "dpo: DPO on each round's judged pairs; grpo: online GRPO on the round's prompts with `rewards` "
-               "(no pair data); rm+ppo: a reward model on the round's pairs, then PPO with it")
+               "(no pair data); rm+ppo: a reward model on the round's pairs, then PPO with it; sft: expert "
+               "iteration, SFT on each round's best candidates (best_min_score)")
+    sft_first: bool = option(False, "dpo, rm+ppo: round 1 first fine-tunes the policy (SFT) on its best candidates, "
+                                    "then trains from there; the SFT model is the DPO reference=initial")
     reference: Literal["initial", "previous"] = option(
         "initial", "DPO reference model: the starting policy in every round (RLHFlow) or the previous round's")
     rewards: list[str] = option(list, "grpo rewards: judge:RUBRIC, python:FILE.py:FUNC, rm:DIR (mixed by "
@@ -55,6 +59,7 @@ class LoopConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
     dpo: DPOConfig = option(DPOConfig, "DPO trainer options (trainer=dpo), as in `rlaif train dpo`")
     grpo: GRPOConfig = option(GRPOConfig, "GRPO trainer options (trainer=grpo), as in `rlaif train grpo`")
     rm: RMConfig = option(RMConfig, "reward-model options (trainer=rm+ppo), as in `rlaif train rm`")
+    sft: SFTConfig = option(SFTConfig, "SFT options (trainer=sft, sft_first), as in `rlaif train sft`")
     ppo: PPOConfig = option(PPOConfig, "PPO options (trainer=rm+ppo), as in `rlaif train ppo`")
     measure_kl: bool = option(True, "measure KL(pi_K || pi_0) on pi_K's eval responses each round (loads both "
                                     "models with transformers; see rlaif/eval/kl.py)")
@@ -93,6 +98,9 @@ def check_loop_config(cfg: LoopConfig, given: set[str] = frozenset()) -> None:  
     if cfg.trainer != "grpo" and not cfg.rubrics:
         raise UserError(f"option 'rubrics': trainer={cfg.trainer} needs at least one rubric to judge the round's "
                         f"candidates")
+    if cfg.sft_first and cfg.trainer not in ("dpo", "rm+ppo"):
+        raise UserError(f"option 'sft_first': only with trainer=dpo or rm+ppo (trainer={cfg.trainer} "
+                        f"{'is SFT already' if cfg.trainer == 'sft' else 'judges no candidates to take the best of'})")
     if cfg.trainer != "grpo" and (cfg.rewards or cfg.reward_weights):
         raise UserError(f"option 'rewards': only used with trainer=grpo (trainer={cfg.trainer} learns from the "
                         f"judged pairs of `rubrics`)")

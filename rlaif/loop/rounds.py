@@ -3,9 +3,11 @@
 Round K (1-based), with pi_0 the starting policy and pi_{K-1} the current one::
 
     DIR/round-K/prompts.jsonl   this round's fresh seeded slice of the training prompts (loop/prompts.py)
-    DIR/round-K/data/           `rlaif run` with pi_{K-1} as policy (dpo, rm+ppo; grpo samples online instead)
+    DIR/round-K/data/           `rlaif run` with pi_{K-1} as policy (dpo, rm+ppo, sft; grpo samples online instead)
     DIR/round-K/rm/             rm+ppo: the reward model trained on data/
-    DIR/round-K/model/          pi_K: `train_dpo` (reference pi_0 or pi_{K-1}) or `train_online`
+    DIR/round-1/sft/            sft_first: pi_0 fine-tuned on round 1's best candidates (data/sft/); round 1 trains from it
+    DIR/round-K/model/          pi_K: `train_dpo` (reference pi_0 or pi_{K-1}), `train_online` or `train_sft`
+                                (trainer=sft: expert iteration, SFT of pi_{K-1} on the round's best candidates)
     DIR/round-K/eval/vs-initial/, vs-previous/   `run_eval` of pi_K against pi_0 and pi_{K-1}
     DIR/round-K/round.json      the round's results; written last, so it marks the round done
 
@@ -61,6 +63,11 @@ def round_dir(cfg: LoopConfig, round_number: int) -> Path:
 def policy_of(cfg: LoopConfig, round_number: int) -> str:
     """pi_k: the starting policy for k = 0, else round k's trained model folder."""
     return cfg.policy.model if round_number == 0 else str(round_dir(cfg, round_number) / "model")
+
+
+def training_start(cfg: LoopConfig, round_number: int) -> str:
+    """The weights round k's trainer starts from: pi_{k-1}, or in round 1 with sft_first the SFT model."""
+    return str(round_dir(cfg, 1) / "sft") if cfg.sft_first and round_number == 1 else policy_of(cfg, round_number - 1)
 
 
 # ----------------------------------------------------------------------------- settings and resume
@@ -128,23 +135,49 @@ def stage_data(cfg: LoopConfig, round_number: int) -> dict[str, Any]:
                   out=str(round_dir(cfg, round_number) / "data"), overwrite=False,
                   policy=dataclasses.replace(cfg.policy, model=policy_of(cfg, round_number - 1)))
     counts = run_all(RunConfig(**values))
-    if not counts.get("train_pairs"):
+    if not counts.get("sft_train" if cfg.trainer == "sft" else "train_pairs"):
         done = f"rounds 1-{round_number - 1} are kept" if round_number > 1 else "no earlier round"
-        raise UserError(f"round {round_number}: `rlaif run` produced no training pairs (see "
-                        f"{values['out']}/report.html: all tied, failed or filtered); try a larger n, "
-                        f"strategy=all-pairs or another judge ({done})")
+        why = (f"no prompt with a complete best candidate >= best_min_score={cfg.best_min_score} "
+               f"({counts.get('sft_no_complete_scored', 0)} prompts had no complete scored candidate; see "
+               f"{values['out']}/report.html); lower best_min_score, raise max_tokens or n" if cfg.trainer == "sft" else
+               f"`rlaif run` produced no training pairs (see {values['out']}/report.html: all tied, failed or "
+               f"filtered); try a larger n, strategy=all-pairs or another judge")
+        raise UserError(f"round {round_number}: {why} ({done})")
     return counts
 
 
 def stage_train(cfg: LoopConfig, round_number: int) -> dict[str, Any]:
     """Train pi_k from pi_{k-1}; returns the trainer's summary (trimmed to numbers worth a report)."""
     folder = round_dir(cfg, round_number)
-    base, out = policy_of(cfg, round_number - 1), str(folder / "model")
+    first = None
+    if cfg.sft_first and round_number == 1:  # pi_0 -> round-1/sft on the round's best candidates
+        first = stage_sft(cfg, policy_of(cfg, 0), training_start(cfg, 1), folder)
+    base, out = training_start(cfg, round_number), str(folder / "model")
     common = {"model": base, "out": out, "overwrite": False, "seed": cfg.seed, "progress": cfg.progress}
+    if cfg.trainer == "sft":
+        return stage_sft(cfg, base, out, folder)
+    record = stage_update(cfg, round_number, folder, base, common)
+    return {**record, "sft_first": first} if first is not None else record
+
+
+def stage_sft(cfg: LoopConfig, base: str, out: str, folder: Path) -> dict[str, Any]:
+    """`train_sft` of ``base`` on the round's best candidates (data/sft/) into ``out``."""
+    from rlaif.train.sft import train_sft
+
+    summary = train_sft(dataclasses.replace(cfg.sft, data=str(folder / "data"), model=base, out=out, overwrite=False,
+                                            seed=cfg.seed, progress=cfg.progress))
+    _free()
+    return {"trainer": "sft", "steps": summary.get("steps"), "test_before": summary.get("test_before", {}),
+            "test": summary.get("test", {})}
+
+
+def stage_update(cfg: LoopConfig, round_number: int, folder: Path, base: str, common: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """DPO, GRPO or RM + PPO from ``base``; returns the trainer's summary trimmed to the report's numbers."""
     if cfg.trainer == "dpo":
         from rlaif.train.dpo import train_dpo
 
-        reference = policy_of(cfg, 0) if cfg.reference == "initial" else base
+        reference = training_start(cfg, 1) if cfg.reference == "initial" else base
         ref_model = "" if reference == base else reference  # "": the round's starting weights
         summary = train_dpo(dataclasses.replace(cfg.dpo, data=str(folder / "data"), ref_model=ref_model, **common))
         return {"trainer": "dpo", "reference": reference, "steps": summary.get("steps"),

@@ -27,7 +27,7 @@ from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
 from rlaif.io.outdir import fsync_tree, prepare_out, publish_files
 from rlaif.io.store import PARTIAL_DIR, atomic_write_text, fingerprint, fsync_dir, refuse_out_overlap
-from rlaif.train.config import TrainConfig
+from rlaif.train.config import OfflineOptions
 from rlaif.train.data import find_split_files
 
 # How often to log, evaluate or save, and where: none of it changes the trained weights.
@@ -44,10 +44,11 @@ SAVED_FILES = ("config.json", "generation_config.json", "model.safetensors", "mo
 RUN_EVIDENCE = ("summary.json", "checkpoints")
 STAGING = Path(PARTIAL_DIR) / "final"
 
-def run_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The config keys that shape the result (dotted, flat), the data as a digest of its files."""
+def run_settings(cfg: OfflineOptions, files: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The config keys that shape the result (dotted, flat), the data as a digest of its files
+    (``files``: split -> path; default the preference files of ``cfg.data``)."""
     digest = hashlib.sha256()
-    for split, path in sorted(find_split_files(cfg.data).items()):
+    for split, path in sorted((files if files is not None else find_split_files(cfg.data)).items()):
         digest.update(split.encode() + b"\0" + path.read_bytes() + b"\0")
     flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in IGNORED})
     flat["data"] = digest.hexdigest()[:16]
@@ -102,7 +103,7 @@ def launched_on_cpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def check_out(cfg: TrainConfig, out: Path, settings: dict[str, Any],
+def check_out(cfg: OfflineOptions, out: Path, settings: dict[str, Any],
               outputs: tuple[str, ...] = TRAINER_OUTPUTS) -> dict[str, Any] | None:
     """Refuse an ``out`` holding files rlaif did not write (`rlaif.io.outdir`); list ``outputs`` in its
     marker; overwrite (remove what the marker lists first), or refuse a folder made with other settings. Returns the

@@ -52,20 +52,44 @@ class TrainerOptions:
 
 
 @dataclass
-class TrainConfig(TrainerOptions):
-    """Options both preference trainers (rm, dpo) share. ``data`` is also --data."""
+class OfflineOptions(TrainerOptions):
+    """Options the offline trainers (rm, dpo, sft) share: data, length and the step schedule.
+    ``data`` is also --data."""
 
     data: str = option("", "folder with preferences/{train,test}.jsonl")
     max_length: int = option(1024, "tokens of prompt + response, longer pairs are truncated")
-    batch_size: int = option(8, "pairs per micro-batch per process")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     epochs: float = option(1.0, "passes over the training pairs (fractions allowed); used when max_steps=0")
     max_steps: int = option(0, "optimizer steps; 0 = from epochs")
     warmup_ratio: float = option(0.1, "share of the steps with a linear learning-rate warmup")
     lr_schedule: Literal["cosine", "linear", "constant"] = option("cosine", "learning-rate decay after warmup")
-    group_by_length: bool = option(True, "sort within mega-batches by length (less padding)")
     eval_steps: int = option(0, "evaluate every N steps; 0 = only at the end")
+
+
+@dataclass
+class TrainConfig(OfflineOptions):
+    """Options both preference trainers (rm, dpo) share."""
+
+    batch_size: int = option(8, "pairs per micro-batch per process")
+    group_by_length: bool = option(True, "sort within mega-batches by length (less padding)")
     eval_batch_size: int = option(0, "pairs per evaluation / reference batch; 0 = batch_size")
+
+
+@dataclass
+class SFTConfig(OfflineOptions):
+    """``rlaif train sft``: supervised fine-tuning on chat rows, loss on assistant tokens only."""
+
+    data: str = option("", "messages JSONL, prompt/completion JSONL, a folder with {train,test}.jsonl, or an "
+                           "`rlaif run` folder (its sft/{train,test}.jsonl)")
+    max_length: int = option(1024, "tokens per conversation; a longer one keeps its first max_length tokens")
+    lr: float = redefault(TrainerOptions, "lr", 2e-5)
+    max_tokens_per_batch: int = option(4096, "token budget of one packed micro-batch per process (rows are packed "
+                                             "into one sequence, no padding); at least max_length")
+
+    @property
+    def batch_size(self) -> int:
+        """One packed sequence per micro-batch (what DeepSpeed's micro-batch size is told)."""
+        return 1
 
 
 @dataclass

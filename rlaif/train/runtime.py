@@ -38,8 +38,9 @@ from rlaif.errors import UserError
 from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, launched_on_cpu, load_checkpoint,
                                      refuse_out_on_inputs, run_settings, save_checkpoint, save_model_files)
 from rlaif.io.store import atomic_write_text
-from rlaif.train.config import TrainConfig
-from rlaif.train.data import Batch, TokenizedPair, collate, epoch_batches, load_splits, tokenize_rows
+from rlaif.train.config import OfflineOptions, TrainConfig
+from rlaif.train.data import (Batch, TokenizedPair, collate, epoch_batches, find_split_files, load_splits,
+                              tokenize_rows)
 from rlaif.train.modeling import load_tokenizer
 from rlaif.train.nonfinite import NonFiniteGuard
 
@@ -61,16 +62,35 @@ class RunInputs(NamedTuple):
     settings: dict[str, Any]  # what a checkpoint must match to be resumed (checkpoints.run_settings)
 
 
-def prepare_run(cfg: TrainConfig, check_base: Callable[[str], None] | None = None) -> RunInputs | dict[str, Any]:
+Tokenize = Callable[[Any], tuple[list[Any], Any, list[Any], Any]]  # tokenizer -> train, its stats, test, its stats
+
+
+def preference_source(cfg: TrainConfig) -> tuple[dict[str, Path], Tokenize]:
+    """The preference split files of ``cfg.data`` (read and checked now) and how to tokenize them."""
+    splits = load_splits(cfg.data)
+
+    def tokenize(tokenizer: Any) -> tuple[list[Any], Any, list[Any], Any]:
+        train, stats = tokenize_rows(tokenizer, splits["train"], cfg.max_length, cfg.max_prompt_length, cfg.progress)
+        test, test_stats = tokenize_rows(tokenizer, splits.get("test", []), cfg.max_length, cfg.max_prompt_length)
+        return train, stats, test, test_stats
+
+    return find_split_files(cfg.data), tokenize
+
+
+def prepare_run(cfg: OfflineOptions, check_base: Callable[[str], None] | None = None,
+                source: Callable[[Any], tuple[dict[str, Path], Tokenize]] = preference_source
+                ) -> RunInputs | dict[str, Any]:
     """What every trainer starts from: both splits tokenized once with the base model's chat
     template, the accelerator, ``out`` checked (or cleared, with overwrite) and created, the RNG
-    seeded. When ``out`` holds a run already finished with these settings: its summary instead."""
+    seeded. ``source(cfg)`` reads and checks the data (before anything is deleted) and says which
+    files it read (their digest is part of the settings). When ``out`` holds a run already finished
+    with these settings: its summary instead."""
     from rlaif.models import resolve_model
 
     refuse_out_on_inputs(cfg)
     out = Path(cfg.out)
-    splits = load_splits(cfg.data)
-    settings = run_settings(cfg)
+    files, tokenize = source(cfg)
+    settings = run_settings(cfg, files)
     finished = check_out(cfg, out, settings)
     if finished is not None:
         return finished
@@ -78,8 +98,7 @@ def prepare_run(cfg: TrainConfig, check_base: Callable[[str], None] | None = Non
     if check_base is not None:
         check_base(base)
     tokenizer = load_tokenizer(base)
-    train, stats = tokenize_rows(tokenizer, splits["train"], cfg.max_length, cfg.max_prompt_length, cfg.progress)
-    test, test_stats = tokenize_rows(tokenizer, splits.get("test", []), cfg.max_length, cfg.max_prompt_length)
+    train, stats, test, test_stats = tokenize(tokenizer)
     accelerator = make_accelerator(cfg)
     accelerator.print(f"train: {stats.summary()}; test: {test_stats.summary()}")
     out.mkdir(parents=True, exist_ok=True)
@@ -144,8 +163,8 @@ class MicroBatches:
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.per_epoch = len(self._epoch(0)) // self.world
         if self.per_epoch < 1:
-            raise UserError(f"{len(pairs)} training pairs give fewer than grad_accum x processes = "
-                            f"{cfg.grad_accum} x {self.world} batches of batch_size={cfg.batch_size}")
+            raise UserError(f"{len(pairs)} training rows give fewer micro-batches than grad_accum x processes = "
+                            f"{cfg.grad_accum} x {self.world}; lower grad_accum or the micro-batch size")
         self._cached: tuple[int, list[list[int]]] = (-1, [])
 
     def _epoch(self, epoch: int) -> list[list[int]]:
@@ -156,8 +175,10 @@ class MicroBatches:
         epoch, offset = divmod(m, self.per_epoch)
         if self._cached[0] != epoch:
             self._cached = (epoch, self._epoch(epoch)[self.rank::self.world])
-        idx = self._cached[1][offset]
-        return collate([self.pairs[i] for i in idx], self.pad).to(self.accelerator.device)
+        return self.collate(self._cached[1][offset]).to(self.accelerator.device)
+
+    def collate(self, idx: list[int]) -> Any:
+        return collate([self.pairs[i] for i in idx], self.pad)
 
 
 # ----------------------------------------------------------------------------- training
@@ -204,15 +225,17 @@ class MetricsLog:
 
 
 def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, eval_fn: EvalFn | None,
-                desc: str, on_prepared: Callable[[Any], None] | None = None) -> LoopResult:
+                desc: str, on_prepared: Callable[[Any], None] | None = None,
+                batches: MicroBatches | None = None) -> LoopResult:
     """Optimise ``loss_fn`` over length-grouped batches of ``run.train``; log, evaluate, checkpoint,
     and resume from the last checkpoint in ``run.out`` (its settings were checked in prepare_run).
     ``on_prepared(model)`` runs once the model is wrapped (DDP/FSDP/DeepSpeed), before any step:
-    under FSDP/ZeRO-3 only the wrapped model holds the real weights on every process."""
+    under FSDP/ZeRO-3 only the wrapped model holds the real weights on every process. ``batches``:
+    another micro-batch schedule (sft: packed rows), default length-grouped padded pairs."""
     from tqdm.auto import tqdm
 
     accelerator, out = run.accelerator, run.out
-    batches = MicroBatches(cfg, run.train, run.tokenizer.pad_token_id, accelerator)
+    batches = batches or MicroBatches(cfg, run.train, run.tokenizer.pad_token_id, accelerator)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch / cfg.grad_accum))
     optimizer, scheduler = make_optimizer(cfg, model, total)
     model, optimizer = accelerator.prepare(model, optimizer)
