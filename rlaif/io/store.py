@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from rlaif.errors import UserError
+from rlaif.io.diskfull import names_path
 from rlaif.io.log import log
 from rlaif.io.records import dumps
 
 PARTIAL_DIR = ".rlaif"
 
 
+@names_path(lambda path, *args, **kwargs: path)
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
     path = Path(path)
@@ -89,6 +91,7 @@ class StageFile:
                 os.fsync(fh.fileno())
         return self.rows
 
+    @names_path(lambda self, row: self.partial)
     def append(self, row: dict) -> None:
         """Durably append one finished row."""
         if self._fh is None:
