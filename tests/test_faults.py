@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,6 @@ from test_pipeline import FAKE, snapshot, small_prompts
 from rlaif.cli import main
 from rlaif.io.diskfull import EXIT_CODE, is_disk_full, message, names_path
 
-ROOT = Path(__file__).resolve().parents[1]
 PREFS = Path(__file__).parent / "assets" / "prefs"
 # one rubric keeps the fast tests fast (the report's plots cost most); the slow test judges with three methods
 RUN = ["--rubric", "helpfulness", "--out", "out", *FAKE, "n=3"]
@@ -44,42 +44,30 @@ ATTEMPT = ("resumed_from",)
 
 # ----------------------------------------------------------------------------- kill -9
 
-def run_killed(cmd: list[str], cwd: Path, started: Path, delay: float, timeout: float = 300) -> bool:
-    """Run ``cmd``; ``delay`` seconds after ``started`` exists, SIGKILL it. True if it was killed,
-    False if it ended first (then it must have succeeded)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while proc.poll() is None and not started.exists():
-            assert time.monotonic() < deadline, "the run never made its --out folder"
-            time.sleep(0.005)
-        end = time.monotonic() + delay
-        while proc.poll() is None and time.monotonic() < end:
-            time.sleep(0.005)
-        killed = proc.poll() is None
-        if killed:
-            proc.kill()
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == (-signal.SIGKILL if killed else 0), err[-3000:]
-    return killed
-
-
-def run_ok(cmd: list[str], cwd: Path) -> float:
-    """Run ``cmd`` to its end (it must succeed); returns the seconds from its --out folder's
-    appearance to its exit (how long it writes)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    started = None
-    while proc.poll() is None:
-        if started is None and (cwd / "out").exists():
-            started = time.monotonic()
-        time.sleep(0.005)
-    err = proc.stderr.read() if proc.stderr else ""
-    assert proc.returncode == 0, err[-3000:]
-    return time.monotonic() - (started or time.monotonic())
+def run_killed(cmd: list[str], cwd: Path, delay: float | None, timeout: float = 300) -> tuple[bool, float]:
+    """Run ``cmd`` in ``cwd``; ``delay`` seconds after it made ``cwd/out``, SIGKILL it (None: let it
+    end). Returns whether it was killed and the seconds from ``out``'s appearance to its end; a run
+    that ends by itself must succeed. stderr goes to a file (a full pipe would stall the run)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        deadline, started = time.monotonic() + timeout, None
+        try:
+            while proc.poll() is None:
+                assert time.monotonic() < deadline, f"{cmd} did not end within {timeout} s"
+                if started is None and (cwd / "out").exists():
+                    started = time.monotonic()
+                if started is not None and delay is not None and time.monotonic() >= started + delay:
+                    proc.kill()
+                    proc.wait()
+                    return True, time.monotonic() - started
+                time.sleep(0.005)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        assert proc.returncode == 0, err.read().decode(errors="replace")[-3000:]
+        return False, time.monotonic() - (started or time.monotonic())
 
 
 def kill_and_resume(cmd: list[str], base: Path, seeds: range, reference: Callable[[Path], Any],
@@ -95,8 +83,8 @@ def kill_and_resume(cmd: list[str], base: Path, seeds: range, reference: Callabl
         work = base / f"seed-{seed}"
         work.mkdir()
         for _ in range(rng.choice([1, 2])):  # a second kill lands in the resumed run
-            kills += run_killed(cmd, work, work / "out", rng.uniform(0, window))
-        run_ok(cmd, work)
+            kills += run_killed(cmd, work, rng.uniform(0, window))[0]
+        run_killed(cmd, work, None)
         got = reference(work / "out")
         assert got.keys() == expected.keys(), f"seed {seed}"
         for name in expected:
@@ -105,7 +93,7 @@ def kill_and_resume(cmd: list[str], base: Path, seeds: range, reference: Callabl
 
 
 def reference_of(cmd: list[str], cwd: Path, reference: Callable[[Path], Any]) -> Any:
-    run_ok(cmd, cwd)
+    run_killed(cmd, cwd, None)
     return reference(cwd / "out")
 
 
@@ -114,7 +102,7 @@ def reference_of(cmd: list[str], cwd: Path, reference: Callable[[Path], Any]) ->
 def test_data_job_killed_at_random_resumes_to_the_same_files(tmp_path: Path, seeds: range, more: list[str]) -> None:
     cmd = [sys.executable, "-m", "rlaif.cli", "run", "--prompts", str(small_prompts(tmp_path, 8 + 8 * bool(more))),
            *RUN, *more]
-    window = run_ok(cmd, _mkdir(tmp_path / "timing")) * 1.2
+    window = run_killed(cmd, _mkdir(tmp_path / "timing"), None)[1] * 1.2
     kills = kill_and_resume(cmd, tmp_path, seeds, snapshot, window)
     assert kills >= len(seeds) // 2, "most kills must land before the run ends, or they test nothing"
 
@@ -130,15 +118,11 @@ def trained(out: Path) -> dict[str, bytes]:
     return files
 
 
-def rm_cmd(model: str) -> list[str]:
-    return [sys.executable, "-m", "rlaif.cli", "train", "rm", "--data", str(PREFS), "--model", model, "--out", "out",
-            *RM]
-
-
 @pytest.mark.slow
 def test_trainer_killed_at_random_resumes_to_the_same_files(tmp_path: Path, tiny_model_dir: str) -> None:
-    cmd = rm_cmd(tiny_model_dir)
-    window = run_ok(cmd, _mkdir(tmp_path / "timing")) * 1.1
+    cmd = [sys.executable, "-m", "rlaif.cli", "train", "rm", "--data", str(PREFS), "--model", tiny_model_dir,
+           "--out", "out", *RM]
+    window = run_killed(cmd, _mkdir(tmp_path / "timing"), None)[1] * 1.1
     kills = kill_and_resume(cmd, tmp_path, range(20), trained, window)
     assert kills >= 10
 
