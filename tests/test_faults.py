@@ -44,17 +44,25 @@ ATTEMPT = ("resumed_from",)
 
 # ----------------------------------------------------------------------------- kill -9
 
-def run_killed(cmd: list[str], cwd: Path, delay: float | None, timeout: float = 300) -> tuple[bool, float]:
-    """Run ``cmd`` in ``cwd``; ``delay`` seconds after it made ``cwd/out``, SIGKILL it (None: let it
-    end). Returns whether it was killed and the seconds from ``out``'s appearance to its end; a run
-    that ends by itself must succeed. stderr goes to a file (a full pipe would stall the run)."""
+Ready = Callable[[Path], bool]  # has the run in this folder got far enough to be killed?
+
+
+def made_out(cwd: Path) -> bool:
+    return (cwd / "out").exists()
+
+
+def run_killed(cmd: list[str], cwd: Path, delay: float | None, ready: Ready = made_out,
+               timeout: float = 300) -> tuple[bool, float]:
+    """Run ``cmd`` in ``cwd``; ``delay`` seconds after ``ready(cwd)`` first holds, SIGKILL it (None:
+    let it end). Returns whether it was killed and the seconds from then to its end; a run that ends
+    by itself must succeed. stderr goes to a file (a full pipe would stall the run)."""
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
         deadline, started = time.monotonic() + timeout, None
         try:
             while proc.poll() is None:
                 assert time.monotonic() < deadline, f"{cmd} did not end within {timeout} s"
-                if started is None and (cwd / "out").exists():
+                if started is None and ready(cwd):
                     started = time.monotonic()
                 if started is not None and delay is not None and time.monotonic() >= started + delay:
                     proc.kill()
@@ -71,10 +79,10 @@ def run_killed(cmd: list[str], cwd: Path, delay: float | None, timeout: float = 
 
 
 def kill_and_resume(cmd: list[str], base: Path, seeds: range, reference: Callable[[Path], Any],
-                    window: float) -> int:
-    """For each seed: kill ``cmd`` at a random time in ``window`` s after it made --out (once or
-    twice), rerun it to the end, compare ``reference(out)`` with the uninterrupted run's. Returns
-    how many runs were killed before their end."""
+                    when: Callable[[random.Random], tuple[float, Ready]]) -> int:
+    """For each seed: kill ``cmd`` (once or twice) at a moment ``when(rng)`` draws (seconds after a
+    condition), rerun it to the end, compare ``reference(out)`` with the uninterrupted run's.
+    Returns how many runs were killed before their end."""
     (base / "clean").mkdir()
     expected = reference_of(cmd, base / "clean", reference)
     kills = 0
@@ -83,7 +91,7 @@ def kill_and_resume(cmd: list[str], base: Path, seeds: range, reference: Callabl
         work = base / f"seed-{seed}"
         work.mkdir()
         for _ in range(rng.choice([1, 2])):  # a second kill lands in the resumed run
-            kills += run_killed(cmd, work, rng.uniform(0, window))[0]
+            kills += run_killed(cmd, work, *when(rng))[0]
         run_killed(cmd, work, None)
         got = reference(work / "out")
         assert got.keys() == expected.keys(), f"seed {seed}"
@@ -103,7 +111,7 @@ def test_data_job_killed_at_random_resumes_to_the_same_files(tmp_path: Path, see
     cmd = [sys.executable, "-m", "rlaif.cli", "run", "--prompts", str(small_prompts(tmp_path, 8 + 8 * bool(more))),
            *RUN, *more]
     window = run_killed(cmd, _mkdir(tmp_path / "timing"), None)[1] * 1.2
-    kills = kill_and_resume(cmd, tmp_path, seeds, snapshot, window)
+    kills = kill_and_resume(cmd, tmp_path, seeds, snapshot, lambda rng: (rng.uniform(0, window), made_out))
     assert kills >= len(seeds) // 2, "most kills must land before the run ends, or they test nothing"
 
 
@@ -122,9 +130,18 @@ def trained(out: Path) -> dict[str, bytes]:
 def test_trainer_killed_at_random_resumes_to_the_same_files(tmp_path: Path, tiny_model_dir: str) -> None:
     cmd = [sys.executable, "-m", "rlaif.cli", "train", "rm", "--data", str(PREFS), "--model", tiny_model_dir,
            "--out", "out", *RM]
-    window = run_killed(cmd, _mkdir(tmp_path / "timing"), None)[1] * 1.1
-    kills = kill_and_resume(cmd, tmp_path, range(20), trained, window)
-    assert kills >= 10
+
+    def when(rng: random.Random) -> tuple[float, Ready]:
+        """After a random number of metrics.jsonl lines (0: once --out exists; 9, the last, is the
+        test split's: the final save follows) and a random part of a step's time: a load, a step, a
+        checkpoint or the final save is cut. Counting lines, not seconds, keeps it fair under load."""
+        lines = rng.randint(0, 9)
+        metrics = Path("out") / "metrics.jsonl"
+        return rng.uniform(0, 0.4), lambda cwd: made_out(cwd) and (
+            lines == 0 or ((cwd / metrics).is_file() and (cwd / metrics).read_bytes().count(b"\n") >= lines))
+
+    kills = kill_and_resume(cmd, tmp_path, range(20), trained, when)
+    assert kills >= 14
 
 
 def _mkdir(path: Path) -> Path:
