@@ -3,7 +3,8 @@
 Every verb takes ``--config FILE.yaml`` and trailing ``key=value`` overrides (see `rlaif.config`).
 User mistakes (`rlaif.errors.UserError`) print one line and exit 2; no traceback. An engine that
 fails to start or dies (`rlaif.errors.EngineError`, a UserError) prints one line with its root cause
-and exits 3. Ctrl-C exits 130 and SIGTERM 143, both after the commands' cleanup has run (engines closed, finished rows kept).
+and exits 3. A full disk or quota while writing prints one line naming the file and exits 4 (`rlaif.io.diskfull`:
+finished work is kept, the same command resumes once there is space). Ctrl-C exits 130 and SIGTERM 143, both after the commands' cleanup has run (engines closed, finished rows kept).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from rlaif import __version__
 from rlaif.errors import UserError
+from rlaif.io import diskfull
 from rlaif.io.redact import redact
 
 # Modules that define `add_parsers(subparsers)`; kept light: heavy imports happen inside commands.
@@ -61,7 +63,11 @@ class IntermixedParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlaif", description="Reinforcement learning from AI feedback: make preference data "
-        "with a judge model and train on it.")
+        "with a judge model and train on it.",
+        epilog="Exit codes: 0 done; 1 a check failed (e.g. calibrate below --min-agreement); 2 a mistake in an "
+        "input or option (one line names it); 3 an engine failed to start or died; 4 the disk (or quota) "
+        "filled up while writing (finished work is kept: free space and rerun the same command); "
+        "130 Ctrl-C, 143 SIGTERM (finished rows are kept).")
     parser.add_argument("--version", action="version", version=f"rlaif {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=IntermixedParser)
     for name in COMMAND_MODULES:
@@ -82,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"rlaif: error: {redact(str(e))}", file=sys.stderr)  # no password of a URL on screen
         return e.exit_code
+    except Exception as e:
+        out = getattr(args, "out", None)
+        if not diskfull.is_disk_full(e, out):
+            raise
+        print(f"rlaif: error: {redact(diskfull.message(e, out))}", file=sys.stderr)
+        return diskfull.EXIT_CODE
     except KeyboardInterrupt as e:
         what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
         print(f"rlaif: {what}; finished rows are kept, rerun the same command to resume", file=sys.stderr)

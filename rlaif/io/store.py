@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from rlaif.errors import UserError
+from rlaif.io.diskfull import names_path
 from rlaif.io.log import log
 from rlaif.io.records import dumps
 
@@ -37,6 +38,7 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+@names_path(lambda path, *args, **kwargs: path)
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash or power loss leaves either the old file or the new
     one: a temporary file in the same folder, fsynced, ``os.replace``, then the folder fsynced.
@@ -111,6 +113,7 @@ class StageFile:
                 os.fsync(fh.fileno())
         return self.rows
 
+    @names_path(lambda self, row: self.partial)
     def append(self, row: dict) -> None:
         """Durably append one finished row."""
         if self._fh is None:

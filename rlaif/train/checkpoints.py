@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
+from rlaif.io.diskfull import names_path
 from rlaif.io.outdir import fsync_tree, prepare_out, publish_files
 from rlaif.io.store import PARTIAL_DIR, atomic_write_text, fingerprint, fsync_dir, refuse_out_overlap
 from rlaif.train.config import OfflineOptions
@@ -152,6 +153,7 @@ def publish_checkpoint(tmp: Path, final: Path, out: Path, limit: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@names_path(lambda out, names, step: out / names[0] if names else out)
 def cut_logs(out: Path, names: tuple[str, ...], step: int | None) -> None:
     """Keep the lines of the JSONL logs ``names`` up to ``step`` (later steps are redone after a
     resume; a torn last line goes too), rewritten atomically; ``step=None``: delete them (a fresh start)."""
@@ -162,11 +164,14 @@ def cut_logs(out: Path, names: tuple[str, ...], step: int | None) -> None:
         elif path.is_file():
             kept = [x for x in path.read_text(encoding="utf-8").splitlines(keepends=True)
                     if x.endswith("\n") and json.loads(x)["step"] <= step]
-            atomic_write_text(path, "".join(kept))
+            atomic_write_text(path, "".join(kept))  # cut short (disk full), the kept lines would go
 
 
-def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int, settings: dict[str, Any]) -> Path:
-    """model + optimizer + scheduler + RNG (accelerate), the step and the settings; written to a
+@names_path(lambda accelerator, out, step, *args, **kwargs: out / "checkpoints" / f".step-{step}.tmp")
+def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int, settings: dict[str, Any],
+                    progress: dict[str, Any] | None = None) -> Path:
+    """model + optimizer + scheduler + RNG (accelerate), the step, the settings and ``progress``
+    (what the run's summary needs from the steps before, e.g. each step's metrics); written to a
     temporary folder first and renamed, so a kill leaves either the whole checkpoint or none."""
     final = out / "checkpoints" / f"step-{step}"
     tmp = out / "checkpoints" / f".step-{step}.tmp"
@@ -176,16 +181,19 @@ def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int, settings
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "settings": settings}))
+        state = {"step": step, "settings": settings, "progress": progress or {}}
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
         publish_checkpoint(tmp, final, out, limit)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator: Any, path: Path) -> int:
-    """Restore the state saved in ``path``; returns its step."""
+def load_checkpoint(accelerator: Any, path: Path) -> tuple[int, dict[str, Any]]:
+    """Restore the state saved in ``path``; returns its step and progress (empty from a checkpoint
+    written before progress was kept)."""
     accelerator.load_state(str(path))
-    return json.loads((path / "trainer_state.json").read_text())["step"]
+    state = json.loads((path / "trainer_state.json").read_text())
+    return state["step"], state.get("progress", {})
 
 
 def save_model_files(out: Path, save: Callable[[Path], None]) -> None:

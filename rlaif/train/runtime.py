@@ -35,6 +35,8 @@ import torch
 
 from rlaif.config import to_dict
 from rlaif.errors import UserError
+from rlaif.io.diskfull import names_path
+from rlaif.io.store import atomic_write_text
 from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, launched_on_cpu, load_checkpoint,
                                      refuse_out_on_inputs, run_settings, save_checkpoint, save_model_files)
 from rlaif.io.store import atomic_write_text
@@ -186,7 +188,7 @@ class MicroBatches:
 @dataclass
 class LoopResult:
     steps: int
-    history: list[dict[str, float]]       # one entry per optimizer step (this run only)
+    history: list[dict[str, float]]       # one entry per optimizer step (those before a resume included)
     eval_metrics: dict[str, float]
     padding_fraction: float
     resumed_from: int
@@ -208,6 +210,7 @@ class MetricsLog:
                 self.writer = None
             self.jsonl = (out / "metrics.jsonl").open("a", encoding="utf-8")
 
+    @names_path(lambda self, *args: self.jsonl.name)
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
@@ -242,13 +245,14 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
     if on_prepared is not None:
         on_prepared(model)
-    start = resume_or_start(accelerator, out, total)
+    start, progress = resume_or_start(accelerator, out, total)
 
     log = MetricsLog(out, accelerator.is_main_process)
     bar = tqdm(total=total, initial=start, desc=desc, disable=not (cfg.progress and accelerator.is_main_process))
-    history: list[dict[str, float]] = []
+    # the summary covers every step: a resumed run takes the steps before from the checkpoint
+    history: list[dict[str, float]] = progress.get("history", [])
     window: list[dict[str, float]] = []
-    padded_sum = 0
+    padded_sum = progress.get("padded_tokens", 0)
     guard = NonFiniteGuard(cfg.nonfinite)
     model.train()
     for step in range(start, total):
@@ -265,7 +269,8 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
         if eval_fn is not None and cfg.eval_steps and done % cfg.eval_steps == 0 and done != total:
             log.log(done, {f"eval/{k}": v for k, v in evaluate(model, eval_fn).items()})
         if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
-            save_checkpoint(accelerator, out, done, cfg.save_total_limit, run.settings)
+            save_checkpoint(accelerator, out, done, cfg.save_total_limit, run.settings,
+                            {"history": history, "padded_tokens": padded_sum})
     bar.close()
     eval_metrics: dict[str, float] = {}
     if eval_fn is not None:
@@ -278,21 +283,21 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
                       nonfinite_skipped=guard.skipped)
 
 
-def resume_or_start(accelerator: Any, out: Path, total: int) -> int:
-    """Load the last checkpoint in ``out`` and return its step (metrics.jsonl keeps the lines up to
-    it: later steps are redone); or, with none, clear the logs of an earlier attempt (they would
-    mislead) and return 0."""
+def resume_or_start(accelerator: Any, out: Path, total: int) -> tuple[int, dict[str, Any]]:
+    """Load the last checkpoint in ``out`` and return its step and progress (metrics.jsonl keeps the
+    lines up to it: later steps are redone); or, with none, clear the logs of an earlier attempt
+    (they would mislead) and return step 0, no progress."""
     existing = checkpoint_dirs(out)
     if existing:
-        start = load_checkpoint(accelerator, existing[-1])
+        start, progress = load_checkpoint(accelerator, existing[-1])
         accelerator.print(f"resuming from {existing[-1]} (step {start} of {total})")
         if accelerator.is_main_process:
             cut_logs(out, ("metrics.jsonl",), start)
-        return start
+        return start, progress
     if accelerator.is_main_process:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         cut_logs(out, ("metrics.jsonl",), None)
-    return 0
+    return 0, {}
 
 
 def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
@@ -387,6 +392,7 @@ def sharded(accelerator: Any) -> bool:
     return str(accelerator.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
 
 
+@names_path(lambda run, *args: run.out)
 def save_final(run: RunInputs, model: Any, summary: dict[str, Any], cfg: TrainConfig) -> None:
     """save_pretrained the trained model (LoRA merged in; adapter also kept) + tokenizer + summary.
     FSDP / DeepSpeed: every process takes part in gathering the full state dict, the main process
