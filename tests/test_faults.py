@@ -16,7 +16,6 @@ import io
 import json
 import random
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -246,25 +245,6 @@ def test_data_job_disk_full_at_random_writes_one_line_then_resumes(monkeypatch, 
 def test_trainer_disk_full_one_line_then_resumes(monkeypatch, capsys, tmp_path, tiny_model_dir, fail_ats):
     argv = ["train", "rm", "--data", str(PREFS), "--model", tiny_model_dir, "--out", "out", *RM]
     check_full_disk_runs(monkeypatch, capsys, tmp_path, argv, trained, fail_ats)
-
-
-def _full_device() -> bool:
-    return Path("/dev/full").exists() and stat.S_ISCHR(Path("/dev/full").stat().st_mode)
-
-
-@pytest.mark.skipif(not _full_device(), reason="needs Linux's /dev/full device")
-def test_the_kernels_enospc_gets_the_path_named(tmp_path):
-    @names_path(lambda path: path)
-    def write(path: str) -> None:
-        with open(path, "w") as fh:
-            fh.write("x" * 100_000)
-            fh.flush()  # the kernel's ENOSPC names no file
-
-    with pytest.raises(OSError) as e:
-        write("/dev/full")
-    assert e.value.errno == errno.ENOSPC and e.value.filename == "/dev/full"
-    assert message(e.value) == ("disk full writing /dev/full (free space and rerun; finished work is kept and "
-                                "the rerun resumes)")
 
 
 def test_other_libraries_full_disk_errors_are_recognised_and_others_pass_through(tmp_path):

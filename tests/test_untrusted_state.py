@@ -77,3 +77,51 @@ def test_a_hostile_dpo_reference_cache_runs_no_code_and_is_recomputed(tmp_path):
     run = SimpleNamespace(out=tmp_path, base="base", train=[], test=[])
     ref = Reference(cfg, run, model=None)
     assert not marker.exists() and ref.train is None  # treated as missing: computed again
+
+
+def _rm_checkpoint(tmp_path: Path, tiny_model_dir: str) -> tuple[Path, Path]:
+    """A finished 2-step `rlaif train rm` run, made to resume from its step-1 checkpoint."""
+    from rlaif.train.checkpoints import checkpoint_dirs
+    from rlaif.train.config import RMConfig
+    from rlaif.train.rm import train_rm
+
+    out = tmp_path / "out"
+    cfg = RMConfig(data=str(Path(__file__).parent / "assets" / "prefs"), model=tiny_model_dir, out=str(out),
+                   lr=3e-3, batch_size=8, max_steps=2, save_steps=1, warmup_ratio=0.0, progress=False)
+    train_rm(cfg)
+    (out / "summary.json").unlink()  # not finished any more: a rerun resumes from the checkpoint
+    return checkpoint_dirs(out)[-1], out
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "random_states_0.pkl"])
+def test_a_planted_pickle_in_a_trainer_checkpoint_runs_no_code_on_resume(tmp_path, tiny_model_dir, planted, capsys):
+    """accelerate loads registered custom objects with weights_only=False: rlaif registers none (the LR
+    scheduler is kept as JSON) and refuses such a file in one line; the RNG file loads weights_only
+    (accelerate skips an unloadable one). Either way no code runs."""
+    from rlaif.cli import main
+
+    checkpoint, out = _rm_checkpoint(tmp_path, tiny_model_dir)
+    assert not list(checkpoint.glob("custom_checkpoint*"))
+    marker = tmp_path / "pwned"
+    torch.save({"step": 0, "random_state": Payload(marker)}, checkpoint / planted)
+    code = main(["train", "rm", "--data", str(Path(__file__).parent / "assets" / "prefs"), "--model", tiny_model_dir,
+                 "--out", str(out), "lr=0.003", "batch_size=8", "max_steps=2", "save_steps=1", "warmup_ratio=0",
+                 "progress=false"])
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    if planted.startswith("custom"):
+        assert code == 2 and "Traceback" not in err and planted in err.strip().splitlines()[-1]
+
+
+def test_a_trainer_checkpoint_without_its_json_schedule_is_refused_with_one_line(tmp_path, tiny_model_dir):
+    import json
+
+    from rlaif.train.checkpoints import load_checkpoint
+
+    checkpoint, _ = _rm_checkpoint(tmp_path, tiny_model_dir)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    del state["progress"]["scheduler"]
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match="older rlaif") as e:
+        load_checkpoint(None, checkpoint)
+    assert "\n" not in str(e.value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import os
 import re
 import shutil
@@ -189,11 +190,22 @@ def save_checkpoint(accelerator: Any, out: Path, step: int, limit: int, settings
 
 
 def load_checkpoint(accelerator: Any, path: Path) -> tuple[int, dict[str, Any]]:
-    """Restore the state saved in ``path``; returns its step and progress (empty from a checkpoint
-    written before progress was kept)."""
-    accelerator.load_state(str(path))
+    """Restore the state saved in ``path``; returns its step and progress (the LR scheduler's state
+    among it, as JSON). accelerate loads the rest with ``weights_only=True``."""
     state = json.loads((path / "trainer_state.json").read_text())
-    return state["step"], state.get("progress", {})
+    if "scheduler" not in state.get("progress", {}):  # older checkpoints pickled it (custom_checkpoint_0.pkl)
+        raise UserError(f"{path}: a checkpoint from an older rlaif (its LR schedule is a pickle, which rlaif no "
+                        f"longer loads); rerun with --overwrite to start over")
+    planted = sorted(path.glob("custom_checkpoint_*"))
+    if planted:
+        raise UserError(f"{planted[0]}: rlaif writes no such file and will not unpickle it (it could run code); "
+                        f"remove it, or rerun with --overwrite")
+    try:
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError as err:  # accelerate loads with weights_only=True: a non-tensor object
+        raise UserError(f"{path}: holds a file that is not plain tensors (refused, unpickling it could run code: "
+                        f"{str(err).splitlines()[0]}); rerun with --overwrite") from None
+    return state["step"], state["progress"]
 
 
 def save_model_files(out: Path, save: Callable[[Path], None]) -> None:

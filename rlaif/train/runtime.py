@@ -242,10 +242,13 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch / cfg.grad_accum))
     optimizer, scheduler = make_optimizer(cfg, model, total)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
+    # The scheduler (stepped by us, once per optimizer step) is kept as JSON in the checkpoint's
+    # progress, not registered with accelerate: its custom objects load with weights_only=False.
     if on_prepared is not None:
         on_prepared(model)
     start, progress = resume_or_start(accelerator, out, total)
+    if start:
+        scheduler.load_state_dict(progress["scheduler"])
 
     log = MetricsLog(out, accelerator.is_main_process)
     bar = tqdm(total=total, initial=start, desc=desc, disable=not (cfg.progress and accelerator.is_main_process))
@@ -270,7 +273,7 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
             log.log(done, {f"eval/{k}": v for k, v in evaluate(model, eval_fn).items()})
         if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
             save_checkpoint(accelerator, out, done, cfg.save_total_limit, run.settings,
-                            {"history": history, "padded_tokens": padded_sum})
+                            {"history": history, "padded_tokens": padded_sum, "scheduler": scheduler.state_dict()})
     bar.close()
     eval_metrics: dict[str, float] = {}
     if eval_fn is not None:
