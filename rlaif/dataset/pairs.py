@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Iterable, Iterator, Mapping
 
 from rlaif.dataset.options import BuildOptions
 from rlaif.rewards.base import normalise
@@ -153,27 +154,23 @@ def _pairwise_reason(rows: dict[str, dict], chosen: int, rejected: int, options:
     return None
 
 
-def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str],
-                options: BuildOptions) -> tuple[list[dict], Counter]:
-    """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped."""
-    stats: Counter = Counter()
-    by_id: dict[str, dict[str, dict]] = {}
-    for row in judgements:
-        if row["rubric"] in rubrics:
-            by_id.setdefault(row["id"], {})[row["rubric"]] = row
-    pairs: list[dict] = []
+def iter_pairs(candidates: Iterable[dict], judgement: Mapping[tuple[str, str], dict], rubrics: list[str],
+               options: BuildOptions, stats: Counter) -> Iterator[dict]:
+    """Pairs, prompt by prompt in candidate order, from ``judgement[(id, rubric)]`` rows of ``rubrics``;
+    counts what was dropped (and ``pairs``) into ``stats``. Holds one prompt's rows at a time."""
     rubric_label = "+".join(rubrics)
+    stats["pairs"] += 0
     for cand in candidates:
         stats["prompts"] += 1
         truncated = truncation_flags(cand)
         stats["responses"] += len(truncated)
         stats["responses_truncated"] += sum(flag is True for flag in truncated)
         stats["responses_finish_unknown"] += sum(flag is None for flag in truncated)
-        rows = by_id.get(cand["id"], {})
-        if set(rows) != set(rubrics):
+        keys = [(cand["id"], rubric) for rubric in rubrics]
+        if not all(key in judgement for key in keys):
             stats["prompts_missing_judgement"] += 1
             continue
-        rows = {rubric: rows[rubric] for rubric in rubrics}
+        rows = {rubric: judgement[key] for rubric, key in zip(rubrics, keys)}
         scores = combined_scores(rows, options.rubric_weights)
         judge = "+".join(dict.fromkeys(row["judge"] for row in rows.values()))
         kept = 0
@@ -186,30 +183,43 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
                 stats[reason] += 1
                 continue
             score_chosen, score_rejected = scores[chosen], scores[rejected]
-            pairs.append({
+            yield {
                 "prompt": cand["messages"],
                 "chosen": [{"role": "assistant", "content": cand["responses"][chosen]}],
                 "rejected": [{"role": "assistant", "content": cand["responses"][rejected]}],
                 "id": cand["id"], "score_chosen": score_chosen, "score_rejected": score_rejected,
                 "margin": score_chosen - score_rejected,  # type: ignore[operator]
                 "rubric": rubric_label, "judge": judge, "policy": cand["policy"],
-            })
+            }
             kept += 1
+            stats["pairs"] += 1
             stats["kept_chosen_truncated"] += truncated[chosen] is True
             stats["kept_rejected_truncated"] += truncated[rejected] is True
         stats["prompts_with_pairs"] += kept > 0
-    stats["pairs"] = len(pairs)
+
+
+def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str],
+                options: BuildOptions) -> tuple[list[dict], Counter]:
+    """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped."""
+    stats: Counter = Counter()
+    judgement = {(row["id"], row["rubric"]): row for row in judgements if row["rubric"] in rubrics}
+    pairs = list(iter_pairs(candidates, judgement, rubrics, options, stats))
     return pairs, stats
+
+
+def held_out_prompts(ids: Iterable[str], test_fraction: float, seed: int) -> set[str]:
+    """The prompt ids (of those with pairs) that go to test: a seeded shuffle, ``test_fraction`` of them."""
+    ids = sorted(set(ids))
+    random.Random(seed).shuffle(ids)
+    test_count = round(test_fraction * len(ids))
+    if test_fraction > 0 and test_count == 0 and len(ids) >= 2:
+        test_count = 1
+    if test_count >= len(ids) and test_fraction < 1:
+        test_count = len(ids) - 1
+    return set(ids[:test_count])
 
 
 def split_by_prompt(pairs: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Seeded split of pairs by prompt id (all pairs of a prompt land on the same side)."""
-    ids = sorted({pair["id"] for pair in pairs})
-    random.Random(seed).shuffle(ids)
-    test_prompts = round(test_fraction * len(ids))
-    if test_fraction > 0 and test_prompts == 0 and len(ids) >= 2:
-        test_prompts = 1
-    if test_prompts >= len(ids) and test_fraction < 1:
-        test_prompts = len(ids) - 1
-    test_ids = set(ids[:test_prompts])
+    test_ids = held_out_prompts((pair["id"] for pair in pairs), test_fraction, seed)
     return [pair for pair in pairs if pair["id"] not in test_ids], [pair for pair in pairs if pair["id"] in test_ids]
