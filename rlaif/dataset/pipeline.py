@@ -24,7 +24,7 @@ from rlaif.errors import UserError
 from rlaif.io.log import log
 from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, JsonlRows, Prompt, iter_candidate_sources,
                               iter_jsonl_rows, iter_prompts, prompts_path)
-from rlaif.io.store import (PARTIAL_DIR, JsonlIndex, RunState, StageFile, clear_outputs, fingerprint, fingerprint_with,
+from rlaif.io.store import (PARTIAL_DIR, JsonlIndex, ListHasher, RunState, StageFile, clear_outputs, fingerprint, fingerprint_with,
                             refuse_out_overlap, write_jsonl)
 from rlaif.dataset.engines import Engines
 from rlaif.dataset.manifest import assemble_manifest, finish_manifest
@@ -43,13 +43,18 @@ def _each(rows: Rows) -> Iterator[dict]:
     return iter(rows) if isinstance(rows, Sequence) else iter(rows())
 
 
-def _index(rows: Rows, key_fn: Callable[[dict], Any]) -> Mapping[Any, dict]:
-    """``key -> row`` of ``rows``: a byte-offset index of a JSONL file, else a dict (the last row of a key wins)."""
+def _index(rows: Rows, key_fn: Callable[[dict], Any], each: Callable[[dict], None]) -> Mapping[Any, dict]:
+    """``key -> row`` of ``rows`` (the last row of a key wins), in one pass that shows ``each`` every
+    row: a byte-offset index of a JSONL file, else a dict."""
     if isinstance(rows, JsonlRows):
         index = JsonlIndex(rows.path, key_fn)
-        index.scan()
+        index.scan(lambda row, line: each(row))
         return index
-    return {key_fn(row): row for row in _each(rows)}
+    out = {}
+    for row in _each(rows):
+        each(row)
+        out[key_fn(row)] = row
+    return out
 
 
 class _Sources(Mapping[str, str]):
@@ -280,10 +285,16 @@ def build_fingerprint(cfg: BuildConfig | RunConfig, candidates: Rows, judgements
                       rubric_names: Sequence[str]) -> str:
     """What shapes the build's outputs: its inputs, every build option, the seed, and the earlier
     stages' settings the report shows. A changed option gives a new fingerprint, so the build reruns."""
+    return _build_fp(cfg, fingerprint_with({}, "", _each(candidates)), fingerprint_with({}, "", _each(judgements)),
+                     state, rubric_names)
+
+
+def _build_fp(cfg: BuildConfig | RunConfig, candidates: str, judgements: str, state: RunState,
+              rubric_names: Sequence[str]) -> str:
+    """`build_fingerprint` from the fingerprints of the candidates and the judgements."""
     options = {key: getattr(cfg, key) for key in BuildOptions.__dataclass_fields__}
     return fingerprint({"options": options, "seed": cfg.seed, "rubrics": list(rubric_names),
-                        "candidates": fingerprint_with({}, "", _each(candidates)),
-                        "judgements": fingerprint_with({}, "", _each(judgements)),
+                        "candidates": candidates, "judgements": judgements,
                         "stages": {s: state.stage(s).get("config") for s in ("generate", "judge")}})
 
 
@@ -296,14 +307,13 @@ def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
             f"(truncated={mode}); raise max_tokens to cut fewer")
 
 
-def _write_pairs(cfg: BuildConfig | RunConfig, out: Path, candidates: Rows, judgements: Rows,
+def _write_pairs(cfg: BuildConfig | RunConfig, out: Path, candidates: Rows, judgement: Mapping[tuple, dict],
                  rubric_names: Sequence[str], min_margin: float, report: Any) -> Counter:
     """Pairs into ``preferences/{train,test}.jsonl``, streamed: a prompt group at a time into a work
     file, then split by prompt id (only the ids with pairs are held); returns the build's counts."""
     from rlaif.dataset.pairs import held_out_prompts, iter_pairs
 
     stats: Counter = Counter()
-    judgement = _index(judgements, lambda row: (row["id"], row["rubric"]))
     ids: list[str] = []  # prompts with pairs, in order (each prompt's pairs are consecutive)
 
     def pairs() -> Iterator[dict]:
@@ -333,25 +343,48 @@ def _write_pairs(cfg: BuildConfig | RunConfig, out: Path, candidates: Rows, judg
 
 def run_build(cfg: BuildConfig | RunConfig, candidates: Rows, judgements: Rows, state: RunState,
               rubric_names: Sequence[str]) -> dict[str, Any]:
+    """Pairs, report and card from the candidates and judgements. Each input is read in one pass
+    that fingerprints it, gathers what the report shows and indexes it by byte offsets (the pairs
+    look rows up by id), then the pairs pass; see `_write_pairs`."""
     from rlaif.dataset.noise import judge_noise, rubric_key
     from rlaif.dataset.report import ReportStats, write_dataset_card, write_report
 
     out = Path(cfg.out)
-    fp = build_fingerprint(cfg, candidates, judgements, state, rubric_names)
+    report = ReportStats()
+    cand_hash, judge_hash = ListHasher(), ListHasher()
+    policies: dict[str, None] = {}
+    judges: dict[str, None] = {}
+    methods: dict[str, str] = {}
+
+    def see_candidate(cand: dict) -> None:
+        cand_hash.add(cand)
+        policies[cand["policy"]] = None
+        report.add_candidate(cand)
+
+    lengths = _index(candidates, lambda cand: cand["id"], see_candidate)
+
+    def see_judgement(row: dict) -> None:
+        judge_hash.add(row)
+        methods[row["rubric"]] = row["method"]
+        if row["rubric"] in rubric_names:
+            judges[row["judge"]] = None
+        report.add_judgement(row, lengths[row["id"]]["num_tokens"] if row["id"] in lengths else [])
+
+    judgement = _index(judgements, lambda row: (row["id"], row["rubric"]), see_judgement)
+    fp = _build_fp(cfg, cand_hash.hexdigest(), judge_hash.hexdigest(), state, rubric_names)
     info = state.stage("build")
     finished = all((out / name).exists() for name in STAGE_OUTPUTS["build"])
     if info.get("fingerprint") == fp and info.get("done") and finished:
         log(f"build: already done in {out} (same settings), skipped")
         return info["counts"]
     start = time.perf_counter()
-    models = {"policy": "+".join(dict.fromkeys(c["policy"] for c in _each(candidates))),
-              "judge": "+".join(dict.fromkeys(row["judge"] for row in _each(judgements)
-                                              if row["rubric"] in rubric_names))}
-    noise, noise_source = judge_noise(cfg, models["judge"], rubric_key(_each(judgements), rubric_names))
+    models = {"policy": "+".join(policies), "judge": "+".join(judges)}
+    key = rubric_key([{"rubric": rubric, "method": method} for rubric, method in methods.items()], rubric_names)
+    noise, noise_source = judge_noise(cfg, models["judge"], key)
     # min_margin null: drop the pairs inside the judge's noise where it is known
     min_margin = cfg.min_margin if cfg.min_margin is not None else (noise or 0.0)
-    report = ReportStats(noise=noise)
-    stats = _write_pairs(cfg, out, candidates, judgements, rubric_names, min_margin, report)
+    report.noise = noise
+    stats = _write_pairs(cfg, out, candidates, judgement, rubric_names, min_margin, report)
     train, test = stats.pop("train_pairs"), stats.pop("test_pairs")
     counts = dict(sorted(stats.items())) | {"train_pairs": train, "test_pairs": test}
     state.update("build", done=False, fingerprint=fp, counts=counts, rubrics=list(rubric_names), models=models,
@@ -359,11 +392,6 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: Rows, judgements: Rows, 
                  config={key: value for key, value in to_dict(cfg).items() if key in BuildConfig.__dataclass_fields__},
                  timings={"seconds": round(time.perf_counter() - start, 3)})
     manifest = assemble_manifest(state)
-    for cand in _each(candidates):
-        report.add_candidate(cand)
-    lengths = _index(candidates, lambda cand: cand["id"])
-    for row in _each(judgements):
-        report.add_judgement(row, lengths[row["id"]]["num_tokens"] if row["id"] in lengths else [])
     write_report(out / "report.html", report, manifest)
     write_dataset_card(out / "README.md", report, manifest)
     state.update("build", done=True)  # only now: a build killed before this point reruns

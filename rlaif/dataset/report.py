@@ -46,13 +46,38 @@ BINS = 20  # histogram bins of scores and margins
 MAX_SCATTER = 20_000  # points per rubric in the score-vs-length plot; beyond it a seeded uniform sample
 
 
+class Histogram:
+    """BINS counts over ``[lo, hi]`` (values outside are left out, as ``ax.hist`` does), counted in
+    batches of values."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        import numpy as np
+
+        self.range = (lo, hi)
+        self.counts = np.zeros(BINS, dtype=np.int64)
+        self.pending: list[float] = []
+
+    def add(self, values: list) -> None:
+        self.pending.extend(values)
+        if len(self.pending) >= 65536:
+            self.flush()
+
+    def flush(self) -> Any:
+        import numpy as np
+
+        if self.pending:
+            self.counts += np.histogram(self.pending, bins=BINS, range=self.range)[0]
+            self.pending = []
+        return self.counts
+
+
 @dataclass
 class RubricStats:
     """What the report plots of one rubric's judgements, accumulated row by row."""
 
     method: str
     scale: tuple[float, float]
-    counts: Any = None  # score histogram: BINS counts over the scale
+    scores: "Histogram"
     points: list[tuple[int, Any, Any]] = field(default_factory=list)  # (n-th point, tokens, score)
     seen: int = 0  # score-vs-length points offered (points keeps at most MAX_SCATTER of them)
 
@@ -72,7 +97,7 @@ class ReportStats:
     failures: Counter = field(default_factory=Counter)
     train: int = 0
     test: int = 0
-    margins: Any = None  # histogram of kept pairs' margins on [0, 1]
+    margins: Histogram = field(default_factory=lambda: Histogram(0, 1))  # of kept pairs' margins
     pairs_inside_noise: int = 0
     examples: list[dict] = field(default_factory=list)  # the first train pairs
 
@@ -82,15 +107,12 @@ class ReportStats:
 
     def add_judgement(self, row: dict, lengths: list[int]) -> None:
         """One judgement row; ``lengths``: its candidate's response tokens ([] if unknown)."""
-        import numpy as np
-
         self.judgements += 1
         stats = self.rubrics.get(row["rubric"])
         if stats is None:
-            stats = self.rubrics[row["rubric"]] = RubricStats(row["method"], tuple(row["scale"]),  # type: ignore[arg-type]
-                                                              np.zeros(BINS, dtype=np.int64))
-        scores = [score for score in row["scores"] if score is not None]
-        stats.counts += np.histogram(scores, bins=BINS, range=stats.scale)[0]
+            scale = tuple(row["scale"])
+            stats = self.rubrics[row["rubric"]] = RubricStats(row["method"], scale, Histogram(*scale))  # type: ignore[arg-type]
+        stats.scores.add([score for score in row["scores"] if score is not None])
         for n, score in zip(lengths, row["scores"]):
             if score is not None:
                 _reservoir(stats, (n, score))
@@ -104,11 +126,7 @@ class ReportStats:
         self.failures[f"{row['rubric']}: judge failures"] += row["failures"]
 
     def add_pair(self, pair: dict, test: bool, n_examples: int = 5) -> None:
-        import numpy as np
-
-        if self.margins is None:
-            self.margins = np.zeros(BINS, dtype=np.int64)
-        self.margins += np.histogram([pair["margin"]], bins=BINS, range=(0, 1))[0]
+        self.margins.add([pair["margin"]])
         self.pairs_inside_noise += self.noise is not None and pair["margin"] < self.noise
         if test:
             self.test += 1
@@ -154,7 +172,7 @@ def plot_histograms(stats: ReportStats) -> str:
     groups = stats.rubrics
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(3.6 * max(1, len(groups)), 2.8), squeeze=False)
     for ax, (name, rubric) in zip(axes[0], groups.items()):
-        _hist(ax, rubric.counts, *rubric.scale, color="#4c72b0")
+        _hist(ax, rubric.scores.flush(), *rubric.scale, color="#4c72b0")
         ax.set_title(f"{name} ({rubric.method})", fontsize=9)
         ax.set_xlabel("score")
     axes[0][0].set_ylabel("responses")
@@ -306,7 +324,7 @@ def write_report(path: str | Path, stats: ReportStats, manifest: dict[str, Any])
         lines["judge noise"] = build["noise_margin"]["value"]
     parts.append(f"<h2>Margins of the kept pairs</h2><p>{html.escape(noise_summary(build, stats.pairs_inside_noise, stats.pairs))}</p>")
     if stats.pairs:
-        parts.append(f"<img src='{plot_margins(stats.margins, lines)}'>")
+        parts.append(f"<img src='{plot_margins(stats.margins.flush(), lines)}'>")
     parts.append("<h2>Chosen / rejected examples</h2>")
     parts.extend(_example(p) for p in stats.examples)
     if not stats.train:

@@ -66,26 +66,46 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class ListHasher:
+    """Feeds the canonical JSON of a list (as `fingerprint` writes it) into ``digest`` one item at a
+    time, so a big list is never held: `hexdigest` equals ``fingerprint(items)``."""
+
+    def __init__(self, digest: Any = None) -> None:
+        self.digest = digest if digest is not None else hashlib.sha256()
+        self.encode = json.JSONEncoder(sort_keys=True, default=str).encode
+        self.count = 0
+        self.digest.update(b"[")
+
+    def add(self, item: Any) -> None:
+        self.digest.update(((", " if self.count else "") + self.encode(item)).encode())
+        self.count += 1
+
+    def close(self) -> None:
+        self.digest.update(b"]")
+
+    def hexdigest(self) -> str:
+        digest = self.digest.copy()
+        digest.update(b"]")
+        return digest.hexdigest()[:16]
+
+
 def fingerprint_with(head: dict[str, Any], key: str, items: Iterable[Any]) -> str:
     """``fingerprint({**head, key: list(items)})`` (or ``fingerprint(list(items))`` with ``key`` ""),
-    hashed item by item: the same JSON text fed to sha256 in pieces, so big inputs are never held."""
-    digest = hashlib.sha256()
-    encode = json.JSONEncoder(sort_keys=True, default=str).encode
-
-    def feed_list() -> None:
-        digest.update(b"[")
-        for index, item in enumerate(items):
-            digest.update(((", " if index else "") + encode(item)).encode())
-        digest.update(b"]")
-
+    hashed item by item (`ListHasher`)."""
     if not key:
-        feed_list()
-        return digest.hexdigest()[:16]
-    digest.update(b"{")
+        hasher = ListHasher()
+        for item in items:
+            hasher.add(item)
+        return hasher.hexdigest()
+    digest = hashlib.sha256(b"{")
+    encode = json.JSONEncoder(sort_keys=True, default=str).encode
     for index, name in enumerate(sorted({*head, key})):
         digest.update(((", " if index else "") + encode(name) + ": ").encode())
         if name == key:
-            feed_list()
+            hasher = ListHasher(digest)
+            for item in items:
+                hasher.add(item)
+            hasher.close()
         else:
             digest.update(encode(head[name]).encode())
     digest.update(b"}")
