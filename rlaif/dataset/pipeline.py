@@ -88,9 +88,18 @@ class GeneratePlan:
     count: int
     fingerprint: str
     prompt_tokens: list[int] | None = None  # counted with the policy's tokenizer (None: fake/openai)
+    stamp: tuple[int, int] = (0, 0)  # the file's size and mtime when it was checked
 
     def prompts(self) -> Iterator[Prompt]:
+        """The prompts again; a file changed since the plan read it is refused (rows would mix)."""
+        if _stamp(self.path) != self.stamp:
+            raise UserError(f"{self.path}: changed while rlaif was reading it; rerun the command on the final file")
         return iter_prompts(self.path, self.prompt_column)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
@@ -99,6 +108,7 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
         raise UserError("option 'prompts': give a prompt file (--prompts FILE)")
     check_options(cfg)
     path = prompts_path(cfg.prompts)
+    stamp = _stamp(path) if path.is_file() else (0, 0)
     count = 0
 
     def keyed() -> Iterator[tuple]:  # validates every prompt on the way
@@ -119,7 +129,7 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
 
         counts = check_prompt_lengths(iter_prompts(path, cfg.prompt_column), model_dir, cfg.policy.max_model_len,
                                       cfg.max_tokens)
-    return GeneratePlan(path, cfg.prompt_column, count, fp, counts)
+    return GeneratePlan(path, cfg.prompt_column, count, fp, counts, stamp)
 
 
 def _stage_output(path: Path, schema: dict[str, Any]) -> JsonlRows:
