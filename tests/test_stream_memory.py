@@ -78,12 +78,14 @@ def test_a_prompt_file_changed_between_passes_is_refused(tmp_path):
     """Stages read the prompt file again instead of keeping it: an edit mid-run must not mix rows."""
     import pytest
 
+    from rlaif.backends.base import BackendConfig
     from rlaif.dataset.options import GenerateConfig
     from rlaif.dataset.pipeline import plan_generate
     from rlaif.errors import UserError
 
     prompts = _prompts(tmp_path / "p.jsonl", 3)
-    plan = plan_generate(GenerateConfig(prompts=str(prompts), out=str(tmp_path / "out")))
+    plan = plan_generate(GenerateConfig(prompts=str(prompts), out=str(tmp_path / "out"),
+                                         policy=BackendConfig(engine="fake")))
     assert [p.id for p in plan.prompts()] == ["p0", "p1", "p2"]
     with open(prompts, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"id": "late", "prompt": "added while running"}) + "\n")
