@@ -325,9 +325,16 @@ def _write_pairs(cfg: BuildConfig | RunConfig, out: Path, candidates: Rows, judg
 
     stats: Counter = Counter()
     ids: list[str] = []  # prompts with pairs, in order (each prompt's pairs are consecutive)
+    wanted, lengths = report.wants_lengths(), {}  # the responses' tokens of the report's sampled points
+
+    def each_candidate() -> Iterator[dict]:
+        for cand in _each(candidates):
+            if cand["id"] in wanted:
+                lengths[cand["id"]] = cand["num_tokens"]
+            yield cand
 
     def pairs() -> Iterator[dict]:
-        for pair in iter_pairs(_each(candidates), judgement, list(rubric_names),
+        for pair in iter_pairs(each_candidate(), judgement, list(rubric_names),
                                replace(cfg, min_margin=min_margin), stats):
             if not ids or ids[-1] != pair["id"]:
                 ids.append(pair["id"])
@@ -335,6 +342,7 @@ def _write_pairs(cfg: BuildConfig | RunConfig, out: Path, candidates: Rows, judg
 
     work = out / PARTIAL_DIR / "pairs.jsonl"
     write_jsonl(work, pairs())
+    report.add_lengths(lengths)
     test_ids = held_out_prompts(ids, cfg.test_fraction, cfg.seed)
     del ids
     for name, test in (("train", False), ("test", True)):
@@ -354,8 +362,8 @@ def _write_pairs(cfg: BuildConfig | RunConfig, out: Path, candidates: Rows, judg
 def run_build(cfg: BuildConfig | RunConfig, candidates: Rows, judgements: Rows, state: RunState,
               rubric_names: Sequence[str]) -> dict[str, Any]:
     """Pairs, report and card from the candidates and judgements. Each input is read in one pass
-    that fingerprints it, gathers what the report shows and indexes it by byte offsets (the pairs
-    look rows up by id), then the pairs pass; see `_write_pairs`."""
+    that fingerprints it and gathers what the report shows (the judgements are also indexed by byte
+    offsets: the pairs look them up by id), then the pairs pass; see `_write_pairs`."""
     from rlaif.dataset.noise import judge_noise, rubric_key
     from rlaif.dataset.report import ReportStats, write_dataset_card, write_report
 
@@ -366,19 +374,17 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: Rows, judgements: Rows, 
     judges: dict[str, None] = {}
     methods: dict[str, str] = {}
 
-    def see_candidate(cand: dict) -> None:
+    for cand in _each(candidates):
         cand_hash.add(cand)
         policies[cand["policy"]] = None
         report.add_candidate(cand)
-
-    lengths = _index(candidates, lambda cand: cand["id"], see_candidate)
 
     def see_judgement(row: dict) -> None:
         judge_hash.add(row)
         methods[row["rubric"]] = row["method"]
         if row["rubric"] in rubric_names:
             judges[row["judge"]] = None
-        report.add_judgement(row, lengths[row["id"]]["num_tokens"] if row["id"] in lengths else [])
+        report.add_judgement(row)
 
     judgement = _index(judgements, lambda row: (row["id"], row["rubric"]), see_judgement)
     fp = _build_fp(cfg, cand_hash.hexdigest(), judge_hash.hexdigest(), state, rubric_names)

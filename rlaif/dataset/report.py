@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from rlaif.io.store import atomic_write_text
 from rlaif.models import is_embedded
@@ -78,7 +78,7 @@ class RubricStats:
     method: str
     scale: tuple[float, float]
     scores: "Histogram"
-    points: list[tuple[int, Any, Any]] = field(default_factory=list)  # (n-th point, tokens, score)
+    points: list[tuple] = field(default_factory=list)  # (n-th point, candidate id, response index, score)
     seen: int = 0  # score-vs-length points offered (points keeps at most MAX_SCATTER of them)
 
 
@@ -105,17 +105,17 @@ class ReportStats:
         self.prompts += 1
         self.responses += len(cand["responses"])
 
-    def add_judgement(self, row: dict, lengths: list[int]) -> None:
-        """One judgement row; ``lengths``: its candidate's response tokens ([] if unknown)."""
+    def add_judgement(self, row: dict) -> None:
+        """One judgement row (its responses' lengths come later, from `add_lengths`)."""
         self.judgements += 1
         stats = self.rubrics.get(row["rubric"])
         if stats is None:
             scale = tuple(row["scale"])
             stats = self.rubrics[row["rubric"]] = RubricStats(row["method"], scale, Histogram(*scale))  # type: ignore[arg-type]
         stats.scores.add([score for score in row["scores"] if score is not None])
-        for n, score in zip(lengths, row["scores"]):
+        for index, score in enumerate(row["scores"]):
             if score is not None:
-                _reservoir(stats, (n, score))
+                _reservoir(stats, (row["id"], index, score))
         if row["method"] == "pairwise":
             c = self.consistency.setdefault(row["rubric"], {"consistent": 0, "inconsistent": 0, "failed": 0})
             for comp in row["comparisons"]:
@@ -124,6 +124,16 @@ class ReportStats:
                 c[key] += 1
         self.failures[f"{row['rubric']}: failed scores"] += sum(s is None for s in row["scores"])
         self.failures[f"{row['rubric']}: judge failures"] += row["failures"]
+
+    def wants_lengths(self) -> set[str]:
+        """The candidate ids whose response lengths the score-vs-length points need."""
+        return {point[1] for rubric in self.rubrics.values() for point in rubric.points}
+
+    def add_lengths(self, lengths: Mapping[str, list[int]]) -> None:
+        """Points get their response's tokens; a point whose candidate or response is unknown is dropped."""
+        for rubric in self.rubrics.values():
+            rubric.points = [(seen, lengths[pid][index], score) for seen, pid, index, score in rubric.points
+                             if pid in lengths and index < len(lengths[pid])]
 
     def add_pair(self, pair: dict, test: bool, n_examples: int = 5) -> None:
         self.margins.add([pair["margin"]])
@@ -140,7 +150,7 @@ class ReportStats:
         return self.train + self.test
 
 
-def _reservoir(stats: RubricStats, point: tuple[Any, Any]) -> None:
+def _reservoir(stats: RubricStats, point: tuple) -> None:
     """Keep every point up to MAX_SCATTER, then a uniform sample of that many (Vitter's algorithm R,
     seeded: the same rows give the same plot)."""
     import random
@@ -189,7 +199,7 @@ def plot_score_vs_length(stats: ReportStats) -> str:
     groups = stats.rubrics
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(3.6 * max(1, len(groups)), 2.8), squeeze=False)
     for ax, (name, rubric) in zip(axes[0], groups.items()):
-        points = sorted(rubric.points)  # in row order, also when sampled
+        points = sorted(rubric.points, key=lambda point: point[0])  # in row order, also when sampled
         ax.scatter([n for _, n, _ in points], [s for _, _, s in points], s=6, alpha=0.5, color="#dd8452")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("response tokens")
