@@ -91,3 +91,23 @@ def test_a_prompt_file_changed_between_passes_is_refused(tmp_path):
         fh.write(json.dumps({"id": "late", "prompt": "added while running"}) + "\n")
     with pytest.raises(UserError, match="changed while rlaif was reading it"):
         plan.prompts()
+
+
+def test_take_chunks_follows_token_chunk_boundaries_lazily():
+    """Generation reads prompts as a stream: chunks must match `token_chunks`, pulling one chunk at a time."""
+    from rlaif.backends.chunking import take_chunks, token_chunks
+
+    tokens = [5, 30, 2, 2, 40, 1, 1]
+    blocks = token_chunks(tokens, 2, 3, 64)
+    pulled: list[int] = []
+
+    def items():
+        for index in range(len(tokens)):
+            pulled.append(index)
+            yield index
+
+    chunks = take_chunks(items(), 3, blocks)
+    first = next(chunks)
+    assert first == list(blocks[0]) and len(pulled) <= len(first) + 1
+    assert [first, *chunks] == [list(block) for block in blocks]
+    assert list(take_chunks(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
