@@ -3,6 +3,7 @@ chunks match, and their dispatch to the engine (one in-process engine, or a pool
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 
@@ -29,6 +30,18 @@ def token_chunks(prompt_tokens: Sequence[int], samples: int, max_prompts: int, m
     if start < len(prompt_tokens):
         out.append(range(start, len(prompt_tokens)))
     return out
+
+
+def take_chunks(items: Iterable[Any], size: int, blocks: Iterable[range] | None = None) -> Iterator[list[Any]]:
+    """Consecutive lists of ``items`` (read lazily, one chunk held at a time): of ``size`` items,
+    or of the lengths of ``blocks`` (consecutive ranges from 0, e.g. `token_chunks`) when given."""
+    iterator = iter(items)
+    sizes = (len(block) for block in blocks) if blocks is not None else iter(lambda: max(1, size), None)
+    for length in sizes:
+        chunk = list(islice(iterator, length))
+        if not chunk:
+            return
+        yield chunk
 
 
 def map_chunks(backend: Any, fn: Callable[..., Any], calls: Iterable[tuple]) -> Iterator[Any]:

@@ -16,6 +16,7 @@ the first candidate. People's verdicts (``--labels``) decide pairs, not these ro
 from __future__ import annotations
 
 from collections import Counter
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from rlaif.dataset.pairs import combined_scores, truncation_flags
 
@@ -41,21 +42,19 @@ def best_response(cand: dict, rows: dict[str, dict], weights: dict[str, float], 
     return row, "kept"
 
 
-def best_of_n(candidates: list[dict], judgements: list[dict], rubrics: list[str], weights: dict[str, float],
-              min_score: float, test_ids: set[str]) -> tuple[list[dict], list[dict], Counter]:
-    """(train, test) SFT rows, one per prompt with a kept best response, on the side of the pairs'
-    split (``test_ids``: the prompts of preferences/test.jsonl; a prompt without pairs goes to train),
-    and the counts ``sft_<reason>``."""
-    by_id: dict[str, dict[str, dict]] = {}
-    for row in judgements:
-        if row["rubric"] in rubrics:
-            by_id.setdefault(row["id"], {})[row["rubric"]] = row
-    train, test, stats = [], [], Counter()
+def best_rows(candidates: Iterable[dict], judgement: Mapping[tuple[str, str], dict], rubrics: Sequence[str],
+              weights: dict[str, float], min_score: float, test_ids: set[str], test: bool,
+              stats: Counter | None = None) -> Iterator[dict]:
+    """One side's SFT rows (``test``: the prompts in ``test_ids``, the held-out prompts of the pairs'
+    split; a prompt without pairs goes to train), streamed in candidate order; ``judgement``:
+    ``(id, rubric) -> row``. With ``stats``, counts ``sft_<reason>`` of every prompt, either side (so
+    pass it in one side's call only)."""
     for cand in candidates:
-        rows = by_id.get(cand["id"], {})
-        best, reason = best_response(cand, rows if set(rows) == set(rubrics) else {}, weights, min_score)
-        stats[f"sft_{reason}"] += 1
-        if best is not None:
-            (test if cand["id"] in test_ids else train).append(best)
-    stats["sft_train"], stats["sft_test"] = len(train), len(test)
-    return train, test, stats
+        if (cand["id"] in test_ids) != test and stats is None:
+            continue
+        rows = {rubric: judgement[(cand["id"], rubric)] for rubric in rubrics if (cand["id"], rubric) in judgement}
+        best, reason = best_response(cand, rows if len(rows) == len(rubrics) else {}, weights, min_score)
+        if stats is not None:
+            stats[f"sft_{reason}"] += 1
+        if best is not None and (cand["id"] in test_ids) == test:
+            yield best

@@ -9,7 +9,8 @@ chunk and reproduces exactly the rows an uninterrupted run would have written.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections import deque
+from typing import Any, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -18,7 +19,7 @@ from rlaif.errors import UserError
 from rlaif.io.records import Prompt
 from rlaif.io.seeds import prompt_seed
 from rlaif.io.store import StageFile
-from rlaif.backends.chunking import chunks, map_chunks, token_chunks
+from rlaif.backends.chunking import map_chunks, take_chunks, token_chunks
 
 
 def context_limit(model_dir: str, max_model_len: int | None) -> int:
@@ -31,7 +32,7 @@ def context_limit(model_dir: str, max_model_len: int | None) -> int:
     return int(max_model_len or limit or 2048)
 
 
-def check_prompt_lengths(prompts: Sequence[Prompt], model_dir: str, max_model_len: int | None,
+def check_prompt_lengths(prompts: Iterable[Prompt], model_dir: str, max_model_len: int | None,
                          max_tokens: int) -> list[int]:
     """Count each prompt's tokens with the model's chat template; a prompt that does not fit the
     context is a UserError naming its file and line. Returns the token counts."""
@@ -59,28 +60,39 @@ def _chat_chunk(backend: Backend, conversations: list, params: SamplingParams, s
     return backend.chat(conversations, params, seeds=seeds, progress=progress)
 
 
-def generate_candidates(backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, seed: int,
+def generate_candidates(backend: Backend, prompts: Iterable[Prompt], params: SamplingParams, seed: int,
                         stage: StageFile, chunk_size: int = 64, progress: bool = True,
-                        prompt_tokens: Sequence[int] | None = None, chunk_tokens: int = 32768) -> dict[str, Any]:
+                        prompt_tokens: Sequence[int] | None = None, chunk_tokens: int = 32768,
+                        total: int | None = None) -> dict[str, Any]:
     """Sample candidates for every prompt not yet in ``stage``; append each finished row.
 
-    With ``prompt_tokens`` (counted by `check_prompt_lengths`) a chunk also stays within
-    ``chunk_tokens`` prompt tokens x n (see `token_chunks`). Returns stats: rows generated now,
-    rows found from an earlier run, tokens, seconds.
+    ``prompts`` is read once, chunk by chunk (a chunk is held, not the file). With ``prompt_tokens``
+    (counted by `check_prompt_lengths`) a chunk also stays within ``chunk_tokens`` prompt tokens x n
+    (see `token_chunks`). ``total``: the number of prompts, for the progress bar. Returns stats: rows
+    generated now, rows found from an earlier run, tokens, seconds.
     """
-    done_before = sum(stage.done(p.id) for p in prompts)
-    bar = tqdm(total=len(prompts), initial=done_before, unit="prompt", desc="generate", disable=not progress,
+    if isinstance(prompts, Sequence):
+        total = len(prompts)
+    done_before = len(stage.rows)
+    bar = tqdm(total=total, initial=done_before, unit="prompt", desc="generate", disable=not progress,
                dynamic_ncols=True)
     tokens = 0
+    generated = 0
     start = time.perf_counter()
     blocks = (token_chunks(prompt_tokens, params.n, chunk_size, chunk_tokens) if prompt_tokens is not None
-              else chunks(len(prompts), chunk_size))
-    todo_blocks = [block for block in blocks if any(not stage.done(prompts[i].id) for i in block)]
-    # The whole chunk is re-sent (not just its missing rows) so the engine sees the same batch.
-    calls = (([prompts[i].messages for i in block], params, [prompt_seed(seed, prompts[i].id) for i in block],
-              progress) for block in todo_blocks)
-    for block, outputs in zip(todo_blocks, map_chunks(backend, _chat_chunk, calls)):
-        batch = [prompts[i] for i in block]
+              else None)
+    sent: deque[list[Prompt]] = deque()  # chunks sent to the engine whose rows are not saved yet
+
+    def calls() -> Iterator[tuple]:
+        # The whole chunk is re-sent (not just its missing rows) so the engine sees the same batch.
+        for batch in take_chunks(prompts, chunk_size, blocks):
+            if all(stage.done(p.id) for p in batch):
+                continue
+            sent.append(batch)
+            yield [p.messages for p in batch], params, [prompt_seed(seed, p.id) for p in batch], progress
+
+    for outputs in map_chunks(backend, _chat_chunk, calls()):
+        batch = sent.popleft()
         todo = [p for p in batch if not stage.done(p.id)]
         for p, gen in zip(batch, outputs):
             if stage.done(p.id):
@@ -92,10 +104,11 @@ def generate_candidates(backend: Backend, prompts: Sequence[Prompt], params: Sam
                 "policy": backend.model_id, "seed": prompt_seed(seed, p.id), "metadata": p.metadata,
             })
             tokens += sum(c.num_tokens for c in comps)
+            generated += 1
         elapsed = time.perf_counter() - start
         bar.update(len(todo))
         bar.set_postfix_str(f"{tokens / max(elapsed, 1e-9):.0f} tok/s")
     bar.close()
     elapsed = time.perf_counter() - start
-    return {"generated": len(prompts) - done_before, "resumed": done_before, "tokens": tokens,
+    return {"generated": generated, "resumed": done_before, "tokens": tokens,
             "seconds": round(elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Iterable, Iterator, Mapping
 
 from rlaif.dataset.labels import apply_verdicts
 from rlaif.dataset.options import BuildOptions
@@ -171,33 +172,30 @@ def _judge_pairs(cand: dict, rows: dict[str, dict], scores: list[float | None], 
     return kept
 
 
-def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str], options: BuildOptions,
-                verdicts: dict[str, dict[tuple[int, int], int | str]] | None = None) -> tuple[list[dict], Counter]:
-    """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped.
+def iter_pairs(candidates: Iterable[dict], judgement: Mapping[tuple[str, str], dict], rubrics: list[str],
+               options: BuildOptions, stats: Counter,
+               verdicts: dict[str, dict[tuple[int, int], int | str]] | None = None) -> Iterator[dict]:
+    """Pairs, prompt by prompt in candidate order, from ``judgement[(id, rubric)]`` rows of ``rubrics``;
+    counts what was dropped (and ``pairs``) into ``stats``. Holds one prompt's rows at a time.
     ``verdicts``: people's verdicts by prompt id (`rlaif.dataset.labels`), applied over the judge's."""
-    stats: Counter = Counter()
-    by_id: dict[str, dict[str, dict]] = {}
-    for row in judgements:
-        if row["rubric"] in rubrics:
-            by_id.setdefault(row["id"], {})[row["rubric"]] = row
-    pairs: list[dict] = []
     rubric_label = "+".join(rubrics)
+    stats["pairs"] += 0
     for cand in candidates:
         stats["prompts"] += 1
         truncated = truncation_flags(cand)
         stats["responses"] += len(truncated)
         stats["responses_truncated"] += sum(flag is True for flag in truncated)
         stats["responses_finish_unknown"] += sum(flag is None for flag in truncated)
-        rows = by_id.get(cand["id"], {})
+        keys = [(cand["id"], rubric) for rubric in rubrics]
         person = (verdicts or {}).get(cand["id"], {})
-        if set(rows) != set(rubrics):
+        if not all(key in judgement for key in keys):
             stats["prompts_missing_judgement"] += 1
             if not person:
                 continue
             scores: list[float | None] = [None] * len(cand["responses"])
             judge, judged = "", []
         else:
-            rows = {rubric: rows[rubric] for rubric in rubrics}
+            rows = {rubric: judgement[key] for rubric, key in zip(rubrics, keys)}
             scores = combined_scores(rows, options.rubric_weights)
             judge = "+".join(dict.fromkeys(row["judge"] for row in rows.values()))
             judged = _judge_pairs(cand, rows, scores, truncated, options, stats)
@@ -216,22 +214,36 @@ def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[st
             }
             if by_person:
                 pair["label_source"] = "person"
-            pairs.append(pair)
+            stats["pairs"] += 1
             stats["kept_chosen_truncated"] += truncated[chosen] is True
             stats["kept_rejected_truncated"] += truncated[rejected] is True
+            yield pair
         stats["prompts_with_pairs"] += bool(final)
-    stats["pairs"] = len(pairs)
+
+
+def build_pairs(candidates: list[dict], judgements: list[dict], rubrics: list[str], options: BuildOptions,
+                verdicts: dict[str, dict[tuple[int, int], int | str]] | None = None) -> tuple[list[dict], Counter]:
+    """Pairs (in candidate order) from judgements of ``rubrics``; and counts of what was dropped.
+    ``verdicts``: people's verdicts by prompt id (`rlaif.dataset.labels`), applied over the judge's."""
+    stats: Counter = Counter()
+    judgement = {(row["id"], row["rubric"]): row for row in judgements if row["rubric"] in rubrics}
+    pairs = list(iter_pairs(candidates, judgement, rubrics, options, stats, verdicts))
     return pairs, stats
+
+
+def held_out_prompts(ids: Iterable[str], test_fraction: float, seed: int) -> set[str]:
+    """The prompt ids (of those with pairs) that go to test: a seeded shuffle, ``test_fraction`` of them."""
+    ids = sorted(set(ids))
+    random.Random(seed).shuffle(ids)
+    test_count = round(test_fraction * len(ids))
+    if test_fraction > 0 and test_count == 0 and len(ids) >= 2:
+        test_count = 1
+    if test_count >= len(ids) and test_fraction < 1:
+        test_count = len(ids) - 1
+    return set(ids[:test_count])
 
 
 def split_by_prompt(pairs: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Seeded split of pairs by prompt id (all pairs of a prompt land on the same side)."""
-    ids = sorted({pair["id"] for pair in pairs})
-    random.Random(seed).shuffle(ids)
-    test_prompts = round(test_fraction * len(ids))
-    if test_fraction > 0 and test_prompts == 0 and len(ids) >= 2:
-        test_prompts = 1
-    if test_prompts >= len(ids) and test_fraction < 1:
-        test_prompts = len(ids) - 1
-    test_ids = set(ids[:test_prompts])
+    test_ids = held_out_prompts((pair["id"] for pair in pairs), test_fraction, seed)
     return [pair for pair in pairs if pair["id"] not in test_ids], [pair for pair in pairs if pair["id"] in test_ids]

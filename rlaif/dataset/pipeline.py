@@ -14,7 +14,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections import Counter, deque
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 from tqdm import tqdm
 
@@ -22,10 +23,11 @@ from rlaif.backends import Backend, BackendConfig, SamplingParams, load_backend,
 from rlaif.config import to_dict
 from rlaif.errors import UserError
 from rlaif.io.log import log
-from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, Prompt, read_candidate_sources, read_candidates,
-                              read_jsonl, read_prompts)
+from rlaif.io.records import (CANDIDATE_SCHEMA, JUDGEMENT_SCHEMA, JsonlRows, Prompt, iter_candidate_sources,
+                              iter_jsonl_rows, iter_prompts, prompts_path)
 from rlaif.io.outdir import prepare_out
-from rlaif.io.store import PARTIAL_DIR, RunState, StageFile, fingerprint, refuse_out_overlap, write_jsonl
+from rlaif.io.store import (PARTIAL_DIR, JsonlIndex, ListHasher, RunState, StageFile, fingerprint, fingerprint_with,
+                            refuse_out_overlap, write_jsonl)
 from rlaif.dataset.engines import Engines
 from rlaif.dataset.labels import Verdicts, check_labels_file, read_verdicts, review_line, review_summary
 from rlaif.dataset.manifest import assemble_manifest, finish_manifest
@@ -33,13 +35,74 @@ from rlaif.dataset.options import (STAGE_OUTPUTS, STAGES, BuildConfig, BuildOpti
                                    JudgeConfig, RunConfig, check_options, check_weights)
 
 
+# ----------------------------------------------------------------------------- rows
+# A stage's rows are read from their file afresh at each pass, never held whole (issue 20: big inputs);
+# tests may pass lists instead.
+Rows = Union[Sequence[dict], Callable[[], Iterable[dict]]]
+
+
+def _each(rows: Rows) -> Iterator[dict]:
+    """One pass over ``rows``."""
+    return iter(rows) if isinstance(rows, Sequence) else iter(rows())
+
+
+def _index(rows: Rows, key_fn: Callable[[dict], Any], each: Callable[[dict], None]) -> Mapping[Any, dict]:
+    """``key -> row`` of ``rows`` (the last row of a key wins), in one pass that shows ``each`` every
+    row: a byte-offset index of a JSONL file, else a dict."""
+    if isinstance(rows, JsonlRows):
+        index = JsonlIndex(rows.path, key_fn)
+        index.scan(lambda row, line: each(row))
+        return index
+    out = {}
+    for row in _each(rows):
+        each(row)
+        out[key_fn(row)] = row
+    return out
+
+
+class _Sources(Mapping[str, str]):
+    """``file:line`` by id, for error messages only: looked up by reading the input again."""
+
+    def __init__(self, make: Callable[[], Iterator[tuple[str, str]]]) -> None:
+        self.make = make
+
+    def __getitem__(self, key: str) -> str:
+        for pid, source in self.make():
+            if pid == key:
+                return source
+        raise KeyError(key)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return (pid for pid, _ in self.make())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.make())
+
+
 # ----------------------------------------------------------------------------- stages
 
 @dataclass
 class GeneratePlan:
-    prompts: list[Prompt]
+    path: Path  # the prompt file, read again at each pass
+    prompt_column: str
+    count: int
     fingerprint: str
     prompt_tokens: list[int] | None = None  # counted with the policy's tokenizer (None: fake/openai)
+    stamp: tuple[int, int] = (0, 0)  # the file's size and mtime when it was checked
+
+    def prompts(self) -> Iterator[Prompt]:
+        """The prompts again; a file changed since the plan read it is refused (rows would mix)."""
+        if _stamp(self.path) != self.stamp:
+            raise UserError(f"{self.path}: changed while rlaif was reading it; rerun the command on the final file")
+        return iter_prompts(self.path, self.prompt_column)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
@@ -47,7 +110,19 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
     if not cfg.prompts:
         raise UserError("option 'prompts': give a prompt file (--prompts FILE)")
     check_options(cfg)
-    prompts = read_prompts(cfg.prompts, cfg.prompt_column)
+    path = prompts_path(cfg.prompts)
+    stamp = _stamp(path) if path.is_file() else (0, 0)
+    count = 0
+
+    def keyed() -> Iterator[tuple]:  # validates every prompt on the way
+        nonlocal count
+        for p in iter_prompts(path, cfg.prompt_column):
+            count += 1
+            yield p.id, p.messages, p.metadata
+
+    fp = fingerprint_with({"engine": cfg.policy.engine, "model": cfg.policy.model, "n": cfg.n,
+                           "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
+                           "seed": cfg.seed}, "prompts", keyed())
     if cfg.n == 1:
         log("generate: n=1 gives one candidate per prompt, so no pairs can be built from it")
     model_dir = resolve_backend_model(cfg.policy)
@@ -55,47 +130,56 @@ def plan_generate(cfg: GenerateConfig | RunConfig) -> GeneratePlan:
     if model_dir is not None:
         from rlaif.dataset.generate import check_prompt_lengths
 
-        counts = check_prompt_lengths(prompts, model_dir, cfg.policy.max_model_len, cfg.max_tokens)
-    fp = fingerprint({"prompts": [(p.id, p.messages, p.metadata) for p in prompts],
-                      "engine": cfg.policy.engine, "model": cfg.policy.model, "n": cfg.n,
-                      "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
-                      "seed": cfg.seed})
-    return GeneratePlan(prompts, fp, counts)
+        counts = check_prompt_lengths(iter_prompts(path, cfg.prompt_column), model_dir, cfg.policy.max_model_len,
+                                      cfg.max_tokens)
+    return GeneratePlan(path, cfg.prompt_column, count, fp, counts, stamp)
 
 
-def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: Engines, state: RunState) -> list[dict]:
+def _stage_output(path: Path, schema: dict[str, Any]) -> JsonlRows:
+    """A finished stage's file (validated once, here), as rows to read again."""
+    for _ in iter_jsonl_rows(path, schema):
+        pass
+    return JsonlRows(path)
+
+
+def run_generate(cfg: GenerateConfig | RunConfig, plan: GeneratePlan, engines: Engines, state: RunState) -> JsonlRows:
     from rlaif.dataset.generate import generate_candidates
 
     out = Path(cfg.out)
     if not state.begin("generate", plan.fingerprint, "prompts, policy, n, temperature, top_p, max_tokens or seed",
                        STAGE_OUTPUTS["generate"][0], "generate"):
-        return read_jsonl(out / "candidates.jsonl", CANDIDATE_SCHEMA)
+        return _stage_output(out / "candidates.jsonl", CANDIDATE_SCHEMA)
     stage = StageFile(out, "candidates", key_fn=lambda r: r["id"])
     stage.load()
     if stage.dropped_torn:
         log("generate: dropped a torn last row left by an interrupted run")
     if stage.rows:
-        log(f"generate: resuming, {len(stage.rows)}/{len(plan.prompts)} prompts already done")
+        log(f"generate: resuming, {len(stage.rows)}/{plan.count} prompts already done")
     backend = engines.get("policy")
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             seed=cfg.seed)
-    stats = generate_candidates(backend, plan.prompts, params, cfg.seed, stage, cfg.chunk_size, cfg.progress,
-                                prompt_tokens=plan.prompt_tokens, chunk_tokens=cfg.chunk_tokens)
-    rows = stage.finish([p.id for p in plan.prompts])
-    tokens = sum(sum(r["num_tokens"]) for r in rows)
-    cut = sum(f == "length" for r in rows for f in r["finish_reasons"])
-    total = sum(len(r["responses"]) for r in rows)
+    stats = generate_candidates(backend, plan.prompts(), params, cfg.seed, stage, cfg.chunk_size, cfg.progress,
+                                prompt_tokens=plan.prompt_tokens, chunk_tokens=cfg.chunk_tokens, total=plan.count)
+    tokens = cut = total = 0
+
+    def count(row: dict) -> None:
+        nonlocal tokens, cut, total
+        tokens += sum(row["num_tokens"])
+        cut += sum(f == "length" for f in row["finish_reasons"])
+        total += len(row["responses"])
+
+    prompts = stage.write_final((p.id for p in plan.prompts()), count)
     state.update("generate", done=True, model_id=backend.model_id,
-                 counts={"prompts": len(rows), "candidates": total, "tokens": tokens, "finished_by_length": cut},
+                 counts={"prompts": prompts, "candidates": total, "tokens": tokens, "finished_by_length": cut},
                  config={key: value for key, value in to_dict(cfg).items()
                          if key in GenerateConfig.__dataclass_fields__},
                  timings={"seconds": stats["seconds"], "tokens_per_s": stats["tokens_per_s"],
                           "rows_resumed": stats["resumed"]})
-    log(f"generate: {len(rows)} prompts x {cfg.n} -> {out / 'candidates.jsonl'}")
+    log(f"generate: {prompts} prompts x {cfg.n} -> {out / 'candidates.jsonl'}")
     if cut:
         log(f"generate: {cut} of {total} candidates ({cut / total:.0%}) stopped at max_tokens={cfg.max_tokens}, cut "
              "off mid-answer (build: option truncated); raise max_tokens to cut fewer")
-    return rows
+    return JsonlRows(out / "candidates.jsonl")
 
 
 @dataclass
@@ -104,8 +188,8 @@ class JudgePlan:
     fingerprint: str
 
 
-def plan_judge(cfg: JudgeConfig | RunConfig, candidates: list[dict] | None,
-               sources: dict[str, str] | None = None) -> JudgePlan:
+def plan_judge(cfg: JudgeConfig | RunConfig, candidates: Rows | None,
+               sources: Mapping[str, str] | None = None) -> JudgePlan:
     """Load and check the rubrics and the judge model without writing anything; with the candidates,
     also every judge prompt against the judge's context (``sources``: file:line by item id)."""
     from rlaif.judging.rubrics import load_rubric
@@ -121,7 +205,7 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates: list[dict] | None,
     if model_dir is not None and candidates is not None:
         from rlaif.dataset.judge_context import check_judge_prompt_lengths
 
-        check_judge_prompt_lengths(rubrics, candidates, model_dir, cfg.judge.max_model_len, cfg.seed, sources)
+        check_judge_prompt_lengths(rubrics, _each(candidates), model_dir, cfg.judge.max_model_len, cfg.seed, sources)
     fp = fingerprint({"candidates": _candidates_fp(candidates or []), "engine": cfg.judge.engine,
                       "model": cfg.judge.model,
                       "rubrics": [(r.name, r.method, r.template,
@@ -137,23 +221,36 @@ def _judge_chunk(backend: Backend | None, rubric: Any, items: list, seed: int, v
     return judge_items(backend, rubric, items, seed=seed, verdict_retries=verdict_retries, progress=False)
 
 
-def _judge_rubric(cfg: JudgeConfig | RunConfig, rubric: Any, items: list, backend: Backend | None,
+def _judge_rubric(cfg: JudgeConfig | RunConfig, rubric: Any, candidates: Rows, backend: Backend | None,
                   stage: StageFile) -> dict[str, Any]:
-    """Judge every item not yet in ``stage`` with one rubric, chunk by chunk; returns its timings."""
-    from rlaif.backends.chunking import chunks, map_chunks
+    """Judge every candidates row not yet in ``stage`` with one rubric, chunk by chunk (a chunk is
+    held, not the file); returns its timings."""
+    from rlaif.backends.chunking import map_chunks, take_chunks
+    from rlaif.judging.items import JudgeItem
 
-    done_before = sum(stage.done((item.id, rubric.name)) for item in items)
-    total = sum(len(item.responses) for item in items)
+    done_before = sum(1 for key in stage.rows if key[1] == rubric.name)
+    total = initial = 0
+    if cfg.progress:  # one more pass over the candidates, for the bar only
+        for cand in _each(candidates):
+            total += len(cand["responses"])
+            initial += len(cand["responses"]) if stage.done((cand["id"], rubric.name)) else 0
     bar = tqdm(total=total, unit="cand", desc=f"judge {rubric.name} ({rubric.method})",
-               disable=not cfg.progress, dynamic_ncols=True,
-               initial=sum(len(item.responses) for item in items if stage.done((item.id, rubric.name))))
+               disable=not cfg.progress, dynamic_ncols=True, initial=initial)
     start = time.perf_counter()
     judged = 0
-    todo = [block for block in chunks(len(items), cfg.judge_chunk_size)
-            if not all(stage.done((items[index].id, rubric.name)) for index in block)]
-    calls = ((rubric, [items[index] for index in block], cfg.seed, cfg.verdict_retries) for block in todo)
-    for block, rows in zip(todo, map_chunks(backend, _judge_chunk, calls)):
-        for item, row in zip((items[index] for index in block), rows):
+    sent: deque[list] = deque()  # chunks sent to the engine whose rows are not saved yet
+
+    def calls() -> Iterator[tuple]:
+        for block in take_chunks(_each(candidates), cfg.judge_chunk_size):
+            if all(stage.done((c["id"], rubric.name)) for c in block):
+                continue
+            items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"],
+                               finish_reasons=c.get("finish_reasons"), num_tokens=c.get("num_tokens")) for c in block]
+            sent.append(items)
+            yield rubric, items, cfg.seed, cfg.verdict_retries
+
+    for rows in map_chunks(backend, _judge_chunk, calls()):
+        for item, row in zip(sent.popleft(), rows):
             if not stage.done((item.id, rubric.name)):
                 stage.append(row)
                 judged += len(item.responses)
@@ -164,63 +261,63 @@ def _judge_rubric(cfg: JudgeConfig | RunConfig, rubric: Any, items: list, backen
             "candidates_per_s": round(judged / seconds, 2) if seconds > 0 and judged else None}
 
 
-def _judge_counts(rubrics: list[Any], rows: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per rubric: its method, items judged, failed scores and failed engine calls."""
-    counts = {}
-    for rubric in rubrics:
-        mine = [row for row in rows if row["rubric"] == rubric.name]
-        counts[rubric.name] = {"method": rubric.method, "items": len(mine),
-                               "failed_scores": sum(score is None for row in mine for score in row["scores"]),
-                               "failures": sum(row["failures"] for row in mine)}
-    return counts
-
-
-def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: list[dict], engines: Engines,
-              state: RunState) -> list[dict]:
-    from rlaif.judging.items import JudgeItem
-
+def run_judge(cfg: JudgeConfig | RunConfig, plan: JudgePlan, candidates: Rows, engines: Engines,
+              state: RunState) -> JsonlRows:
     out = Path(cfg.out)
     if not state.begin("judge", plan.fingerprint, "candidates, judge model, rubric files or seed",
                        STAGE_OUTPUTS["judge"][0], "judge"):
-        return read_jsonl(out / "judgements.jsonl", JUDGEMENT_SCHEMA)
+        return _stage_output(out / "judgements.jsonl", JUDGEMENT_SCHEMA)
     stage = StageFile(out, "judgements", key_fn=lambda row: (row["id"], row["rubric"]))
     stage.load()
     if stage.dropped_torn:
         log("judge: dropped a torn last row left by an interrupted run")
     backend = engines.get("judge") if any(r.needs_judge for r in plan.rubrics) else None  # rules: no model
-    items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"],
-                       finish_reasons=c.get("finish_reasons"), num_tokens=c.get("num_tokens"))
-             for c in candidates]
-    timings = {rubric.name: _judge_rubric(cfg, rubric, items, backend, stage) for rubric in plan.rubrics}
-    rows = stage.finish([(c["id"], rubric.name) for rubric in plan.rubrics for c in candidates])
-    counts = _judge_counts(plan.rubrics, rows)
+    timings = {rubric.name: _judge_rubric(cfg, rubric, candidates, backend, stage) for rubric in plan.rubrics}
+    # per rubric: its method, items judged, failed scores and failed engine calls
+    counts = {rubric.name: {"method": rubric.method, "items": 0, "failed_scores": 0, "failures": 0}
+              for rubric in plan.rubrics}
+
+    def count(row: dict) -> None:
+        mine = counts[row["rubric"]]
+        mine["items"] += 1
+        mine["failed_scores"] += sum(score is None for score in row["scores"])
+        mine["failures"] += row["failures"]
+
+    rows = stage.write_final(((c["id"], rubric.name) for rubric in plan.rubrics for c in _each(candidates)), count)
     state.update("judge", done=True, model_id=backend.model_id if backend is not None else "rules", counts=counts,
                  timings=timings,
                  config={key: value for key, value in to_dict(cfg).items() if key in JudgeConfig.__dataclass_fields__},
                  rubrics=[{"name": r.name, "method": r.method, "path": str(r.path) if r.path else None}
                           for r in plan.rubrics])
     failed = sum(count["failed_scores"] for count in counts.values())
-    log(f"judge: {len(rows)} judgements ({failed} failed scores) -> {out / 'judgements.jsonl'}")
-    return rows
+    log(f"judge: {rows} judgements ({failed} failed scores) -> {out / 'judgements.jsonl'}")
+    return JsonlRows(out / "judgements.jsonl")
 
 
-def build_fingerprint(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
+def build_fingerprint(cfg: BuildConfig | RunConfig, candidates: Rows, judgements: Rows, state: RunState,
                       rubric_names: Sequence[str], verdicts: Verdicts | None = None) -> str:
     """What shapes the build's outputs: its inputs, every build option, the seed, the earlier stages'
     settings the report shows and the labels file's content. A change gives a new fingerprint, so the
     build reruns."""
+    return _build_fp(cfg, fingerprint_with({}, "", _each(candidates)), fingerprint_with({}, "", _each(judgements)),
+                     state, rubric_names, verdicts)
+
+
+def _build_fp(cfg: BuildConfig | RunConfig, candidates: str, judgements: str, state: RunState,
+              rubric_names: Sequence[str], verdicts: Verdicts | None) -> str:
+    """`build_fingerprint` from the fingerprints of the candidates and the judgements."""
     options = {key: getattr(cfg, key) for key in BuildOptions.__dataclass_fields__}
     shaped = {"options": options, "seed": cfg.seed, "rubrics": list(rubric_names),
-              "candidates": fingerprint(candidates), "judgements": fingerprint(judgements),
+              "candidates": candidates, "judgements": judgements,
               "stages": {s: state.stage(s).get("config") for s in ("generate", "judge")}}
     if verdicts is not None:  # only then: builds without labels keep their fingerprints
         shaped["labels"] = verdicts.sha256
     return fingerprint(shaped)
 
 
-def read_labels_option(cfg: BuildConfig | RunConfig, candidates: list[dict]) -> Verdicts | None:
+def read_labels_option(cfg: BuildConfig | RunConfig, candidates: Rows) -> Verdicts | None:
     """People's verdicts of option ``labels`` checked against ``candidates`` (None without the option)."""
-    return read_verdicts(cfg.labels, candidates) if getattr(cfg, "labels", "") else None
+    return read_verdicts(cfg.labels, _each(candidates)) if getattr(cfg, "labels", "") else None  # type: ignore[arg-type]
 
 
 def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
@@ -232,41 +329,102 @@ def _truncation_note(counts: dict[str, Any], mode: str) -> str | None:
             f"(truncated={mode}); raise max_tokens to cut fewer")
 
 
-def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: list[dict], state: RunState,
+def _write_pairs(cfg: BuildConfig | RunConfig, out: Path, candidates: Rows, judgement: Mapping[tuple, dict],
+                 rubric_names: Sequence[str], min_margin: float, report: Any,
+                 verdicts: Verdicts | None) -> Counter:
+    """Pairs into ``preferences/{train,test}.jsonl``, streamed: a prompt group at a time into a work
+    file, then split by prompt id (only the ids with pairs are held); then each prompt's best-of-n
+    row into ``sft/{train,test}.jsonl`` on its pairs' side (`rlaif.dataset.best`); returns the counts."""
+    from rlaif.dataset.best import best_rows
+    from rlaif.dataset.pairs import held_out_prompts, iter_pairs
+
+    stats: Counter = Counter()
+    ids: list[str] = []  # prompts with pairs, in order (each prompt's pairs are consecutive)
+    wanted, lengths = report.wants_lengths(), {}  # the responses' tokens of the report's sampled points
+
+    def each_candidate() -> Iterator[dict]:
+        for cand in _each(candidates):
+            if cand["id"] in wanted:
+                lengths[cand["id"]] = cand["num_tokens"]
+            yield cand
+
+    def pairs() -> Iterator[dict]:
+        for pair in iter_pairs(each_candidate(), judgement, list(rubric_names),
+                               replace(cfg, min_margin=min_margin), stats,
+                               verdicts.by_prompt if verdicts is not None else None):
+            if not ids or ids[-1] != pair["id"]:
+                ids.append(pair["id"])
+            yield pair
+
+    work = out / PARTIAL_DIR / "pairs.jsonl"
+    write_jsonl(work, pairs())
+    report.add_lengths(lengths)
+    test_ids = held_out_prompts(ids, cfg.test_fraction, cfg.seed)
+    del ids
+    for name, test in (("train", False), ("test", True)):
+        def side(test: bool = test) -> Iterator[dict]:
+            for pair in iter_jsonl_rows(work):
+                if (pair["id"] in test_ids) == test:
+                    report.add_pair(pair, test)
+                    yield pair
+
+        stats[f"{name}_pairs"] = write_jsonl(out / "preferences" / f"{name}.jsonl", side())
+    work.unlink()
+    for name, test in (("train", False), ("test", True)):  # best-of-n for SFT, on the pairs' side of the split
+        stats[f"sft_{name}"] = write_jsonl(out / "sft" / f"{name}.jsonl", best_rows(
+            _each(candidates), judgement, list(rubric_names), cfg.rubric_weights, cfg.best_min_score, test_ids, test,
+            stats=None if test else stats))  # each prompt's reason counted once, in the train pass
+    if report.noise is not None:
+        stats["kept_inside_noise"] = report.judged_inside_noise  # a person's pair is no judge noise
+    return stats
+
+
+def run_build(cfg: BuildConfig | RunConfig, candidates: Rows, judgements: Rows, state: RunState,
               rubric_names: Sequence[str], verdicts: Verdicts | None = None) -> dict[str, Any]:
-    from rlaif.dataset.best import best_of_n
+    """Pairs, report and card from the candidates and judgements. Each input is read in one pass
+    that fingerprints it and gathers what the report shows (the judgements are also indexed by byte
+    offsets: the pairs look them up by id), then the pairs pass; see `_write_pairs`."""
     from rlaif.dataset.noise import judge_noise, rubric_key
-    from rlaif.dataset.pairs import build_pairs, split_by_prompt
-    from rlaif.dataset.report import write_dataset_card, write_report
+    from rlaif.dataset.report import ReportStats, write_dataset_card, write_report
 
     out = Path(cfg.out)
-    fp = build_fingerprint(cfg, candidates, judgements, state, rubric_names, verdicts)
+    report = ReportStats()
+    cand_hash, judge_hash = ListHasher(), ListHasher()
+    policies: dict[str, None] = {}
+    judges: dict[str, None] = {}
+    methods: dict[str, str] = {}
+
+    for cand in _each(candidates):
+        cand_hash.add(cand)
+        policies[cand["policy"]] = None
+        report.add_candidate(cand)
+
+    def see_judgement(row: dict) -> None:
+        judge_hash.add(row)
+        methods[row["rubric"]] = row["method"]
+        if row["rubric"] in rubric_names:
+            judges[row["judge"]] = None
+        report.add_judgement(row)
+
+    judgement = _index(judgements, lambda row: (row["id"], row["rubric"]), see_judgement)
+    fp = _build_fp(cfg, cand_hash.hexdigest(), judge_hash.hexdigest(), state, rubric_names, verdicts)
     info = state.stage("build")
     finished = all((out / name).exists() for name in STAGE_OUTPUTS["build"])
     if info.get("fingerprint") == fp and info.get("done") and finished:
         log(f"build: already done in {out} (same settings), skipped")
         return info["counts"]
     start = time.perf_counter()
-    models = {"policy": "+".join(dict.fromkeys(c["policy"] for c in candidates)),
-              "judge": "+".join(dict.fromkeys(row["judge"] for row in judgements if row["rubric"] in rubric_names))}
-    noise, noise_source = judge_noise(cfg, models["judge"], rubric_key(judgements, rubric_names))
+    models = {"policy": "+".join(policies), "judge": "+".join(judges)}
+    key = rubric_key([{"rubric": rubric, "method": method} for rubric, method in methods.items()], rubric_names)
+    noise, noise_source = judge_noise(cfg, models["judge"], key)
     # min_margin null: drop the pairs inside the judge's noise where it is known
     min_margin = cfg.min_margin if cfg.min_margin is not None else (noise or 0.0)
-    pairs, stats = build_pairs(candidates, judgements, list(rubric_names), replace(cfg, min_margin=min_margin),
-                               verdicts.by_prompt if verdicts is not None else None)
+    report.noise = noise
+    stats = _write_pairs(cfg, out, candidates, judgement, rubric_names, min_margin, report, verdicts)
     review = review_summary(verdicts, stats) if verdicts is not None else None
     stats = Counter({key: value for key, value in stats.items() if not key.startswith("review_")})
-    train, test = split_by_prompt(pairs, cfg.test_fraction, cfg.seed)
-    write_jsonl(out / "preferences" / "train.jsonl", train)
-    write_jsonl(out / "preferences" / "test.jsonl", test)
-    sft_train, sft_test, sft_stats = best_of_n(candidates, judgements, list(rubric_names), cfg.rubric_weights,
-                                               cfg.best_min_score, {pair["id"] for pair in test})
-    write_jsonl(out / "sft" / "train.jsonl", sft_train)
-    write_jsonl(out / "sft" / "test.jsonl", sft_test)
-    stats.update(sft_stats)
-    if noise is not None:
-        stats["kept_inside_noise"] = sum(p["margin"] < noise for p in pairs if "label_source" not in p)
-    counts = dict(sorted(stats.items())) | {"train_pairs": len(train), "test_pairs": len(test)}
+    train, test = stats.pop("train_pairs"), stats.pop("test_pairs")
+    counts = dict(sorted(stats.items())) | {"train_pairs": train, "test_pairs": test}
     if review is None:
         state.stage("build").pop("review", None)  # a build without labels after one with them
     else:
@@ -276,21 +434,20 @@ def run_build(cfg: BuildConfig | RunConfig, candidates: list[dict], judgements: 
                  config={key: value for key, value in to_dict(cfg).items() if key in BuildConfig.__dataclass_fields__},
                  timings={"seconds": round(time.perf_counter() - start, 3)})
     manifest = assemble_manifest(state)
-    write_report(out / "report.html", candidates, judgements, train, test, manifest)
-    write_dataset_card(out / "README.md", train, test, manifest)
+    write_report(out / "report.html", report, manifest)
+    write_dataset_card(out / "README.md", report, manifest)
     state.update("build", done=True)  # only now: a build killed before this point reruns
-    log(f"build: {len(train)} train / {len(test)} test pairs -> {out / 'preferences'}; best-of-n: "
-        f"{len(sft_train)} train / {len(sft_test)} test rows with a best response >= {cfg.best_min_score:g} -> "
-        f"{out / 'sft'}")
+    log(f"build: {train} train / {test} test pairs -> {out / 'preferences'}; best-of-n: {counts['sft_train']} "
+        f"train / {counts['sft_test']} test rows with a best response >= {cfg.best_min_score:g} -> {out / 'sft'}")
     if note := _truncation_note(counts, cfg.truncated):
         log(f"build: {note}")
     if noise is not None and stats["kept_inside_noise"]:
-        log(f"build: {stats['kept_inside_noise']} of {len(pairs)} pairs have a margin below the judge's noise "
+        log(f"build: {stats['kept_inside_noise']} of {report.pairs} pairs have a margin below the judge's noise "
              f"({noise:g}); raise min_margin to drop them")
     if review is not None:
         log(f"build: {review_line(review)}" + (f"; {review['disagreements']} items where reviewers disagree "
                                                 "kept the judge's verdict" if review["disagreements"] else ""))
-    if not pairs:
+    if not report.pairs:
         log("build: no pairs survived (see counts in manifest.json and report.html): all tied, failed or "
              "filtered; try strategy=all-pairs, more candidates (n) or a stronger judge")
     return counts
@@ -333,8 +490,8 @@ def _prepare_out(cfg: CommonOptions, stages: Sequence[str]) -> RunState:
     return state
 
 
-def _candidates_fp(rows: list[dict]) -> str:
-    return fingerprint([(r["id"], r["messages"], r["responses"]) for r in rows])
+def _candidates_fp(rows: Rows) -> str:
+    return fingerprint_with({}, "", ((r["id"], r["messages"], r["responses"]) for r in _each(rows)))
 
 
 def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_backend) -> dict[str, Any]:
@@ -350,7 +507,7 @@ def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_b
     engines = Engines(cfg.policy, cfg.judge, factory, ray=cfg.ray)
     try:
         candidates = run_generate(cfg, gen_plan, engines, state)
-        judge_plan = plan_judge(cfg, candidates, {p.id: p.source for p in gen_plan.prompts})
+        judge_plan = plan_judge(cfg, candidates, _Sources(lambda: ((p.id, p.source) for p in gen_plan.prompts())))
         judgements = run_judge(cfg, judge_plan, candidates, engines, state)
     finally:
         engines.close()
@@ -373,16 +530,28 @@ def generate_only(cfg: GenerateConfig, factory: Callable[[BackendConfig], Backen
     finish_manifest(Path(cfg.out), state, time.perf_counter() - start)
 
 
-def _keep_candidates_beside(src: Path, out: Path, candidates: list[dict], overwrite: bool) -> None:
+def _keep_candidates_beside(src: Path, out: Path, candidates: Rows, overwrite: bool) -> None:
     """Put the (normalised) judged candidates at DIR/candidates.jsonl so `rlaif build` finds them."""
     dest = out / "candidates.jsonl"
     if dest.exists() and dest.resolve() == src.resolve():
         return
     if dest.exists() and not overwrite:
-        if _candidates_fp(read_candidates(dest)) == _candidates_fp(candidates):
+        if _candidates_fp(lambda: (row for row, _ in iter_candidate_sources(dest))) == _candidates_fp(candidates):
             return
         raise UserError(f"{dest}: holds other candidates than {src}; rerun with overwrite=true or pick another --out")
-    write_jsonl(dest, candidates)
+    write_jsonl(dest, _each(candidates))
+
+
+def _candidate_rows(path: Path, prompt_column: str = "prompt") -> Rows:
+    """A candidates file, validated here (every row, unique ids), as rows read again at each pass: as
+    written by `rlaif generate` (a JSONL file, indexed by byte offsets where a stage needs rows by
+    id), or normalised from a user file."""
+    generated = path.suffix == ".jsonl"
+    for row, _ in iter_candidate_sources(path, prompt_column):
+        generated = generated and row["policy"] != "user"
+    if generated:
+        return JsonlRows(path)
+    return lambda: (row for row, _ in iter_candidate_sources(path, prompt_column))
 
 
 def judge_only(cfg: JudgeConfig, factory: Callable[[BackendConfig], Backend] = load_backend) -> None:
@@ -390,7 +559,9 @@ def judge_only(cfg: JudgeConfig, factory: Callable[[BackendConfig], Backend] = l
     if not cfg.candidates:
         raise UserError("option 'candidates': give a candidates file (--candidates FILE)")
     _refuse_out_on_inputs(cfg, ["judge", "build"])
-    candidates, sources = read_candidate_sources(cfg.candidates, cfg.prompt_column)
+    candidates = _candidate_rows(Path(cfg.candidates), cfg.prompt_column)
+    sources = _Sources(lambda: ((row["id"], source) for row, source in iter_candidate_sources(cfg.candidates,
+                                                                                           cfg.prompt_column)))
     plan = plan_judge(cfg, candidates, sources)
     state = _prepare_out(cfg, ["judge", "build"])
     _keep_candidates_beside(Path(cfg.candidates), Path(cfg.out), candidates, cfg.overwrite)
@@ -408,14 +579,15 @@ def build_only(cfg: BuildConfig) -> dict[str, Any]:
     if not cfg.judgements:
         raise UserError("option 'judgements': give a judgements file (--judgements FILE)")
     _refuse_out_on_inputs(cfg, ["build"])
-    judgements = read_jsonl(cfg.judgements, JUDGEMENT_SCHEMA)
+    judged = list(dict.fromkeys(row["rubric"] for row in iter_jsonl_rows(cfg.judgements, JUDGEMENT_SCHEMA)))
+    judgements = JsonlRows(Path(cfg.judgements))
     cand_path = cfg.candidates or str(Path(cfg.judgements).with_name("candidates.jsonl"))
-    candidates = read_candidates(cand_path)
-    names = [Path(rubric).stem for rubric in cfg.rubrics] or list(dict.fromkeys(row["rubric"] for row in judgements))
-    missing = [name for name in names if name not in {row["rubric"] for row in judgements}]
+    candidates = _candidate_rows(Path(cand_path))
+    names = [Path(rubric).stem for rubric in cfg.rubrics] or judged
+    missing = [name for name in names if name not in judged]
     if missing:
         raise UserError(f"{cfg.judgements}: no judgements for rubric '{missing[0]}'")
-    if not judgements:
+    if not judged:
         raise UserError(f"{cfg.judgements}: no judgements in the file")
     check_weights(cfg.rubric_weights, names)
     verdicts = read_labels_option(cfg, candidates)

@@ -1,6 +1,7 @@
 """report.html (stats and plots, PNGs embedded) and the README.md dataset card of a run.
 
-Both are pure functions of the run's rows and manifest (timings are left out), so a resumed run
+Both are pure functions of the run's rows, seen once in order and summed up in `ReportStats` (so
+memory does not grow with the rows), and of the manifest (timings are left out): a resumed run
 writes the same bytes as an uninterrupted one.
 """
 
@@ -11,8 +12,9 @@ import html
 import io
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from rlaif.dataset.labels import review_line
 from rlaif.io.store import atomic_write_text
@@ -41,49 +43,170 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _by_rubric(judgements: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for row in judgements:
-        out.setdefault(row["rubric"], []).append(row)
-    return out
+BINS = 20  # histogram bins of scores and margins
+MAX_SCATTER = 20_000  # points per rubric in the score-vs-length plot; beyond it a seeded uniform sample
 
 
-def plot_histograms(judgements: list[dict]) -> str:
+class Histogram:
+    """BINS counts over ``[lo, hi]`` (values outside are left out, as ``ax.hist`` does), counted in
+    batches of values."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        import numpy as np
+
+        self.range = (lo, hi)
+        self.counts = np.zeros(BINS, dtype=np.int64)
+        self.pending: list[float] = []
+
+    def add(self, values: list) -> None:
+        self.pending.extend(values)
+        if len(self.pending) >= 65536:
+            self.flush()
+
+    def flush(self) -> Any:
+        import numpy as np
+
+        if self.pending:
+            self.counts += np.histogram(self.pending, bins=BINS, range=self.range)[0]
+            self.pending = []
+        return self.counts
+
+
+@dataclass
+class RubricStats:
+    """What the report plots of one rubric's judgements, accumulated row by row."""
+
+    method: str
+    scale: tuple[float, float]
+    scores: "Histogram"
+    points: list[tuple] = field(default_factory=list)  # (n-th point, candidate id, response index, score)
+    seen: int = 0  # score-vs-length points offered (points keeps at most MAX_SCATTER of them)
+
+
+@dataclass
+class ReportStats:
+    """Running statistics of a run's rows for report.html and the card (memory flat in the rows):
+    counts, per-rubric score histograms, a bounded sample of (length, score) points, the pairwise
+    consistency and failure counts, the margin histogram and the first pairs as examples."""
+
+    noise: float | None = None  # the judge's noise margin (pairs below it are counted)
+    prompts: int = 0
+    responses: int = 0
+    judgements: int = 0
+    rubrics: dict[str, RubricStats] = field(default_factory=dict)
+    consistency: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: Counter = field(default_factory=Counter)
+    train: int = 0
+    test: int = 0
+    margins: Histogram = field(default_factory=lambda: Histogram(0, 1))  # of kept pairs' margins
+    pairs_inside_noise: int = 0
+    judged_pairs: int = 0  # pairs the judge decided (not a person: ``label_source``)
+    judged_inside_noise: int = 0
+    examples: list[dict] = field(default_factory=list)  # the first train pairs
+
+    def add_candidate(self, cand: dict) -> None:
+        self.prompts += 1
+        self.responses += len(cand["responses"])
+
+    def add_judgement(self, row: dict) -> None:
+        """One judgement row (its responses' lengths come later, from `add_lengths`)."""
+        self.judgements += 1
+        stats = self.rubrics.get(row["rubric"])
+        if stats is None:
+            scale = tuple(row["scale"])
+            stats = self.rubrics[row["rubric"]] = RubricStats(row["method"], scale, Histogram(*scale))  # type: ignore[arg-type]
+        stats.scores.add([score for score in row["scores"] if score is not None])
+        for index, score in enumerate(row["scores"]):
+            if score is not None:
+                _reservoir(stats, (row["id"], index, score))
+        if row["method"] == "pairwise":
+            c = self.consistency.setdefault(row["rubric"], {"consistent": 0, "inconsistent": 0, "failed": 0})
+            for comp in row["comparisons"]:
+                key = "failed" if comp.get("p") is None or comp.get("consistent") is None else (
+                    "consistent" if comp["consistent"] else "inconsistent")
+                c[key] += 1
+        self.failures[f"{row['rubric']}: failed scores"] += sum(s is None for s in row["scores"])
+        self.failures[f"{row['rubric']}: judge failures"] += row["failures"]
+
+    def wants_lengths(self) -> set[str]:
+        """The candidate ids whose response lengths the score-vs-length points need."""
+        return {point[1] for rubric in self.rubrics.values() for point in rubric.points}
+
+    def add_lengths(self, lengths: Mapping[str, list[int]]) -> None:
+        """Points get their response's tokens; a point whose candidate or response is unknown is dropped."""
+        for rubric in self.rubrics.values():
+            rubric.points = [(seen, lengths[pid][index], score) for seen, pid, index, score in rubric.points
+                             if pid in lengths and index < len(lengths[pid])]
+
+    def add_pair(self, pair: dict, test: bool, n_examples: int = 5) -> None:
+        self.margins.add([pair["margin"]])
+        self.pairs_inside_noise += self.noise is not None and pair["margin"] < self.noise
+        if "label_source" not in pair:
+            self.judged_pairs += 1
+            self.judged_inside_noise += self.noise is not None and pair["margin"] < self.noise
+        if test:
+            self.test += 1
+        else:
+            self.train += 1
+            if len(self.examples) < n_examples:
+                self.examples.append(pair)
+
+    @property
+    def pairs(self) -> int:
+        return self.train + self.test
+
+
+def _reservoir(stats: RubricStats, point: tuple) -> None:
+    """Keep every point up to MAX_SCATTER, then a uniform sample of that many (Vitter's algorithm R,
+    seeded: the same rows give the same plot)."""
+    import random
+
+    stats.seen += 1
+    if len(stats.points) < MAX_SCATTER:
+        stats.points.append((stats.seen, *point))
+        return
+    rng = random.Random(stats.seen)
+    slot = rng.randrange(stats.seen)
+    if slot < MAX_SCATTER:
+        stats.points[slot] = (stats.seen, *point)
+
+
+def _hist(ax: Any, counts: Any, lo: float, hi: float, color: str) -> None:
+    """``ax.hist`` of already-counted bins: each bin's centre weighted by its count (same bars)."""
+    import numpy as np
+
+    edges = np.histogram_bin_edges([], bins=BINS, range=(lo, hi))
+    ax.hist((edges[:-1] + edges[1:]) / 2, bins=BINS, range=(lo, hi), weights=counts, color=color)
+
+
+def plot_histograms(stats: ReportStats) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = _by_rubric(judgements)
+    groups = stats.rubrics
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(3.6 * max(1, len(groups)), 2.8), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], groups.items()):
-        scores = [s for r in rows for s in r["scores"] if s is not None]
-        lo, hi = rows[0]["scale"]
-        ax.hist(scores, bins=20, range=(lo, hi), color="#4c72b0")
-        ax.set_title(f"{name} ({rows[0]['method']})", fontsize=9)
+    for ax, (name, rubric) in zip(axes[0], groups.items()):
+        _hist(ax, rubric.scores.flush(), *rubric.scale, color="#4c72b0")
+        ax.set_title(f"{name} ({rubric.method})", fontsize=9)
         ax.set_xlabel("score")
     axes[0][0].set_ylabel("responses")
     fig.tight_layout()
     return _png(fig)
 
 
-def plot_score_vs_length(candidates: list[dict], judgements: list[dict]) -> str:
+def plot_score_vs_length(stats: ReportStats) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lengths = {c["id"]: c["num_tokens"] for c in candidates}
-    groups = _by_rubric(judgements)
+    groups = stats.rubrics
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(3.6 * max(1, len(groups)), 2.8), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], groups.items()):
-        xs, ys = [], []
-        for r in rows:
-            for n, s in zip(lengths.get(r["id"], []), r["scores"]):
-                if s is not None:
-                    xs.append(n)
-                    ys.append(s)
-        ax.scatter(xs, ys, s=6, alpha=0.5, color="#dd8452")
+    for ax, (name, rubric) in zip(axes[0], groups.items()):
+        points = sorted(rubric.points, key=lambda point: point[0])  # in row order, also when sampled
+        ax.scatter([n for _, n, _ in points], [s for _, _, s in points], s=6, alpha=0.5, color="#dd8452")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("response tokens")
     axes[0][0].set_ylabel("score")
@@ -107,15 +230,15 @@ def plot_counts(counts: dict[str, int], title: str) -> str:
     return _png(fig)
 
 
-def plot_margins(margins: list[float], lines: dict[str, float]) -> str:
-    """Histogram of kept pairs' margins on [0, 1], with vertical lines (e.g. min_margin, judge noise)."""
+def plot_margins(counts: Any, lines: dict[str, float]) -> str:
+    """Histogram (BINS ``counts``) of kept pairs' margins on [0, 1], with vertical lines (e.g. min_margin, judge noise)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 2.6))
-    ax.hist(margins, bins=20, range=(0, 1), color="#4c72b0")
+    _hist(ax, counts, 0, 1, color="#4c72b0")
     for (label, x), color in zip(lines.items(), ("#c44e52", "#8172b2")):
         ax.axvline(x, color=color, linestyle="--", label=f"{label} {x:g}")
     if lines:
@@ -143,38 +266,16 @@ def truncation_summary(build: dict[str, Any]) -> str:
     return text + "."
 
 
-def noise_summary(build: dict[str, Any], margins: list[float]) -> str:
-    """One sentence: how many kept pairs have a margin inside the judge's noise, and what that noise is."""
+def noise_summary(build: dict[str, Any], inside: int, pairs: int) -> str:
+    """One sentence: how many of the ``pairs`` kept have a margin inside the judge's noise (``inside``),
+    and what that noise is."""
     noise = build.get("noise_margin") or {}
     value, source = noise.get("value"), noise.get("source", "unknown")
     if value is None:
         return f"Judge noise: {source}."
-    inside = sum(m < value for m in margins)
-    return (f"{inside} of {len(margins)} kept pairs ({inside / max(len(margins), 1):.0%}) have a margin below "
+    return (f"{inside} of {pairs} kept pairs ({inside / max(pairs, 1):.0%}) have a margin below "
             f"{value:g}, the judge's noise ({source}): below it the judge's preference was no better than chance "
             f"(min_margin={build.get('min_margin')}).")
-
-
-def position_consistency(judgements: list[dict]) -> dict[str, dict[str, int]]:
-    """Per pairwise rubric: comparisons that were consistent, inconsistent, or failed."""
-    out: dict[str, dict[str, int]] = {}
-    for row in judgements:
-        if row["method"] != "pairwise":
-            continue
-        c = out.setdefault(row["rubric"], {"consistent": 0, "inconsistent": 0, "failed": 0})
-        for comp in row["comparisons"]:
-            key = "failed" if comp.get("p") is None or comp.get("consistent") is None else (
-                "consistent" if comp["consistent"] else "inconsistent")
-            c[key] += 1
-    return out
-
-
-def failure_counts(judgements: list[dict]) -> dict[str, int]:
-    counts: Counter = Counter()
-    for row in judgements:
-        counts[f"{row['rubric']}: failed scores"] += sum(s is None for s in row["scores"])
-        counts[f"{row['rubric']}: judge failures"] += row["failures"]
-    return dict(counts)
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -202,8 +303,7 @@ CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
        ".note{background:#fff4d6;padding:8px}")
 
 
-def write_report(path: str | Path, candidates: list[dict], judgements: list[dict], train: list[dict],
-                 test: list[dict], manifest: dict[str, Any], n_examples: int = 5) -> None:
+def write_report(path: str | Path, stats: ReportStats, manifest: dict[str, Any]) -> None:
     """Write the self-contained report.html of a run."""
     stages = manifest.get("stages", {})
     build_counts = stages.get("build", {}).get("counts", {})
@@ -213,15 +313,15 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
     parts.append("<h2>Summary</h2>" + _table([
         ("policy", manifest["models"].get("policy")), ("judge", manifest["models"].get("judge")),
-        ("prompts", len(candidates)), ("candidates", sum(len(c["responses"]) for c in candidates)),
-        ("judgements", len(judgements)), ("train pairs", len(train)), ("test pairs", len(test)),
-        ("rubrics", ", ".join(_by_rubric(judgements)))]))
-    if judgements:
-        parts.append("<h2>Scores per rubric</h2>" + f"<img src='{plot_histograms(judgements)}'>")
+        ("prompts", stats.prompts), ("candidates", stats.responses),
+        ("judgements", stats.judgements), ("train pairs", stats.train), ("test pairs", stats.test),
+        ("rubrics", ", ".join(stats.rubrics))]))
+    if stats.judgements:
+        parts.append("<h2>Scores per rubric</h2>" + f"<img src='{plot_histograms(stats)}'>")
         parts.append("<h2>Score vs response length</h2>"
                      "<p>A judge that rewards length shows a slope here.</p>"
-                     f"<img src='{plot_score_vs_length(candidates, judgements)}'>")
-    consistency = position_consistency(judgements)
+                     f"<img src='{plot_score_vs_length(stats)}'>")
+    consistency = stats.consistency
     parts.append("<h2>Position consistency (pairwise rubrics)</h2>")
     if consistency:
         flat = {f"{r}: {key}": value for r, c in consistency.items() for key, value in c.items()}
@@ -229,7 +329,7 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
                      f"response.</p><img src='{plot_counts(flat, 'pairwise comparisons')}'>")
     else:
         parts.append("<p>No pairwise rubric in this run.</p>")
-    failures = failure_counts(judgements)
+    failures = dict(stats.failures)
     parts.append("<h2>Failures and dropped pairs</h2>")
     if failures:
         parts.append(f"<img src='{plot_counts(failures, 'judge failures per rubric')}'>")
@@ -237,16 +337,15 @@ def write_report(path: str | Path, candidates: list[dict], judgements: list[dict
     parts.append("<h3>Pair building</h3>" + _table(sorted(build_counts.items())))
     build = stages.get("build", {})
     parts.append(f"<h2>Truncated candidates</h2><p>{html.escape(truncation_summary(build))}</p>")
-    margins = [p["margin"] for p in train + test]
     lines = {"min_margin": build.get("min_margin") or 0.0}
     if (build.get("noise_margin") or {}).get("value") is not None:
         lines["judge noise"] = build["noise_margin"]["value"]
-    parts.append(f"<h2>Margins of the kept pairs</h2><p>{html.escape(noise_summary(build, margins))}</p>")
-    if margins:
-        parts.append(f"<img src='{plot_margins(margins, lines)}'>")
+    parts.append(f"<h2>Margins of the kept pairs</h2><p>{html.escape(noise_summary(build, stats.pairs_inside_noise, stats.pairs))}</p>")
+    if stats.pairs:
+        parts.append(f"<img src='{plot_margins(stats.margins.flush(), lines)}'>")
     parts.append("<h2>Chosen / rejected examples</h2>")
-    parts.extend(_example(p) for p in train[:n_examples])
-    if not train:
+    parts.extend(_example(p) for p in stats.examples)
+    if not stats.train:
         parts.append("<p>No pairs.</p>")
     settings = json.dumps({stage: info.get("config") for stage, info in stages.items()}, indent=1, sort_keys=True)
     parts.append("<h2>Settings</h2><pre>" + html.escape(settings) + "</pre></body></html>\n")
@@ -275,7 +374,7 @@ CARD_FORMAT = [
 ]
 
 
-def _card_summary(train: list[dict], test: list[dict], manifest: dict[str, Any]) -> list[str]:
+def _card_summary(stats: ReportStats, manifest: dict[str, Any]) -> list[str]:
     """The card's opening: what the data is and how it was made (models, sampling, pairing)."""
     stages = manifest.get("stages", {})
     gen_cfg = stages.get("generate", {}).get("config", {})
@@ -288,7 +387,7 @@ def _card_summary(train: list[dict], test: list[dict], manifest: dict[str, Any])
         "",
         f"- policy: `{manifest['models'].get('policy')}`",
         f"- judge: `{manifest['models'].get('judge')}`",
-        f"- pairs: {len(train)} train, {len(test)} test (split by prompt, seed {build.get('config', {}).get('seed')})",
+        f"- pairs: {stats.train} train, {stats.test} test (split by prompt, seed {build.get('config', {}).get('seed')})",
     ]
     if gen_cfg:
         lines.append(f"- sampling: n={gen_cfg.get('n')}, temperature={gen_cfg.get('temperature')}, "
@@ -303,21 +402,20 @@ def _card_summary(train: list[dict], test: list[dict], manifest: dict[str, Any])
         lines.append(f"- best-of-n (`sft/`, for `rlaif train sft`): {counts.get('sft_kept', 0)} prompts with a best "
                      f"response >= {build.get('config', {}).get('best_min_score')} ({counts.get('sft_train', 0)} "
                      f"train, {counts.get('sft_test', 0)} test; complete candidates only)")
-    judged = [pair["margin"] for pair in train + test if "label_source" not in pair]  # a person's pair is no noise
-    lines.append(f"- {noise_summary(build, judged)}")
+    lines.append(f"- {noise_summary(build, stats.judged_inside_noise, stats.judged_pairs)}")  # a person's pair is no noise
     if build.get("review"):
         lines.append(f"- {review_line(build['review'])} (pairs marked `\"label_source\": \"person\"`)")
     return lines
 
 
-def write_dataset_card(path: str | Path, train: list[dict], test: list[dict], manifest: dict[str, Any]) -> None:
+def write_dataset_card(path: str | Path, stats: ReportStats, manifest: dict[str, Any]) -> None:
     """README.md dataset card (Hugging Face style front matter + how the data was made)."""
     stages = manifest.get("stages", {})
     build = stages.get("build", {})
     rubrics = (stages.get("judge", {}).get("rubrics")
                or [{"name": name, "method": "?"} for name in build.get("rubrics", [])])
     weights = build.get("config", {}).get("rubric_weights", {})
-    lines = CARD_FRONT_MATTER + _card_summary(train, test, manifest)
+    lines = CARD_FRONT_MATTER + _card_summary(stats, manifest)
     lines += ["", "## Rubrics", "", "| rubric | method | weight |", "|---|---|---|"]
     lines += [f"| {rubric['name']} | {rubric['method']} | {weights.get(rubric['name'], 1.0)} |" for rubric in rubrics]
     lines += ["", "Scores: each rubric's score is normalised to [0, 1] by its scale and the rubrics are "

@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jsonschema
 
@@ -228,15 +228,21 @@ def read_text(path: Path) -> str:
 
 
 def _dataset_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """Rows of a parquet or JSON-array dataset, numbered from 1 (the 'line' in errors is the row)."""
+    """Rows of a parquet (read in batches) or JSON-array (read whole: JSON has no rows to stream)
+    dataset, numbered from 1 (the 'line' in errors is the row)."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+            line = 0
+            for batch in batches:  # one batch at a time: a big file is never held whole
+                for row in batch.to_pylist():
+                    line += 1
+                    yield line, row
         except Exception as e:
             raise UserError(f"{path}: unreadable parquet file ({type(e).__name__}: {e})") from None
-        rows = table.to_pylist()
+        return
     else:
         try:
             data = json.loads(read_text(path))
@@ -249,8 +255,7 @@ def _dataset_rows(path: Path) -> Iterator[tuple[int, Any]]:
             data = lists[0]
         if not isinstance(data, list):
             raise UserError(f"{path}: expected a JSON list of rows")
-        rows = data
-    yield from enumerate(rows, 1)
+    yield from enumerate(data, 1)
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -268,13 +273,17 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
         yield from iter_jsonl(path)
 
 
-def _check_unique(prompts: list[Prompt], path: Path) -> None:
-    seen: dict[str, str] = {}
-    for p in prompts:
-        if p.id in seen:
-            raise UserError(f"{p.source}: field 'id': duplicate id '{p.id}' (first at {seen[p.id]})")
-        seen[p.id] = p.source
-    if not prompts:
+def _unique(make: Callable[[], Iterator[tuple[str, str, Any]]], path: Path) -> Iterator[Any]:
+    """The values of ``make()``'s (id, file:line, value) triples, refusing a duplicate id (naming both
+    lines) and an empty file. Holds only the ids seen; a duplicate's first line is found by reading again."""
+    seen: set[str] = set()
+    for pid, source, value in make():
+        if pid in seen:
+            first = next(src for other, src, _ in make() if other == pid)
+            raise UserError(f"{source}: field 'id': duplicate id '{pid}' (first at {first})")
+        seen.add(pid)
+        yield value
+    if not seen:
         raise UserError(f"{path}: no prompts in the file")
 
 
@@ -288,56 +297,88 @@ def prompts_path(path: str | Path) -> Path:
     return shipped if shipped.is_file() else path
 
 
-def read_prompts(path: str | Path, prompt_column: str = "prompt") -> list[Prompt]:
-    """Read and validate a prompt file, or a shipped set by name (see the module docstring and
-    `prompts_path`). Raises UserError on bad input."""
+def iter_prompts(path: str | Path, prompt_column: str = "prompt") -> Iterator[Prompt]:
+    """Read and validate a prompt file row by row, or a shipped set by name (see the module
+    docstring and `prompts_path`): nothing but the ids seen is held. Raises UserError on bad input."""
     path = prompts_path(path)
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in shipped_dir("prompts").glob("*.jsonl")))
         raise UserError(f"{path}: file not found (give a prompt file, or a shipped prompt set: {names})")
-    prompts = [_prompt_from_row(row, path, line, PROMPT_LINE_SCHEMA, prompt_column)[0]
-               for line, row in read_rows(path)]
-    _check_unique(prompts, path)
-    return prompts
+
+    def make() -> Iterator[tuple[str, str, Prompt]]:
+        for line, row in read_rows(path):
+            prompt = _prompt_from_row(row, path, line, PROMPT_LINE_SCHEMA, prompt_column)[0]
+            yield prompt.id, prompt.source, prompt
+
+    return _unique(make, path)
+
+
+def read_prompts(path: str | Path, prompt_column: str = "prompt") -> list[Prompt]:
+    """Every prompt of a file (`iter_prompts`) as a list."""
+    return list(iter_prompts(path, prompt_column))
+
+
+def iter_candidate_sources(path: str | Path, prompt_column: str = "prompt") -> Iterator[tuple[dict[str, Any], str]]:
+    """Candidates, row by row, with each row's ``file:line``: the output of `rlaif generate`, or a
+    user JSONL of ``{"id"?, "prompt" | "messages", "responses": [...]}``; rows in the candidates schema."""
+    path = Path(path)
+
+    def make() -> Iterator[tuple[str, str, tuple[dict[str, Any], str]]]:
+        for line, row in read_rows(path):
+            source = f"{path}:{line}"
+            if isinstance(row, dict) and "num_tokens" in row and "policy" in row:  # written by generate
+                validate(row, CANDIDATE_SCHEMA, path, line)
+                yield row["id"], source, (row, source)
+                continue
+            prompt, raw = _prompt_from_row(row, path, line, CANDIDATES_INPUT_SCHEMA, prompt_column)
+            responses = raw["responses"]
+            yield prompt.id, source, ({"id": prompt.id, "messages": prompt.messages, "responses": responses,
+                                       "num_tokens": [len(r.split()) for r in responses],  # words: no tokenizer
+                                       "finish_reasons": ["unknown"] * len(responses), "policy": "user",
+                                       "seed": 0, "metadata": prompt.metadata}, source)
+
+    return _unique(make, path)
 
 
 def read_candidates(path: str | Path, prompt_column: str = "prompt") -> list[dict[str, Any]]:
-    """Read candidates: the output of `rlaif generate`, or a user JSONL of
-    ``{"id"?, "prompt" | "messages", "responses": [...]}``; returns rows in the candidates schema."""
-    return read_candidate_sources(path, prompt_column)[0]
+    """Every candidates row of a file (`iter_candidate_sources`) as a list."""
+    return [row for row, _ in iter_candidate_sources(path, prompt_column)]
 
 
 def read_candidate_sources(path: str | Path,
                            prompt_column: str = "prompt") -> tuple[list[dict[str, Any]], dict[str, str]]:
     """`read_candidates`, and each row's ``file:line`` by id (for error messages)."""
-    path = Path(path)
-    out: list[dict[str, Any]] = []
-    sources: list[Prompt] = []
-    for line, row in read_rows(path):
-        if isinstance(row, dict) and "num_tokens" in row and "policy" in row:  # written by generate
-            validate(row, CANDIDATE_SCHEMA, path, line)
-            sources.append(Prompt(row["id"], row["messages"], {}, f"{path}:{line}"))
-            out.append(row)
-            continue
-        prompt, raw = _prompt_from_row(row, path, line, CANDIDATES_INPUT_SCHEMA, prompt_column)
-        sources.append(prompt)
-        responses = raw["responses"]
-        out.append({"id": prompt.id, "messages": prompt.messages, "responses": responses,
-                    "num_tokens": [len(r.split()) for r in responses],  # words: no tokenizer here
-                    "finish_reasons": ["unknown"] * len(responses), "policy": "user",
-                    "seed": 0, "metadata": prompt.metadata})
-    _check_unique(sources, path)
-    return out, {p.id: p.source for p in sources}
+    rows, sources = [], {}
+    for row, source in iter_candidate_sources(path, prompt_column):
+        rows.append(row)
+        sources[row["id"]] = source
+    return rows, sources
+
+
+def iter_jsonl_rows(path: str | Path, schema: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a JSONL file written by the pipeline, one at a time, each validated against ``schema``."""
+    validator = jsonschema.Draft202012Validator(schema) if schema is not None else None
+    for line, row in iter_jsonl(path):
+        if validator is not None and next(validator.iter_errors(row), None) is not None:
+            validate(row, schema, path, line)  # type: ignore[arg-type]
+        yield row
+
+
+@dataclass(frozen=True)
+class JsonlRows:
+    """The rows of a JSONL file, read afresh (one at a time) at each call: a stage's input that is
+    never held whole. ``schema``: validate each row (`iter_jsonl_rows`)."""
+
+    path: Path
+    schema: dict[str, Any] | None = None
+
+    def __call__(self) -> Iterator[dict[str, Any]]:
+        return iter_jsonl_rows(self.path, self.schema)
 
 
 def read_jsonl(path: str | Path, schema: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Read a JSONL file written by the pipeline, validating each row against ``schema``."""
-    rows = []
-    for line, row in iter_jsonl(path):
-        if schema is not None:
-            validate(row, schema, path, line)
-        rows.append(row)
-    return rows
+    return list(iter_jsonl_rows(path, schema))
 
 
 def dumps(row: dict[str, Any]) -> str:

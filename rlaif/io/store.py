@@ -19,7 +19,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 
 from rlaif.errors import UserError
 from rlaif.io.diskfull import names_path
@@ -65,10 +65,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Atomically write rows as JSONL; returns the number of rows."""
-    lines = [dumps(r) + "\n" for r in rows]
-    atomic_write_text(path, "".join(lines))
-    return len(lines)
+    """Atomically write rows as JSONL, one row at a time (rows may be a generator: nothing is held);
+    returns the number of rows. A crash or an exception from ``rows`` leaves the old file, or none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(dumps(row) + "\n")
+                count += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return count
 
 
 def fingerprint(obj: Any) -> str:
@@ -76,36 +90,130 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class ListHasher:
+    """Feeds the canonical JSON of a list (as `fingerprint` writes it) into ``digest`` one item at a
+    time, so a big list is never held: `hexdigest` equals ``fingerprint(items)``."""
+
+    def __init__(self, digest: Any = None) -> None:
+        self.digest = digest if digest is not None else hashlib.sha256()
+        self.encode = json.JSONEncoder(sort_keys=True, default=str).encode
+        self.count = 0
+        self.digest.update(b"[")
+
+    def add(self, item: Any) -> None:
+        self.digest.update(((", " if self.count else "") + self.encode(item)).encode())
+        self.count += 1
+
+    def close(self) -> None:
+        self.digest.update(b"]")
+
+    def hexdigest(self) -> str:
+        digest = self.digest.copy()
+        digest.update(b"]")
+        return digest.hexdigest()[:16]
+
+
+def fingerprint_with(head: dict[str, Any], key: str, items: Iterable[Any]) -> str:
+    """``fingerprint({**head, key: list(items)})`` (or ``fingerprint(list(items))`` with ``key`` ""),
+    hashed item by item (`ListHasher`)."""
+    if not key:
+        hasher = ListHasher()
+        for item in items:
+            hasher.add(item)
+        return hasher.hexdigest()
+    digest = hashlib.sha256(b"{")
+    encode = json.JSONEncoder(sort_keys=True, default=str).encode
+    for index, name in enumerate(sorted({*head, key})):
+        digest.update(((", " if index else "") + encode(name) + ": ").encode())
+        if name == key:
+            hasher = ListHasher(digest)
+            for item in items:
+                hasher.add(item)
+            hasher.close()
+        else:
+            digest.update(encode(head[name]).encode())
+    digest.update(b"}")
+    return digest.hexdigest()[:16]
+
+
+class JsonlIndex(Mapping[Hashable, dict]):
+    """A JSONL file as a read-only mapping ``key -> row`` that holds only each key's byte offset
+    (the last row of a key wins); a row is parsed from the file when asked for."""
+
+    def __init__(self, path: str | Path, key_fn: Callable[[dict], Hashable]) -> None:
+        self.path = Path(path)
+        self.key_fn = key_fn
+        self.offsets: dict[Hashable, int] = {}
+        self._reader: Any = None
+
+    def scan(self, check: Callable[[dict, int], None] | None = None) -> int:
+        """Index every whole row (``check(row, line)`` may raise); returns the byte length of the
+        whole rows read, which is short of the file's size when the last line is torn (no newline,
+        or not valid JSON)."""
+        self.offsets = {}
+        good_end = 0
+        with open(self.path, "rb") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.endswith(b"\n"):
+                    break
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        break
+                    if check is not None:
+                        check(row, line_no)
+                    self.offsets[self.key_fn(row)] = good_end
+                good_end += len(line)
+        return good_end
+
+    def add(self, key: Hashable, offset: int) -> None:
+        self.offsets[key] = offset
+
+    def __getitem__(self, key: Hashable) -> dict:
+        offset = self.offsets[key]
+        if self._reader is None:
+            self._reader = open(self.path, "rb")
+        self._reader.seek(offset)  # a seek drops the read buffer: rows appended since are seen
+        return json.loads(self._reader.readline())
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.offsets
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
 class StageFile:
-    """Append-only, keyed rows of one stage. ``key_fn(row)`` gives a row's resume key."""
+    """Append-only, keyed rows of one stage. ``key_fn(row)`` gives a row's resume key.
+
+    Memory does not grow with the rows: only each finished key's byte offset in the partial file is
+    kept (`JsonlIndex`), and `write_final` streams the rows back in the caller's order."""
 
     def __init__(self, out_dir: str | Path, name: str, key_fn: Callable[[dict], Hashable]) -> None:
         self.partial = Path(out_dir) / PARTIAL_DIR / f"{name}.jsonl"
         self.final = Path(out_dir) / f"{name}.jsonl"
         self.key_fn = key_fn
-        self.rows: dict[Hashable, dict] = {}
+        self.rows = JsonlIndex(self.partial, key_fn)
         self.dropped_torn = 0
-        self._fh = None
+        self._fh: Any = None
 
-    def load(self) -> dict[Hashable, dict]:
-        """Read rows finished by an earlier (possibly killed) run; repair a torn last line."""
-        self.rows = {}
+    def load(self) -> JsonlIndex:
+        """Index rows finished by an earlier (possibly killed) run; repair a torn last line."""
+        self.rows.close()
+        self.rows = JsonlIndex(self.partial, self.key_fn)
         if not self.partial.exists():
             return self.rows
-        data = self.partial.read_bytes()
-        good_end = 0
-        pos = 0
-        while pos < len(data):
-            nl = data.find(b"\n", pos)
-            if nl < 0:  # no newline: the write was cut
-                break
-            try:
-                row = json.loads(data[pos:nl])
-            except json.JSONDecodeError:
-                break
-            self.rows[self.key_fn(row)] = row
-            good_end = pos = nl + 1
-        if good_end < len(data):
+        good_end = self.rows.scan()
+        if good_end < self.partial.stat().st_size:
             self.dropped_torn = 1
             with open(self.partial, "r+b") as fh:
                 fh.truncate(good_end)
@@ -118,29 +226,54 @@ class StageFile:
         """Durably append one finished row."""
         if self._fh is None:
             self.partial.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.partial, "a", encoding="utf-8")
-        self._fh.write(dumps(row) + "\n")
+            self._fh = open(self.partial, "ab")
+        self._fh.seek(0, os.SEEK_END)
+        offset = self._fh.tell()
+        self._fh.write((dumps(row) + "\n").encode("utf-8"))
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self.rows[self.key_fn(row)] = row
+        self.rows.add(self.key_fn(row), offset)
 
     def done(self, key: Hashable) -> bool:
         return key in self.rows
 
     def close(self) -> None:
+        self.rows.close()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
 
-    def finish(self, order: list[Hashable]) -> list[dict]:
-        """Write the final file with the rows in ``order`` (every key must be done); drop the partial."""
+    def write_final(self, order: Iterable[Hashable], each: Callable[[dict], None] | None = None) -> int:
+        """Write the final file with the rows in ``order`` (every key must be done), streamed from the
+        partial file; ``each(row)`` sees every row written (for running statistics). Drops the
+        partial; returns the number of rows."""
         self.close()
-        missing = [key for key in order if key not in self.rows]
-        if missing:
-            raise RuntimeError(f"{self.final.name}: {len(missing)} rows missing at finish, e.g. {missing[0]!r}")
-        rows = [self.rows[key] for key in order]
-        write_jsonl(self.final, rows)
+        missing: list[Hashable] = []  # the first missing key, then one None per further one
+
+        def rows() -> Iterator[dict]:
+            with open(self.partial, "rb") if self.rows else open(os.devnull, "rb") as fh:
+                for key in order:
+                    if key not in self.rows.offsets:
+                        missing.append(None if missing else key)
+                        continue
+                    if missing:
+                        continue
+                    fh.seek(self.rows.offsets[key])
+                    row = json.loads(fh.readline())
+                    if each is not None:
+                        each(row)
+                    yield row
+            if missing:  # raised inside the writer: it removes its temporary file, the old file stays
+                raise RuntimeError(f"{self.final.name}: {len(missing)} rows missing at finish, e.g. {missing[0]!r}")
+
+        count = write_jsonl(self.final, rows())
         self.partial.unlink(missing_ok=True)
+        return count
+
+    def finish(self, order: list[Hashable]) -> list[dict]:
+        """`write_final`, returning the rows (for small stages that want them all)."""
+        rows: list[dict] = []
+        self.write_final(order, rows.append)
         return rows
 
 
