@@ -64,9 +64,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
+@names_path(lambda path, *args, **kwargs: path)
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Atomically write rows as JSONL, one row at a time (rows may be a generator: nothing is held);
-    returns the number of rows. A crash or an exception from ``rows`` leaves the old file, or none."""
+    """Atomically and durably write rows as JSONL, one row at a time (rows may be a generator:
+    nothing is held); returns the number of rows. A crash or an exception from ``rows`` leaves the
+    old file, or none (as `atomic_write_text`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -82,6 +84,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    fsync_dir(path.parent)
     return count
 
 
