@@ -61,7 +61,8 @@ def summarise(cfg: BenchmarkConfig, items: list[Item], results: dict[str, dict],
         k = sum(result["correct"])
         sides[name] = {"spec": getattr(cfg, name), "model": model_ids.get(name), "correct": k, "n": n,
                        "accuracy": k / n, "accuracy_ci": list(wilson(k, n) or []),
-                       "mean_length": sum(result["lengths"]) / n, "length_unit": result["unit"]}
+                       "mean_length": sum(result["lengths"]) / n, "length_unit": result["unit"],
+                       "item_correct": [int(x) for x in result["correct"]]}  # 0/1 per item, benchmark order
     by_check: dict[str, dict[str, Any]] = {}
     for index, item in enumerate(items):
         entry = by_check.setdefault(item.check, {"n": 0, **{f"correct_{name}": 0 for name in results}})

@@ -18,6 +18,7 @@ from rlaif.config import option
 from rlaif.dataset.options import BuildOptions, CommonOptions, GenerateOptions, JudgeOptions
 from rlaif.errors import UserError
 from rlaif.eval.options import EvalConfig
+from rlaif.loop.guard import GuardConfig, check_guard
 from rlaif.train.config import DPOConfig, RMConfig
 from rlaif.train.online.config import GRPOConfig, PPOConfig
 
@@ -27,7 +28,8 @@ KEYS_SET_BY_LOOP = {"dpo": ("data", "model", "out", "overwrite", "seed", "ref_mo
             "rm": ("data", "model", "out", "overwrite", "seed"),
             "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
             "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
-            "eval": ("a", "b", "prompts", "prompt_column", "out", "overwrite", "seed", "policy", "judge")}
+            "eval": ("a", "b", "prompts", "prompt_column", "out", "overwrite", "seed", "policy", "judge"),
+            "guard": ("a", "b", "out", "overwrite", "seed", "policy")}
 
 
 @dataclass
@@ -61,6 +63,10 @@ class LoopConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
     eval: EvalConfig = option(EvalConfig, "eval options, as in `rlaif eval` (its engines are the loop's policy.* and "
                                           "judge.*); no eval.rubrics/rewards = the loop's rubrics (dpo, rm+ppo) or "
                                           "its rewards (grpo: judge:R as rubric R)")
+    guard: GuardConfig = option(GuardConfig, "reward-hacking guard: guard.benchmark=FILE scores pi_0 and every "
+                                             "round's policy on it (as `rlaif eval --benchmark`) and stops the loop "
+                                             "(exit 4) when the judge's win rate rises while accuracy falls by more "
+                                             "than guard.max_drop beyond its interval (rlaif/loop/guard.py)")
 
 
 def given_keys(data: dict, prefix: str = "") -> set[str]:
@@ -93,6 +99,8 @@ def check_loop_config(cfg: LoopConfig, given: set[str] = frozenset()) -> None:  
     if cfg.trainer != "grpo" and not cfg.rubrics:
         raise UserError(f"option 'rubrics': trainer={cfg.trainer} needs at least one rubric to judge the round's "
                         f"candidates")
+    if cfg.guard.benchmark:
+        check_guard(cfg.guard)
     if cfg.trainer != "grpo" and (cfg.rewards or cfg.reward_weights):
         raise UserError(f"option 'rewards': only used with trainer=grpo (trainer={cfg.trainer} learns from the "
                         f"judged pairs of `rubrics`)")
