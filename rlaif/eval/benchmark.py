@@ -85,11 +85,12 @@ def summarise(cfg: BenchmarkConfig, items: list[Item], results: dict[str, dict],
     return summary, rows
 
 
-def run_benchmark(cfg: BenchmarkConfig, factory: Callable[[BackendConfig], Backend] = load_backend) -> dict[str, Any]:
+def run_benchmark(cfg: BenchmarkConfig, factory: Callable[[BackendConfig], Backend] | None = None) -> dict[str, Any]:
     """Generate (model sides), check every response, write ``benchmark.json`` / ``benchmark.jsonl`` /
     ``report.html`` in ``cfg.out``; returns the ``benchmark.json`` dict."""
     from rlaif.eval.benchmark_report import write_report
 
+    factory = factory or load_backend
     check_benchmark_options(cfg)
     refuse_out_overlap(cfg.out, {"--a": cfg.a, "--b": cfg.b or None, "--benchmark": cfg.benchmark}, OUTPUTS)
     items = read_benchmark(cfg.benchmark, cfg.check, cfg.tolerance)
