@@ -18,6 +18,14 @@ DESCRIPTION = ("win rate of A over B: generate with each model side (same seeds)
                "of A (and B, paired) against reference answers -> DIR/benchmark.json, benchmark.jsonl, report.html")
 
 
+def _flags(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The command-line flags given, as config keys (``--overwrite``: overwrite=true)."""
+    flags: dict[str, Any] = {key: value for key in keys if (value := getattr(args, key, None))}
+    if args.overwrite_flag:
+        flags["overwrite"] = True
+    return flags
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     """``--benchmark``: accuracy against reference answers instead of a judged win rate."""
     from rlaif.errors import UserError
@@ -29,10 +37,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         if getattr(args, flag, None):
             raise UserError(f"option '--{flag}': not used with --benchmark (its rows hold the prompts, answers "
                             "and checkers)")
-    flags: dict[str, Any] = {key: value for key in ("benchmark", "a", "b", "out") if (value := getattr(args, key, None))}
-    if args.overwrite_flag:
-        flags["overwrite"] = True
-    cfg = load_config(BenchmarkConfig, args.config, args.overrides, flags=flags)
+    cfg = load_config(BenchmarkConfig, args.config, args.overrides, flags=_flags(args, ("benchmark", "a", "b", "out")))
     summary = run_benchmark(cfg)
     print(format_table(summary))
     print(f"summary: {cfg.out}/benchmark.json   items: {cfg.out}/benchmark.jsonl   report: {cfg.out}/report.html")
@@ -46,14 +51,11 @@ def _eval(args: argparse.Namespace) -> int:
     from rlaif.eval.report import format_table
     from rlaif.eval.options import EvalConfig
 
-    flags: dict[str, Any] = {key: value for key in ("a", "b", "prompts", "out")
-                             if (value := getattr(args, key, None))}
+    flags = _flags(args, ("a", "b", "prompts", "out"))
     if args.rubric:
         flags["rubrics"] = args.rubric
     if args.reward:
         flags["rewards"] = args.reward
-    if args.overwrite_flag:
-        flags["overwrite"] = True
     cfg = load_config(EvalConfig, args.config, args.overrides, flags=flags)
     summary = run_eval(cfg)
     print(format_table(summary))

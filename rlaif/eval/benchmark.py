@@ -24,10 +24,11 @@ from rlaif.errors import UserError
 from rlaif.eval.benchmark_check import Checkers, Item, read_benchmark
 from rlaif.eval.benchmark_options import BenchmarkConfig, check_benchmark_options
 from rlaif.eval.benchmark_stats import paired_difference, wilson
+from rlaif.eval.evaluate import prepare_out
 from rlaif.eval.options import EvalConfig
 from rlaif.eval.plan import Plan, _given_candidates, _prompt_tokens, resolve_side
 from rlaif.eval.sampling import generate_side
-from rlaif.io.store import RunState, atomic_write_text, clear_outputs, refuse_out_overlap, write_jsonl
+from rlaif.io.store import atomic_write_text, refuse_out_overlap, write_jsonl
 
 OUTPUTS = ["candidates_a.jsonl", "candidates_b.jsonl", "benchmark.json", "benchmark.jsonl", "report.html"]
 STAGES = ["generate_a", "generate_b"]
@@ -37,7 +38,8 @@ def _as_eval_config(cfg: BenchmarkConfig) -> EvalConfig:
     """The generation settings as `rlaif eval`'s config, to share its side generation."""
     return EvalConfig(a=cfg.a, b=cfg.b, prompts=cfg.benchmark, out=cfg.out, n_per_prompt=1, max_tokens=cfg.max_tokens,
                       temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, policy=cfg.policy,
-                      chunk_size=cfg.chunk_size, chunk_tokens=cfg.chunk_tokens, progress=cfg.progress)
+                      chunk_size=cfg.chunk_size, chunk_tokens=cfg.chunk_tokens, overwrite=cfg.overwrite,
+                      progress=cfg.progress)
 
 
 def _side_result(items: list[Item], rows: list[dict], checkers: Checkers) -> dict[str, Any]:
@@ -106,15 +108,8 @@ def run_benchmark(cfg: BenchmarkConfig, factory: Callable[[BackendConfig], Backe
     models = [side for side in sides if side.candidates is None]
     plan = Plan(sides, prompts, {p.id: p.source for p in prompts}, given, _prompt_tokens(ecfg, models, prompts),
                 [], [], None)
+    state = prepare_out(ecfg, OUTPUTS, STAGES)
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"option 'out': {out} exists and is not a folder")
-    if cfg.overwrite:
-        clear_outputs(out, OUTPUTS)
-    out.mkdir(parents=True, exist_ok=True)
-    state = RunState(out)
-    if cfg.overwrite:
-        state.forget(*STAGES)
     rows: dict[str, list[dict]] = dict(given)
     model_ids: dict[str, str] = {}
     for side in sides:

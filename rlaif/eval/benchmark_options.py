@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from rlaif.backends.base import BackendConfig
 from rlaif.config import option
 from rlaif.errors import UserError
+from rlaif.eval.options import check_generation_options
 
 
 @dataclass
@@ -37,12 +38,6 @@ def check_benchmark_options(cfg: BenchmarkConfig) -> None:
         raise UserError("option 'benchmark': give a benchmark file (--benchmark FILE) or a shipped set (basic)")
     if not cfg.a:
         raise UserError("option 'a': give the model to score (--a MODEL)")
-    for key in ("max_tokens", "chunk_size", "chunk_tokens"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"option '{key}': must be >= 1, got {getattr(cfg, key)}")
-    if cfg.temperature < 0:
-        raise UserError(f"option 'temperature': must be >= 0, got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"option 'top_p': must be in (0, 1], got {cfg.top_p}")
+    check_generation_options(cfg, ("max_tokens", "chunk_size", "chunk_tokens"))
     if cfg.tolerance < 0:
         raise UserError(f"option 'tolerance': must be >= 0, got {cfg.tolerance}")

@@ -47,16 +47,17 @@ OUTPUTS = ["candidates_a.jsonl", "candidates_b.jsonl", "votes.jsonl", "eval.json
 STAGES = ["generate_a", "generate_b", "votes"]
 
 
-def _prepare_out(cfg: EvalConfig) -> RunState:
+def prepare_out(cfg: EvalConfig, outputs: list[str] = OUTPUTS, stages: list[str] = STAGES) -> RunState:
+    """The output folder, created; with ``overwrite`` its ``outputs`` deleted and its ``stages`` forgotten."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"option 'out': {out} exists and is not a folder")
     if cfg.overwrite:
-        clear_outputs(out, OUTPUTS)
+        clear_outputs(out, outputs)
     out.mkdir(parents=True, exist_ok=True)
     state = RunState(out)
     if cfg.overwrite:
-        state.forget(*STAGES)
+        state.forget(*stages)
     return state
 
 
@@ -87,7 +88,7 @@ def run_eval(cfg: EvalConfig, factory: Callable[[BackendConfig], Backend] = load
                                  **{f"--reward {spec}": spec[3:] for spec in cfg.rewards if spec.startswith("rm:")}},
                        OUTPUTS)
     plan = plan_eval(cfg)
-    state = _prepare_out(cfg)
+    state = prepare_out(cfg)
     out = Path(cfg.out)
     rows: dict[str, list[dict]] = dict(plan.given)
     model_ids: dict[str, str] = {}
