@@ -3,7 +3,8 @@
 Every verb takes ``--config FILE.yaml`` and trailing ``key=value`` overrides (see `rlaif.config`).
 User mistakes (`rlaif.errors.UserError`) print one line and exit 2; no traceback. An engine that
 fails to start or dies (`rlaif.errors.EngineError`, a UserError) prints one line with its root cause
-and exits 3. Ctrl-C exits 130 and SIGTERM 143, both after the commands' cleanup has run (engines closed, finished rows kept).
+and exits 3. `rlaif loop` exits 4 when its reward-hacking guard stops it (rlaif/loop/guard.py).
+Ctrl-C exits 130 and SIGTERM 143, both after the commands' cleanup has run (engines closed, finished rows kept).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The guard on a real loop: a tiny random model (hf engine) trained by real DPO rounds, scored every round by
-the real benchmark code. The benchmark's answers are pi_0's own greedy replies (exact match), so pi_0 scores
+the real benchmark code. The benchmark's answers are pi_0's own greedy replies (a byte-exact python: checker), so pi_0 scores
 100% and every answer the training changes counts as wrong: a deterministic checker on a real policy.
 Only the judge's win rate is scripted (rising), since a tiny random judge's verdicts are noise."""
 
@@ -36,8 +36,12 @@ def test_guard_fires_on_a_really_trained_policy_whose_answers_change(tmp_path, t
     assert main(["eval", "--benchmark", str(first), "--a", tiny_model_dir, "--out", str(tmp_path / "pi0"),
                  "max_tokens=8", "progress=false", "policy.engine=hf"]) == 0
     replies = [json.loads(line)["response_a"] for line in (tmp_path / "pi0" / "benchmark.jsonl").read_text().splitlines()]
-    bench = tmp_path / "bench.jsonl"  # pi_0's own greedy replies are the "right" answers
-    bench.write_text("".join(json.dumps({"id": f"b{i}", "prompt": p, "answer": r}) + "\n"
+    # pi_0's own greedy replies are the "right" answers, compared byte for byte by a python: checker (the tiny
+    # model's replies are runs of one symbol, e.g. newlines, which exact match's normalisation would erase)
+    (tmp_path / "same.py").write_text("def same(response, answer, row):\n    return response == answer\n")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"b{i}", "prompt": p, "answer": r,
+                                         "check": f"python:{tmp_path / 'same.py'}:same"}) + "\n"
                              for i, (p, r) in enumerate(zip(bench_prompts, replies))))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about the number {i}."}) + "\n"

@@ -4,7 +4,8 @@
 generate / judge / build options of ``rlaif run`` sit at the top level (``n=8``,
 ``rubrics=[...]``, ``policy.model=...``, ``judge.*`` defaulting to ``policy.*``), and each
 trainer's own config is nested under its name (``dpo.beta=0.1``, ``grpo.k=4``, ``ppo.lr=...``,
-``rm.epochs=...``), and so are the `rlaif eval` options (``eval.temperature=0``). The keys that the loop sets
+``rm.epochs=...``), and so are the `rlaif eval` options (``eval.temperature=0``) and the guard's
+`rlaif eval --benchmark` options (``guard.benchmark=basic``, ``guard.max_drop=0.05``; `rlaif.loop.guard`). The keys that the loop sets
 itself in every round (data, model, out, prompts, overwrite, seed, reward, judge) are listed in
 `KEYS_SET_BY_LOOP` and are refused when given.
 """
