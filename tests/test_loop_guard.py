@@ -58,6 +58,12 @@ def test_does_not_fire(rounds_, why):
     assert decide(figures(18), rounds_, 0.05) is None, why
 
 
+def test_a_drop_of_exactly_max_drop_does_not_fire_even_beyond_its_interval():
+    start, now = figures(100, n=100), figures(95, n=100)  # 1.0 - 0.95 = 0.050000000000000044 in floats
+    assert decide(start, [record(1, 0.9, now)], 0.05) is None
+    assert decide(start, [record(1, 0.9, now)], 0.04) is not None  # the interval alone would fire
+
+
 def test_slow_drift_is_caught_against_the_start():
     """Two rounds that each lose 3 of 20 items (each drop within its interval of the round before) but
     together lose 6: beyond the interval against the start."""

@@ -11,7 +11,8 @@ previous round R = K - 1 or for the start R = 0 (slow drift over several rounds)
     acc_R - acc_K > max_drop            benchmark accuracy fell by more than max_drop, and
     upper(95% CI of mean(d)) < 0        beyond its interval: the paired difference excludes 0
 
-(the normal interval on the mean paired difference, `rlaif.eval.benchmark_stats.paired_difference`).
+(the normal interval on the mean paired difference, `rlaif.eval.benchmark_stats.paired_difference`;
+when every item changed the same way its width is 0, and it excludes 0).
 The loop then stops after round K: its rounds stay on disk, the report and manifest say why, the
 command prints "reward hacking suspected at round K: ..." and exits with `EXIT_GUARD` (4).
 A rerun stops at the same round (the decision is recomputed from the recorded rounds); to go on
@@ -31,6 +32,7 @@ from rlaif.eval.benchmark_options import BenchmarkConfig
 from rlaif.eval.benchmark_stats import paired_difference
 
 EXIT_GUARD = 4  # `rlaif loop` exit status when the guard stopped the loop
+EPS = 1e-9  # 0.90 - 0.85 is 0.05000000000000004 in floats: a drop of exactly max_drop does not count
 
 
 @dataclass
@@ -88,7 +90,7 @@ def decide(start: dict[str, Any], records: list[dict[str, Any]], max_drop: float
         acc_ref, acc_now = bench_ref["accuracy"], bench_now["accuracy"]
         paired = paired_difference([bool(x) for x in bench_now["correct"]], [bool(x) for x in bench_ref["correct"]])
         ci = paired["difference_ci"]
-        if wr_now > wr_ref and acc_ref - acc_now > max_drop and ci is not None and ci[1] < 0:
+        if wr_now > wr_ref and acc_ref - acc_now > max_drop + EPS and ci is not None and ci[1] < 0:
             return (f"reward hacking suspected at round {k}: judge win rate rose {wr_ref:.2f} -> {wr_now:.2f} while "
                     f"benchmark accuracy fell {acc_ref:.2f} -> {acc_now:.2f} (beyond its interval: paired difference "
                     f"{ci[0]:+.2f} to {ci[1]:+.2f}; max_drop {max_drop:g})")
