@@ -4,7 +4,9 @@ Every verb takes ``--config FILE.yaml`` and trailing ``key=value`` overrides (se
 User mistakes (`rlaif.errors.UserError`) print one line and exit 2; no traceback. An engine that
 fails to start or dies (`rlaif.errors.EngineError`, a UserError) prints one line with its root cause
 and exits 3. A full disk or quota while writing prints one line naming the file and exits 4 (`rlaif.io.diskfull`:
-finished work is kept, the same command resumes once there is space). Ctrl-C exits 130 and SIGTERM 143, both after the commands' cleanup has run (engines closed, finished rows kept).
+finished work is kept, the same command resumes once there is space). `rlaif loop` exits 5 when its reward-hacking
+guard stops it (rlaif/loop/guard.py). Ctrl-C exits 130 and SIGTERM 143, both after the commands' cleanup has run
+(engines closed, finished rows kept).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from rlaif.judging.rubrics import SHIPPED_RUBRICS, find_rubric
 from rlaif.shipped import shipped_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["pyproject.toml", "README.md", "rlaif", "rubrics", "prompts"]
+COPIED = ["pyproject.toml", "README.md", "rlaif", "rubrics", "prompts", "benchmarks"]
 
 
 def test_every_package_under_rlaif_is_packaged() -> None:
@@ -75,7 +75,8 @@ def test_wheel_ships_rubrics_and_prompts_found_from_root(tmp_path: Path) -> None
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import rlaif; from rlaif.judging.rubrics import find_rubric; "
          "from rlaif.shipped import shipped_dir; "
-         "print(rlaif.__file__, find_rubric('helpfulness'), shipped_dir('prompts'), sep='\\n')"],
+         "print(rlaif.__file__, find_rubric('helpfulness'), shipped_dir('prompts'), shipped_dir('benchmarks'), "
+         "sep='\\n')"],
         cwd="/", capture_output=True, text=True, check=True).stdout.split()
     installed = (venv / "lib").resolve()
     for path in map(Path, where):
@@ -83,6 +84,7 @@ def test_wheel_ships_rubrics_and_prompts_found_from_root(tmp_path: Path) -> None
         assert not path.resolve().is_relative_to(ROOT), f"{path} comes from the checkout"
     assert where[1].endswith("rlaif/shipped/rubrics/helpfulness.yaml")
     assert (Path(where[2]) / "demo.jsonl").is_file()
+    assert (Path(where[3]) / "basic.jsonl").is_file()  # `rlaif eval --benchmark basic` from anywhere
     rubric_dir = Path(where[1]).parent
     assert (rubric_dir / "helpfulness.jinja").is_file()  # the template_file beside it ships too
     assert not (rubric_dir / "__init__.py").exists()

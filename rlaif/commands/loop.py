@@ -3,7 +3,8 @@
     rlaif loop --config configs/loop_demo.yaml --out DIR [key=value ...]
 
 Rerun the same command after a crash to continue; finished rounds are skipped. Raise
-``rounds`` and rerun to add rounds to a finished loop.
+``rounds`` and rerun to add rounds to a finished loop. Exit status 4: the reward-hacking guard
+(``guard.benchmark``, rlaif/loop/guard.py) stopped the loop; its rounds so far are kept.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(LoopConfig, args.config, args.overrides, flags=flags, inherit={"judge": "policy"})
     given = given_keys(read_yaml(args.config) if args.config else {}) | given_keys(parse_overrides(args.overrides))
     check_loop_config(cfg, given)
-    run_loop(cfg)
+    from rlaif.loop.guard import EXIT_GUARD
+
+    manifest = run_loop(cfg)
     print(f"report: {cfg.out}/report.html   manifest: {cfg.out}/manifest.json")
+    if manifest.get("stopped"):
+        print(manifest["stopped"]["reason"])
+        return EXIT_GUARD
     return 0
 
 

@@ -9,4 +9,6 @@
 - ``report``: ``report.html`` and the table the command prints.
 - ``evaluate``: `run_eval`, the stages in order.
 - ``kl``: KL(pi || pi_ref) on sampled responses, for the loop.
+- ``benchmark``: `rlaif eval --benchmark`, accuracy against reference answers (``benchmark_options``,
+  ``benchmark_check``: rows and checkers, ``benchmark_stats``: Wilson and paired intervals, ``benchmark_report``).
 """

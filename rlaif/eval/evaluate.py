@@ -40,21 +40,21 @@ from rlaif.eval.sampling import Pair, generate_side, make_pairs
 from rlaif.eval.summary import source_kinds, summarise
 from rlaif.eval.votes import judge_votes, reward_votes, votes_fingerprint
 from rlaif.io.records import read_jsonl
-from rlaif.io.outdir import prepare_out
+from rlaif.io.outdir import prepare_out as prepare_out_folder
 from rlaif.io.store import PARTIAL_DIR, RunState, StageFile, atomic_write_text, refuse_out_overlap, write_jsonl
 
 OUTPUTS = ["candidates_a.jsonl", "candidates_b.jsonl", "votes.jsonl", "eval.json", "eval.jsonl", "report.html"]
 STAGES = ["generate_a", "generate_b", "votes"]
 
 
-def _prepare_out(cfg: EvalConfig) -> RunState:
-    """Refuse an --out holding files rlaif did not write; with overwrite remove eval's outputs; list
-    them in the folder's marker."""
-    prepare_out(cfg.out, OUTPUTS, overwrite=cfg.overwrite, legacy=OUTPUTS.__contains__, evidence=[PARTIAL_DIR],
-                inputs=[cfg.a, cfg.b, cfg.prompts])
+def prepare_out(cfg: EvalConfig, outputs: list[str] = OUTPUTS, stages: list[str] = STAGES) -> RunState:
+    """Refuse an --out holding files rlaif did not write; with overwrite remove ``outputs`` and forget
+    ``stages``; list the outputs in the folder's marker (eval's, or the benchmark's)."""
+    prepare_out_folder(cfg.out, outputs, overwrite=cfg.overwrite, legacy=outputs.__contains__,
+                       evidence=[PARTIAL_DIR], inputs=[cfg.a, cfg.b, cfg.prompts])
     state = RunState(cfg.out)
     if cfg.overwrite:
-        state.forget(*STAGES)
+        state.forget(*stages)
     return state
 
 
@@ -85,7 +85,7 @@ def run_eval(cfg: EvalConfig, factory: Callable[[BackendConfig], Backend] = load
                                  **{f"--reward {spec}": spec[3:] for spec in cfg.rewards if spec.startswith("rm:")}},
                        OUTPUTS)
     plan = plan_eval(cfg)
-    state = _prepare_out(cfg)
+    state = prepare_out(cfg)
     out = Path(cfg.out)
     rows: dict[str, list[dict]] = dict(plan.given)
     model_ids: dict[str, str] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rlaif.backends.base import BackendConfig
 from rlaif.config import option
@@ -42,6 +43,18 @@ class EvalConfig:
     progress: bool = option(True, "show progress bars")
 
 
+def check_generation_options(cfg: Any, positive: tuple[str, ...]) -> None:
+    """The sampling options shared by `rlaif eval` and `rlaif eval --benchmark`: ``positive`` keys >= 1,
+    temperature >= 0, top_p in (0, 1]."""
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise UserError(f"option '{key}': must be >= 1, got {getattr(cfg, key)}")
+    if cfg.temperature < 0:
+        raise UserError(f"option 'temperature': must be >= 0, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError(f"option 'top_p': must be in (0, 1], got {cfg.top_p}")
+
+
 def check_eval_options(cfg: EvalConfig) -> None:
     """One-line UserErrors for what the types cannot say (nothing is read or written)."""
     for name in SIDES:
@@ -49,12 +62,6 @@ def check_eval_options(cfg: EvalConfig) -> None:
             raise UserError(f"option '{name}': give side {name.upper()} (--{name} MODEL or --{name} CANDIDATES.jsonl)")
     if not cfg.rubrics and not cfg.rewards:
         raise UserError("option 'rubrics': give at least one --rubric R or --reward SPEC to judge A against B")
-    for key in ("n_per_prompt", "max_tokens", "chunk_size", "chunk_tokens", "judge_chunk_size"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"option '{key}': must be >= 1, got {getattr(cfg, key)}")
-    if cfg.temperature < 0:
-        raise UserError(f"option 'temperature': must be >= 0, got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"option 'top_p': must be in (0, 1], got {cfg.top_p}")
+    check_generation_options(cfg, ("n_per_prompt", "max_tokens", "chunk_size", "chunk_tokens", "judge_chunk_size"))
     if cfg.verdict_retries < 0:
         raise UserError(f"option 'verdict_retries': must be >= 0, got {cfg.verdict_retries}")

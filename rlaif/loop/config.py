@@ -4,7 +4,8 @@
 generate / judge / build options of ``rlaif run`` sit at the top level (``n=8``,
 ``rubrics=[...]``, ``policy.model=...``, ``judge.*`` defaulting to ``policy.*``), and each
 trainer's own config is nested under its name (``dpo.beta=0.1``, ``grpo.k=4``, ``ppo.lr=...``,
-``rm.epochs=...``), and so are the `rlaif eval` options (``eval.temperature=0``). The keys that the loop sets
+``rm.epochs=...``), and so are the `rlaif eval` options (``eval.temperature=0``) and the guard's
+`rlaif eval --benchmark` options (``guard.benchmark=basic``, ``guard.max_drop=0.05``; `rlaif.loop.guard`). The keys that the loop sets
 itself in every round (data, model, out, prompts, overwrite, seed, reward, judge) are listed in
 `KEYS_SET_BY_LOOP` and are refused when given.
 """
@@ -18,6 +19,7 @@ from rlaif.config import option
 from rlaif.dataset.options import BuildOptions, CommonOptions, GenerateOptions, JudgeOptions
 from rlaif.errors import UserError
 from rlaif.eval.options import EvalConfig
+from rlaif.loop.guard import GuardConfig, check_guard
 from rlaif.train.config import DPOConfig, RMConfig, SFTConfig
 from rlaif.train.online.config import GRPOConfig, PPOConfig
 
@@ -28,7 +30,8 @@ KEYS_SET_BY_LOOP = {"dpo": ("data", "model", "out", "overwrite", "seed", "ref_mo
             "sft": ("data", "model", "out", "overwrite", "seed"),
             "grpo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
             "ppo": ("prompts", "model", "out", "overwrite", "seed", "reward", "reward_weights", "judge"),
-            "eval": ("a", "b", "prompts", "prompt_column", "out", "overwrite", "seed", "policy", "judge")}
+            "eval": ("a", "b", "prompts", "prompt_column", "out", "overwrite", "seed", "policy", "judge"),
+            "guard": ("a", "b", "out", "overwrite", "seed", "policy")}
 
 
 @dataclass
@@ -66,6 +69,10 @@ class LoopConfig(BuildOptions, JudgeOptions, GenerateOptions, CommonOptions):
     eval: EvalConfig = option(EvalConfig, "eval options, as in `rlaif eval` (its engines are the loop's policy.* and "
                                           "judge.*); no eval.rubrics/rewards = the loop's rubrics (dpo, rm+ppo) or "
                                           "its rewards (grpo: judge:R as rubric R)")
+    guard: GuardConfig = option(GuardConfig, "reward-hacking guard: guard.benchmark=FILE scores pi_0 and every "
+                                             "round's policy on it (as `rlaif eval --benchmark`) and stops the loop "
+                                             "(exit 5) when the judge's win rate rises while accuracy falls by more "
+                                             "than guard.max_drop beyond its interval (rlaif/loop/guard.py)")
 
 
 def given_keys(data: dict, prefix: str = "") -> set[str]:
@@ -101,6 +108,8 @@ def check_loop_config(cfg: LoopConfig, given: set[str] = frozenset()) -> None:  
     if cfg.sft_first and cfg.trainer not in ("dpo", "rm+ppo"):
         raise UserError(f"option 'sft_first': only with trainer=dpo or rm+ppo (trainer={cfg.trainer} "
                         f"{'is SFT already' if cfg.trainer == 'sft' else 'judges no candidates to take the best of'})")
+    if cfg.guard.benchmark:
+        check_guard(cfg.guard)
     if cfg.trainer != "grpo" and (cfg.rewards or cfg.reward_weights):
         raise UserError(f"option 'rewards': only used with trainer=grpo (trainer={cfg.trainer} learns from the "
                         f"judged pairs of `rubrics`)")

@@ -5,7 +5,9 @@ length-controlled (LC) win rate, pi_K's mean eval score and mean length, and KL(
 the eval prompts when eval measured it. `length_warnings` flags the reward-hacking pattern
 AlpacaEval's LC win rate exists for (Dubois et al. 2024): the policy writes at least
 `LENGTH_GROWTH` longer than the policy it is compared with, while its LC win rate over it is not
-above 0.5.
+above 0.5. With the guard on (`rlaif.loop.guard`), each row also has pi_K's benchmark accuracy
+with its 95% Wilson interval and its mean benchmark response length, and the report says whether
+the guard stopped the loop.
 """
 
 from __future__ import annotations
@@ -55,14 +57,29 @@ def start_row(records: list[dict[str, Any]]) -> dict[str, str] | None:
     return row
 
 
-def table_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _benchmark_cells(bench: dict[str, Any] | None) -> dict[str, str]:
+    if not bench:
+        return {"benchmark acc [95% CI]": "-", "benchmark length": "-"}
+    low, high = bench.get("accuracy_ci") or [None, None]
+    return {"benchmark acc [95% CI]": f"{bench['accuracy']:.2f} [{_num(low)}, {_num(high)}]",
+            "benchmark length": _num(bench.get("mean_length"), "{:.1f}")}
+
+
+def table_rows(records: list[dict[str, Any]], start_benchmark: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """One row per round, after the starting policy's; the guard's benchmark columns when it ran."""
     start = start_row(records)
-    return ([start] if start else []) + [round_row(r) for r in records]
+    if start is None and start_benchmark:
+        start = {key: "-" for key in round_row({"round": 0})} | {"round": "0 (start)", "KL vs initial": "0"}
+    rows = ([start] if start else []) + [round_row(r) for r in records]
+    if start_benchmark or any(r.get("benchmark") for r in records):
+        benches = ([start_benchmark] if start else []) + [r.get("benchmark") for r in records]
+        rows = [row | _benchmark_cells(bench) for row, bench in zip(rows, benches)]
+    return rows
 
 
-def win_rate_table(records: list[dict[str, Any]]) -> str:
+def win_rate_table(records: list[dict[str, Any]], start_benchmark: dict[str, Any] | None = None) -> str:
     """A plain-text table, one line per round (and the starting policy), plus any length warnings."""
-    rows = table_rows(records)
+    rows = table_rows(records, start_benchmark)
     if not rows:
         return "no rounds"
     heads = list(rows[0])
@@ -130,7 +147,7 @@ def _svg(records: list[dict[str, Any]], name: str) -> str:
 def write_report(path: Path, manifest: dict[str, Any]) -> None:
     """DIR/report.html: the table, a plot per comparison, warnings, and each round's training summary."""
     records = manifest.get("rounds", [])
-    rows = table_rows(records)
+    rows = table_rows(records, manifest.get("benchmark_start"))
     esc = html.escape
     table = ""
     if rows:
@@ -140,6 +157,8 @@ def write_report(path: Path, manifest: dict[str, Any]) -> None:
     warnings = "".join(f'<p class="warn">WARNING: {esc(w)}</p>' for w in length_warnings(records)) or \
         "<p>No round grew its responses by 10% or more without a length-controlled win rate above 0.5.</p>"
     cfg = manifest.get("config", {})
+    if manifest.get("stopped"):
+        warnings = f'<p class="warn">STOPPED: {esc(manifest["stopped"]["reason"])}</p>' + warnings
     train = "".join(f"<li>round {r['round']}: {esc(str(r.get('train')))}</li>" for r in records)
     plots = "".join(f"<div><h3>{name}</h3>{_svg(records, name)}</div>" for name in COMPARISONS)
     text = f"""<!doctype html><html><head><meta charset="utf-8"><title>rlaif loop report</title>

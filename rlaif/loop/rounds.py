@@ -9,6 +9,7 @@ Round K (1-based), with pi_0 the starting policy and pi_{K-1} the current one::
     DIR/round-K/model/          pi_K: `train_dpo` (reference pi_0 or pi_{K-1}), `train_online` or `train_sft`
                                 (trainer=sft: expert iteration, SFT of pi_{K-1} on the round's best candidates)
     DIR/round-K/eval/vs-initial/, vs-previous/   `run_eval` of pi_K against pi_0 and pi_{K-1}
+    DIR/round-K/benchmark/      guard.benchmark set: pi_K scored on it (`rlaif eval --benchmark`; pi_0 in round-0/)
     DIR/round-K/round.json      the round's results; written last, so it marks the round done
 
 plus ``DIR/eval_prompts.jsonl`` (held out, never trained on), ``DIR/manifest.json`` and
@@ -19,6 +20,10 @@ is not part of it, so raising ``rounds`` continues a finished loop.
 
 Engines: every stage loads its models, and closes them before the next stage starts (gc between
 stages), so memory stays flat from round to round (``rss_mb`` per round in the manifest: anonymous RSS).
+
+Guard (`rlaif.loop.guard`): with ``guard.benchmark`` set, the loop stops after a round whose judge win rate
+rose while its benchmark accuracy fell beyond ``guard.max_drop`` and its interval (``manifest["stopped"]``;
+`rlaif loop` exits `EXIT_GUARD`).
 """
 
 from __future__ import annotations
@@ -78,6 +83,14 @@ def loop_settings(cfg: LoopConfig, pool: list[Prompt], evals: list[Prompt]) -> d
     flat = {key: value for key, value in flat.items() if key.rsplit(".", 1)[-1] not in NOT_SETTING_LEAVES}
     flat["prompts"] = fingerprint([(prompt.id, prompt.messages, prompt.metadata) for prompt in pool])
     flat["eval_prompts"] = fingerprint([(prompt.id, prompt.messages, prompt.metadata) for prompt in evals])
+    # the guard: off -> not a setting (loops made before it resume); max_drop only decides when to stop
+    flat = {key: value for key, value in flat.items()
+            if not key.startswith("guard.") or (cfg.guard.benchmark and key != "guard.max_drop")}
+    if cfg.guard.benchmark:
+        from rlaif.eval.benchmark_check import read_benchmark
+
+        items = read_benchmark(cfg.guard.benchmark, cfg.guard.check, cfg.guard.tolerance)
+        flat["guard.benchmark"] = fingerprint([(item.prompt.id, item.prompt.messages, item.raw) for item in items])
     return {**flat, "fingerprint": fingerprint(flat)}
 
 
@@ -90,9 +103,10 @@ def prepare_loop_out(cfg: LoopConfig, settings: dict[str, Any]) -> None:
     """Refuse an --out holding files rlaif did not write (`rlaif.io.outdir`); overwrite: remove what
     the loop wrote (listed in the marker). Else refuse a folder holding another loop's rounds."""
     out = Path(cfg.out)
-    names = [f"round-{number}" for number in range(1, cfg.rounds + 1)] + list(LOOP_FILES)
+    first = 0 if cfg.guard.benchmark else 1  # round-0/benchmark/: the guard's score of the start policy
+    names = [f"round-{number}" for number in range(first, cfg.rounds + 1)] + list(LOOP_FILES)
     prepare_out(out, names, overwrite=cfg.overwrite, legacy=_is_loop_output, evidence=[str(STATE.parent)],
-                inputs=[cfg.prompts, cfg.eval_prompts])
+                inputs=[cfg.prompts, cfg.eval_prompts, cfg.guard.benchmark])
     state = out / STATE
     if cfg.overwrite:
         state.unlink(missing_ok=True)
@@ -293,8 +307,22 @@ def run_round(cfg: LoopConfig, round_number: int, prompts: list[Prompt],
         record["kl"] = policy_kl(policy_of(cfg, round_number), policy_of(cfg, 0), rows)
         timings["kl_s"] = time.perf_counter() - started
         _free()
+    if cfg.guard.benchmark:
+        started = time.perf_counter()
+        log(f"round {round_number}: guard benchmark {cfg.guard.benchmark}", LOG_PREFIX)
+        record["benchmark"] = guard_benchmark(cfg, round_number)
+        timings["benchmark_s"] = time.perf_counter() - started
+        _free()
     atomic_write_text(folder / "round.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return record, timings
+
+
+def guard_benchmark(cfg: LoopConfig, round_number: int) -> dict[str, Any]:
+    """pi_k scored on the guard's benchmark in DIR/round-k/benchmark/ (k = 0: the starting policy)."""
+    from rlaif.loop.guard import run_guard_benchmark
+
+    return run_guard_benchmark(cfg.guard, policy_of(cfg, round_number), round_dir(cfg, round_number) / "benchmark",
+                               cfg.policy, cfg.seed, cfg.progress)
 
 
 def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
@@ -319,6 +347,12 @@ def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
                                 "prompts": {"training_pool": len(pool), "eval": len(evals),
                                             "per_round": cfg.prompts_per_round},
                                 "rounds": [], "timings": {"rounds": {}}}
+    if cfg.guard.benchmark:
+        from rlaif.loop.guard import decide
+
+        log(f"round 0: guard benchmark {cfg.guard.benchmark} on the starting policy", LOG_PREFIX)
+        manifest["benchmark_start"] = guard_benchmark(cfg, 0)
+        _free()
     for round_number in range(1, cfg.rounds + 1):
         marker = round_dir(cfg, round_number) / "round.json"
         if marker.is_file():
@@ -330,9 +364,15 @@ def run_loop(cfg: LoopConfig, evaluate: EvalFn = stage_eval) -> dict[str, Any]:
         manifest["rounds"].append(record)
         manifest["timings"]["rounds"][str(round_number)] = {key: round(value, 3) for key, value in timings.items()}
         manifest["timings"]["total_seconds_this_invocation"] = round(time.perf_counter() - start, 3)
+        reason = decide(manifest["benchmark_start"], manifest["rounds"], cfg.guard.max_drop) if cfg.guard.benchmark \
+            else None
+        if reason:
+            manifest["stopped"] = {"round": round_number, "reason": reason}
         _write_manifest(out, manifest)
+        if reason:
+            break
     write_report(out / "report.html", manifest)
-    print(win_rate_table(manifest["rounds"]))
+    print(win_rate_table(manifest["rounds"], manifest.get("benchmark_start")))
     return manifest
 
 
@@ -367,3 +407,9 @@ def _preflight(cfg: LoopConfig) -> None:
                             f"give a judged rubric in eval.rubrics")
     if rubrics or cfg.trainer != "grpo":
         resolve_backend_model(cfg.judge)
+    if cfg.guard.benchmark:
+        from rlaif.eval.benchmark_check import Checkers, read_benchmark
+        from rlaif.eval.benchmark_options import check_benchmark_options
+
+        check_benchmark_options(dataclasses.replace(cfg.guard, a="policy"))
+        Checkers(read_benchmark(cfg.guard.benchmark, cfg.guard.check, cfg.guard.tolerance))

@@ -1,4 +1,4 @@
-"""Data shipped with rlaif: the repository's top-level ``rubrics/`` and ``prompts/`` folders.
+"""Data shipped with rlaif: the repository's top-level ``rubrics/``, ``prompts/`` and ``benchmarks/`` folders.
 
 They stay at the top level, where users edit them. A wheel installs them as package data
 (pyproject.toml maps ``rlaif.shipped.rubrics`` -> ``rubrics/`` and ``rlaif.shipped.prompts`` ->
@@ -12,7 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["rubrics", "prompts"]
+Kind = Literal["rubrics", "prompts", "benchmarks"]
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
 
