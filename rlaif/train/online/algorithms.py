@@ -8,6 +8,8 @@
 - KL placement: GRPO adds beta * k3 to the loss; RLOO and PPO put k1 in the reward, so their
   advantages read the old-policy log-probs when beta > 0.
 - extra losses: GRPO's k3 KL; PPO's clipped value loss (its value model comes with PPOConfig).
+- GRPO's policy loss: PPO-clip per token, GSPO's sequence ratio (importance_sampling_level) or
+  CISPO's clipped IS weight (loss_type=cispo); every algorithm may add an entropy bonus.
 
 The config type picks the class: :func:`strategy`.
 """
@@ -55,9 +57,24 @@ class Algorithm:
         """The KL coefficient over the run (fixed unless PPO's adaptive_kl)."""
         return maths.FixedKLController(self.cfg.beta)
 
+    def entropy_controller(self) -> maths.FixedKLController:
+        """The entropy bonus coefficient over the run: static ``entropy_coef``, or adapted towards
+        ``entropy_target`` (maths.AdaptiveEntropyController)."""
+        if self.cfg.entropy_target is not None:
+            return maths.AdaptiveEntropyController(self.cfg.entropy_coef, self.cfg.entropy_target,
+                                                   self.cfg.entropy_coef_delta)
+        return maths.FixedKLController(self.cfg.entropy_coef)
+
     def normalizer(self, mask: torch.Tensor) -> float:
         """The divisor of a whole minibatch's loss, so that summed micro-batch losses equal its loss."""
         return max(float(mask.sum()), 1.0)
+
+    def policy_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, micro: MicroBatch
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The micro-batch's share of the policy loss and its stats (PPO-clip at ``level``)."""
+        return maths.policy_loss(logp, old_logp, micro.advantages, micro.rows.mask, self.cfg.clip_eps,
+                                 level=self.level, loss_type=self.loss_type,
+                                 max_completion_length=self.cfg.max_tokens, normalizer=micro.normalizer)
 
     def advantages(self, scores: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor,
                    scored: Scored, kl_coef: float, critic_from_policy: bool) -> dict[str, torch.Tensor]:
@@ -84,7 +101,7 @@ class GRPO(Algorithm):
         return False  # the KL is in the loss
 
     def normalizer(self, mask: torch.Tensor) -> float:
-        if self.cfg.loss_type == "grpo":  # sequences with tokens
+        if self.cfg.loss_type == "grpo" or self.cfg.importance_sampling_level == "sequence":  # sequences with tokens
             return max(float((mask.sum(-1) > 0).sum()), 1.0)
         if self.cfg.loss_type == "dr_grpo":  # a constant: rows x max_tokens
             return float(mask.shape[0] * self.cfg.max_tokens)
@@ -94,14 +111,30 @@ class GRPO(Algorithm):
                    scored: Scored, kl_coef: float, critic_from_policy: bool) -> dict[str, torch.Tensor]:
         return {"adv": maths.grpo_advantages(scores, self.cfg.k, self.cfg.scale_rewards, valid), "kl": kl}
 
+    def policy_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, micro: MicroBatch
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """PPO-clip per token (clip-higher with clip_eps_high), GSPO (importance_sampling_level) or CISPO."""
+        low, high = self.cfg.clip_range()
+        common = dict(loss_type=self.loss_type, max_completion_length=self.cfg.max_tokens, normalizer=micro.normalizer)
+        level = self.cfg.importance_sampling_level
+        if level != "token":
+            return maths.gspo_loss(logp, old_logp, micro.advantages, micro.rows.mask, low, high,
+                                   token=level == "sequence_token", **common)  # type: ignore[arg-type]
+        if self.loss_type == "cispo":
+            return maths.cispo_loss(logp, old_logp, micro.advantages, micro.rows.mask, low, high,
+                                    **common)  # type: ignore[arg-type]
+        return maths.policy_loss(logp, old_logp, micro.advantages, micro.rows.mask, low, clip_eps_high=high,
+                                 **common)  # type: ignore[arg-type]
+
     def extra_loss(self, logp: torch.Tensor, micro: MicroBatch, value_model: Any
                    ) -> tuple[torch.Tensor, dict[str, float]] | None:
         """beta * k3 KL, aggregated like the policy loss (TRL GRPO)."""
         if self.cfg.beta <= 0:
             return None
         per_token = maths.kl_k3(logp, micro.ref_logp) * micro.rows.mask
-        kl_loss = maths.aggregate_loss(per_token, micro.rows.mask, self.loss_type, self.cfg.max_tokens,
-                                       micro.normalizer)
+        per_sequence = self.cfg.importance_sampling_level == "sequence"  # GSPO: its normaliser counts sequences
+        kl_loss = maths.aggregate_loss(per_token, micro.rows.mask, "grpo" if per_sequence else self.loss_type,
+                                       self.cfg.max_tokens, micro.normalizer)
         return self.cfg.beta * kl_loss, {}
 
 

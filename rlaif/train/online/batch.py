@@ -64,9 +64,10 @@ def build_batch(rollouts: list[Any], pad_id: int) -> RolloutBatch:
     return RolloutBatch(input_ids, attention_mask, positions, targets, mask, engine)
 
 
-def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_j | x, y_<j) per completion token with logits / T, (N, T); and the mean entropy.
+def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy: bool = False,
+                   entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(y_j | x, y_<j) per completion token with logits / T, (N, T); and the mean entropy
+    (detached, unless ``entropy_grad``: then it carries the gradient, for an entropy bonus).
     Only the positions from the earliest completion on go through the LM head (logits_to_keep)."""
     first = int(batch.positions.min())
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -75,7 +76,8 @@ def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy:
     rows = torch.arange(batch.positions.shape[0], device=batch.positions.device).unsqueeze(-1)
     logits = out.logits[rows, batch.positions - first].float() / temperature          # (N, T, V)
     logp = logits.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-    mean_entropy = maths.entropy_from_logits(logits.detach(), batch.mask) if entropy else None
+    mean_entropy = maths.entropy_from_logits(logits if entropy_grad else logits.detach(), batch.mask) \
+        if entropy or entropy_grad else None
     return logp * batch.mask, mean_entropy
 
 

@@ -93,6 +93,14 @@ class OnlineConfig(TrainerOptions):
     micro_batch_size: int = option(8, "completions per forward/backward (gradients accumulate up to a minibatch)")
     beta: float = option(0.0, "KL coefficient against the reference (the starting policy)")
     clip_eps: float = option(0.2, "PPO-clip range of the probability ratio")
+    overlong_buffer: int = option(0, "DAPO soft overlong penalty: the last N tokens before max_tokens cost up to "
+                                     "overlong_penalty (linear; -overlong_penalty at max_tokens); 0 = off")
+    overlong_penalty: float = option(1.0, "overlong_buffer: the penalty at max_tokens, added to the reward")
+    entropy_coef: float = option(0.0, "entropy bonus: -entropy_coef x mean token entropy in the loss (the "
+                                      "starting value when entropy_target is set); 0 = off")
+    entropy_target: float | None = option(None, "adapt entropy_coef towards this mean token entropy (nats): "
+                                                "+entropy_coef_delta per step below it, - above, never < 0")
+    entropy_coef_delta: float = option(0.005, "entropy_target: the coefficient's step per rollout step")
     log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps (and the "
                                                 "first step's); 0 = never")
 
@@ -107,9 +115,24 @@ class GRPOConfig(OnlineConfig):
     scale_rewards: Literal["group", "batch", "none"] = option(
         "group", "divide advantages by the group's reward std (group), the batch's (batch), or not (none: "
                  "Dr. GRPO, Liu et al. 2025)")
-    loss_type: Literal["grpo", "dapo", "dr_grpo"] = option(
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "cispo"] = option(
         "dapo", "grpo: mean over each sequence then batch; dapo: sum over the batch's active tokens (Yu et al. "
-                "2025); dr_grpo: sum / (batch * max_tokens), no length bias (Liu et al. 2025)")
+                "2025); dr_grpo: sum / (batch * max_tokens), no length bias (Liu et al. 2025); cispo: clipped, "
+                "detached IS weight x log-prob, every token keeps its gradient, summed as dapo (MiniMax-M1 2025)")
+    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = option(
+        "token", "token: PPO-clip per token; sequence: GSPO (Zheng et al. 2025), the length-normalised sequence "
+                 "ratio clipped by gspo_clip_eps, mean over sequences; sequence_token: GSPO-token, summed by "
+                 "loss_type")
+    clip_eps_high: float | None = option(None, "upper clip 1 + clip_eps_high of the token ratio (DAPO clip-higher, "
+                                               "e.g. 0.28; cispo: its IS-weight cap); null = clip_eps")
+    gspo_clip_eps: float = option(3e-4, "GSPO: lower clip range of the sequence ratio (paper: 3e-4)")
+    gspo_clip_eps_high: float = option(4e-4, "GSPO: upper clip range of the sequence ratio (paper: 4e-4)")
+
+    def clip_range(self) -> tuple[float, float]:
+        """(eps_low, eps_high) of the ratio: GSPO's own for a sequence ratio, else clip_eps / clip_eps_high."""
+        if self.importance_sampling_level != "token":
+            return self.gspo_clip_eps, self.gspo_clip_eps_high
+        return self.clip_eps, self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
 
 @dataclass
@@ -232,7 +255,22 @@ def _range_checks(cfg: OnlineConfig) -> list[tuple[str, object, bool, str]]:
               ("save_steps", cfg.save_steps, cfg.save_steps >= 0, ">= 0"),
               ("logging_steps", cfg.logging_steps, cfg.logging_steps >= 1, ">= 1"),
               ("log_rollouts_every", cfg.log_rollouts_every, cfg.log_rollouts_every >= 0, ">= 0"),
-              ("verdict_retries", cfg.verdict_retries, cfg.verdict_retries >= 0, ">= 0")]
+              ("verdict_retries", cfg.verdict_retries, cfg.verdict_retries >= 0, ">= 0"),
+              ("overlong_buffer", cfg.overlong_buffer, 0 <= cfg.overlong_buffer <= cfg.max_tokens,
+               f"in [0, max_tokens={cfg.max_tokens}]"),
+              ("overlong_penalty", cfg.overlong_penalty, cfg.overlong_penalty >= 0, ">= 0"),
+              ("entropy_coef", cfg.entropy_coef, cfg.entropy_coef >= 0, ">= 0"),
+              ("entropy_target", cfg.entropy_target, cfg.entropy_target is None or cfg.entropy_target > 0,
+               "> 0 or null"),
+              ("entropy_coef_delta", cfg.entropy_coef_delta, cfg.entropy_coef_delta > 0, "> 0")]
+    if isinstance(cfg, GRPOConfig):
+        level = cfg.importance_sampling_level
+        checks += [("clip_eps_high", cfg.clip_eps_high, cfg.clip_eps_high is None or cfg.clip_eps_high > 0,
+                    "> 0 or null"),
+                   ("gspo_clip_eps", cfg.gspo_clip_eps, cfg.gspo_clip_eps > 0, "> 0"),
+                   ("gspo_clip_eps_high", cfg.gspo_clip_eps_high, cfg.gspo_clip_eps_high > 0, "> 0"),
+                   ("importance_sampling_level", level, level == "token" or cfg.loss_type != "cispo",
+                    "token with loss_type=cispo (CISPO weighs each token)")]
     if isinstance(cfg, PPOConfig):
         checks += [("gamma", cfg.gamma, 0 < cfg.gamma <= 1, "in (0, 1]"),
                    ("lam", cfg.lam, cfg.lam is None or 0 <= cfg.lam <= 1, "in [0, 1] or null"),

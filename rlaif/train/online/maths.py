@@ -9,7 +9,9 @@ Papers: PPO (Schulman et al. 2017), GAE (Schulman et al. 2016), "The N+ implemen
 RLHF with PPO" (Huang et al. 2024, arXiv 2403.17031), KL controller (Ziegler et al. 2019, arXiv
 1909.08593), RLOO (Ahmadian et al. 2024, arXiv 2402.14740), GRPO (Shao et al. 2024, arXiv
 2402.03300), DAPO (Yu et al. 2025, arXiv 2503.14476), Dr. GRPO (Liu et al. 2025, arXiv
-2503.20783), k1/k3 (J. Schulman, "Approximating KL divergence", 2020).
+2503.20783), k1/k3 (J. Schulman, "Approximating KL divergence", 2020), GSPO (Zheng et al. 2025,
+arXiv 2507.18071), CISPO (MiniMax-M1, arXiv 2506.13585), adaptive entropy (Skywork-OR1, He et al.
+2025, arXiv 2505.22312).
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ class AdaptiveKLController(FixedKLController):
 
 # ----------------------------------------------------------------------------- losses
 
-LossType = Literal["grpo", "dapo", "dr_grpo", "token_mean"]
+LossType = Literal["grpo", "dapo", "dr_grpo", "token_mean", "cispo"]
 
 
 def aggregate_loss(losses: Tensor, m: Tensor, loss_type: str, max_completion_length: int | None,
@@ -222,19 +224,19 @@ def aggregate_loss(losses: Tensor, m: Tensor, loss_type: str, max_completion_len
         lengths = m.sum(-1)                                             # (B,)
         per_sequence = (losses * m).sum(-1) / lengths.clamp(min=1)       # (B,)
         return per_sequence.sum() / (normalizer or (lengths > 0).sum().clamp(min=1))
-    if loss_type in ("dapo", "token_mean"):
+    if loss_type in ("dapo", "token_mean", "cispo"):
         return total / (normalizer or m.sum().clamp(min=1))
     if loss_type == "dr_grpo":
         if not max_completion_length:
             raise ValueError("dr_grpo needs max_completion_length (the max_tokens of the rollouts)")
         return total / (normalizer or losses.shape[0] * max_completion_length)
-    raise ValueError(f"loss_type must be grpo, dapo, dr_grpo or token_mean, got {loss_type!r}")
+    raise ValueError(f"loss_type must be grpo, dapo, dr_grpo, cispo or token_mean, got {loss_type!r}")
 
 
 def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
                 level: Literal["token", "sequence"] = "token", loss_type: LossType = "dapo",
-                max_completion_length: int | None = None, normalizer: float | None = None
-                ) -> tuple[Tensor, dict[str, float]]:
+                max_completion_length: int | None = None, normalizer: float | None = None,
+                clip_eps_high: float | None = None) -> tuple[Tensor, dict[str, float]]:
     """PPO-clip (Schulman et al. 2017): l = max(-rho A, -clip(rho, 1 - eps, 1 + eps) A) = -min(...).
 
     logp, old_logp, mask (B, T); advantages (B,) per sequence (GRPO/RLOO, broadcast over tokens) or
@@ -249,7 +251,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
       term per sequence (the completion as one action, Ahmadian et al. 2024), mean over sequences
       with tokens; ``loss_type`` is not used. advantages must be (B,).
     ``normalizer`` replaces the divisor (sequences, tokens, or B * L) when the caller splits a
-    batch into micro-batches and sums their losses. Stats (floats): clip_fraction (share of terms
+    batch into micro-batches and sums their losses. ``clip_eps_high`` (None = ``clip_eps``) is the
+    upper clip 1 + eps_high (DAPO's clip-higher, Yu et al. 2025). Stats (floats): clip_fraction (share of terms
     where the clipped branch is taken, so its gradient is 0), approx_kl = mean 0.5 (log rho)^2,
     ratio_mean.
     """
@@ -265,8 +268,9 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     else:
         raise ValueError(f"level must be token or sequence, got {level!r}")
     ratio = torch.exp(log_ratio)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+    clipped = -adv * torch.clamp(ratio, 1 - clip_eps, 1 + high)
     losses = torch.maximum(unclipped, clipped)
     if level == "sequence":
         loss = (losses * weights).sum() / (normalizer or weights.sum().clamp(min=1))
@@ -311,3 +315,120 @@ def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:
     z = logits.float()
     per_token = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)   # (B, T)
     return masked_mean(per_token, mask)
+
+
+# ----------------------------------------------------------------------------- GSPO and CISPO
+
+def _clip_stats(ratio: Tensor, log_ratio: Tensor, clipped: Tensor, weights: Tensor) -> dict[str, float]:
+    """clip_fraction, approx_kl = mean 0.5 (log ratio)^2 and ratio_mean over ``weights``."""
+    with torch.no_grad():
+        w = weights.to(ratio.dtype)
+        return {"clip_fraction": masked_mean(clipped.to(ratio.dtype), w).item(),
+                "approx_kl": masked_mean(0.5 * log_ratio.detach() ** 2, w).item(),
+                "ratio_mean": masked_mean(ratio.detach(), w).item()}
+
+
+def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
+              clip_eps_high: float, token: bool = False, loss_type: LossType = "grpo",
+              max_completion_length: int | None = None, normalizer: float | None = None
+              ) -> tuple[Tensor, dict[str, float]]:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071): the importance ratio of the whole sequence,
+    length-normalised, clipped per sequence:
+
+        s_i = (pi(y_i|x) / pi_old(y_i|x))^(1/|y_i|) = exp(mean_t (logp_t - old_logp_t))
+        l_i = max(-A_i s_i, -A_i clip(s_i, 1 - eps_low, 1 + eps_high)),  loss = mean_i l_i (eq. 5)
+
+    Its clip range is small (the paper: 3e-4 / 4e-4), since s_i is a geometric mean of token ratios.
+    ``token`` (GSPO-token, eq. 13): s_i,t = sg(s_i) * pi(y_t) / sg(pi(y_t)), equal to s_i in value
+    and gradient with one advantage per sequence, allowing (B, T) advantages; its (B, T) losses are
+    summed by ``loss_type`` (:func:`aggregate_loss`). logp, old_logp, mask (B, T); advantages (B,)
+    (or (B, T) with ``token``). ``normalizer`` as in :func:`policy_loss` (sequences for the
+    sequence form). Stats as :func:`policy_loss`'s, per sequence (per token with ``token``).
+    """
+    m = mask.to(logp.dtype)
+    lengths = m.sum(-1)
+    seq_log_ratio = ((logp - old_logp) * m).sum(-1) / lengths.clamp(min=1)        # (B,) log s_i
+    if token:
+        log_ratio = seq_log_ratio.detach().unsqueeze(-1) + logp - logp.detach()     # (B, T)
+        adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+        weights = m
+    else:
+        if advantages.dim() != 1:
+            raise ValueError("gspo needs one advantage per sequence, shape (B,) (or token=True)")
+        log_ratio, adv, weights = seq_log_ratio, advantages, (lengths > 0).to(m.dtype)
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps_high)
+    losses = torch.maximum(unclipped, clipped)
+    if token:
+        loss = aggregate_loss(losses, m, loss_type, max_completion_length, normalizer)
+    else:
+        loss = (losses * weights).sum() / (normalizer or weights.sum().clamp(min=1))
+    return loss, _clip_stats(ratio, log_ratio, clipped > unclipped, weights)
+
+
+def cispo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
+               clip_eps_high: float, loss_type: LossType = "cispo", max_completion_length: int | None = None,
+               normalizer: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585, eq. 4): clip the importance-sampling weight, not the
+    update, so every token keeps its gradient:
+
+        r_t = exp(logp_t - old_logp_t),   l_t = -sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A * logp_t
+
+    summed by ``loss_type`` (cispo = dapo: over the batch's tokens, as the paper). PPO-clip zeroes
+    the gradient of a token whose ratio left the range in the advantage's direction; here its
+    gradient is -w A grad logp_t with w the clipped weight. On-policy (r = 1) the gradient equals
+    PPO-clip's. MiniMax set eps_low large (no lower bound: clip_eps = 1) and tuned eps_high.
+    logp, old_logp, mask (B, T); advantages (B,) or (B, T). clip_fraction = share of tokens whose
+    weight was clipped (they still learn).
+    """
+    m = mask.to(logp.dtype)
+    log_ratio = (logp - old_logp) * m
+    ratio = torch.exp(log_ratio)
+    weight = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps_high).detach()
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    losses = -weight * adv * logp
+    loss = aggregate_loss(losses, m, loss_type, max_completion_length, normalizer)
+    return loss, _clip_stats(ratio, log_ratio, weight != ratio.detach(), m)
+
+
+# ----------------------------------------------------------------------------- overlong penalty
+
+def overlong_penalty(lengths: Tensor, max_length: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), per completion of length L:
+
+        0                        if L <= L_max - L_c
+        ((L_max - L_c) - L) / L_c   if L_max - L_c < L <= L_max
+        -1                       if L > L_max
+
+    so a completion cut at max_tokens (L = L_max) gets -1. lengths (B,) -> (B,) in [-1, 0];
+    ``buffer`` L_c = 0: all zeros (off).
+    """
+    lengths = lengths.to(torch.float32)
+    if buffer <= 0:
+        return torch.zeros_like(lengths)
+    start = max_length - buffer
+    return torch.clamp((start - lengths) / buffer, min=-1.0, max=0.0)
+
+
+# ----------------------------------------------------------------------------- entropy bonus
+
+class AdaptiveEntropyController(FixedKLController):
+    """Coefficient of the entropy bonus (-coef * mean token entropy in the loss), stepped towards a
+    target entropy, after Skywork-OR1's adaptive entropy control (He et al. 2025, arXiv 2505.22312):
+
+        coef <- max(coef + delta, 0) if H < target else max(coef - delta, 0)
+
+    ``value``, ``state_dict`` and ``load_state_dict`` as the KL controllers; `FixedKLController`
+    serves as the static coefficient.
+    """
+
+    def __init__(self, init_coef: float, target: float, delta: float) -> None:
+        if target <= 0 or delta <= 0:
+            raise ValueError(f"adaptive entropy needs target > 0 and delta > 0, got {target}, {delta}")
+        super().__init__(init_coef)
+        self.target, self.delta = float(target), float(delta)
+
+    def update(self, current_entropy: float, n_steps: int = 1) -> None:
+        step = self.delta if current_entropy < self.target else -self.delta
+        self.value = max(self.value + step, 0.0)

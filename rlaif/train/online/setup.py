@@ -151,4 +151,5 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     value_from_policy = isinstance(cfg, PPOConfig) and not cfg.value_init_dir(specs)
     return Run(policy=policy, value_model=value_model, optimizer=optimizer, params=params, device=device,
                autocast=_autocast(cfg, device), dist=dist, tokenizer=tokenizer, reference=reference, engine=engine,
-               rewards=rewards, weights=weights, kl=kl, value_from_policy=value_from_policy)
+               rewards=rewards, weights=weights, kl=kl, value_from_policy=value_from_policy,
+               entropy_coef=strategy(cfg).entropy_controller())

@@ -103,24 +103,29 @@ class Learner:
     autocast: Callable[[], ContextManager[Any]]
     dist: Dist = field(default_factory=Dist)
     guard: NonFiniteGuard | None = None  # the run's NaN/inf check (made from cfg.nonfinite on first use)
+    entropy_coef: Any = None  # the entropy bonus coefficient (`Algorithm.entropy_controller`); None: off
 
 
-def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: Any
+def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: Any, entropy_coef: float = 0.0
                ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
-    """The loss of one micro-batch (its share of the minibatch loss: PPO-clip at the algorithm's
-    level, plus its extra loss), its stats, the detached log-probs (n, T) and, when the old-policy
-    pass was skipped (old = current, detached), the mean entropy (else None)."""
+    """The loss of one micro-batch (its share of the minibatch loss: the algorithm's policy loss,
+    plus its extra loss, minus ``entropy_coef`` x the mean token entropy weighted by the micro-batch's
+    share of the minibatch's tokens), its stats, the detached log-probs (n, T) and, when the
+    old-policy pass was skipped (old = current, detached), the mean entropy (else None)."""
     algorithm = strategy(cfg)
     fresh = micro.old_logp is None
-    logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh)
+    bonus = entropy_coef > 0
+    logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh, entropy_grad=bonus)
     old_logp = logp.detach() if micro.old_logp is None else micro.old_logp
-    loss, stats = maths.policy_loss(logp, old_logp, micro.advantages, micro.rows.mask, cfg.clip_eps,
-                                    level=algorithm.level, loss_type=algorithm.loss_type,
-                                    max_completion_length=cfg.max_tokens, normalizer=micro.normalizer)
+    loss, stats = algorithm.policy_loss(logp, old_logp, micro)
     extra = algorithm.extra_loss(logp, micro, value_model)
     if extra is not None:
         loss, stats = loss + extra[0], {**stats, **extra[1]}
-    return loss, stats, logp.detach(), mean_entropy
+    if bonus and mean_entropy is not None:
+        share = float(micro.rows.mask.sum()) / micro.value_normalizer
+        loss = loss - entropy_coef * mean_entropy * share
+        mean_entropy = mean_entropy.detach()
+    return loss, stats, logp.detach(), mean_entropy if fresh else None
 
 
 PER_UPDATE = ("grad_norm", "value_grad_norm", "policy_grad_norm")  # stats taken once per optimizer step
@@ -242,7 +247,8 @@ def _micro_step(cfg: OnlineConfig, micro: MicroBatch, idx: list[int], learner: L
     """Forward and backward of one micro-batch (rows ``idx``); its stats go to ``tally``."""
     micro = micro.to(learner.device)
     with learner.autocast():
-        loss, stats, logp, mean_entropy = micro_loss(cfg, micro, learner.policy, learner.value_model)
+        coef = learner.entropy_coef.value if learner.entropy_coef is not None else 0.0
+        loss, stats, logp, mean_entropy = micro_loss(cfg, micro, learner.policy, learner.value_model, coef)
     loss.backward()
     if tally.fresh is not None and mean_entropy is not None:
         tally.keep_logprobs(idx, logp, mean_entropy, float(micro.rows.mask.sum()))

@@ -67,14 +67,21 @@ def collect_rewards(run: Run, prompts: list[Prompt], rollouts: list[Any]) -> tup
 
 
 def reward_tensor(cfg: OnlineConfig, total: list, rollouts: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (N,) with masked samples at 0, and validity (N,); PPO's missing-EOS score applied."""
+    """Scores (N,) with masked samples at 0, and validity (N,); PPO's missing-EOS score and the
+    overlong penalty (:func:`overlong`) applied."""
     valid = torch.tensor([r is not None for r in total], dtype=torch.float)
     scores = torch.tensor([0.0 if r is None else float(r) for r in total])
     eos_score = strategy(cfg).missing_eos_score
     if eos_score is not None:
         cut = torch.tensor([not r.finished for r in rollouts])
         scores = torch.where(cut & (valid > 0), torch.tensor(float(eos_score)), scores)
-    return scores, valid
+    return scores + overlong(cfg, rollouts) * valid, valid
+
+
+def overlong(cfg: OnlineConfig, rollouts: list[Any]) -> torch.Tensor:
+    """overlong_penalty x DAPO's soft overlong penalty of each completion's length (N,), <= 0."""
+    lengths = torch.tensor([len(r.completion_ids) for r in rollouts], dtype=torch.float)
+    return cfg.overlong_penalty * maths.overlong_penalty(lengths, cfg.max_tokens, cfg.overlong_buffer)
 
 
 def sample_and_reward(cfg: OnlineConfig, run: Run, batch_prompts: list[Prompt], ids: list[list[int]], step: int,
@@ -151,6 +158,11 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     metrics = {"time/generation": t1 - t0, "time/reward": t2 - t1, "time/train": t4 - t2, "time/scoring": t3 - t2,
                "time/update": t4 - t3, "time/sync": sync_s,
                **step_metrics(run, rollouts, batch, scored, adv, valid, per_source, total, t1 - t0), **train_stats}
+    if cfg.overlong_buffer:
+        metrics["overlong_penalty"] = float((overlong(cfg, rollouts) * valid).sum() / max(float(valid.sum()), 1.0))
+    if run.entropy_coef is not None:
+        metrics["entropy_coef"] = run.entropy_coef.value  # the coefficient this step's update used
+        run.entropy_coef.update(metrics["entropy"], 1)
     warn_missing_eos(cfg, run, metrics["eos_rate"])
     run.kl.update(metrics["kl"], len(rollouts))
     rows = [{"step": step + 1, "prompt_id": batch_prompts[r.prompt_index].id,
