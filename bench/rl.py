@@ -16,6 +16,13 @@ backward + optimizer step, and rlaif's step metrics).
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py [--prompts 4] [--k 4] [--max-tokens 32]
         [--steps 4] [--only rlaif|trl] [--trl-vllm]
+
+``--losses`` instead compares rlaif grpo's policy losses on the same seed, prompts and reward:
+PPO-clip per token (grpo), GSPO (importance_sampling_level=sequence) and CISPO (loss_type=cispo),
+each over 2 epochs of 2 minibatches per rollout batch (on-policy, with one update per batch, GSPO's
+ratio is 1 and the three differ only in how they sum tokens), and prints the reward curves:
+
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py --losses [--engine hf] [--steps 10] [--lr 3e-5]
 """
 
 from __future__ import annotations
@@ -171,6 +178,47 @@ def _rlaif_step(r: dict, total: float) -> dict:
             "tokens": r["rollout/tokens_per_s"] * gen, "reward_mean": r["reward/mean"]}
 
 
+LOSSES = {"grpo (PPO-clip)": {}, "gspo": {"importance_sampling_level": "sequence"}, "cispo": {"loss_type": "cispo"}}
+
+
+def losses_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """Each of LOSSES trained from the same start on the same seed; per loss the reward mean of every
+    step, the mean clip fraction and the seconds per step (first step apart)."""
+    from rlaif.train.online.config import GRPOConfig, RolloutOptions
+    from rlaif.train.online.trainer import train_online
+
+    n = args.prompts * args.k
+    results = {}
+    for name, options in LOSSES.items():
+        folder = out / name.split()[0]
+        cfg = GRPOConfig(prompts=str(prompts), model=model_dir, out=str(folder),
+                         reward=[f"python:{Path(__file__).resolve()}:length_reward"], engine=args.engine,
+                         prompts_per_step=args.prompts, k=args.k, max_tokens=args.max_tokens, steps=args.steps,
+                         lr=args.lr, beta=0.0, temperature=1.0, epochs_per_step=2, minibatch_size=n // 2,
+                         micro_batch_size=n, seed=args.seed, precision="fp32", save_steps=0, log_rollouts_every=0,
+                         progress=False, overwrite=True, rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory),
+                         **options)
+        torch.manual_seed(args.seed)
+        train_online(cfg)
+        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        results[name] = {"rewards": [r["reward/mean"] for r in rows],
+                         "clip_fraction": statistics.mean(r["clip_fraction"] for r in rows),
+                         "s_per_step": statistics.mean(r["time/train"] + r["time/generation"] for r in rows[1:] or rows)}
+        gc.collect()
+    return results
+
+
+def print_losses(results: dict[str, dict], args: argparse.Namespace) -> None:
+    print(f"\n{args.model}, engine {args.engine}, {args.prompts} prompts x k={args.k}, max {args.max_tokens} tokens, "
+          f"{args.steps} steps, lr {args.lr}, seed {args.seed}, 2 epochs x 2 minibatches per batch\n")
+    print("| loss | reward per step | mean first 3 | mean last 3 | clip fraction | s/step |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        rewards = r["rewards"]
+        print(f"| {name} | {' '.join(f'{x:.2f}' for x in rewards)} | {statistics.mean(rewards[:3]):.3f} | "
+              f"{statistics.mean(rewards[-3:]):.3f} | {r['clip_fraction']:.3f} | {r['s_per_step']:.1f} |")
+
+
 def print_table(results: dict, args: argparse.Namespace) -> None:
     import transformers
     import trl
@@ -204,6 +252,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["rlaif", "trl"], default=None)
     parser.add_argument("--trl-vllm", action="store_true", help="TRL with use_vllm=True, vllm_mode=colocate")
     parser.add_argument("--model", default="smollm2-135m", help="alias or local folder")
+    parser.add_argument("--losses", action="store_true", help="compare grpo / gspo / cispo reward curves instead")
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"], help="--losses: rollout engine")
     parser.add_argument("--rollout-memory", type=float, default=0.1,
                         help="rlaif's vLLM KV-cache share of RAM (CPU: of one NUMA node; default 0.15 may not fit "
                              "next to the TRL run on a small machine)")
@@ -215,6 +265,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-rl-"))
     try:
         rows = write_prompts(tmp / "prompts.jsonl", args.prompts)
+        if args.losses:
+            print_losses(losses_run(tmp / "prompts.jsonl", model_dir, tmp / "losses", args), args)
+            return
         results = {}
         for who in ("trl", "rlaif") if args.only is None else (args.only,):
             torch.manual_seed(args.seed)
