@@ -196,14 +196,15 @@ def losses_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespac
                          prompts_per_step=args.prompts, k=args.k, max_tokens=args.max_tokens, steps=args.steps,
                          lr=args.lr, beta=0.0, temperature=1.0, epochs_per_step=2, minibatch_size=n // 2,
                          micro_batch_size=n, seed=args.seed, precision="fp32", save_steps=0, log_rollouts_every=0,
-                         progress=False, overwrite=True, rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory),
-                         **options)
+                         progress=False, overwrite=True,
+                         rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory), **options)
         torch.manual_seed(args.seed)
         train_online(cfg)
         rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
         results[name] = {"rewards": [r["reward/mean"] for r in rows],
                          "clip_fraction": statistics.mean(r["clip_fraction"] for r in rows),
-                         "s_per_step": statistics.mean(r["time/train"] + r["time/generation"] for r in rows[1:] or rows)}
+                         "s_per_step": statistics.mean(r["time/train"] + r["time/generation"]
+                                                       for r in rows[1:] or rows)}
         gc.collect()
     return results
 
