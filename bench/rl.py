@@ -23,6 +23,7 @@ each over 2 epochs of 2 minibatches per rollout batch (on-policy, with one updat
 ratio is 1 and the three differ only in how they sum tokens), and prints the reward curves:
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py --losses [--engine hf] [--steps 10] [--lr 3e-5]
+        [--model DIR --reward vowels]   # a tiny random model: vowels_reward is what it can learn
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def length_reward(prompts, completions, **kwargs) -> list[float]:
     Completions may be strings (rlaif) or message lists (TRL's conversational format)."""
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [-abs(len(t) - TARGET_CHARS) / TARGET_CHARS for t in texts]
+
+
+def vowels_reward(prompts, completions, **kwargs) -> list[float]:
+    """Share of vowels among the completion's characters: a signal a tiny random model can learn."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [sum(ch in "aeiou" for ch in t) / max(len(t), 1) for t in texts]
 
 
 def write_prompts(path: Path, n: int) -> list[dict]:
@@ -192,7 +199,7 @@ def losses_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespac
     for name, options in LOSSES.items():
         folder = out / name.split()[0]
         cfg = GRPOConfig(prompts=str(prompts), model=model_dir, out=str(folder),
-                         reward=[f"python:{Path(__file__).resolve()}:length_reward"], engine=args.engine,
+                         reward=[f"python:{Path(__file__).resolve()}:{args.reward}_reward"], engine=args.engine,
                          prompts_per_step=args.prompts, k=args.k, max_tokens=args.max_tokens, steps=args.steps,
                          lr=args.lr, beta=0.0, temperature=1.0, epochs_per_step=2, minibatch_size=n // 2,
                          micro_batch_size=n, seed=args.seed, precision="fp32", save_steps=0, log_rollouts_every=0,
@@ -210,7 +217,8 @@ def losses_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespac
 
 
 def print_losses(results: dict[str, dict], args: argparse.Namespace) -> None:
-    print(f"\n{args.model}, engine {args.engine}, {args.prompts} prompts x k={args.k}, max {args.max_tokens} tokens, "
+    print(f"\n{args.model}, {args.reward} reward, engine {args.engine}, {args.prompts} prompts x k={args.k}, "
+          f"max {args.max_tokens} tokens, "
           f"{args.steps} steps, lr {args.lr}, seed {args.seed}, 2 epochs x 2 minibatches per batch\n")
     print("| loss | reward per step | mean first 3 | mean last 3 | clip fraction | s/step |")
     print("|---|---|---:|---:|---:|---:|")
@@ -255,6 +263,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="alias or local folder")
     parser.add_argument("--losses", action="store_true", help="compare grpo / gspo / cispo reward curves instead")
     parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"], help="--losses: rollout engine")
+    parser.add_argument("--reward", default="length", choices=["length", "vowels"],
+                        help="--losses: length_reward or vowels_reward (for a tiny random --model folder)")
     parser.add_argument("--rollout-memory", type=float, default=0.1,
                         help="rlaif's vLLM KV-cache share of RAM (CPU: of one NUMA node; default 0.15 may not fit "
                              "next to the TRL run on a small machine)")
