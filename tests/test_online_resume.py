@@ -12,9 +12,10 @@ import torch
 
 from rlaif.errors import UserError
 from rlaif.train.config import LoraOptions
-from rlaif.train.online.config import CONFIGS, PPOConfig, check_config
+from rlaif.train.online.config import CONFIGS, PPOConfig, RolloutOptions, check_config
 from rlaif.train.online.dynamic import informative
 from rlaif.train.online.state import PromptSampler, prompt_order
+from tests.conftest import build_tiny_model
 
 ASSETS = Path(__file__).parent / "assets"
 REWARDS = ASSETS / "rewards_trainer.py"
@@ -42,6 +43,15 @@ def trained(out: Path, lora: bool) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(out / ("adapter/adapter_model.safetensors" if lora else "model.safetensors")))
+
+
+def stop_after_checkpoint(out: Path, copy: Path) -> Path:
+    """A copy of a finished run's folder as a kill after its last checkpoint leaves it (no final files)."""
+    shutil.copytree(out, copy)
+    for name in FINAL:
+        shutil.rmtree(copy / name, ignore_errors=True)
+        (copy / name).unlink(missing_ok=True)
+    return copy
 
 
 def test_prompt_sampler_is_a_cursor_over_the_seeded_shuffles():
@@ -74,11 +84,7 @@ def test_resumed_run_equals_the_straight_run(algorithm, extra, tmp_path, tiny_mo
         extra["lora"] = LoraOptions(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"])
     straight = config(algorithm, tmp_path, tiny_model_dir, "straight", **extra)
     train_online(straight)
-    stopped = tmp_path / "stopped"
-    shutil.copytree(straight.out, stopped)
-    for name in FINAL:
-        shutil.rmtree(stopped / name, ignore_errors=True)
-        (stopped / name).unlink(missing_ok=True)
+    stopped = stop_after_checkpoint(Path(straight.out), tmp_path / "stopped")
     summary = train_online(config(algorithm, tmp_path, tiny_model_dir, "stopped", **extra))
     assert summary["resumed_from"] == 2
     assert metrics(stopped) == metrics(Path(straight.out))
@@ -168,3 +174,24 @@ def test_checkpoint_restores_entropy_kl_sampler_and_syncs_the_engine(tmp_path):
     restore_run(cfg, after, load_checkpoint(path, after.policy, None, after.optimizer), 5)
     assert (after.kl.value, after.entropy_coef.value, after.sampler.position) == (0.2, 0.003, 7)
     assert after.engine.synced == 1
+
+
+@pytest.mark.slow
+def test_resumed_vllm_engine_samples_from_the_restored_lora_weights(tmp_path, tiny_tokenizer_dir):
+    """vLLM is built from the base weights; on resume it must get the checkpoint's (LoRA merged):
+    the first resumed step's logprob_gap (engine vs trainer log-probs of the sampled tokens) is ~0,
+    as it is in the straight run, not the gap of a policy one large update away."""
+    from rlaif.train.online.trainer import train_online
+
+    model = build_tiny_model(tmp_path / "model", tiny_tokenizer_dir, hidden=256)  # head_dim 64: vLLM's CPU kernels
+    # dropout 0: LoRA dropout in the train-mode update forward would itself move the trainer's log-probs
+    lora = LoraOptions(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    extra = dict(engine="vllm", lora=lora, steps=2, save_steps=1, lr=0.1, max_tokens=8,
+                 rollout=RolloutOptions(max_model_len=256))
+    straight = config("grpo", tmp_path, model, "straight", **extra)
+    train_online(straight)
+    stopped = stop_after_checkpoint(Path(straight.out), tmp_path / "stopped")
+    assert train_online(config("grpo", tmp_path, model, "stopped", **extra))["resumed_from"] == 1
+    gaps = [x["logprob_gap"] for x in metrics(stopped)]
+    print(f"logprob_gap straight {[x['logprob_gap'] for x in metrics(Path(straight.out))]}, resumed {gaps}")
+    assert gaps[1] < 1e-3
