@@ -1,11 +1,11 @@
 """The step loop of ``rlaif train grpo | rloo | ppo``.
 
-Each step s: the next prompts_per_step prompts of the run's seeded sampler (state.PromptSampler) -> k
-rollouts each from the engine (seed stable_seed(seed, "rollout", s); with dynamic_sampling the
-groups whose rewards are all equal are replaced by more prompts, dynamic.py) -> rewards per source (None masks the sample and is
-counted) -> old-policy log-probs (logits / T; skipped when the batch makes one optimizer update,
-step.reuses_current_logp, and taken from the update's own forward) and the stale-weights gap to the
-engine's log-probs -> reference log-probs -> advantages (step.advantages) -> epochs_per_step passes
+Each step s: the next prompts_per_step prompts of the run's seeded sampler (state.PromptSampler)
+-> k rollouts each from the engine (seed stable_seed(seed, "rollout", s)) -> rewards per source
+(None masks the sample and is counted; with dynamic_sampling the groups whose rewards are all
+equal are replaced by more prompts, dynamic.py) -> old-policy log-probs (logits / T; skipped when
+the batch makes one optimizer update, step.reuses_current_logp, and taken from the update's own
+forward) and the stale-weights gap to the engine's log-probs -> reference log-probs -> advantages (step.advantages) -> epochs_per_step passes
 of minibatch updates -> engine.sync(policy) -> metrics. Output folder (``--out DIR``)::
 
     DIR/config.json, model.safetensors, tokenizer*   final policy (plain from_pretrained(DIR); LoRA merged)
