@@ -195,3 +195,16 @@ def test_resumed_vllm_engine_samples_from_the_restored_lora_weights(tmp_path, ti
     gaps = [x["logprob_gap"] for x in metrics(stopped)]
     print(f"logprob_gap straight {[x['logprob_gap'] for x in metrics(Path(straight.out))]}, resumed {gaps}")
     assert gaps[1] < 1e-3
+
+
+def test_dynamic_sampling_off_keeps_the_settings_of_runs_made_before_it(tmp_path):
+    from dataclasses import replace
+
+    from rlaif.train.online.state import run_settings
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    off = CONFIGS["grpo"](prompts=str(prompts), out=str(tmp_path / "out"), reward=["python:f.py:f"])
+    assert not {"dynamic_sampling", "max_refill_rounds"} & run_settings(off).keys()  # old checkpoints still resume
+    on = run_settings(replace(off, dynamic_sampling=True))
+    assert on["dynamic_sampling"] is True and on["fingerprint"] != run_settings(off)["fingerprint"]

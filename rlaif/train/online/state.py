@@ -42,6 +42,9 @@ def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
     flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in ONLINE_IGNORED})
     for key in ONLINE_IGNORED_FLAT:
         flat.pop(key, None)
+    if not cfg.dynamic_sampling:  # off: the run is that of an rlaif before the option
+        flat.pop("dynamic_sampling", None)
+        flat.pop("max_refill_rounds", None)
     flat["algorithm"] = cfg.algorithm
     flat["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16]
     return {**flat, "fingerprint": fingerprint(flat)}
