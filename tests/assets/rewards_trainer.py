@@ -23,3 +23,14 @@ def wrong_length(prompts, completions, **kwargs):
 
 def raises(prompts, completions, **kwargs):
     raise RuntimeError("reward server down")
+
+
+def flat_on_even_ids(prompts, completions, id, **kwargs):
+    """1.0 for every completion of a prompt whose id ends in an even number (a group with no reward
+    variance), else the completion's character length / 100."""
+    return [1.0 if int(i[1:]) % 2 == 0 else len(c) / 100 for i, c in zip(id, completions)]
+
+
+def constant(prompts, completions, **kwargs):
+    """0.5 for every completion: no group has reward variance."""
+    return [0.5] * len(completions)

@@ -101,6 +101,10 @@ class OnlineConfig(TrainerOptions):
     entropy_target: float | None = option(None, "adapt entropy_coef towards this mean token entropy (nats): "
                                                 "+entropy_coef_delta per step below it, - above, never < 0")
     entropy_coef_delta: float = option(0.005, "entropy_target: the coefficient's step per rollout step")
+    dynamic_sampling: bool = option(False, "grpo/rloo: drop groups whose rewards are all equal (no advantage) and "
+                                           "sample more prompts to refill the step (DAPO, Yu et al. 2025)")
+    max_refill_rounds: int = option(3, "dynamic_sampling: extra sampling rounds per step at most; still short, the "
+                                       "step trains on the groups it has")
     log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps (and the "
                                                 "first step's); 0 = never")
 
@@ -229,6 +233,9 @@ def check_config(cfg: OnlineConfig) -> None:
     if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward):
         raise UserError(f"option 'reward_weights': {len(cfg.reward_weights)} weights for {len(cfg.reward)} "
                         f"reward specs")
+    if isinstance(cfg, PPOConfig) and cfg.dynamic_sampling:
+        raise UserError(f"train {name}: option 'dynamic_sampling' is for grpo and rloo (a group of k >= 2 "
+                        f"completions with equal rewards has no advantage there); PPO's value baseline has no groups")
     for key, value, ok, rule in _range_checks(cfg):
         if not ok:
             raise UserError(f"train {name}: option '{key}' must be {rule}, got {value!r}")
@@ -254,6 +261,7 @@ def _range_checks(cfg: OnlineConfig) -> list[tuple[str, object, bool, str]]:
               ("clip_eps", cfg.clip_eps, cfg.clip_eps > 0, "> 0"),
               ("save_steps", cfg.save_steps, cfg.save_steps >= 0, ">= 0"),
               ("logging_steps", cfg.logging_steps, cfg.logging_steps >= 1, ">= 1"),
+              ("max_refill_rounds", cfg.max_refill_rounds, cfg.max_refill_rounds >= 0, ">= 0"),
               ("log_rollouts_every", cfg.log_rollouts_every, cfg.log_rollouts_every >= 0, ">= 0"),
               ("verdict_retries", cfg.verdict_retries, cfg.verdict_retries >= 0, ">= 0"),
               ("overlong_buffer", cfg.overlong_buffer, 0 <= cfg.overlong_buffer <= cfg.max_tokens,

@@ -31,6 +31,7 @@ class Run(Learner):
     kl: Any  # maths.FixedKLController | AdaptiveKLController
     warned: set[str] = field(default_factory=set)  # one-time warnings already given
     value_from_policy: bool = False  # PPO value model from the policy (zero head): its bias is set at step 0
+    sampler: Any = None  # state.PromptSampler over the prompt file, set by trainer._loop (its position is saved)
 
     def close(self) -> None:
         if self.engine is not None:

@@ -1,8 +1,9 @@
-"""Run state of the online trainers: settings, prompt order, checkpoints and resume.
+"""Run state of the online trainers: settings, the prompt sampler, checkpoints and resume.
 
 A checkpoint (``out/checkpoints/step-N/``) holds the policy's trainable weights (the LoRA adapters
-alone when training LoRA), the value model (PPO), the optimizer, every RNG (JSON and plain tensors: nothing in a checkpoint is unpickled), and
-``trainer_state.json`` = step, KL coefficient, prompt position and the run's *settings* (the
+alone when training LoRA), the value model (PPO), the optimizer, every RNG (JSON and plain tensors:
+nothing in a checkpoint is unpickled), and ``trainer_state.json`` = step, KL coefficient, entropy
+coefficient (when the run has one), the prompt sampler's position and the run's *settings* (the
 config minus what cannot change the weights, the prompt file as a digest), in the format of
 `rlaif.train.checkpoints`, whose refusal and overwrite logic is reused: a rerun with the same
 settings resumes, with other settings it is refused, with ``overwrite`` it starts over.
@@ -34,6 +35,14 @@ ONLINE_IGNORED_FLAT = ("rollout.replicas",)
 # What the online trainers write in --out (removed by overwrite): the offline trainers' files too.
 ONLINE_TRAINER_OUTPUTS = TRAINER_OUTPUTS + ("rollouts.jsonl", "value")
 LOGS = ("metrics.jsonl", "rollouts.jsonl")
+# Options added after runs were checkpointed, with the value that leaves the step unchanged: at that
+# value they are left out of the settings, so such runs still resume (and finished ones still skip).
+LATER_OPTIONS: dict[str, Any] = {"dynamic_sampling": False, "overlong_buffer": 0, "entropy_coef": 0.0,
+                                 "entropy_target": None, "clip_eps_high": None,
+                                 "importance_sampling_level": "token"}
+LATER_DEPENDENTS = {"max_refill_rounds": "dynamic_sampling", "overlong_penalty": "overlong_buffer",
+                    "entropy_coef_delta": "entropy_target", "gspo_clip_eps": "importance_sampling_level",
+                    "gspo_clip_eps_high": "importance_sampling_level"}
 
 
 def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
@@ -41,27 +50,56 @@ def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
     flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in ONLINE_IGNORED})
     for key in ONLINE_IGNORED_FLAT:
         flat.pop(key, None)
+    for key, off in LATER_OPTIONS.items():  # off: the run is that of an rlaif before the option
+        if key in flat and flat[key] == off:
+            flat.pop(key)
+    for key, parent in LATER_DEPENDENTS.items():  # only read when their parent option is on
+        if parent not in flat:
+            flat.pop(key, None)
     flat["algorithm"] = cfg.algorithm
     flat["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16]
     return {**flat, "fingerprint": fingerprint(flat)}
 
 
+def _epoch_order(n_prompts: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n_prompts))
+    random.Random(stable_seed(seed, "prompts", epoch)).shuffle(order)
+    return order
+
+
 def prompt_order(n_prompts: int, seed: int, step: int, per_step: int) -> list[int]:
-    """Prompt indices of ``step``: positions [step * per_step, (step + 1) * per_step) of an endless
-    sequence of seeded shuffles of the file (epoch e shuffled with stable_seed(seed, "prompts", e))."""
-    out = []
-    for pos in range(step * per_step, (step + 1) * per_step):
-        epoch, offset = divmod(pos, n_prompts)
-        order = list(range(n_prompts))
-        random.Random(stable_seed(seed, "prompts", epoch)).shuffle(order)
-        out.append(order[offset])
-    return out
+    """Prompt indices of ``step`` when every step takes ``per_step``: positions
+    [step * per_step, (step + 1) * per_step) of `PromptSampler`'s sequence."""
+    return PromptSampler(n_prompts, seed, step * per_step).take(per_step)
+
+
+class PromptSampler:
+    """A cursor over an endless sequence of seeded shuffles of the prompt file (epoch e shuffled with
+    stable_seed(seed, "prompts", e)). ``position`` counts the prompts taken so far; it is saved in
+    checkpoints, so a step that takes a variable number (dynamic sampling) resumes where it stopped."""
+
+    def __init__(self, n_prompts: int, seed: int, position: int = 0) -> None:
+        self.n_prompts, self.seed, self.position = n_prompts, seed, position
+        self._epoch, self._order = -1, []  # the current epoch's shuffle, cached
+
+    def take(self, count: int) -> list[int]:
+        """The next ``count`` prompt indices; the position moves past them."""
+        out = []
+        for pos in range(self.position, self.position + count):
+            epoch, offset = divmod(pos, self.n_prompts)
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, _epoch_order(self.n_prompts, self.seed, epoch)
+            out.append(self._order[offset])
+        self.position += count
+        return out
 
 
 @dataclass
 class Restored:
     step: int
     kl_coef: float | None
+    prompt_position: int | None = None  # None: a checkpoint without it (then step * prompts_per_step)
+    entropy_coef: dict[str, Any] | None = None  # the entropy controller's state_dict(), when the run had one
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -115,9 +153,10 @@ def _load_rng_state(folder: Path) -> None:
 
 def save_checkpoint(out: Path, step: int, limit: int, settings: dict[str, Any], policy: torch.nn.Module,
                     value: torch.nn.Module | None, optimizer: torch.optim.Optimizer, kl_coef: float | None,
-                    prompt_position: int) -> Path:
+                    prompt_position: int, entropy_coef: dict[str, Any] | None = None) -> Path:
     """Write ``out/checkpoints/step-{step}`` via a temporary folder renamed at the end (a kill leaves
-    the whole checkpoint or none); keep the last ``limit``."""
+    the whole checkpoint or none); keep the last ``limit``. ``entropy_coef`` is the entropy
+    controller's JSON-able ``state_dict()`` (None: the run has none)."""
     final = out / "checkpoints" / f"step-{step}"
     tmp = out / "checkpoints" / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -128,7 +167,8 @@ def save_checkpoint(out: Path, step: int, limit: int, settings: dict[str, Any], 
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     _save_rng_state(tmp)
     (tmp / "trainer_state.json").write_text(json.dumps({
-        "step": step, "settings": settings, "kl_coef": kl_coef, "prompt_position": prompt_position}))
+        "step": step, "settings": settings, "kl_coef": kl_coef, "prompt_position": prompt_position,
+        "entropy_coef": entropy_coef}))
     publish_checkpoint(tmp, final, out, limit)
     return final
 
@@ -142,7 +182,10 @@ def load_checkpoint(path: Path, policy: torch.nn.Module, value: torch.nn.Module 
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     _load_rng_state(path)
     state = json.loads((path / "trainer_state.json").read_text())
-    return Restored(step=int(state["step"]), kl_coef=state.get("kl_coef"))
+    position = state.get("prompt_position")
+    return Restored(step=int(state["step"]), kl_coef=state.get("kl_coef"),
+                    prompt_position=None if position is None else int(position),
+                    entropy_coef=state.get("entropy_coef"))
 
 
 def resume_or_start(out: Path, policy: torch.nn.Module, value: torch.nn.Module | None,
@@ -160,3 +203,31 @@ def resume_or_start(out: Path, policy: torch.nn.Module, value: torch.nn.Module |
     if main:
         cut_logs(out, LOGS, restored.step)
     return restored
+
+
+def checkpoint_run(cfg: OnlineConfig, run: Any, out: Path, done: int, settings: dict[str, Any]) -> Path:
+    """`save_checkpoint` of the live run after ``done`` steps: weights, optimizer, RNG, KL and entropy
+    coefficients, the prompt sampler's position."""
+    entropy = getattr(run, "entropy_coef", None)
+    return save_checkpoint(out, done, cfg.save_total_limit, settings, run.policy, run.value_model, run.optimizer,
+                           run.kl.value, run.sampler.position,
+                           entropy_coef=None if entropy is None else entropy.state_dict())
+
+
+def restore_run(cfg: OnlineConfig, run: Any, restored: Restored | None, n_prompts: int) -> None:
+    """Set the run's prompt sampler (at the checkpoint's position, or 0 when starting), its KL and
+    entropy coefficients, and push the restored weights (LoRA merged) into the engine, which was
+    built from the base weights. A checkpoint without a position had fixed steps: step * prompts_per_step."""
+    position = 0
+    if restored is not None:
+        position = restored.prompt_position
+        if position is None:
+            position = restored.step * cfg.prompts_per_step
+        if restored.kl_coef is not None:
+            run.kl.value = restored.kl_coef
+        entropy = getattr(run, "entropy_coef", None)
+        if entropy is not None and restored.entropy_coef is not None:
+            entropy.load_state_dict(restored.entropy_coef)
+        if run.engine is not None:
+            run.engine.sync(run.policy)
+    run.sampler = PromptSampler(n_prompts, cfg.seed, position)

@@ -1,10 +1,11 @@
 """The step loop of ``rlaif train grpo | rloo | ppo``.
 
-Each step s: the seeded batch of prompts (state.prompt_order) -> k rollouts each from the engine
-(seed stable_seed(seed, "rollout", s)) -> rewards per source (None masks the sample and is
-counted) -> old-policy log-probs (logits / T; skipped when the batch makes one optimizer update,
-step.reuses_current_logp, and taken from the update's own forward) and the stale-weights gap to the
-engine's log-probs -> reference log-probs -> advantages (step.advantages) -> epochs_per_step passes
+Each step s: the next prompts_per_step prompts of the run's seeded sampler (state.PromptSampler)
+-> k rollouts each from the engine (seed stable_seed(seed, "rollout", s)) -> rewards per source
+(None masks the sample and is counted; with dynamic_sampling the groups whose rewards are all
+equal are replaced by more prompts, dynamic.py) -> old-policy log-probs (logits / T; skipped when
+the batch makes one optimizer update, step.reuses_current_logp, and taken from the update's own
+forward) and the stale-weights gap to the engine's log-probs -> reference log-probs -> advantages (step.advantages) -> epochs_per_step passes
 of minibatch updates -> engine.sync(policy) -> metrics. Output folder (``--out DIR``)::
 
     DIR/config.json, model.safetensors, tokenizer*   final policy (plain from_pretrained(DIR); LoRA merged)
@@ -41,8 +42,9 @@ from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, check_config
 from rlaif.train.online.setup import Run, build_run
 from rlaif.train.checkpoints import check_out, refuse_out_on_inputs, save_model_files
-from rlaif.train.online.state import (ONLINE_TRAINER_OUTPUTS, prompt_order, resume_or_start, run_settings,
-                                      save_checkpoint)
+from rlaif.train.online.dynamic import Groups, sample_groups
+from rlaif.train.online.state import (ONLINE_TRAINER_OUTPUTS, PromptSampler, checkpoint_run, restore_run,
+                                      resume_or_start, run_settings)
 from rlaif.train.online.batch import build_batch
 from rlaif.train.online.step import advantages, reuses_current_logp, score_batch, sequence_kl, update
 
@@ -85,13 +87,13 @@ def overlong(cfg: OnlineConfig, rollouts: list[Any]) -> torch.Tensor:
 
 
 def sample_and_reward(cfg: OnlineConfig, run: Run, batch_prompts: list[Prompt], ids: list[list[int]], step: int,
-                      ) -> tuple[list[Any], dict[str, list], list, float, float]:
+                      round_: int = 0) -> tuple[list[Any], dict[str, list], list, float, float]:
     """This rank's share of the step's rollouts and rewards, then everyone's (`gather_rollouts`):
     rollouts, rewards per source, their mix, and this rank's generation and reward seconds."""
     lo, hi = (0, len(ids)) if run.dist.world == 1 else local_slice(cfg, run, len(ids))
     t0 = time.perf_counter()
     rollouts = run.engine.generate(ids[lo:hi], cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_tokens=cfg.max_tokens, seed=stable_seed(cfg.seed, "rollout", step),
+                                   max_tokens=cfg.max_tokens, seed=rollout_seed(cfg.seed, step, round_),
                                    first_index=lo) if hi > lo else []
     t1 = time.perf_counter()
     if rollouts:
@@ -102,6 +104,11 @@ def sample_and_reward(cfg: OnlineConfig, run: Run, batch_prompts: list[Prompt], 
     if run.dist.world > 1:
         rollouts, per_source, total = gather_rollouts(run, lo, rollouts, per_source, total)
     return rollouts, per_source, total, t1 - t0, t2 - t1
+
+
+def rollout_seed(seed: int, step: int, round_: int) -> int:
+    """The engine seed of a step's sampling round (round 0: the step's, as without dynamic sampling)."""
+    return stable_seed(seed, "rollout", step) if round_ == 0 else stable_seed(seed, "rollout", step, round_)
 
 
 def local_slice(cfg: OnlineConfig, run: Run, count: int) -> tuple[int, int]:
@@ -126,16 +133,30 @@ def gather_rollouts(run: Run, lo: int, rollouts: list[Any], per_source: dict[str
     return [r for rs, _, _ in parts for r in rs], merged, [v for _, _, totals in parts for v in totals]
 
 
+def sample_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict[int, list[int]], step: int
+                ) -> tuple[Groups, dict[str, float]]:
+    """The step's prompts from the run's sampler, sampled and rewarded; with dynamic_sampling, the
+    zero-variance groups replaced (dynamic.py). Refill round r > 0 samples with seed
+    stable_seed(seed, "rollout", step, r)."""
+    def sample(order: list[int], round_: int) -> tuple[list[Any], dict[str, list], list, float]:
+        ids = [cache[i] if i in cache else cache.setdefault(i, run.engine.prompt_ids(prompts[i].messages))
+               for i in order] if run.engine is not None else []
+        rollouts, per_source, total, gen_s, _ = sample_and_reward(cfg, run, [prompts[i] for i in order], ids, step,
+                                                                  round_)
+        return rollouts, per_source, total, gen_s
+
+    sampler = run.sampler or PromptSampler(len(prompts), cfg.seed, step * cfg.prompts_per_step)
+    return sample_groups(prompts, sampler.take, sample, cfg.prompts_per_step, cfg.k, cfg.dynamic_sampling,
+                         cfg.max_refill_rounds, run.warned if run.dist.main else None)
+
+
 def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict[int, list[int]],
                  step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """One step (0-based ``step``): sample, reward, score, update, sync. Returns metrics and rollout rows."""
-    order = prompt_order(len(prompts), cfg.seed, step, cfg.prompts_per_step)
-    batch_prompts = [prompts[i] for i in order]
-    ids = [cache[i] if i in cache else cache.setdefault(i, run.engine.prompt_ids(prompts[i].messages))
-           for i in order] if run.engine is not None else []
     t0 = time.perf_counter()
-    rollouts, per_source, total, gen_s, _ = sample_and_reward(cfg, run, batch_prompts, ids, step)
-    t1 = t0 + gen_s  # time/reward: this rank's rewards and the gather
+    groups, dynamic_stats = sample_step(cfg, run, prompts, cache, step)
+    batch_prompts, rollouts, per_source, total = groups.prompts, groups.rollouts, groups.per_source, groups.total
+    t1 = t0 + groups.gen_s  # time/reward: this rank's rewards and the gather
     t2 = time.perf_counter()
     scores, valid = reward_tensor(cfg, total, rollouts)
     if step == 0 and run.value_from_policy:
@@ -157,7 +178,8 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     sync_s = run.engine.sync(run.policy) if run.engine is not None else 0.0
     metrics = {"time/generation": t1 - t0, "time/reward": t2 - t1, "time/train": t4 - t2, "time/scoring": t3 - t2,
                "time/update": t4 - t3, "time/sync": sync_s,
-               **step_metrics(run, rollouts, batch, scored, adv, valid, per_source, total, t1 - t0), **train_stats}
+               **step_metrics(run, rollouts, batch, scored, adv, valid, per_source, total, t1 - t0), **train_stats,
+               **dynamic_stats}
     if cfg.overlong_buffer:
         metrics["overlong_penalty"] = float((overlong(cfg, rollouts) * valid).sum() / max(float(valid.sum()), 1.0))
     if run.entropy_coef is not None:
@@ -243,13 +265,9 @@ def _loop(cfg: OnlineConfig, run: Run, prompts: list[Prompt], out: Path, setting
     main = run.dist.main  # only the main process writes files; every rank loads the checkpoint
     restored = resume_or_start(out, run.policy, run.value_model, run.optimizer, main=main)
     start = restored.step if restored else 0
-    if restored is not None:
-        if restored.kl_coef is not None:
-            run.kl.value = restored.kl_coef
-        if run.engine is not None:
-            run.engine.sync(run.policy)  # the engine was built from the base weights: push the restored ones
-        if main:
-            print(f"resuming from step {start} of {cfg.steps}")
+    restore_run(cfg, run, restored, len(prompts))
+    if restored is not None and main:
+        print(f"resuming from step {start} of {cfg.steps}")
     log = MetricsLog(out, main)
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.algorithm}", disable=not cfg.progress or not main)
     cache: dict[int, list[int]] = {}
@@ -265,8 +283,7 @@ def _loop(cfg: OnlineConfig, run: Run, prompts: list[Prompt], out: Path, setting
                 with (out / "rollouts.jsonl").open("a", encoding="utf-8") as f:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             if main and cfg.save_steps and done % cfg.save_steps == 0 and done != cfg.steps:
-                save_checkpoint(out, done, cfg.save_total_limit, settings, run.policy, run.value_model,
-                                run.optimizer, run.kl.value, done * cfg.prompts_per_step)
+                checkpoint_run(cfg, run, out, done, settings)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.3f}")
     finally:
