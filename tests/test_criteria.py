@@ -28,11 +28,11 @@ def judge_reply(conversation, index, params) -> str:
     """A scripted judge: item 1 met when the response says 'Paris' (or 'red' for the colour), item 2 when
     it says '1700'; the policy's replies cycle through four answers."""
     text = conversation[-1]["content"]
-    response = text.split("<<<RESPONSE>>>")[1].split("<<<END RESPONSE>>>")[0] if "<<<RESPONSE>>>" in text else ""
-    if "Checklist:" not in text:  # the policy's reply
+    if "Rate the answer" not in text:  # the policy's reply
         return ["Paris", "Paris in 1700", "Lyon", "red"][index % 4]
+    response = text.split("\nAnswer: ")[1].split("\n\nRate the answer")[0]
     first = 2 if ("Paris" in response if "1. Names Paris" in text else "red" in response) else 0
-    if "2. " not in text.split("Checklist:")[1]:
+    if "2. " not in text:
         return f"1: {first}"
     return f"Sure.\n1: {first}\n2: {2 if '1700' in response else 0}"
 

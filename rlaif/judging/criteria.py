@@ -31,15 +31,13 @@ from rlaif.backends.base import Backend, Conversation, SamplingParams
 from rlaif.errors import UserError
 from rlaif.io.seeds import stable_seed
 from rlaif.judging.items import JudgeItem, Request
-from rlaif.judging.templates import DATA_NOTE, fence, last_user_message
+from rlaif.judging.templates import last_user_message
 
 MAX_CRITERIA = 20
 SPEC_PREFIX = "criteria:"  # `rlaif run --rubric criteria:FIELD`
 TOKENS_PER_CRITERION = 6  # "12: 2\n" and some slack
-SYSTEM = DATA_NOTE + "\n\nYou check a response against a numbered checklist and score every item."
-INSTRUCTIONS = ("Score each checklist item for the response: 2 = fully met, 1 = partly met, 0 = not met.\n"
-                "Answer with one line per item, the item's number, a colon and its score, nothing else. "
-                "For example:\n1: 2\n2: 0")
+INSTRUCTIONS = ("Rate the answer on each item (2 = yes, 1 = partly, 0 = no):\n{checklist}\n\n"
+                "Reply with the scores only, one line per item, like:\n1: 2\n2: 0")
 
 
 def parse_criteria(value: Any, source: str, field_name: str) -> list[dict[str, Any]]:
@@ -88,11 +86,14 @@ def check_criteria(fields: Sequence[str], rows: Iterable[tuple], sources: Mappin
 
 def criteria_conversation(messages: list[dict[str, str]], response: str,
                           criteria: Sequence[dict[str, Any]]) -> Conversation:
-    """The judge chat for one response: the request, the response, the numbered checklist."""
+    """The judge chat for one response: the request, the answer, the numbered checklist, the format.
+
+    Plain labels, no system text and no ``<<<...>>>`` fences: with them the embedded 135M judge
+    echoed the fences instead of answering; with this chat it answers in the ``N: s`` format."""
     checklist = "\n".join(f"{index}. {item['criterion']}" for index, item in enumerate(criteria, 1))
-    user = (f"Request:\n{fence('PROMPT', last_user_message(messages))}\n\nResponse:\n{fence('RESPONSE', response)}"
-            f"\n\nChecklist:\n{checklist}\n\n{INSTRUCTIONS}")
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    user = (f"Question: {last_user_message(messages)}\nAnswer: {response}\n\n"
+            + INSTRUCTIONS.format(checklist=checklist))
+    return [{"role": "user", "content": user}]
 
 
 _LINE = re.compile(r"^\W*(?:item|criterion|no\.?)?\s*#?(\d{1,2})\s*[:.)=\-]+\s*(?:score\s*[:=]?\s*)?([0-2])(?![\d.])",
