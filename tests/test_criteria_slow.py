@@ -1,9 +1,15 @@
-"""Per-prompt rubrics as the GRPO reward on the embedded model (policy and judge: the 135M via hf):
-the rubric score of held-out prompts after training against that of the base model."""
+"""Per-prompt rubrics as the GRPO reward on the embedded model (policy: the 135M via hf): the rubric
+score of held-out prompts after training against that of the base model.
+
+The judge must be able to score criteria. The embedded 135M cannot (BENCHMARKS.md, "Per-prompt
+rubrics"): it copies the answer format's example ("1: 2\n2: 0") whatever the answer, or writes
+too few lines, so every reward is equal or masked and nothing can be learnt. The test therefore
+runs only with ``RLAIF_CRITERIA_JUDGE`` naming a judge model (a name or folder, hf engine)."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -35,17 +41,23 @@ def held_out_rewards(model: str, judge, prompts: list[dict]) -> list[float]:
     return [s.reward for s in score_criteria(judge, jobs, seed=0) if s.reward is not None]
 
 
+JUDGE = os.environ.get("RLAIF_CRITERIA_JUDGE", "")
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not JUDGE, reason="needs RLAIF_CRITERIA_JUDGE: the embedded 135M judge cannot score criteria "
+                                      "(BENCHMARKS.md, 'Per-prompt rubrics')")
 def test_grpo_on_per_prompt_rubrics_raises_the_held_out_rubric_score(tmp_path, embedded_model_dir):
     from rlaif.backends import load_backend
     from rlaif.backends.base import BackendConfig
+    from rlaif.models import resolve_model
     from rlaif.train.online.config import GRPOConfig
     from rlaif.train.online.trainer import train_online
 
     train, held = rows(TOPICS[:-HELD_OUT]), rows(TOPICS[-HELD_OUT:])
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(row) + "\n" for row in train))
-    judge_cfg = BackendConfig(engine="hf", model=embedded_model_dir)
+    judge_cfg = BackendConfig(engine="hf", model=resolve_model(JUDGE))
     cfg = GRPOConfig(prompts=str(prompts), model=embedded_model_dir, out=str(tmp_path / "out"),
                      reward=["rubrics:rubric"], judge=judge_cfg, engine="hf", steps=4, k=K, prompts_per_step=2,
                      max_tokens=16, micro_batch_size=8, lr=3e-5, temperature=1.0, seed=1, progress=False,
