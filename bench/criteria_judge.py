@@ -1,5 +1,5 @@
-"""Can a judge model score per-prompt criteria (`rlaif.judging.criteria`)? Hand-made answers that do
-and do not meet each checklist, scored with the judge's real chat; prints each reply and reward.
+"""Can a judge model score per-prompt criteria (`rlaif.judging.criteria`)? Hand-made answers that meet
+all, some or none of each checklist, scored with the judge's real chat; prints each reply and reward.
 
     PYTHONPATH=. python bench/criteria_judge.py [--model smollm2-135m] [--engine hf]
 """
@@ -14,11 +14,12 @@ from rlaif.backends.base import BackendConfig
 from rlaif.judging.criteria import score_criteria
 from rlaif.models import resolve_model
 
-CASES = [  # (question, criteria, answers: the first two meet the wanted criteria, the last two do not)
+CASES = [  # (question, criteria, answers meeting all, some or none of the wanted criteria)
     ("What colour is the sky?",
      [{"criterion": "The answer is a single word", "weight": 1},
       {"criterion": "Includes the word 'blue'", "weight": 1}],
-     ["Blue.", "Blue", "The sky is blue because of Rayleigh scattering of sunlight in the atmosphere.", "Green"]),
+     ["Blue.", "The sky is blue because of Rayleigh scattering of sunlight in the atmosphere.", "Green",
+      "I don't know, maybe it depends on the weather."]),
     ("Name a fruit. Answer in one word.",
      [{"criterion": "The answer is a single word", "weight": 2},
       {"criterion": "The answer is longer than one sentence", "weight": -1},

@@ -146,9 +146,9 @@ def test_train_refuses_a_prompt_without_criteria_before_any_model_loads(tmp_path
 # ----------------------------------------------------------------------------- rlaif run
 
 def run_cfg(tmp_path: Path, prompts: Path, **kw) -> RunConfig:
-    return RunConfig(prompts=str(prompts), out=str(tmp_path / "out"), rubrics=["criteria:rubric"], n=4,
-                     progress=False, test_fraction=0.0, policy=BackendConfig(engine="fake"),
-                     judge=BackendConfig(engine="fake"), **kw)
+    options = dict(rubrics=["criteria:rubric"], n=4, progress=False, test_fraction=0.0,
+                   policy=BackendConfig(engine="fake"), judge=BackendConfig(engine="fake"))
+    return RunConfig(prompts=str(prompts), out=str(tmp_path / "out"), **{**options, **kw})
 
 
 def test_run_scores_candidates_against_their_prompts_criteria(tmp_path: Path) -> None:
@@ -165,6 +165,16 @@ def test_run_scores_candidates_against_their_prompts_criteria(tmp_path: Path) ->
     pairs = read_jsonl(out / "preferences" / "train.jsonl", PAIR_SCHEMA)
     (cap,) = [pair for pair in pairs if pair["id"] == "cap"]
     assert cap["chosen"][-1]["content"] == "Paris" and cap["rejected"][-1]["content"] in ("Lyon", "red")
+
+
+def test_run_counts_an_unparsable_answer_as_a_failed_score(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "col", "prompt": "A colour?", "rubric": COLOUR}])
+    reply = lambda conversation, index, params: ("Nice." if "Rate the answer" in conversation[-1]["content"]
+                                                 else f"colour {index}")
+    run_all(run_cfg(tmp_path, prompts, n=2), factory=lambda c: FakeBackend(c, reply_fn=reply))
+    (row,) = read_jsonl(tmp_path / "out" / "judgements.jsonl", JUDGEMENT_SCHEMA)
+    assert row["scores"] == [None, None] and row["failures"] == 2
+    assert row["details"][0]["raw"] == "Nice." and "does not score every criterion" in row["details"][0]["error"]
 
 
 def test_run_refuses_a_bad_criteria_row_before_generating(tmp_path: Path, capsys) -> None:

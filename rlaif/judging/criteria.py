@@ -206,6 +206,7 @@ class CriteriaMethod:
             row["scores"][request.i] = scored.reward
             row["details"][request.i] = {"raw": scored.raw, "criteria_scores": scored.scores}
             if scored.reward is None:
+                row["details"][request.i]["error"] = "the judge's answer does not score every criterion 0-2"
                 row["failures"] += 1
 
 
