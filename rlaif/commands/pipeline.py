@@ -91,7 +91,8 @@ def add_parsers(subparsers: Any) -> None:
                            "`rlaif review`, over the judge's (same as labels=FILE)")
         if verb in ("run", "judge", "build"):
             p.add_argument("--rubric", action="append", metavar="R",
-                           help="rubric name or YAML path; repeat for several (same as rubrics=[R,...])")
+                           help="rubric name or YAML path, or criteria:FIELD (each prompt's own criteria); repeat "
+                                "for several (same as rubrics=[R,...])")
         p.add_argument("--out", metavar="DIR", help="output folder (same as out=DIR)")
         p.add_argument("--overwrite", dest="overwrite_flag", action="store_true",
                        help="start over instead of resuming (same as overwrite=true)")

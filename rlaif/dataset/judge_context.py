@@ -38,6 +38,11 @@ def longest_judge_conversation(rubric: Rubric, item: Mapping[str, Any], counts: 
     if not responses:
         return None
     (i,) = _longest(responses, counts, 1)
+    if rubric.method == "criteria":  # per-prompt criteria (`rlaif.judging.criteria`)
+        from rlaif.judging.criteria import criteria_conversation, parse_criteria
+
+        criteria = parse_criteria((item.get("metadata") or {}).get(rubric.field), f"item '{item['id']}'", rubric.field)
+        return criteria_conversation(item["messages"], responses[i], criteria)
     principles = rubric.select_principles(f"{item['id']}:{i}", seed)
     return judge_conversation(rubric, item["messages"], response=responses[i], principles=principles)
 

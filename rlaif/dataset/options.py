@@ -47,7 +47,8 @@ class GenerateOptions:
 @dataclass
 class JudgeOptions:
     rubrics: list[str] = option(lambda: ["helpfulness"],
-                                "rubric names (rubrics/NAME.yaml) or paths; method comes from the file")
+                                "rubric names (rubrics/NAME.yaml) or paths; method comes from the file; "
+                                "criteria:FIELD: each prompt's own criteria in its FIELD")
     judge: BackendConfig = option(BackendConfig,
                                    "the judge model (in `run`: every judge.* key defaults to the policy's)")
     verdict_retries: int = option(2, "verdict rubrics: re-asks of an invalid verdict before it is recorded as "

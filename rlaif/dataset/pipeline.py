@@ -194,8 +194,13 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates: Rows | None,
     also every judge prompt against the judge's context (``sources``: file:line by item id)."""
     from rlaif.judging.rubrics import load_rubric
 
+    from rlaif.judging.criteria import check_criteria, criteria_rubric, is_criteria_spec
+
     check_options(cfg)
-    rubrics = [load_rubric(r) for r in cfg.rubrics]
+    rubrics = [criteria_rubric(r) if is_criteria_spec(r) else load_rubric(r) for r in cfg.rubrics]
+    criteria = [r.field for r in rubrics if r.method == "criteria"]
+    if criteria and candidates is not None:  # every item has valid criteria before the judge loads
+        check_criteria(criteria, ((c["id"], c.get("metadata") or {}) for c in _each(candidates)), sources)
     names = [r.name for r in rubrics]
     if len(set(names)) != len(names):
         raise UserError(f"option 'rubrics': a rubric is named twice ({', '.join(names)})")
@@ -206,7 +211,9 @@ def plan_judge(cfg: JudgeConfig | RunConfig, candidates: Rows | None,
         from rlaif.dataset.judge_context import check_judge_prompt_lengths
 
         check_judge_prompt_lengths(rubrics, _each(candidates), model_dir, cfg.judge.max_model_len, cfg.seed, sources)
-    fp = fingerprint({"candidates": _candidates_fp(candidates or []), "engine": cfg.judge.engine,
+    extra = {"criteria": fingerprint_with({}, "", ([c["id"]] + [(c.get("metadata") or {}).get(f) for f in criteria]
+                                                  for c in _each(candidates or [])))} if criteria else {}
+    fp = fingerprint({**extra, "candidates": _candidates_fp(candidates or []), "engine": cfg.judge.engine,
                       "model": cfg.judge.model,
                       "rubrics": [(r.name, r.method, r.template,
                                    Path(r.path).read_text(encoding="utf-8") if r.path else "") for r in rubrics],
@@ -245,7 +252,8 @@ def _judge_rubric(cfg: JudgeConfig | RunConfig, rubric: Any, candidates: Rows, b
             if all(stage.done((c["id"], rubric.name)) for c in block):
                 continue
             items = [JudgeItem(id=c["id"], messages=c["messages"], responses=c["responses"],
-                               finish_reasons=c.get("finish_reasons"), num_tokens=c.get("num_tokens")) for c in block]
+                               finish_reasons=c.get("finish_reasons"), num_tokens=c.get("num_tokens"),
+                               metadata=c.get("metadata")) for c in block]
             sent.append(items)
             yield rubric, items, cfg.seed, cfg.verdict_retries
 
@@ -503,6 +511,11 @@ def run_all(cfg: RunConfig, factory: Callable[[BackendConfig], Backend] = load_b
         check_labels_file(cfg.labels)
     # The judge plan needs the candidates, known only after generation; validate the rest now.
     judge_plan = plan_judge(cfg, None)
+    fields = [r.field for r in judge_plan.rubrics if r.method == "criteria"]
+    if fields:  # per-prompt criteria: every prompt's, before anything is generated
+        from rlaif.judging.criteria import check_criteria
+
+        check_criteria(fields, ((p.id, p.metadata, p.source) for p in gen_plan.prompts()))
     state = _prepare_out(cfg, STAGES)
     engines = Engines(cfg.policy, cfg.judge, factory, ray=cfg.ray)
     try:

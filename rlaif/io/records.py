@@ -78,7 +78,7 @@ JUDGEMENT_SCHEMA: dict[str, Any] = {
     "properties": {
         "id": {"type": "string"},
         "rubric": {"type": "string"},
-        "method": {"enum": ["logprob", "verdict", "pairwise", "likelihood", "rules"]},
+        "method": {"enum": ["logprob", "verdict", "pairwise", "likelihood", "rules", "criteria"]},
         "judge": {"type": "string"},
         "scale": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
         "scores": {"type": "array", "items": {"type": ["number", "null"]}},

@@ -14,6 +14,7 @@ class JudgeItem:
     responses: list[str]
     finish_reasons: list[str] | None = None  # the policy engine's, per response (rules: ends_with_eos)
     num_tokens: list[int] | None = None  # the policy engine's token counts (rules: tokens)
+    metadata: dict | None = None  # the prompt row's other fields (criteria:FIELD reads its criteria there)
 
 
 @dataclass

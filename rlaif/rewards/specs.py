@@ -11,7 +11,7 @@ from pathlib import Path
 from rlaif.errors import UserError
 from rlaif.rewards.base import spec_error
 
-SCHEMES = ("rm", "judge", "python")
+SCHEMES = ("rm", "judge", "python", "rubrics")
 
 
 def _check_python_target(spec: str, target: str) -> None:
@@ -74,6 +74,13 @@ def _check_judge_target(spec: str, target: str) -> None:
         raise spec_error(spec, str(e)) from None
 
 
+def _check_rubrics_target(spec: str, target: str) -> None:
+    """``rubrics:FIELD``: a field name of the prompt file (its rows are checked when the prompts are read)."""
+    if not target.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise spec_error(spec, f"'{target}' is not a field name (expected rubrics:FIELD, the prompt file's column "
+                               "holding each prompt's criteria)")
+
+
 def _check_weights(specs: list[str], weights: list[float]) -> list[float]:
     if not weights:
         return [1.0] * len(specs)
@@ -92,19 +99,20 @@ def parse_reward_specs(specs: list[str], weights: list[float]) -> list[tuple[str
     The spec's name (its key in metrics and `combine_rewards`) is ``f"{scheme}:{target}"``.
     """
     if not specs:
-        raise UserError("option 'reward': give at least one reward spec (rm:DIR, judge:RUBRIC or "
-                        "python:FILE.py:FUNC)")
+        raise UserError("option 'reward': give at least one reward spec (rm:DIR, judge:RUBRIC, "
+                        "rubrics:FIELD or python:FILE.py:FUNC)")
     specs = [spec.strip() for spec in specs]
     dupes = sorted({spec for spec in specs if specs.count(spec) > 1})
     if dupes:
         raise UserError(f"option 'reward': '{dupes[0]}' is given twice; weight it with reward_weights instead")
-    checks = {"rm": _check_rm_target, "judge": _check_judge_target, "python": _check_python_target}
+    checks = {"rm": _check_rm_target, "judge": _check_judge_target, "python": _check_python_target,
+              "rubrics": _check_rubrics_target}
     out = []
     for spec, weight in zip(specs, _check_weights(specs, weights)):
         scheme, sep, target = spec.partition(":")
         if not sep or scheme not in SCHEMES:
-            raise spec_error(spec, f"unknown kind '{scheme if sep else spec}' (expected rm:DIR, judge:RUBRIC or "
-                                   f"python:FILE.py:FUNC)")
+            raise spec_error(spec, f"unknown kind '{scheme if sep else spec}' (expected rm:DIR, judge:RUBRIC, "
+                                   f"rubrics:FIELD or python:FILE.py:FUNC)")
         if not target:
             raise spec_error(spec, f"nothing after '{scheme}:'")
         checks[scheme](spec, target)

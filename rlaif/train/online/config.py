@@ -70,7 +70,8 @@ class OnlineConfig(TrainerOptions):
     prompt_column: str = option("prompt", "column holding the prompt (a string or a message list)")
     # rewards
     reward: list[str] = option(list, "reward specs: rm:DIR (an `rlaif train rm` output), judge:RUBRIC (direct "
-                                      "RLAIF), python:FILE.py:FUNC; several are mixed; also --reward (repeatable)")
+                                      "RLAIF), rubrics:FIELD (each prompt's criteria), python:FILE.py:FUNC; "
+                                      "several are mixed; also --reward (repeatable)")
     reward_weights: list[float] = option(list, "weight of each reward spec, in order (empty: 1 each)")
     judge: BackendConfig = option(_judge_default, "engine of judge: rewards (judge.engine, judge.model ...)")
     verdict_retries: int = option(2, "judge: verdict rubrics: re-asks of an invalid verdict before it counts as "

@@ -232,6 +232,7 @@ def step_metrics(run: Run, rollouts: list[Any], batch: Any, scored: Any, adv: di
 def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     """Train ``cfg.model`` online with ``cfg.algorithm`` (grpo | rloo | ppo); returns the summary."""
     from rlaif.models import check_causal_lm, resolve_model
+    from rlaif.rewards.criteria import check_prompt_criteria
     from rlaif.rewards.specs import parse_reward_specs
 
     from rlaif.train.online.distributed import init_dist
@@ -241,6 +242,7 @@ def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     dist = init_dist(cfg.algorithm)  # world 1 unless under accelerate launch / torchrun
     specs = parse_reward_specs(cfg.reward, cfg.reward_weights)
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
+    check_prompt_criteria(specs, prompts)  # rubrics:FIELD: every prompt's criteria, before any model loads
     out = Path(cfg.out)
     settings = run_settings(cfg)
     finished = check_out(cfg, out, settings, ONLINE_TRAINER_OUTPUTS)  # type: ignore[arg-type]
