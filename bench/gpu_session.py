@@ -128,9 +128,10 @@ def rlaif_grpo(shape: str, model_dir: Path, work: Path, cuda: bool, peak: float 
     long_prompts(prompts, sz["prompts"] * sz["grpo_steps"], sz["prompt_words"])
     (work / "reward.py").write_text(REWARD)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    prompt_len = sum(len(tok.apply_chat_template([{"role": "user", "content": json.loads(x)["prompt"]}],
-                                                 add_generation_prompt=True, tokenize=True))
-                     for x in prompts.read_text().splitlines()) / (sz["prompts"] * sz["grpo_steps"])
+    texts = [tok.apply_chat_template([{"role": "user", "content": json.loads(x)["prompt"]}],
+                                     add_generation_prompt=True, tokenize=False)
+             for x in prompts.read_text().splitlines()]
+    prompt_len = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts) / len(texts)
     cfg = GRPOConfig(prompts=str(prompts), model=str(model_dir), out=str(work / "grpo-out"), overwrite=True,
                      reward=[f"python:{work / 'reward.py'}:distinct"], engine="hf", steps=sz["grpo_steps"],
                      k=sz["k"], prompts_per_step=sz["prompts"], max_tokens=sz["new_tokens"], lr=1e-6,

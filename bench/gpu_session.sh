@@ -30,7 +30,7 @@ if [ $REHEARSAL = 1 ]; then
   OUT=${OUT:-/tmp/gpu-rehearsal}
   PY=${PY:-.venv/bin/python}
   SHAPES=${GPU_SESSION_SHAPES:-tiny}; CPU="--cpu"
-  T_ENV=120; T_SHAPE=420  # generous: the CPU is shared
+  T_ENV=120; T_SHAPE=600  # generous: the CPU is shared
 else
   : "${OUT:?OUT must be set (the device tool output folder)}"
   PY=python3
