@@ -5,8 +5,8 @@ online trainers via online/setup.py), and picks torch's implementation for the d
 - otherwise (CPU): `CPU_CHOICE`, the fastest of torch 2.13's three CPU implementations in
   bench/optim_cpu.py (BENCHMARKS.md "AdamW on CPU").
 
-The three compute the same update (Loshchilov & Hutter 2019) up to float rounding: the weights after
-ten steps differ from the for-loop's by at most a few ulps (measured in the bench).
+The three compute the same update (Loshchilov & Hutter 2019) up to float rounding: after 9 steps the
+fused weights differ from the for-loop's by at most 1.2e-7 on the 135M shape (the bench).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import torch
 
-CPU_CHOICE = "fused"  # torch's fused CPU AdamW: 0.24 ms a step on the tiny shape against 28 ms (for-loop, foreach)
+CPU_CHOICE = "fused"  # torch's fused CPU AdamW: 3.4x the for-loop on the 135M shape, 100x on the tiny one
 
 
 def implementation(params: Iterable[torch.Tensor], device: Any = None) -> dict[str, bool]:
