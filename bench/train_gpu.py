@@ -52,14 +52,21 @@ def build_model(shape: str, tokenizer_dir: Path, out: Path) -> None:
     cfg = LlamaConfig(**shape_cfg, tie_word_embeddings=True, max_position_embeddings=8192, rope_theta=100000.0,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    cuda = torch.cuda.is_available()
+    with torch.device("cuda" if cuda else "cpu"):  # a 1.7B random init takes minutes on CPU
+        model = LlamaForCausalLM(cfg)
+    if cuda:
+        model = model.to(torch.bfloat16)  # half the bytes to write and read; the trainers load fp32 masters
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    del model
     tok.save_pretrained(out)
     for name in ("generation_config.json", "chat_template.jinja"):
         if (tokenizer_dir / name).is_file() and not (out / name).is_file():
             shutil.copy(tokenizer_dir / name, out / name)
-    print(f"built {shape}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params -> {out}", flush=True)
+    if cuda:
+        torch.cuda.empty_cache()
+    print(f"built {shape} -> {out}", flush=True)
 
 
 def model_flops_per_token(config, mean_len: float, with_lm_head: bool) -> float:

@@ -45,6 +45,7 @@ from rlaif.train.data import (Batch, TokenizedPair, collate, epoch_batches, find
                               tokenize_rows)
 from rlaif.train.modeling import load_tokenizer
 from rlaif.train.nonfinite import NonFiniteGuard
+from rlaif.train.optim import adamw
 
 LossFn = Callable[[Any, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # metrics: 0-d tensors
 EvalFn = Callable[[Any], dict[str, float]]
@@ -142,13 +143,13 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def make_optimizer(cfg: TrainConfig, model: Any, total: int) -> tuple[Any, Any]:
-    """AdamW (no weight decay on biases and norms) and the warmup + decay schedule over ``total`` steps."""
+def make_optimizer(cfg: TrainConfig, model: Any, total: int, device: Any = None) -> tuple[Any, Any]:
+    """AdamW (no weight decay on biases and norms; `rlaif.train.optim` picks fused/foreach) and the warmup + decay schedule over ``total`` steps."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, device=device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.lr_schedule, int(cfg.warmup_ratio * total), total))
     return optimizer, scheduler
@@ -240,7 +241,7 @@ def train_pairs(cfg: TrainConfig, run: RunInputs, model: Any, loss_fn: LossFn, e
     accelerator, out = run.accelerator, run.out
     batches = batches or MicroBatches(cfg, run.train, run.tokenizer.pad_token_id, accelerator)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch / cfg.grad_accum))
-    optimizer, scheduler = make_optimizer(cfg, model, total)
+    optimizer, scheduler = make_optimizer(cfg, model, total, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     # The scheduler (stepped by us, once per optimizer step) is kept as JSON in the checkpoint's
     # progress, not registered with accelerate: its custom objects load with weights_only=False.

@@ -159,7 +159,9 @@ class PPOConfig(OnlineConfig):
     min_k: ClassVar[int] = 1
     k: int = option(1, "completions sampled per prompt")
     lr: float = option(3e-6, "learning rate of the policy (AdamW, constant); the value model's is value_lr")
-    epochs_per_step: int = option(4, "passes over each step's rollouts")
+    epochs_per_step: int | None = option(None, "passes over each step's rollouts; null = 4 on a GPU (the N+ "
+                                               "recipe), 1 on CPU (each pass costs a full forward and backward "
+                                               "there)")
     temperature: float = option(0.7, "sampling temperature; policy and reference logits are divided by it too")
     beta: float = option(0.05, "per-token k1 KL coefficient in the reward (the starting value when adaptive_kl)")
     adaptive_kl: bool = option(False, "adapt beta towards kl_target (Ziegler et al. 2019)")
@@ -179,10 +181,17 @@ class PPOConfig(OnlineConfig):
     missing_eos_score: float | None = option(-1.0, "score given to a completion cut by max_tokens (no EOS); "
                                                    "null = keep its reward")
     value_model: str = option("", "value model init: empty = from the reward model when a reward is rm:DIR, "
-                                  "else from the policy; or a model folder")
+                                  "else from the policy; or a model folder (value_head=separate only)")
+    value_head: Literal["separate", "shared"] = option(
+        "separate", "separate: a critic model of its own (N+ details); shared: a value head on the policy's last "
+                    "hidden state (one model, two heads, one forward; the value loss x vf_coef also trains "
+                    "the policy's backbone; the head starts at the first rollouts' mean score)")
 
     def value_init_dir(self, specs: list[tuple[str, str, float]]) -> str | None:
-        """Where the value model starts: ``value_model`` if set, else the first rm: reward, else None (the policy)."""
+        """Where the value model starts: ``value_model`` if set, else the first rm: reward, else None (the
+        policy; always for a shared head)."""
+        if self.value_head == "shared":
+            return None
         return self.value_model or next((target for source, target, _ in specs if source == "rm"), None)
 
     def value_learning_rate(self) -> float:
@@ -221,10 +230,23 @@ def check_launch(algorithm: str) -> None:
                             f"configs/accelerate_ddp.yaml")
 
 
+GPU_EPOCHS, CPU_EPOCHS = 4, 1  # PPO's epochs_per_step when null
+
+
+def resolve_device_defaults(cfg: OnlineConfig) -> None:
+    """Fill the options whose null default depends on the device: PPO's ``epochs_per_step``."""
+    if cfg.epochs_per_step is None:
+        import torch
+
+        cfg.epochs_per_step = GPU_EPOCHS if torch.cuda.is_available() else CPU_EPOCHS
+
+
 def check_config(cfg: OnlineConfig) -> None:
-    """One-line UserError for a missing required option or a value out of range."""
+    """One-line UserError for a missing required option or a value out of range (device defaults
+    filled first: `resolve_device_defaults`)."""
     name = cfg.algorithm
     check_launch(name)
+    resolve_device_defaults(cfg)
     for value, flag in ((cfg.prompts, "--prompts"), (cfg.out, "--out")):
         if not value:
             raise UserError(f"train {name}: {flag} is required")
@@ -287,5 +309,7 @@ def _range_checks(cfg: OnlineConfig) -> list[tuple[str, object, bool, str]]:
                    ("value_lr", cfg.value_lr, cfg.value_lr is None or cfg.value_lr > 0, "> 0 or null"),
                    ("value_clip", cfg.value_clip, cfg.value_clip > 0, "> 0"),
                    ("kl_target", cfg.kl_target, cfg.kl_target > 0, "> 0"),
-                   ("kl_horizon", cfg.kl_horizon, cfg.kl_horizon >= 1, ">= 1")]
+                   ("kl_horizon", cfg.kl_horizon, cfg.kl_horizon >= 1, ">= 1"),
+                   ("value_model", cfg.value_model, not (cfg.value_model and cfg.value_head == "shared"),
+                    "empty with value_head=shared (the shared head sits on the policy)")]
     return checks

@@ -1,7 +1,8 @@
 """What an online run is built from: policy, reference, value model, optimizer, rollout engine,
 rewards. The reference is a frozen copy of the starting policy, or (LoRA) the same model with its
 adapters disabled; GRPO with beta = 0 loads none. PPO's value model starts from the reward model
-when a reward is ``rm:DIR`` (N+ details), else from the policy."""
+when a reward is ``rm:DIR`` (N+ details), else from the policy; with ``value_head=shared`` it is a
+head on the policy itself (value.SharedValueHead)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, PPOConfig
 from rlaif.train.online.distributed import Dist, engine_env
 from rlaif.train.online.step import Learner
+from rlaif.train.optim import adamw
 
 
 @dataclass(kw_only=True)
@@ -82,12 +84,16 @@ def make_reference(cfg: OnlineConfig, base: str, policy: Any, device: torch.devi
     return frozen
 
 
-def make_value_model(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]], device: torch.device) -> Any:
-    """PPO's value model (None for the others): from ``value_model`` if set, else the first rm:
-    reward, else the policy."""
+def make_value_model(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]], device: torch.device,
+                     policy: Any = None) -> Any:
+    """PPO's value model (None for the others): a head on ``policy`` (value_head=shared), else from
+    ``value_model`` if set, else the first rm: reward, else the policy's weights."""
     if not isinstance(cfg, PPOConfig):
         return None
-    from rlaif.train.online.value import build_value_model
+    from rlaif.train.online.value import build_value_model, shared_value_head
+
+    if cfg.value_head == "shared":
+        return shared_value_head(policy).to(device).train()
 
     rm_dir = cfg.value_init_dir(specs)
     model = build_value_model(base, rm_dir, torch.float32)
@@ -99,7 +105,8 @@ def make_value_model(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, f
 def make_optimizer(cfg: OnlineConfig, policy: Any, value_model: Any
                    ) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
     """AdamW over the policy's trainable parameters (``lr``) and, for PPO, the value model's in a
-    second parameter group (``value_lr``); returns all trained parameters (for the gradient clip)."""
+    second parameter group (``value_lr``; a shared head's group is the head alone, its backbone is
+    the policy's); returns all trained parameters (for the gradient clip)."""
     policy_params = [p for p in policy.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": policy_params, "lr": cfg.lr}]
     params = list(policy_params)
@@ -107,7 +114,7 @@ def make_optimizer(cfg: OnlineConfig, policy: Any, value_model: Any
         value_params = [p for p in value_model.parameters() if p.requires_grad]
         groups.append({"params": value_params, "lr": cfg.value_learning_rate()})
         params += value_params
-    return params, torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return params, adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def resolve_engine(name: str) -> str:
@@ -135,7 +142,7 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     rewards = load_rewards(cfg.reward, judge=cfg.judge, seed=cfg.seed, verdict_retries=cfg.verdict_retries)
     policy = load_policy(cfg, base, device)
     reference = make_reference(cfg, base, policy, device)
-    value_model = make_value_model(cfg, base, specs, device)
+    value_model = make_value_model(cfg, base, specs, device, policy)
     params, optimizer = make_optimizer(cfg, policy, value_model)
     dist.same_start(params)
     kl = strategy(cfg).kl_controller()

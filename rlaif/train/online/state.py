@@ -39,7 +39,7 @@ LOGS = ("metrics.jsonl", "rollouts.jsonl")
 # value they are left out of the settings, so such runs still resume (and finished ones still skip).
 LATER_OPTIONS: dict[str, Any] = {"dynamic_sampling": False, "overlong_buffer": 0, "entropy_coef": 0.0,
                                  "entropy_target": None, "clip_eps_high": None,
-                                 "importance_sampling_level": "token"}
+                                 "importance_sampling_level": "token", "value_head": "separate"}
 LATER_DEPENDENTS = {"max_refill_rounds": "dynamic_sampling", "overlong_penalty": "overlong_buffer",
                     "entropy_coef_delta": "entropy_target", "gspo_clip_eps": "importance_sampling_level",
                     "gspo_clip_eps_high": "importance_sampling_level"}

@@ -8,6 +8,7 @@ in algorithms.py. A masked sample (no reward) is left out of the baselines and o
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator
 
@@ -19,6 +20,7 @@ from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.batch import MicroBatch, RolloutBatch, Scored, micro_batches, token_logprobs, token_values
 from rlaif.train.online.config import OnlineConfig
 from rlaif.train.online.distributed import Dist, mine
+from rlaif.train.online.value import riding_values
 from rlaif.train.nonfinite import NonFiniteGuard
 
 
@@ -52,16 +54,18 @@ def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: 
         micro = batch.rows(idx).to(device)
         micro_width = micro.mask.shape[1]
         with autocast():
-            if old is not None:
-                logp, micro_entropy = token_logprobs(policy, micro, cfg.temperature, entropy=True)
-                old[idx, :micro_width] = logp.float().cpu()
-                tokens = float(micro.mask.sum())
-                entropy += torch.tensor([float(micro_entropy) * tokens, tokens], dtype=torch.float64)
+            # a shared value head rides on the old-policy forward (one forward, two heads)
+            with riding_values(value_model) if old is not None else nullcontext(value_model) as values_of:
+                if old is not None:
+                    logp, micro_entropy = token_logprobs(policy, micro, cfg.temperature, entropy=True)
+                    old[idx, :micro_width] = logp.float().cpu()
+                    tokens = float(micro.mask.sum())
+                    entropy += torch.tensor([float(micro_entropy) * tokens, tokens], dtype=torch.float64)
+                if value_model is not None:
+                    values[idx, :micro_width] = token_values(values_of, micro).float().cpu()
             if reference is not None:
                 with reference() as ref_model:
                     ref[idx, :micro_width] = token_logprobs(ref_model, micro, cfg.temperature)[0].float().cpu()
-            if value_model is not None:
-                values[idx, :micro_width] = token_values(value_model, micro).float().cpu()
     for tensor in (old, ref, values, entropy):
         if tensor is not None:
             dist.sum_(tensor)
@@ -115,10 +119,11 @@ def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: A
     algorithm = strategy(cfg)
     fresh = micro.old_logp is None
     bonus = entropy_coef > 0
-    logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh, entropy_grad=bonus)
+    with riding_values(value_model) as values_of:  # a shared value head: values from this same forward
+        logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh, entropy_grad=bonus)
     old_logp = logp.detach() if micro.old_logp is None else micro.old_logp
     loss, stats = algorithm.policy_loss(logp, old_logp, micro)
-    extra = algorithm.extra_loss(logp, micro, value_model)
+    extra = algorithm.extra_loss(logp, micro, values_of)
     if extra is not None:
         loss, stats = loss + extra[0], {**stats, **extra[1]}
     if bonus and mean_entropy is not None:

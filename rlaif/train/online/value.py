@@ -12,14 +12,23 @@ reward's mean c, and with GAE, lambda < 1, the advantages would carry c * lambda
 position pattern shared by every sequence). The value model reads the policy's token ids, so an
 RM whose tokenizer differs from the policy's is refused.
 
+Shared backbone (``value_head=shared``, `SharedValueHead`): the value head reads the policy's own
+last hidden state (after the final norm, the LM head's input), so one model has two heads; in the
+update one policy forward gives the log-probs and the values (`SharedValueHead.riding`), and the
+value loss's gradient (times vf_coef) reaches the policy's backbone. The head starts at zero with
+its bias at the first rollouts' mean score, whatever the rewards (an RM's score head was trained on
+the RM's features, not the policy's).
+
 On disk (``save_value_model``): the backbone's ``save_pretrained`` files plus
-``value_head.safetensors`` (weight (1, H), bias (1,), fp32).
+``value_head.safetensors`` (weight (1, H), bias (1,), fp32); a shared head writes the head file
+alone, and `load_value_model` puts it back on the saved policy's backbone.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
@@ -49,6 +58,62 @@ class ValueModel(torch.nn.Module):
         """Passed on to the backbone (the trainer's ``gradient_checkpointing`` setting)."""
         self.backbone.config.use_cache = False
         self.backbone.gradient_checkpointing_enable(**kwargs)
+
+
+class SharedValueHead(torch.nn.Module):
+    """A Linear(hidden, 1) fp32 head on the *policy's* last hidden state. The policy is held, not
+    registered: ``parameters()``, ``state_dict()`` and ``.to()`` are the head's alone (the backbone's
+    weights are the policy's, trained and saved with it)."""
+
+    def __init__(self, policy: torch.nn.Module, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+        object.__setattr__(self, "policy", policy)  # not a submodule: see the class docstring
+        self.config = unwrap(policy).config
+
+    def _decoder(self) -> torch.nn.Module:
+        return unwrap(self.policy).get_decoder()  # PeftModel passes get_decoder on to the base model
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Per-token values (B, T) in fp32 from last hidden states (B, T, H)."""
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-token values (B, T): the policy's decoder (no LM head) and the value head."""
+        out = self._decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids(attention_mask), use_cache=False)
+        return self.values(out.last_hidden_state)
+
+    @contextmanager
+    def riding(self) -> Iterator[Callable[..., torch.Tensor]]:
+        """Within the block, the policy's forward also gives the values: yields a stand-in value model
+        whose call returns the values (B, T) of the block's first policy forward (one forward, two
+        heads; later forwards, e.g. a LoRA reference's, are ignored)."""
+        captured: list[torch.Tensor] = []
+
+        def keep(_module: Any, _inputs: Any, out: Any) -> None:
+            captured.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
+
+        handle = self._decoder().register_forward_hook(keep)
+        try:
+            yield lambda *_args: self.values(captured[0])
+        finally:
+            handle.remove()
+
+
+def is_shared(model: Any) -> bool:
+    """Whether ``model`` is a value head on the policy's backbone."""
+    return isinstance(unwrap(model), SharedValueHead)
+
+
+def riding_values(value_model: Any) -> ContextManager[Any]:
+    """`SharedValueHead.riding` for a shared head; else the value model itself (its own forward)."""
+    return unwrap(value_model).riding() if is_shared(value_model) else nullcontext(value_model)
+
+
+def shared_value_head(policy: torch.nn.Module) -> SharedValueHead:
+    """A zero value head on ``policy``'s last hidden state (its bias is set at step 0: `start_at_mean_score`)."""
+    return SharedValueHead(policy, _head(unwrap(policy).config.hidden_size))
 
 
 @torch.no_grad()
@@ -119,8 +184,27 @@ def save_value_model(model: torch.nn.Module, out_dir: str | Path) -> None:
     model = unwrap(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.backbone.save_pretrained(out, safe_serialization=True)
+    if not is_shared(model):  # a shared head's backbone is the policy, saved beside value/
+        model.backbone.save_pretrained(out, safe_serialization=True)
     head = {"weight": model.head.weight.detach().float().cpu().contiguous(),
             "bias": model.head.bias.detach().float().cpu().contiguous()}
     save_file(head, str(out / HEAD_FILE))
 
+
+
+def load_value_model(value_dir: str | Path, policy_dir: str | Path | None = None,
+                     dtype: Any = torch.float32) -> ValueModel:
+    """A value model from what `save_value_model` wrote to ``value_dir``: its own backbone, or for a
+    shared head (no config.json there) the backbone of the policy saved in ``policy_dir`` (default:
+    the folder above, the trainer's --out)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    value_dir = Path(value_dir)
+    backbone_dir = value_dir if (value_dir / "config.json").is_file() else Path(policy_dir or value_dir.parent)
+    try:
+        backbone = AutoModel.from_pretrained(str(backbone_dir), dtype=dtype)
+        head = load_file(str(value_dir / HEAD_FILE))
+    except (OSError, ValueError) as err:
+        raise UserError(f"value model: cannot load '{value_dir}': {str(err).splitlines()[0]}") from None
+    return ValueModel(backbone, _head(backbone.config.hidden_size, head["weight"], head["bias"]))
