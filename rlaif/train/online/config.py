@@ -93,6 +93,16 @@ class OnlineConfig(TrainerOptions):
     micro_batch_size: int = option(8, "completions per forward/backward (gradients accumulate up to a minibatch)")
     beta: float = option(0.0, "KL coefficient against the reference (the starting policy)")
     clip_eps: float = option(0.2, "PPO-clip range of the probability ratio")
+    is_correction: Literal["none", "token", "sequence"] = option(
+        "none", "training-inference mismatch correction (mismatch.py): token = truncated importance sampling, "
+                "w_t = min(pi_old/pi_engine, is_cap) per token (Yao et al. 2025); sequence = masked sequence IS, "
+                "the sequence ratio as weight, samples outside [is_min, is_cap] masked (rloo takes sequence only)")
+    is_cap: float = option(2.0, "upper bound of the importance weight (token: truncation; sequence: mask above)")
+    is_min: float | None = option(None, "is_correction=sequence: samples whose ratio is below it are masked; "
+                                        "null = 1 / is_cap")
+    async_generation: bool = option(False, "one-step off-policy: the engine samples step t+1's batch (with the "
+                                           "weights before step t's update) while the trainer updates on step t; "
+                                           "needs is_correction token or sequence")
     log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps (and the "
                                                 "first step's); 0 = never")
 
@@ -173,6 +183,11 @@ class PPOConfig(OnlineConfig):
         return 1.0 if critic_from_policy else 0.95
 
 
+def is_low(cfg: OnlineConfig) -> float:
+    """The lower bound of the sequence IS weight: ``is_min``, or 1 / ``is_cap`` when null."""
+    return float(cfg.is_min) if cfg.is_min is not None else 1.0 / cfg.is_cap
+
+
 CONFIGS: dict[str, type[OnlineConfig]] = {"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig}
 
 
@@ -232,7 +247,14 @@ def _range_checks(cfg: OnlineConfig) -> list[tuple[str, object, bool, str]]:
               ("save_steps", cfg.save_steps, cfg.save_steps >= 0, ">= 0"),
               ("logging_steps", cfg.logging_steps, cfg.logging_steps >= 1, ">= 1"),
               ("log_rollouts_every", cfg.log_rollouts_every, cfg.log_rollouts_every >= 0, ">= 0"),
-              ("verdict_retries", cfg.verdict_retries, cfg.verdict_retries >= 0, ">= 0")]
+              ("verdict_retries", cfg.verdict_retries, cfg.verdict_retries >= 0, ">= 0"),
+              ("is_cap", cfg.is_cap, cfg.is_cap >= 1, ">= 1"),
+              ("is_min", cfg.is_min, cfg.is_min is None or 0 <= cfg.is_min <= 1, "in [0, 1] or null"),
+              ("is_correction", cfg.is_correction, cfg.is_correction != "token" or cfg.algorithm != "rloo",
+               "none or sequence for rloo (its clip takes one ratio per sample)"),
+              ("async_generation", cfg.async_generation, not cfg.async_generation or (
+                  cfg.is_correction != "none" and world_size() == 1),
+               "false unless is_correction is token or sequence (the batch is one step stale) and one process runs")]
     if isinstance(cfg, PPOConfig):
         checks += [("gamma", cfg.gamma, 0 < cfg.gamma <= 1, "in (0, 1]"),
                    ("lam", cfg.lam, cfg.lam is None or 0 <= cfg.lam <= 1, "in [0, 1] or null"),

@@ -14,10 +14,10 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from rlaif.io.seeds import stable_seed
-from rlaif.train.online import maths
+from rlaif.train.online import maths, mismatch
 from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.batch import MicroBatch, RolloutBatch, Scored, micro_batches, token_logprobs, token_values
-from rlaif.train.online.config import OnlineConfig
+from rlaif.train.online.config import OnlineConfig, is_low
 from rlaif.train.online.distributed import Dist, mine
 from rlaif.train.nonfinite import NonFiniteGuard
 
@@ -109,12 +109,16 @@ def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: A
                ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
     """The loss of one micro-batch (its share of the minibatch loss: PPO-clip at the algorithm's
     level, plus its extra loss), its stats, the detached log-probs (n, T) and, when the old-policy
-    pass was skipped (old = current, detached), the mean entropy (else None)."""
+    pass was skipped (old = current, detached), the mean entropy (else None). ``cfg.is_correction``
+    weighs each term by pi_old / pi_engine (mismatch.py); with the pass skipped pi_old is the current
+    detached policy, which is the old policy then (the weights have not moved yet)."""
     algorithm = strategy(cfg)
     fresh = micro.old_logp is None
     logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh)
     old_logp = logp.detach() if micro.old_logp is None else micro.old_logp
-    loss, stats = maths.policy_loss(logp, old_logp, micro.advantages, micro.rows.mask, cfg.clip_eps,
+    adv = mismatch.weigh_advantages(cfg.is_correction, micro.advantages, old_logp, micro.rows.engine_logp,
+                                    micro.rows.mask, cfg.is_cap, is_low(cfg), algorithm.level)
+    loss, stats = maths.policy_loss(logp, old_logp, adv, micro.rows.mask, cfg.clip_eps,
                                     level=algorithm.level, loss_type=algorithm.loss_type,
                                     max_completion_length=cfg.max_tokens, normalizer=micro.normalizer)
     extra = algorithm.extra_loss(logp, micro, value_model)
