@@ -201,3 +201,25 @@ def test_async_generation_samples_one_step_stale_learns_and_is_deterministic(tmp
     _, _, again = _run_recorded(tmp_path, tiny_model_dir, monkeypatch, "again", 4, **kw)
     assert [r["response"] for r in rows if r["step"] <= 4] == [
         json.loads(x)["response"] for x in (again / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_an_async_run_stopped_mid_run_resumes(tmp_path, tiny_model_dir, monkeypatch):
+    """A crash at step 3 (the next batch sampling in the background) leaves the step-2 checkpoint;
+    the rerun resumes from it, samples its first batch afresh and finishes, no step logged twice."""
+    from rlaif.train.online import trainer
+
+    inner = trainer.rollout_step
+
+    def crash(cfg, run, prompts, cache, step, ahead=None):
+        if step == 2:
+            raise RuntimeError("killed")
+        return inner(cfg, run, prompts, cache, step, ahead)
+
+    monkeypatch.setattr(trainer, "rollout_step", crash)
+    kw = dict(async_generation=True, is_correction="sequence", save_steps=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run_recorded(tmp_path, tiny_model_dir, monkeypatch, "run", 4, **kw)
+    monkeypatch.setattr(trainer, "rollout_step", inner)
+    _, _, out = _run_recorded(tmp_path, tiny_model_dir, monkeypatch, "run", 4, **kw)
+    assert json.loads((out / "summary.json").read_text())["resumed_from"] == 2
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
