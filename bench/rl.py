@@ -17,8 +17,8 @@ backward + optimizer step, and rlaif's step metrics).
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py [--prompts 4] [--k 4] [--max-tokens 32]
         [--steps 4] [--only rlaif|trl] [--trl-vllm]
 
-``--mismatch`` runs rlaif alone, four times in one process: on-policy, on-policy with truncated IS
-(is_correction=token), and one-step-off generation (async_generation) with token / sequence IS:
+``--mismatch`` runs rlaif alone, three times in one process: on-policy (no correction), and
+one-step-off generation (async_generation) with token / sequence IS (is_correction):
 seconds per step against on-policy, and the mismatch metrics (k3 KL engine -> trainer, the share
 of tokens clipped or samples masked, the mean weight).
 
@@ -179,7 +179,6 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
 
 MISMATCH_RUNS = {  # name: GRPOConfig options
     "on-policy": {},
-    "on-policy + TIS": {"is_correction": "token"},
     "one-step-off + TIS": {"is_correction": "token", "async_generation": True},
     "one-step-off + MIS": {"is_correction": "sequence", "async_generation": True},
 }
