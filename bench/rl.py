@@ -24,6 +24,13 @@ ratio is 1 and the three differ only in how they sum tokens), and prints the rew
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py --losses [--engine hf] [--steps 10] [--lr 3e-5]
         [--model DIR --reward vowels]   # a tiny random model: vowels_reward is what it can learn
+
+``--mismatch`` runs rlaif alone, three times in one process: on-policy (no correction), and
+one-step-off generation (async_generation) with token / sequence IS (is_correction):
+seconds per step against on-policy, and the mismatch metrics (k3 KL engine -> trainer, the share
+of tokens clipped or samples masked, the mean weight).
+
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py --mismatch --steps 5 [--engine hf]
 """
 
 from __future__ import annotations
@@ -141,9 +148,11 @@ def _wrap(obj, name: str, key: str, cur: dict, count=None, mean=None) -> None:
     setattr(obj, name, timed)
 
 
-def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace) -> dict:
+def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace, **options: object) -> dict:
     """rlaif grpo (vllm engine): the parts from its metrics.jsonl, the step from a timer around
-    each call of its step function (so both totals include everything a step does)."""
+    each call of its step function (so both totals include everything a step does); ``options``
+    are more GRPOConfig fields (is_correction, async_generation). Also the mean mismatch metrics
+    of the timed steps."""
     from rlaif.train.online import trainer
     from rlaif.train.online.config import GRPOConfig, RolloutOptions
 
@@ -158,13 +167,13 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
 
     n = args.prompts * args.k
     cfg = GRPOConfig(prompts=str(prompts), model=model_dir, out=str(out),
-                     reward=[f"python:{Path(__file__).resolve()}:length_reward"], engine="vllm",
+                     reward=[f"python:{Path(__file__).resolve()}:length_reward"], engine=args.engine,
                      prompts_per_step=args.prompts, k=args.k, max_tokens=args.max_tokens, steps=args.steps,
                      lr=args.lr, beta=0.0, loss_type=args.loss_type, scale_rewards="group", temperature=1.0,
                      top_p=1.0, clip_eps=0.2, epochs_per_step=1, minibatch_size=n, micro_batch_size=n,
                      seed=args.seed, precision="fp32", save_steps=0, logging_steps=1, log_rollouts_every=0,
                      progress=False, overwrite=True,
-                     rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory))
+                     rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory), **options)
     t0 = time.perf_counter()
     trainer.rollout_step = timed_step
     try:
@@ -175,7 +184,40 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [_rlaif_step(r, w) for r, w in zip([r for r in rows if "time/generation" in r], walls)]
     load = wall - sum(walls)
-    return {**summarise(steps), "load_s": load, "wall_s": wall, "mode": "vllm engine, in-place weight sync"}
+    timed = [r for r in rows if "time/generation" in r][1:] or rows
+    mismatch = {key: statistics.mean(r[key] for r in timed) for key in timed[0]
+                if key.startswith("mismatch/") or key == "logprob_gap"}
+    return {**summarise(steps), **mismatch, "load_s": load, "wall_s": wall,
+            "mode": f"{args.engine} engine, in-place weight sync"}
+
+
+MISMATCH_RUNS = {  # name: GRPOConfig options
+    "on-policy": {},
+    "one-step-off + TIS": {"is_correction": "token", "async_generation": True},
+    "one-step-off + MIS": {"is_correction": "sequence", "async_generation": True},
+}
+
+
+def mismatch_table(prompts: Path, model_dir: str, tmp: Path, args: argparse.Namespace) -> None:
+    """rlaif grpo on-policy against one-step-off generation, with and without the IS correction, in
+    one process: seconds per step and the mismatch metrics (means over the timed steps)."""
+    results = {}
+    for name, options in MISMATCH_RUNS.items():
+        torch.manual_seed(args.seed)
+        results[name] = rlaif_run(prompts, model_dir, tmp / name.replace(" ", "_"), args, **options)
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+        gc.collect()
+    base = results["on-policy"]["total"]
+    print(f"\n{args.engine} engine, {args.prompts} prompts x k={args.k}, max {args.max_tokens} new tokens, "
+          f"{args.steps} steps (first = warm-up), lr {args.lr}\n")
+    print("| run | s/step | vs on-policy | generation (exposed) | logprob_gap | mismatch KL (k3) | clipped / masked "
+          "| mean weight |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        cut, weight = r.get("mismatch/clipped", r.get("mismatch/masked")), r.get("mismatch/weight_mean")
+        print(f"| {name} | {r['total']:.2f} | {base / r['total']:.2f}x | {r['generation']:.2f} | "
+              f"{r['logprob_gap']:.2e} | {r['mismatch/kl_k3']:.2e} | {'-' if cut is None else f'{cut:.3f}'} | "
+              f"{'-' if weight is None else f'{weight:.3f}'} |")
 
 
 def _rlaif_step(r: dict, total: float) -> dict:
@@ -262,7 +304,9 @@ def main() -> None:
     parser.add_argument("--trl-vllm", action="store_true", help="TRL with use_vllm=True, vllm_mode=colocate")
     parser.add_argument("--model", default="smollm2-135m", help="alias or local folder")
     parser.add_argument("--losses", action="store_true", help="compare grpo / gspo / cispo reward curves instead")
-    parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"], help="--losses: rollout engine")
+    parser.add_argument("--mismatch", action="store_true",
+                        help="rlaif only: on-policy vs one-step-off generation, with and without IS correction")
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"], help="--losses / --mismatch: rollout engine")
     parser.add_argument("--reward", default="length", choices=["length", "vowels"],
                         help="--losses: length_reward or vowels_reward (for a tiny random --model folder)")
     parser.add_argument("--rollout-memory", type=float, default=0.1,
@@ -276,8 +320,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-rl-"))
     try:
         rows = write_prompts(tmp / "prompts.jsonl", args.prompts)
-        if args.losses:
-            print_losses(losses_run(tmp / "prompts.jsonl", model_dir, tmp / "losses", args), args)
+        if args.losses or args.mismatch:
+            if args.losses:
+                print_losses(losses_run(tmp / "prompts.jsonl", model_dir, tmp / "losses", args), args)
+            else:
+                mismatch_table(tmp / "prompts.jsonl", model_dir, tmp, args)
             return
         results = {}
         for who in ("trl", "rlaif") if args.only is None else (args.only,):

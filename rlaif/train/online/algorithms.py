@@ -69,6 +69,10 @@ class Algorithm:
         """The divisor of a whole minibatch's loss, so that summed micro-batch losses equal its loss."""
         return max(float(mask.sum()), 1.0)
 
+    def weight_level(self) -> Level:
+        """Where the loss takes its ratio, so where an importance weight applies (mismatch.py)."""
+        return self.level
+
     def policy_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, micro: MicroBatch
                     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The micro-batch's share of the policy loss and its stats (PPO-clip at ``level``)."""
@@ -110,6 +114,10 @@ class GRPO(Algorithm):
     def advantages(self, scores: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor,
                    scored: Scored, kl_coef: float, critic_from_policy: bool) -> dict[str, torch.Tensor]:
         return {"adv": maths.grpo_advantages(scores, self.cfg.k, self.cfg.scale_rewards, valid), "kl": kl}
+
+    def weight_level(self) -> Level:
+        """GSPO (importance_sampling_level sequence or sequence_token) takes one ratio per sample."""
+        return "token" if self.cfg.importance_sampling_level == "token" else "sequence"
 
     def policy_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, micro: MicroBatch
                     ) -> tuple[torch.Tensor, dict[str, float]]:

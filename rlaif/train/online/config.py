@@ -106,6 +106,16 @@ class OnlineConfig(TrainerOptions):
                                            "sample more prompts to refill the step (DAPO, Yu et al. 2025)")
     max_refill_rounds: int = option(3, "dynamic_sampling: extra sampling rounds per step at most; still short, the "
                                        "step trains on the groups it has")
+    is_correction: Literal["none", "token", "sequence"] = option(
+        "none", "training-inference mismatch correction (mismatch.py): token = truncated importance sampling, "
+                "w_t = min(pi_old/pi_engine, is_cap) per token (Yao et al. 2025); sequence = masked sequence IS, "
+                "the sequence ratio as weight, samples outside [is_min, is_cap] masked (rloo takes sequence only)")
+    is_cap: float = option(2.0, "upper bound of the importance weight (token: truncation; sequence: mask above)")
+    is_min: float | None = option(None, "is_correction=sequence: samples whose ratio is below it are masked; "
+                                        "null = 1 / is_cap")
+    async_generation: bool = option(False, "one-step off-policy: the engine samples step t+1's batch (with the "
+                                           "weights before step t's update) while the trainer updates on step t; "
+                                           "needs is_correction token or sequence")
     log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps (and the "
                                                 "first step's); 0 = never")
 
@@ -210,6 +220,11 @@ class PPOConfig(OnlineConfig):
         return 1.0 if critic_from_policy else 0.95
 
 
+def is_low(cfg: OnlineConfig) -> float:
+    """The lower bound of the sequence IS weight: ``is_min``, or 1 / ``is_cap`` when null."""
+    return float(cfg.is_min) if cfg.is_min is not None else 1.0 / cfg.is_cap
+
+
 CONFIGS: dict[str, type[OnlineConfig]] = {"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig}
 
 
@@ -293,7 +308,16 @@ def _range_checks(cfg: OnlineConfig) -> list[tuple[str, object, bool, str]]:
               ("entropy_coef", cfg.entropy_coef, cfg.entropy_coef >= 0, ">= 0"),
               ("entropy_target", cfg.entropy_target, cfg.entropy_target is None or cfg.entropy_target > 0,
                "> 0 or null"),
-              ("entropy_coef_delta", cfg.entropy_coef_delta, cfg.entropy_coef_delta > 0, "> 0")]
+              ("entropy_coef_delta", cfg.entropy_coef_delta, cfg.entropy_coef_delta > 0, "> 0"),
+              ("is_cap", cfg.is_cap, cfg.is_cap >= 1, ">= 1"),
+              ("is_min", cfg.is_min, cfg.is_min is None or 0 <= cfg.is_min <= 1, "in [0, 1] or null"),
+              ("is_correction", cfg.is_correction, cfg.is_correction != "token" or cfg.algorithm != "rloo",
+               "none or sequence for rloo (its clip takes one ratio per sample)"),
+              ("async_generation", cfg.async_generation, not cfg.async_generation or (
+                  cfg.is_correction != "none" and world_size() == 1),
+               "false unless is_correction is token or sequence (the batch is one step stale) and one process runs"),
+              ("async_generation", cfg.async_generation, not (cfg.async_generation and cfg.dynamic_sampling),
+               "false with dynamic_sampling (refill rounds sample with the current weights)")]
     if isinstance(cfg, GRPOConfig):
         level = cfg.importance_sampling_level
         checks += [("clip_eps_high", cfg.clip_eps_high, cfg.clip_eps_high is None or cfg.clip_eps_high > 0,
@@ -301,7 +325,9 @@ def _range_checks(cfg: OnlineConfig) -> list[tuple[str, object, bool, str]]:
                    ("gspo_clip_eps", cfg.gspo_clip_eps, cfg.gspo_clip_eps > 0, "> 0"),
                    ("gspo_clip_eps_high", cfg.gspo_clip_eps_high, cfg.gspo_clip_eps_high > 0, "> 0"),
                    ("importance_sampling_level", level, level == "token" or cfg.loss_type != "cispo",
-                    "token with loss_type=cispo (CISPO weighs each token)")]
+                    "token with loss_type=cispo (CISPO weighs each token)"),
+                   ("is_correction", cfg.is_correction, cfg.is_correction != "token" or level == "token",
+                    f"none or sequence with importance_sampling_level={level} (GSPO takes one ratio per sample)")]
     if isinstance(cfg, PPOConfig):
         checks += [("gamma", cfg.gamma, 0 < cfg.gamma <= 1, "in (0, 1]"),
                    ("lam", cfg.lam, cfg.lam is None or 0 <= cfg.lam <= 1, "in [0, 1] or null"),

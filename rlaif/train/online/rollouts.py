@@ -23,6 +23,7 @@ Engines:
   syncing) is dropped and its part goes to another, which holds the current weights because
   every live replica loads every sync.
 - ``hf``: samples with the trainer's live model itself (`HFBackend.from_model`); sync is a no-op.
+  Under ``async_generation`` it samples with a copy of the policy and sync copies the weights in.
 """
 
 from __future__ import annotations
@@ -253,8 +254,8 @@ class RolloutEngine:
     def sync(self, model: torch.nn.Module) -> float:
         """Push ``model``'s weights (LoRA merged if peft) into the engine in place and drop its
         prefix cache; with replicas, into every live one (``replicas`` says how many loaded them).
-        Returns the seconds it took (also in ``last_sync_s``). hf: a no-op (the engine samples
-        with the live model)."""
+        Returns the seconds it took (also in ``last_sync_s``). hf: a no-op when the engine samples
+        with the live model, else a copy of its weights."""
         start = time.perf_counter()
         if self.engine == "vllm":
             weights = policy_weights(model)
@@ -263,6 +264,9 @@ class RolloutEngine:
             loaded = self.backend.update_weights(weights)
             if isinstance(loaded, int):
                 self.replicas = loaded
+        elif self.backend.model is not model:  # hf with its own copy (async_generation)
+            with torch.no_grad():
+                self.backend.model.load_state_dict(model.state_dict())
         self.last_sync_s = time.perf_counter() - start
         return self.last_sync_s
 

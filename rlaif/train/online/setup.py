@@ -128,6 +128,16 @@ def pooled(cfg: OnlineConfig) -> bool:
     return cfg.rollout.replicas > 1
 
 
+def hf_engine_model(cfg: OnlineConfig, policy: Any) -> Any:
+    """The model the hf engine samples with: the live policy, or under ``async_generation`` a copy
+    of it (sampling runs during the update; `RolloutEngine.sync` copies the weights in after it)."""
+    if not cfg.async_generation:
+        return policy
+    import copy
+
+    return copy.deepcopy(policy).requires_grad_(False)
+
+
 def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]], dist: Dist | None = None) -> Run:
     """Everything the step loop needs, in the order that fails cheapest first. Under several
     processes every rank builds its own copy and engine on its device (``dist``); with a Ray pool
@@ -154,7 +164,8 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
             engine = RolloutEngine(engine_name, base, tokenizer,
                                    backend_options=cfg.rollout.backend_config(engine_name, base),
                                    max_prompt_length=cfg.max_prompt_length,
-                                   hf_model=policy if engine_name == "hf" else None, ray_options=cfg.ray)
+                                   hf_model=hf_engine_model(cfg, policy) if engine_name == "hf" else None,
+                                   ray_options=cfg.ray)
     weights = {f"{source}:{target}": weight for source, target, weight in specs}
     value_from_policy = isinstance(cfg, PPOConfig) and not cfg.value_init_dir(specs)
     return Run(policy=policy, value_model=value_model, optimizer=optimizer, params=params, device=device,

@@ -39,10 +39,12 @@ LOGS = ("metrics.jsonl", "rollouts.jsonl")
 # value they are left out of the settings, so such runs still resume (and finished ones still skip).
 LATER_OPTIONS: dict[str, Any] = {"dynamic_sampling": False, "overlong_buffer": 0, "entropy_coef": 0.0,
                                  "entropy_target": None, "clip_eps_high": None,
-                                 "importance_sampling_level": "token", "value_head": "separate"}
+                                 "importance_sampling_level": "token", "value_head": "separate",
+                                 "is_correction": "none", "async_generation": False}
 LATER_DEPENDENTS = {"max_refill_rounds": "dynamic_sampling", "overlong_penalty": "overlong_buffer",
                     "entropy_coef_delta": "entropy_target", "gspo_clip_eps": "importance_sampling_level",
-                    "gspo_clip_eps_high": "importance_sampling_level"}
+                    "gspo_clip_eps_high": "importance_sampling_level", "is_cap": "is_correction",
+                    "is_min": "is_correction"}
 
 
 def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
@@ -205,12 +207,13 @@ def resume_or_start(out: Path, policy: torch.nn.Module, value: torch.nn.Module |
     return restored
 
 
-def checkpoint_run(cfg: OnlineConfig, run: Any, out: Path, done: int, settings: dict[str, Any]) -> Path:
+def checkpoint_run(cfg: OnlineConfig, run: Any, out: Path, done: int, settings: dict[str, Any],
+                   taken_ahead: int = 0) -> Path:
     """`save_checkpoint` of the live run after ``done`` steps: weights, optimizer, RNG, KL and entropy
-    coefficients, the prompt sampler's position."""
+    coefficients, the prompt sampler's position (less ``taken_ahead`` prompts the next step took early)."""
     entropy = getattr(run, "entropy_coef", None)
     return save_checkpoint(out, done, cfg.save_total_limit, settings, run.policy, run.value_model, run.optimizer,
-                           run.kl.value, run.sampler.position,
+                           run.kl.value, run.sampler.position - taken_ahead,
                            entropy_coef=None if entropy is None else entropy.state_dict())
 
 

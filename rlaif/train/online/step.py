@@ -7,6 +7,7 @@ in algorithms.py. A masked sample (no reward) is left out of the baselines and o
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -15,10 +16,10 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from rlaif.io.seeds import stable_seed
-from rlaif.train.online import maths
+from rlaif.train.online import maths, mismatch
 from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.batch import MicroBatch, RolloutBatch, Scored, micro_batches, token_logprobs, token_values
-from rlaif.train.online.config import OnlineConfig
+from rlaif.train.online.config import OnlineConfig, is_low
 from rlaif.train.online.distributed import Dist, mine
 from rlaif.train.online.value import riding_values
 from rlaif.train.nonfinite import NonFiniteGuard
@@ -115,14 +116,18 @@ def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: A
     """The loss of one micro-batch (its share of the minibatch loss: the algorithm's policy loss,
     plus its extra loss, minus ``entropy_coef`` x the mean token entropy weighted by the micro-batch's
     share of the minibatch's tokens), its stats, the detached log-probs (n, T) and, when the
-    old-policy pass was skipped (old = current, detached), the mean entropy (else None)."""
+    old-policy pass was skipped (old = current, detached), the mean entropy (else None).
+    ``cfg.is_correction`` weighs each term by pi_old / pi_engine (mismatch.py); with the pass skipped
+    pi_old is the current detached policy, which is the old policy then (the weights have not moved yet)."""
     algorithm = strategy(cfg)
     fresh = micro.old_logp is None
     bonus = entropy_coef > 0
     with riding_values(value_model) as values_of:  # a shared value head: values from this same forward
         logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh, entropy_grad=bonus)
     old_logp = logp.detach() if micro.old_logp is None else micro.old_logp
-    loss, stats = algorithm.policy_loss(logp, old_logp, micro)
+    adv = mismatch.weigh_advantages(cfg.is_correction, micro.advantages, old_logp, micro.rows.engine_logp,
+                                    micro.rows.mask, cfg.is_cap, is_low(cfg), algorithm.weight_level())
+    loss, stats = algorithm.policy_loss(logp, old_logp, dataclasses.replace(micro, advantages=adv))
     extra = algorithm.extra_loss(logp, micro, values_of)
     if extra is not None:
         loss, stats = loss + extra[0], {**stats, **extra[1]}

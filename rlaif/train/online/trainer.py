@@ -39,7 +39,9 @@ from rlaif.io.store import atomic_write_text
 from rlaif.io.seeds import stable_seed
 from rlaif.train.online import maths
 from rlaif.train.online.algorithms import strategy
-from rlaif.train.online.config import OnlineConfig, check_config
+from rlaif.train.online.ahead import Ahead
+from rlaif.train.online.config import OnlineConfig, check_config, is_low
+from rlaif.train.online.mismatch import mismatch_metrics
 from rlaif.train.online.setup import Run, build_run
 from rlaif.train.checkpoints import check_out, refuse_out_on_inputs, save_model_files
 from rlaif.train.online.dynamic import Groups, sample_groups
@@ -151,12 +153,20 @@ def sample_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict[
 
 
 def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict[int, list[int]],
-                 step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """One step (0-based ``step``): sample, reward, score, update, sync. Returns metrics and rollout rows."""
+                 step: int, ahead: Ahead | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """One step (0-based ``step``): sample, reward, score, update, sync. Returns metrics and rollout rows.
+    With ``ahead`` (async_generation) the batch was sampled during the previous step, and the next
+    one is sampled during this update (ahead.py)."""
     t0 = time.perf_counter()
-    groups, dynamic_stats = sample_step(cfg, run, prompts, cache, step)
+    if ahead is None:
+        groups, dynamic_stats = sample_step(cfg, run, prompts, cache, step)
+    else:
+        groups, dynamic_stats = ahead.take(step)
+        if step + 1 < cfg.steps:
+            ahead.start(step + 1)
     batch_prompts, rollouts, per_source, total = groups.prompts, groups.rollouts, groups.per_source, groups.total
-    t1 = t0 + groups.gen_s  # time/reward: this rank's rewards and the gather
+    # time/reward: this rank's rewards and the gather; async: time/generation is the wait for the batch
+    t1 = t0 + groups.gen_s if ahead is None else time.perf_counter()
     t2 = time.perf_counter()
     scores, valid = reward_tensor(cfg, total, rollouts)
     if step == 0 and run.value_from_policy:
@@ -165,7 +175,7 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
         start_at_mean_score(run.value_model, scores, valid)
     batch = build_batch(rollouts, run.tokenizer.pad_token_id)
     run.policy.eval()
-    old_policy = not reuses_current_logp(cfg, len(rollouts), run.kl.value)
+    old_policy = cfg.async_generation or not reuses_current_logp(cfg, len(rollouts), run.kl.value)
     scored = score_batch(cfg, batch, run.policy, run.reference, run.value_model, run.device, run.autocast,
                          old_policy=old_policy, dist=run.dist)
     adv = advantages(cfg, batch, scores, valid, scored, run.kl.value, run.value_from_policy)
@@ -175,11 +185,13 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     if not old_policy:
         adv["kl"] = sequence_kl(scored, batch.mask)  # the update filled scored.old_logp
     t4 = time.perf_counter()
+    if ahead is not None:
+        ahead.wait()  # the engine's weights change only between samplings
     sync_s = run.engine.sync(run.policy) if run.engine is not None else 0.0
     metrics = {"time/generation": t1 - t0, "time/reward": t2 - t1, "time/train": t4 - t2, "time/scoring": t3 - t2,
-               "time/update": t4 - t3, "time/sync": sync_s,
-               **step_metrics(run, rollouts, batch, scored, adv, valid, per_source, total, t1 - t0), **train_stats,
-               **dynamic_stats}
+               "time/update": t4 - t3, "time/sync": sync_s, "time/step": time.perf_counter() - t0,
+               **step_metrics(cfg, run, rollouts, batch, scored, adv, valid, per_source, total, groups.gen_s),
+               **train_stats, **dynamic_stats}
     if cfg.overlong_buffer:
         metrics["overlong_penalty"] = float((overlong(cfg, rollouts) * valid).sum() / max(float(valid.sum()), 1.0))
     if run.entropy_coef is not None:
@@ -206,16 +218,21 @@ def warn_missing_eos(cfg: OnlineConfig, run: Run, eos_rate: float) -> None:
           f"max_tokens or set missing_eos_score=null", file=sys.stderr, flush=True)
 
 
-def step_metrics(run: Run, rollouts: list[Any], batch: Any, scored: Any, adv: dict[str, torch.Tensor],
-                 valid: torch.Tensor, per_source: dict[str, list], total: list, gen_s: float) -> dict[str, float]:
+def step_metrics(cfg: OnlineConfig, run: Run, rollouts: list[Any], batch: Any, scored: Any,
+                 adv: dict[str, torch.Tensor], valid: torch.Tensor, per_source: dict[str, list], total: list,
+                 gen_s: float) -> dict[str, float]:
     """Rollout, reward, KL, entropy, value and stale-weights metrics of one step.
 
     logprob_gap = mean over completion tokens of |engine log-prob - trainer log-prob|: near 0 when
-    the engine samples from the trainer's weights, larger when a sync was missed (TRL #5312)."""
+    the engine samples from the trainer's weights, larger when a sync was missed (TRL #5312);
+    mismatch/* (mismatch.py): k3 KL engine -> trainer, and with is_correction the clipped / masked
+    share and the mean importance weight."""
     tokens = float(batch.mask.sum())
     scored_mask = batch.mask * valid.unsqueeze(-1)  # a skipped old-policy pass leaves masked samples unscored
     gap = float(((batch.engine_logp - scored.old_logp).abs() * scored_mask).sum() / max(float(scored_mask.sum()), 1.0))
     metrics = {"rollout/tokens_per_s": tokens / max(gen_s, 1e-9), "logprob_gap": gap,
+               **mismatch_metrics(cfg.is_correction, scored.old_logp, batch.engine_logp, scored_mask, cfg.is_cap,
+                                  is_low(cfg)),
                "response_length": tokens / len(rollouts),
                "eos_rate": sum(r.finished for r in rollouts) / len(rollouts),
                "masked": float(len(rollouts) - valid.sum()), "entropy": scored.entropy,
@@ -274,9 +291,10 @@ def _loop(cfg: OnlineConfig, run: Run, prompts: list[Prompt], out: Path, setting
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.algorithm}", disable=not cfg.progress or not main)
     cache: dict[int, list[int]] = {}
     history: list[dict[str, float]] = []
+    ahead = Ahead(lambda s: sample_step(cfg, run, prompts, cache, s)) if cfg.async_generation else None
     try:
         for step in range(start, cfg.steps):
-            metrics, rows = rollout_step(cfg, run, prompts, cache, step)
+            metrics, rows = rollout_step(cfg, run, prompts, cache, step, ahead)
             done = step + 1
             history.append(metrics)
             if done % cfg.logging_steps == 0 or done == cfg.steps:
@@ -285,10 +303,14 @@ def _loop(cfg: OnlineConfig, run: Run, prompts: list[Prompt], out: Path, setting
                 with (out / "rollouts.jsonl").open("a", encoding="utf-8") as f:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             if main and cfg.save_steps and done % cfg.save_steps == 0 and done != cfg.steps:
-                checkpoint_run(cfg, run, out, done, settings)
+                # async: the sampler has already given the prompts of step done + 1 (sampled ahead)
+                checkpoint_run(cfg, run, out, done, settings,
+                               taken_ahead=cfg.prompts_per_step if ahead is not None and ahead.pending else 0)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.3f}")
     finally:
+        if ahead is not None:
+            ahead.close()
         bar.close()
         log.close()
     return save_final(cfg, run, out, settings, start, history)
