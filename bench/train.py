@@ -1,4 +1,5 @@
-"""Training throughput, rlaif vs TRL (RewardTrainer, DPOTrainer), side by side in one process.
+"""Training throughput, rlaif vs TRL (RewardTrainer, DPOTrainer), side by side in one process;
+and peak memory of a DPO run, rlaif vs TRL, each in its own process (``--memory``).
 
 Same model (the embedded SmolLM2-135M-Instruct), same preference pairs, batch size, max length,
 precision (fp32, CPU), one epoch each; the first optimizer step is warm-up and is not timed.
@@ -6,7 +7,11 @@ Tokens/s counts real (non-padding) tokens of prompt+chosen and prompt+rejected p
 optimizer-step wall time. Both DPO runs precompute the reference log-probs before training
 (not timed), so each step is one policy forward+backward in both.
 
+rlaif runs twice per trainer: ``packing=false`` (right-padded rows, the trainer before issue 23)
+and ``packing=true`` (the default: one padding-free sequence per micro-batch).
+
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/train.py [--pairs 32] [--batch-size 4]
+    .venv/bin/python bench/train.py --memory --pairs 8 --batch-size 2 --max-length 1024 --repeats 8,20
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "tests" / "assets" / "prefs" / "train.jsonl"
 
 
-def make_data(out: Path, pairs: int, seed: int = 0) -> list[dict]:
-    """Pairs of varied length (about 40-400 tokens): asset answers repeated 1-8 times."""
+def make_data(out: Path, pairs: int, seed: int = 0, repeats: tuple[int, int] = (1, 8)) -> list[dict]:
+    """Pairs of varied length (about 40-400 tokens with the default): asset answers repeated 1-8 times."""
     rng = random.Random(seed)
     base = [json.loads(x) for x in ASSETS.read_text().splitlines()]
     rows = []
@@ -34,19 +39,19 @@ def make_data(out: Path, pairs: int, seed: int = 0) -> list[dict]:
         r = base[i % len(base)]
         good, bad = r["chosen"][0]["content"], r["rejected"][0]["content"]
         rows.append({"prompt": r["prompt"],
-                     "chosen": [{"role": "assistant", "content": " ".join([good] * rng.randint(1, 8))}],
-                     "rejected": [{"role": "assistant", "content": " ".join([bad] * rng.randint(1, 8))}]})
+                     "chosen": [{"role": "assistant", "content": " ".join([good] * rng.randint(*repeats))}],
+                     "rejected": [{"role": "assistant", "content": " ".join([bad] * rng.randint(*repeats))}]})
     (out / "preferences").mkdir(parents=True)
     (out / "preferences" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
-def rlaif_run(kind: str, data: Path, model: str, out: Path, args: argparse.Namespace) -> dict:
+def rlaif_run(kind: str, data: Path, model: str, out: Path, args: argparse.Namespace, packing: bool = True) -> dict:
     from rlaif.train.config import DPOConfig, RMConfig
 
     common = dict(data=str(data), model=model, out=str(out), batch_size=args.batch_size, epochs=1,
                   max_length=args.max_length, max_prompt_length=args.max_length // 2, precision="fp32",
-                  save_steps=0, logging_steps=1, progress=False, overwrite=True)
+                  save_steps=0, logging_steps=1, progress=False, overwrite=True, packing=packing)
     t0 = time.perf_counter()
     if kind == "rm":
         from rlaif.train.rm import train_rm
@@ -60,7 +65,14 @@ def rlaif_run(kind: str, data: Path, model: str, out: Path, args: argparse.Names
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
     timed = steps[1:]
     return {"tokens_per_s": sum(s["train/tokens"] for s in timed) / sum(s["train/step_time"] for s in timed),
-            "steps": len(steps), "padding": summary["padding_fraction"], "wall_s": wall}
+            "steps": len(steps), "padding": summary["padding_fraction"], "wall_s": wall,
+            "rss_growth_gib": max(s.get("train/memory/rss_growth_gib", 0.0) for s in steps)}
+
+
+def peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 class _Counting:
@@ -118,6 +130,25 @@ def trl_run(kind: str, rows: list[dict], model_dir: str, out: Path, args: argpar
             "padding": sum(padded) / (sum(tokens) + sum(padded)), "wall_s": wall}
 
 
+def memory(args: argparse.Namespace) -> None:
+    """DPO at ``--max-length``: each trainer in a fresh process (peak RSS is per process); prints the table."""
+    import subprocess
+    import sys
+
+    rows = {}
+    for who in ("rlaif", "trl"):
+        cmd = [sys.executable, __file__, "--only", "dpo", "--who", who, "--pairs", str(args.pairs), "--batch-size",
+               str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
+               "--repeats", args.repeats]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows[who] = json.loads(out.strip().splitlines()[-1])
+        print(who, rows[who], flush=True)
+    print(f"\n| DPO, max_length {args.max_length}, batch {args.batch_size} | peak RSS GiB (process) | "
+          f"RSS after model load GiB | tokens/s |\n|---|---|---|---|")
+    for who, r in rows.items():
+        print(f"| {who} | {r['peak_rss_gib']:.2f} | {r['loaded_rss_gib']:.2f} | {r['tokens_per_s']:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=32)
@@ -125,7 +156,12 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--only", choices=["rm", "dpo"], default=None)
     parser.add_argument("--model", default="smollm2-135m", help="alias or local folder (a tiny one to smoke-test)")
+    parser.add_argument("--repeats", default="1,8", help="each answer repeated between these many times")
+    parser.add_argument("--memory", action="store_true", help="DPO peak memory, rlaif vs TRL, one process each")
+    parser.add_argument("--who", choices=["rlaif", "trl"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory:
+        return memory(args)
 
     import transformers
     import trl
@@ -133,32 +169,43 @@ def main() -> None:
     from rlaif.models import resolve_model
 
     model = resolve_model(args.model)
+    repeats = tuple(int(x) for x in args.repeats.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-train-"))
     try:
-        rows = make_data(tmp / "data", args.pairs)
+        rows = make_data(tmp / "data", args.pairs, repeats=repeats)
+        if args.who:  # one run in this process, for --memory
+            from transformers import AutoModelForCausalLM
+
+            AutoModelForCausalLM.from_pretrained(model)  # what both pay: load once, then the run's own
+            loaded = peak_rss_gib()
+            res = (rlaif_run("dpo", tmp / "data", model, tmp / "out", args) if args.who == "rlaif"
+                   else trl_run("dpo", rows, model, tmp / "out", args))
+            print(json.dumps({**res, "peak_rss_gib": peak_rss_gib(), "loaded_rss_gib": loaded}))
+            return
         results = {}
         for kind in ("rm", "dpo") if args.only is None else (args.only,):
             torch.manual_seed(0)
             # alternate who goes first, so drift on a shared machine does not favour one side
-            order = ("rlaif", "trl") if kind == "rm" else ("trl", "rlaif")
+            order = ("padded", "trl", "rlaif") if kind == "rm" else ("rlaif", "trl", "padded")
             for who in order:
                 out = tmp / f"{who}-{kind}"
-                res = (rlaif_run(kind, tmp / "data", model, out, args) if who == "rlaif"
-                       else trl_run(kind, rows, model, out, args))
+                res = (trl_run(kind, rows, model, out, args) if who == "trl"
+                       else rlaif_run(kind, tmp / "data", model, out, args, packing=who == "rlaif"))
                 results[(kind, who)] = res
                 print(f"{kind} {who}: {json.dumps(res)}", flush=True)
         print(f"\nSmolLM2-135M-Instruct, CPU fp32 ({torch.get_num_threads()} threads), {args.pairs} pairs, "
               f"batch {args.batch_size} pairs, max_length {args.max_length}; torch {torch.__version__}, "
               f"transformers {transformers.__version__}, trl {trl.__version__}\n")
-        print("| trainer | rlaif tokens/s | TRL tokens/s | ratio | rlaif padding | TRL padding | steps |")
-        print("|---|---|---|---|---|---|---|")
+        print("| trainer | rlaif packed tokens/s | rlaif padded tokens/s | TRL tokens/s | packed / TRL | "
+              "padded / TRL | padding (padded / TRL) | steps |")
+        print("|---|---|---|---|---|---|---|---|")
         for kind in ("rm", "dpo"):
             if (kind, "rlaif") not in results:
                 continue
-            a, b = results[(kind, "rlaif")], results[(kind, "trl")]
-            print(f"| {kind} | {a['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
-                  f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x | {a['padding']:.1%} | {b['padding']:.1%} | "
-                  f"{a['steps']} / {b['steps']} |")
+            a, p, b = results[(kind, "rlaif")], results[(kind, "padded")], results[(kind, "trl")]
+            print(f"| {kind} | {a['tokens_per_s']:.0f} | {p['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
+                  f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x | {p['tokens_per_s'] / b['tokens_per_s']:.2f}x | "
+                  f"{p['padding']:.1%} / {b['padding']:.1%} | {a['steps']} / {b['steps']} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

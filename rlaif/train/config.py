@@ -73,6 +73,12 @@ class TrainConfig(OfflineOptions):
     batch_size: int = option(8, "pairs per micro-batch per process")
     group_by_length: bool = option(True, "sort within mega-batches by length (less padding)")
     eval_batch_size: int = option(0, "pairs per evaluation / reference batch; 0 = batch_size")
+    packing: bool = option(True, "pack a micro-batch's chosen and rejected rows into one sequence, no padding "
+                                 "(position ids restart per row, attention stays within a row: exact); false = "
+                                 "right-padded rows")
+    max_tokens_per_batch: int = option(0, "with packing: token budget of one micro-batch per process (prompt counted "
+                                          "once per response; a pair is never split); when > 0 it wins over "
+                                          "batch_size; 0 = batch_size pairs per micro-batch")
 
 
 @dataclass

@@ -10,8 +10,9 @@ about to be trained (or with ``ref_model``, loaded for that pass only), and cach
 ``out/ref_logps.pt`` under a key of (reference, tokenized pairs): no second model in memory during
 training, and a resumed run reuses the cache. ``reference=model`` keeps a frozen copy instead
 (``ref_model`` itself; else with LoRA the base with the adapter switched off).
-Chosen and rejected rows share one forward pass; the LM head runs only at positions that
-predict a response token (not over prompt or padding), as TRL's fused head also does.
+Chosen and rejected rows share one forward pass, packed into one padding-free sequence with
+``packing`` (the default; packing.py); the LM head runs only at positions that predict a response
+token (not over prompt or padding), its log-softmax chunked over positions (logprobs.py).
 """
 
 from __future__ import annotations
@@ -29,22 +30,43 @@ import torch
 from tqdm.auto import tqdm
 
 from rlaif.errors import UserError
-from rlaif.train.data import Batch, TokenizedPair
+from rlaif.train.data import IGNORE_INDEX, Batch, TokenizedPair
 from rlaif.train.config import DPOConfig
-from rlaif.train.modeling import prepare_model, response_logprobs, unwrap
-from rlaif.train.runtime import RunInputs, batched_eval, prepare_run, save_final, sharded, train_pairs
+from rlaif.train.logprobs import selected_logprobs
+from rlaif.train.modeling import position_ids, prepare_model, unwrap
+from rlaif.train.packing import PackedPairs, pair_eval_batches, pair_micro_batches, use_varlen_attention
+from rlaif.train.runtime import RunInputs, prepare_run, save_final, sharded, train_pairs
 from rlaif.train.losses import dpo_loss
 
 
+def response_logprobs(model: Any, batch: Batch | PackedPairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob of each row's response tokens and their count, shapes (2B,), (2B,), rows
+    [chosen..., rejected...]; packed or padded, the LM head sees only positions that predict a
+    response token."""
+    if isinstance(batch, PackedPairs):
+        mask = batch.targets != IGNORE_INDEX                                # (1, T)
+        values = selected_logprobs(model, batch.input_ids, batch.position_ids, batch.targets, mask)
+        rows, width = batch.row_of[mask[0]], 2 * len(batch.indices)
+    else:
+        targets = torch.nn.functional.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position t -> label t+1
+        mask = targets != IGNORE_INDEX
+        values = selected_logprobs(model, batch.input_ids, position_ids(batch.attention_mask), targets, mask,
+                                   attention_mask=batch.attention_mask)
+        rows, width = mask.nonzero()[:, 0], mask.shape[0]
+    logps = torch.zeros(width, device=values.device).index_add(0, rows, values)
+    counts = torch.zeros(width, device=values.device).index_add(0, rows, torch.ones_like(values))
+    return logps, counts
+
+
 def reference_logprobs(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_token_id: int,
-                       accelerator: Any, progress: bool) -> torch.Tensor:
+                       accelerator: Any, progress: bool, cfg: DPOConfig) -> torch.Tensor:
     """(N, 2) reference log-probs [chosen, rejected] per pair. The length-sorted batches are the
     same for any number of processes (so are the numbers); process r takes batches r, r+W...,
     every process runs as many forward passes (FSDP/ZeRO-3 gather weights in each; a process short
     of one repeats a batch), and the rows are gathered."""
     from accelerate.utils import gather_object
 
-    chunks = list(batched_eval(pairs, batch_size, pad_token_id, "cpu", False, ""))
+    chunks = list(pair_eval_batches(cfg, pairs, batch_size, pad_token_id, "cpu", False, ""))
     world, rank = accelerator.num_processes, accelerator.process_index
     mine = chunks[rank::world]
     mine += chunks[:1] * (math.ceil(len(chunks) / world) - len(mine))
@@ -112,7 +134,7 @@ def evaluate_dpo(model: Any, objective: DPOObjective, pairs: list[TokenizedPair]
     totals: dict[str, float] = {}
     count = 0
     batch_size = cfg.eval_batch_size or cfg.batch_size
-    for batch in batched_eval(pairs, batch_size, pad_token_id, accelerator.device, cfg.progress, "eval"):
+    for batch in pair_eval_batches(cfg, pairs, batch_size, pad_token_id, accelerator.device, cfg.progress, "eval"):
         with accelerator.autocast():
             _, metrics = objective(model, batch, table)
         pairs_in_batch = len(batch.indices)
@@ -195,6 +217,8 @@ class Reference:
                                 f"{run.accelerator.distributed_type}; use reference=precompute (the default)")
             frozen = (load_reference(ref_path, run.tokenizer.pad_token_id) if ref_path is not None
                       else copy.deepcopy(model).eval().requires_grad_(False))
+            if cfg.packing:
+                use_varlen_attention(frozen)
             self.model = frozen.to(run.accelerator.device)
 
     def compute(self, model: Any) -> None:
@@ -206,8 +230,10 @@ class Reference:
         accelerator, pad, bs = run.accelerator, run.tokenizer.pad_token_id, cfg.eval_batch_size or cfg.batch_size
         if self.ref_path is not None:  # loaded for this pass only
             model = load_reference(self.ref_path, pad).to(accelerator.device)
-        self.train = reference_logprobs(model, run.train, bs, pad, accelerator, cfg.progress)
-        self.test = reference_logprobs(model, run.test, bs, pad, accelerator, cfg.progress)
+            if cfg.packing:
+                use_varlen_attention(model)
+        self.train = reference_logprobs(model, run.train, bs, pad, accelerator, cfg.progress, cfg)
+        self.test = reference_logprobs(model, run.test, bs, pad, accelerator, cfg.progress, cfg)
         if accelerator.is_main_process:  # whole or absent after a kill
             tmp = self.cache.with_name(".ref_logps.pt.tmp")
             torch.save({"key": self.key, "train": self.train, "test": self.test}, tmp)
@@ -230,6 +256,8 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     accelerator, test, pad = run.accelerator, run.test, run.tokenizer.pad_token_id
     model = AutoModelForCausalLM.from_pretrained(run.base, dtype=torch.float32)
     model.config.pad_token_id = pad
+    if cfg.packing:
+        use_varlen_attention(model)
     reference = Reference(cfg, run, model, check_ref_model(cfg, run))
     model = prepare_model(model, cfg, task_type="CAUSAL_LM")
     objective = DPOObjective(cfg, None, reference.model)
@@ -241,7 +269,8 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     def eval_fn(m: Any) -> dict[str, float]:
         return evaluate_dpo(m, objective, test, reference.test, cfg, pad, accelerator)
 
-    result = train_pairs(cfg, run, model, objective, eval_fn if test else None, "train dpo", on_prepared)
+    batches = pair_micro_batches(cfg, run.train, pad, accelerator)
+    result = train_pairs(cfg, run, model, objective, eval_fn if test else None, "train dpo", on_prepared, batches)
     window = max(1, min(10, len(result.history) // 3))  # first / last steps, for the margin trend
     first, last = result.history[:window], result.history[-window:]
 

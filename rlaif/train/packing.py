@@ -13,17 +13,25 @@ so a row's last position never predicts the next row's first token.
 Micro-batches fill a token budget: rows in a seeded shuffled order are added while the sum of their
 lengths stays within ``max_tokens`` (first fit over the open batches of a window of rows, so few
 tokens of budget go unused), then the batches are shuffled. Deterministic in the seed, which is what
-makes resume exact. rm/dpo could pack the same way: their chosen and rejected rows are rows here.
+makes resume exact.
+
+rm / dpo pack a micro-batch's pairs the same way (``pack_pairs``: every chosen row, then every
+rejected row; a pair never straddles two micro-batches). Attention over a packed sequence runs per
+row (``varlen_attention``: one causal SDPA call per row, or the same rows as
+transformers' block-diagonal mask would allow, without its (T x T) cost over the whole sequence).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from rlaif.train.data import IGNORE_INDEX
+from rlaif.train.data import IGNORE_INDEX, TokenizedPair
+
+VARLEN = "rlaif_varlen"  # attention implementation name registered with transformers
 
 
 @dataclass
@@ -89,3 +97,125 @@ def budget_batches(lengths: list[int], max_tokens: int, seed: int, window: int =
         batches += [idx for _, idx in open_batches]
     rng.shuffle(batches)
     return batches
+
+
+# ----------------------------------------------------------------------------- preference pairs
+
+@dataclass
+class PackedPairs(PackedBatch):
+    """B pairs packed as rows [chosen_0 .. chosen_{B-1}, rejected_0 .. rejected_{B-1}] in one sequence."""
+    margins: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (B,)
+    last: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (2B,) each row's last token
+
+    def to(self, device: torch.device | str) -> "PackedPairs":
+        super().to(device)
+        self.margins, self.last = self.margins.to(device), self.last.to(device)
+        return self
+
+
+def pack_pairs(pairs: list[TokenizedPair]) -> PackedPairs:
+    """The pairs' prompt+chosen and prompt+rejected rows in one sequence; targets on response tokens."""
+    rows = []
+    for side in ("chosen_ids", "rejected_ids"):
+        for p in pairs:
+            response = getattr(p, side)
+            ids = p.prompt_ids + response
+            rows.append(PackedRow(ids, shifted_targets(ids, [False] * len(p.prompt_ids) + [True] * len(response)),
+                                  p.index))
+    packed = pack(rows)
+    ends = torch.tensor([len(r.input_ids) for r in rows]).cumsum(0) - 1
+    return PackedPairs(packed.input_ids, packed.position_ids, packed.targets, packed.row_of,
+                       indices=[p.index for p in pairs], real_tokens=packed.real_tokens,
+                       margins=torch.tensor([p.margin for p in pairs], dtype=torch.float32), last=ends)
+
+
+def pair_batches(pairs: list[TokenizedPair], max_tokens: int, seed: int) -> list[list[int]]:
+    """One epoch of pair-index batches within a token budget (a pair counts prompt twice: two rows)."""
+    return budget_batches([p.num_tokens for p in pairs], max_tokens, seed)
+
+
+# ----------------------------------------------------------------------------- attention per row
+
+def row_bounds(position_ids: torch.Tensor) -> list[int]:
+    """Start offsets of the rows of a packed (1, T) sequence, plus T (rows start at position 0)."""
+    starts = (position_ids[0] == 0).nonzero()[:, 0].tolist()
+    return (starts if starts and starts[0] == 0 else [0] + starts) + [position_ids.shape[-1]]
+
+
+def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Causal attention within each row of a packed (1, T) sequence (rows from ``position_ids``):
+    the rows' outputs equal those of the rows alone. Anything else (a padding mask, a batch of
+    rows, a KV cache) goes to transformers' SDPA attention unchanged."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    pos = kwargs.get("position_ids")
+    if attention_mask is not None or pos is None or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    bounds = row_bounds(pos)
+    outs = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True)
+        for s, e in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _varlen_mask(*args: Any, **kwargs: Any) -> Any:
+    """No mask for a packed or plain causal sequence (rows come from position ids); SDPA's otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if kwargs.get("attention_mask") is None else sdpa_mask(*args, **kwargs)
+
+
+def use_varlen_attention(model: Any) -> None:
+    """Route ``model``'s attention through ``varlen_attention`` (registered once with transformers).
+    The setting lives in the in-memory config only: a saved config does not carry it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    AttentionMaskInterface.register(VARLEN, _varlen_mask)
+    model.config._attn_implementation = VARLEN
+
+
+# ----------------------------------------------------------------------------- rm / dpo micro-batches
+
+def pair_micro_batches(cfg: Any, pairs: list[TokenizedPair], pad_token_id: int, accelerator: Any) -> Any:
+    """The runtime's micro-batch schedule for rm / dpo: with ``cfg.packing`` each micro-batch is packed
+    (``pack_pairs``), and with ``max_tokens_per_batch > 0`` it holds the pairs a token budget admits
+    instead of ``batch_size`` pairs. Same global order for any number of processes, exact resume."""
+    from rlaif.train.runtime import MicroBatches
+
+    class PairMicroBatches(MicroBatches):
+        def _epoch(self, epoch: int) -> list[list[int]]:
+            c = self.cfg
+            if not (c.packing and c.max_tokens_per_batch > 0):
+                return super()._epoch(epoch)
+            batches = pair_batches(self.pairs, c.max_tokens_per_batch, c.seed + epoch)
+            per_step = self.world * c.grad_accum
+            return batches[:(len(batches) // per_step) * per_step or len(batches)]
+
+        def collate(self, idx: list[int]) -> Any:
+            return pack_pairs([self.pairs[i] for i in idx]) if self.cfg.packing else super().collate(idx)
+
+    return PairMicroBatches(cfg, pairs, pad_token_id, accelerator)
+
+
+def pair_eval_batches(cfg: Any, pairs: list[TokenizedPair], batch_size: int, pad_token_id: int, device: Any,
+                      progress: bool, desc: str) -> Any:
+    """Length-sorted evaluation / reference batches of ``batch_size`` pairs: packed with ``cfg.packing``."""
+    from tqdm.auto import tqdm
+
+    from rlaif.train.runtime import batched_eval
+
+    if not cfg.packing:
+        yield from batched_eval(pairs, batch_size, pad_token_id, device, progress, desc)
+        return
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].max_len)
+    chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    for idx in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        yield pack_pairs([pairs[i] for i in idx]).to(device)

@@ -315,6 +315,7 @@ def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: An
     ``grad_accum * world_size`` micro-batches, as one process with ``grad_accum * world_size`` would.
     Before the optimizer steps, ``guard`` checks the loss and the gradient norm (`rlaif.train.nonfinite`)."""
     guard = guard or NonFiniteGuard(cfg.nonfinite)
+    memory = StepMemory(accelerator.device)
     t0 = time.perf_counter()
     sums: dict[str, Any] = {}
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -349,12 +350,39 @@ def optimizer_step(cfg: TrainConfig, accelerator: Any, model: Any, optimizer: An
         local[:len(sums)] /= accelerator.num_processes
     *values, real_all, padded_all = local.tolist()  # one device sync per step, not per metric
     entry = {**dict(zip(sums, values)), "lr": scheduler.get_last_lr()[0], "tokens": real_all,
-             "padding_fraction": padded_all / max(real_all + padded_all, 1), "step_time": time.perf_counter() - t0}
+             "padding_fraction": padded_all / max(real_all + padded_all, 1), "step_time": time.perf_counter() - t0,
+             **memory.read()}
     if grad_norm is not None:
         entry["grad_norm"] = float(grad_norm)
     if cfg.nonfinite == "skip":
         entry["nonfinite_skipped"] = float(not math.isfinite(loss_total) or not math.isfinite(norm_total))
     return entry, int(padded_all)
+
+
+class StepMemory:
+    """Peak memory of one step, this process: ``memory/peak_gib`` = torch.cuda.max_memory_allocated on
+    CUDA (reset at the start of the step); on CPU ``memory/rss_growth_gib`` = how far the step raised
+    the process's peak RSS (ru_maxrss; 0 once a step stays within an earlier peak)."""
+
+    def __init__(self, device: Any) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        self.device, self.start = device, 0 if self.cuda else _max_rss()
+
+    def read(self) -> dict[str, float]:
+        if self.cuda:
+            return {"memory/peak_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        return {"memory/rss_growth_gib": (_max_rss() - self.start) / 2**30}
+
+
+def _max_rss() -> int:
+    """The process's peak resident set in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _grad_norm(params: list[Any]) -> torch.Tensor:
@@ -364,8 +392,10 @@ def _grad_norm(params: list[Any]) -> torch.Tensor:
 
 
 def window_means(window: list[dict[str, float]]) -> dict[str, float]:
-    """``train/<metric>`` means over the steps since the last log line, and the token throughput."""
-    avg = {f"train/{k}": sum(e[k] for e in window) / len(window) for k in window[0]}
+    """``train/<metric>`` means (memory: the maximum) over the steps since the last log line, and the token
+    throughput."""
+    avg = {f"train/{k}": (max(e[k] for e in window) if k.startswith("memory/") else sum(e[k] for e in window) / len(window))
+           for k in window[0]}
     avg["train/tokens_per_s"] = sum(e["tokens"] for e in window) / sum(e["step_time"] for e in window)
     return avg
 
