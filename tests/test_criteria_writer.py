@@ -273,3 +273,47 @@ def test_grpo_with_judge_auto_saves_criteria_in_the_out_folder(tmp_path: Path, t
     assert "rubrics" in json.loads((out / ".rlaif" / "outputs.json").read_text())["outputs"]
     rows = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
     assert all(r["rewards"]["judge:auto"] is not None for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# the studio on a run's OUT/rubrics
+
+def test_the_studio_lists_lints_and_saves_criteria_files_as_a_persons(tmp_path: Path) -> None:
+    from tests.test_studio import make, snapshot
+
+    out = tmp_path / "out"
+    source, _ = reward(out, Script(GOOD), refresh=1)
+    source.at_step(0)
+    source(*batch(["a", "b"]))
+    folder = out / "rubrics"
+    studio, client, loader = make(folder)
+    assert client.get("/api/state").json()["files"] == ["a.criteria.json", "b.criteria.json"]
+    text = client.get("/api/file", params={"name": "a.criteria.json"}).json()["text"]
+    data = json.loads(text)
+    assert data["edited_by"] == "judge"
+
+    data["criteria"].append(c("Does not name Paris as the capital", -2))  # the mirror of criterion 1
+    bad = json.dumps(data, indent=2)
+    before = snapshot(folder)
+    lint = client.post("/api/lint", json={"name": "a.criteria.json", "text": bad}).json()
+    assert lint["method"] == "criteria" and lint["errors"] == 1
+    [finding] = lint["findings"]
+    assert "criterion 3: mirrors criterion 1" in finding["message"]
+    assert bad.splitlines()[finding["line"] - 1].strip().startswith('"criterion": "Does not name Paris')
+    assert client.post("/api/save", json={"name": "a.criteria.json", "text": bad}).status_code == 422
+    assert snapshot(folder) == before
+    assert client.post("/api/preview", json={"name": "a.criteria.json", "text": text, "example": 0}).status_code == 422
+
+    data["criteria"] = [c("Answers in one word", 3)]
+    r = client.post("/api/save", json={"name": "a.criteria.json", "text": json.dumps(data)})
+    assert r.status_code == 200 and json.loads(r.json()["text"])["edited_by"] == "person"
+    saved = json.loads((folder / "a.criteria.json").read_text())
+    assert saved["edited_by"] == "person" and saved["criteria"] == [c("Answers in one word", 3)]
+    assert loader.loads == 0  # criteria files need no judge in the studio
+
+    source.at_step(5)  # refresh 1: b is rewritten, a (the person's) is not
+    before_writes = writes(source.backend().reply_fn)  # type: ignore[attr-defined]
+    source(*batch(["a", "b"]))
+    assert json.loads((folder / "a.criteria.json").read_text())["criteria"] == [c("Answers in one word", 3)]
+    assert json.loads((folder / "b.criteria.json").read_text())["step"] == 6
+    assert writes(source.backend().reply_fn) == before_writes + 1  # type: ignore[attr-defined]

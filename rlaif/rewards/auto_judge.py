@@ -77,29 +77,35 @@ class CriteriaCache:
         """The prompt's criteria entry if usable at 1-based ``step``: a person's, or a judge's written
         fewer than ``refresh`` steps ago (refresh 0: never refreshed); None when absent or stale."""
         entry = self.entries.get(prompt_id)
-        if entry is None:
-            entry = self._read(prompt_id)
+        if entry is None or entry.get("edited_by") == "person" or self._stale(entry, step):
+            entry = self._read(prompt_id) or entry  # a person may have edited the file while training runs
             if entry is not None:
                 self.entries[prompt_id] = entry
-        if entry is None:
-            return None
-        if entry.get("edited_by") == "person":
-            entry = self._read(prompt_id) or entry  # the person may have edited it while training runs
-            self.entries[prompt_id] = entry
-            return entry
-        if entry.get("criteria") is None:
-            return None
-        if self.refresh and step - int(entry.get("step", 0)) >= self.refresh:
+        if entry is None or self._stale(entry, step):
             return None
         return entry
+
+    def _stale(self, entry: dict[str, Any], step: int) -> bool:
+        if entry.get("edited_by") == "person":
+            return False
+        return entry.get("criteria") is None or bool(self.refresh and step - int(entry.get("step", 0)) >= self.refresh)
+
+    def _persons(self, prompt_id: str) -> bool:
+        path = self.path(prompt_id)
+        try:
+            return path is not None and json.loads(path.read_text(encoding="utf-8")).get("edited_by") == "person"
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def put(self, entry: dict[str, Any]) -> None:
         """Keep ``entry`` and save it (listed in the out-folder marker before the folder is made)."""
         from rlaif.io.outdir import claim
         from rlaif.io.store import atomic_write_text
 
-        self.entries[entry["prompt_id"]] = entry
         path = self.path(entry["prompt_id"])
+        if self._persons(entry["prompt_id"]):
+            return  # never over a person's edit
+        self.entries[entry["prompt_id"]] = entry
         if path is None:
             return
         assert self.folder is not None
