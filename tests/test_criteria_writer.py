@@ -317,3 +317,20 @@ def test_the_studio_lists_lints_and_saves_criteria_files_as_a_persons(tmp_path: 
     assert json.loads((folder / "a.criteria.json").read_text())["criteria"] == [c("Answers in one word", 3)]
     assert json.loads((folder / "b.criteria.json").read_text())["step"] == 6
     assert writes(source.backend().reply_fn) == before_writes + 1  # type: ignore[attr-defined]
+
+
+def test_the_interim_scorer_judges_each_criterion_and_completion_once_per_write(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlaif.backends.fake as fake
+    from rlaif.rewards.load import load_rewards
+
+    monkeypatch.setattr(fake, "_default_reply", lambda conversation, index, params: GOOD)
+    [source] = load_rewards(["judge:auto"], judge=BackendConfig(engine="fake"), seed=0, verdict_retries=2,
+                            out=str(tmp_path / "out"))
+    backend = source.backend()
+    asked: list[int] = []
+    inner = backend.choice_logprobs
+    monkeypatch.setattr(backend, "choice_logprobs", lambda convs, *a, **k: asked.append(len(convs)) or inner(convs, *a, **k))
+    source(*batch(["a"], k=3))
+    assert asked == [2 * 3]  # the spread check's scores are the reward's too: 2 criteria x 3 completions, once
+    source.close()

@@ -13,6 +13,7 @@ completion's reward is the weighted sum rescaled to [0, 1] between its worst and
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Sequence
 
 from rlaif.backends.base import Backend
@@ -46,9 +47,18 @@ class InterimCriteriaScorer:
 
     def __init__(self, backend: Callable[[], Backend]) -> None:
         self.backend = backend
+        self._last: tuple[str, list[list[float | None]]] | None = None  # the spread check's matrix, reused once
 
     def per_criterion(self, criteria: Sequence[dict[str, Any]], messages: list[dict[str, str]],
                       completions: Sequence[str]) -> list[list[float | None]]:
+        key = json.dumps([list(criteria), messages, list(completions)], sort_keys=True)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        self._last = (key, self._score(criteria, messages, completions))
+        return self._last[1]
+
+    def _score(self, criteria: Sequence[dict[str, Any]], messages: list[dict[str, str]],
+               completions: Sequence[str]) -> list[list[float | None]]:
         conversations = [criterion_conversation(c["criterion"], messages, text) for c in criteria for text in completions]
         logprobs = self.backend().choice_logprobs(conversations, [str(s) for s in SCALE], PREFIX, progress=False)
         flat = []
