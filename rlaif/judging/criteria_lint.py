@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 MIN_CRITERIA, MAX_CRITERIA = 1, 5
+CRITERIA_SUFFIX = ".criteria.json"  # a saved criteria file: OUT/rubrics/<prompt id>.criteria.json
 MAX_CRITERION_CHARS = 300
 MIRROR_OVERLAP = 0.8
 NEGATIONS = frozenset("not no never without lacks lack lacking missing fails fail failing avoid avoids avoiding omits "

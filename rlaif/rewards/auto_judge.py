@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rlaif.errors import UserError
+from rlaif.judging.criteria_lint import CRITERIA_SUFFIX
 from rlaif.rewards.base import Reward
 
 Score = Callable[[Sequence[dict[str, Any]], list[dict[str, str]], Sequence[str]], list[float | None]]
 RUBRICS_DIR = "rubrics"  # OUT/rubrics/, listed in the out-folder marker
-SUFFIX = ".criteria.json"
 
 
 def file_name(prompt_id: str) -> str:
@@ -44,7 +44,7 @@ def file_name(prompt_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", prompt_id)[:80].lstrip(".") or "_"
     if safe != prompt_id:
         safe += "-" + hashlib.sha256(prompt_id.encode()).hexdigest()[:8]
-    return safe + SUFFIX
+    return safe + CRITERIA_SUFFIX
 
 
 class CriteriaCache:

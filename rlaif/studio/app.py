@@ -16,13 +16,13 @@ GET  /api/jobs/{id}         the job's progress, then its calibration report
 POST /api/jobs/{id}/cancel  stop it between two engine chunks
 POST /api/save              {name, text, draft} -> written atomically if lint passes; with
                             ``draft`` true, a failing rubric goes to NAME.draft.yaml
+==========================  ===================================================================
+
+Bad input answers 4xx with ``{"error": one line}``; nothing is written unless a save succeeds.
 
 A ``NAME.criteria.json`` file (``judge:auto``'s per-prompt criteria in a run's ``OUT/rubrics/``) is
 listed, read, linted (`rlaif.judging.criteria_lint`) and saved the same way; a save marks it
 ``"edited_by": "person"`` so the trainer never rewrites it. It has no preview nor calibration.
-==========================  ===================================================================
-
-Bad input answers 4xx with ``{"error": one line}``; nothing is written unless a save succeeds.
 """
 
 from __future__ import annotations

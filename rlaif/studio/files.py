@@ -21,14 +21,13 @@ from typing import Iterator
 import yaml
 
 from rlaif.io.store import atomic_write_text
-from rlaif.judging.criteria_lint import lint_criteria_text
+from rlaif.judging.criteria_lint import CRITERIA_SUFFIX, lint_criteria_text
 from rlaif.judging.lint import Finding, lint_file
 from rlaif.judging.rubrics import Rubric, rubric_from_file
 from rlaif.judging.paths import trusting_paths
 from rlaif.judging.templates import RubricError
 
 RUBRIC_SUFFIXES = (".yaml", ".yml")
-CRITERIA_SUFFIX = ".criteria.json"  # judge:auto's per-prompt criteria (rlaif.rewards.auto_judge), OUT/rubrics/
 DRAFT_SUFFIX = ".draft.yaml"
 PREV_SUFFIX = ".prev"
 MAX_TEXT_CHARS = 1_000_000
