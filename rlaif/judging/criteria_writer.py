@@ -6,7 +6,8 @@ responses from the worse, never a criterion and its mirror, each scored 0-2 late
 sandboxed Jinja template users can edit (shipped: ``rubrics/criteria_writer.jinja``; variables
 ``prompt``, ``responses``, ``min_criteria``, ``max_criteria``, ``max_chars``).
 
-The answer is parsed leniently (`parse_criteria_answer`: the first JSON list, inside a code fence or
+The answer is asked for under a JSON schema (`CRITERIA_SCHEMA`; structured outputs on vLLM and
+OpenAI-compatible servers, ignored by the others) and parsed leniently (`parse_criteria_answer`: the first JSON list, inside a code fence or
 amid other text; or an object with a ``criteria`` list; items may be bare strings, weight 1) and
 linted (`rlaif.judging.criteria_lint`). An unusable answer is re-asked with the reason fed back, up to
 ``retries`` times (later attempts sample at `RETRY_TEMPERATURE`, seeded); after the last attempt the
@@ -30,6 +31,12 @@ from rlaif.judging.criteria_lint import (MAX_CRITERIA, MAX_CRITERION_CHARS, MIN_
 from rlaif.judging.templates import DATA_NOTE, fence, last_user_message, render
 
 DEFAULT_TEMPLATE = "criteria_writer.jinja"
+# structured outputs where the engine has them (vLLM, an OpenAI-compatible server); others ignore it
+CRITERIA_SCHEMA: dict[str, Any] = {
+    "type": "array", "minItems": MIN_CRITERIA, "maxItems": MAX_CRITERIA,
+    "items": {"type": "object", "required": ["criterion", "weight"], "additionalProperties": False,
+              "properties": {"criterion": {"type": "string", "minLength": 1, "maxLength": MAX_CRITERION_CHARS},
+                             "weight": {"type": "number"}}}}
 RETRY_TEMPERATURE = 0.7
 MAX_ECHO_CHARS = 1500  # how much of an unusable answer is echoed back in the re-ask
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
@@ -168,7 +175,7 @@ def write_criteria(backend: Backend, template: WriterTemplate, groups: Sequence[
     pending = list(range(len(groups)))
     for attempt in range(1 + max(0, retries)):
         params = SamplingParams(n=1, temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE, max_tokens=max_tokens,
-                                seed=seed)
+                                seed=seed, json_schema=CRITERIA_SCHEMA)
         seeds = [stable_seed(seed, "criteria", groups[k][0], attempt) for k in pending]
         generations = backend.chat([conversations[k] for k in pending], params, seeds=seeds, progress=False)
         failed = []
