@@ -85,7 +85,8 @@ def _add_studio_parser(verbs: argparse._SubParsersAction) -> None:
                               "./rubrics) with a warm judge. The URL printed at start carries a random token; "
                               "requests without it are refused.")
     studio.add_argument("rubric", nargs="?", metavar="RUBRIC", help="rubric name or YAML path to open first; its "
-                        "folder is the one the studio may write")
+                        "folder is the one the studio may write; or a folder (e.g. a run's OUT/rubrics, judge:auto's "
+                        "criteria files)")
     studio.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
     studio.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                         "machine only)")
@@ -232,7 +233,9 @@ def run_studio(args: argparse.Namespace) -> int:
     if args.rubric is not None and not Path(args.rubric).exists() and re.match(r"^[A-Za-z_][\w.-]*=", args.rubric):
         args.overrides, args.rubric = [args.rubric] + list(args.overrides or []), None
     cfg = _config(args)
-    if args.rubric is not None:
+    if args.rubric is not None and Path(args.rubric).is_dir():  # e.g. a run's OUT/rubrics (judge:auto criteria)
+        folder, start = Path(args.rubric), None
+    elif args.rubric is not None:
         path = find_rubric(args.rubric)
         folder, start = path.parent, path.name
     else:

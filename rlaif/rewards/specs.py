@@ -12,6 +12,7 @@ from rlaif.errors import UserError
 from rlaif.rewards.base import spec_error
 
 SCHEMES = ("rm", "judge", "python", "rubrics")
+AUTO = "auto"  # judge:auto (a rubric file named auto.yaml needs its path: judge:./auto.yaml)
 
 
 def _check_python_target(spec: str, target: str) -> None:
@@ -68,6 +69,8 @@ def _check_rm_target(spec: str, target: str) -> None:
 def _check_judge_target(spec: str, target: str) -> None:
     from rlaif.judging.rubrics import load_rubric
 
+    if target == AUTO:  # judge:auto: criteria written per prompt by the judge (rlaif.rewards.auto_judge)
+        return
     try:
         load_rubric(target)
     except UserError as e:
@@ -99,7 +102,7 @@ def parse_reward_specs(specs: list[str], weights: list[float]) -> list[tuple[str
     The spec's name (its key in metrics and `combine_rewards`) is ``f"{scheme}:{target}"``.
     """
     if not specs:
-        raise UserError("option 'reward': give at least one reward spec (rm:DIR, judge:RUBRIC, "
+        raise UserError("option 'reward': give at least one reward spec (rm:DIR, judge:RUBRIC, judge:auto, "
                         "rubrics:FIELD or python:FILE.py:FUNC)")
     specs = [spec.strip() for spec in specs]
     dupes = sorted({spec for spec in specs if specs.count(spec) > 1})
@@ -112,7 +115,7 @@ def parse_reward_specs(specs: list[str], weights: list[float]) -> list[tuple[str
         scheme, sep, target = spec.partition(":")
         if not sep or scheme not in SCHEMES:
             raise spec_error(spec, f"unknown kind '{scheme if sep else spec}' (expected rm:DIR, judge:RUBRIC, "
-                                   f"rubrics:FIELD or python:FILE.py:FUNC)")
+                                   f"judge:auto, rubrics:FIELD or python:FILE.py:FUNC)")
         if not target:
             raise spec_error(spec, f"nothing after '{scheme}:'")
         checks[scheme](spec, target)

@@ -19,10 +19,15 @@ POST /api/save              {name, text, draft} -> written atomically if lint pa
 ==========================  ===================================================================
 
 Bad input answers 4xx with ``{"error": one line}``; nothing is written unless a save succeeds.
+
+A ``NAME.criteria.json`` file (``judge:auto``'s per-prompt criteria in a run's ``OUT/rubrics/``) is
+listed, read, linted (`rlaif.judging.criteria_lint`) and saved the same way; a save marks it
+``"edited_by": "person"`` so the trainer never rewrites it. It has no preview nor calibration.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import traceback
@@ -46,7 +51,7 @@ from rlaif.judging.methods import METHODS
 from rlaif.judging.preview import format_preview
 from rlaif.judging.rubrics import Rubric
 from rlaif.studio.engine import CachedJudge, Job, run_job
-from rlaif.studio.files import RubricFolder, StudioInputError
+from rlaif.studio.files import CRITERIA_SUFFIX, RubricFolder, StudioInputError
 from rlaif.webgate import WebGate, common_files, served_hosts
 
 STATIC = Path(__file__).parent / "static"
@@ -82,7 +87,9 @@ class Studio:
                          for f in findings],
             "errors": sum(f.level == "error" for f in findings),
             "warnings": sum(f.level == "warning" for f in findings), "examples": [], "method": None}
-        if not out["errors"]:
+        if name.endswith(CRITERIA_SUFFIX):
+            out["method"] = "criteria"  # judge:auto's per-prompt criteria: lint only
+        elif not out["errors"]:
             rubric = self.folder.load(name, text)
             out["method"] = rubric.method
             out["examples"] = [{"index": k, "id": ex.id, "prompt": ex.prompt, "better": ex.better, "note": ex.note}
@@ -159,8 +166,10 @@ class Studio:
         if lint["errors"] and not draft:
             return 422, {"error": f"not saved: the rubric fails lint ({lint['errors']} error(s)); fix them, or "
                                   f"use 'Save draft' to keep it as a draft beside the file", **lint}
+        if name.endswith(CRITERIA_SUFFIX) and not lint["errors"]:  # a person's edit: never rewritten by the judge
+            text = json.dumps({**json.loads(text), "edited_by": "person"}, indent=2, ensure_ascii=False) + "\n"
         saved = self.folder.save(name, text, draft=bool(lint["errors"]))
-        return 200, {"saved": self.folder.display(saved.path), "draft": saved.draft,
+        return 200, {"text": text, "saved": self.folder.display(saved.path), "draft": saved.draft,
                      "previous": self.folder.display(saved.previous) if saved.previous else None, **lint}
 
 

@@ -21,6 +21,7 @@ from typing import Iterator
 import yaml
 
 from rlaif.io.store import atomic_write_text
+from rlaif.judging.criteria_lint import CRITERIA_SUFFIX, lint_criteria_text
 from rlaif.judging.lint import Finding, lint_file
 from rlaif.judging.rubrics import Rubric, rubric_from_file
 from rlaif.judging.paths import trusting_paths
@@ -62,18 +63,18 @@ class RubricFolder:
         path = (self.root / name).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
             raise StudioInputError(f"{name}: outside the rubrics folder {self.root}", 403)
-        if not path.name.endswith(RUBRIC_SUFFIXES):
-            raise StudioInputError(f"{name}: not a rubric file (.yaml)")
+        if not path.name.endswith(RUBRIC_SUFFIXES + (CRITERIA_SUFFIX,)):
+            raise StudioInputError(f"{name}: not a rubric file (.yaml) nor a criteria file ({CRITERIA_SUFFIX})")
         return path
 
     def display(self, path: Path) -> str:
         return str(path.relative_to(self.root))
 
     def rubric_names(self) -> list[str]:
-        """The folder's rubric files (drafts and files linked from outside left out)."""
+        """The folder's rubric and criteria files (drafts and files linked from outside left out)."""
         out = []
         for p in sorted(self.root.rglob("*")):
-            if p.name.endswith(RUBRIC_SUFFIXES) and not p.name.endswith(DRAFT_SUFFIX) and p.is_file():
+            if p.name.endswith(RUBRIC_SUFFIXES + (CRITERIA_SUFFIX,)) and not p.name.endswith(DRAFT_SUFFIX) and p.is_file():
                 if p.resolve().is_relative_to(self.root):
                     out.append(self.display(p))
         return out
@@ -123,7 +124,13 @@ class RubricFolder:
                                        f"folder {self.root}", 403)
 
     def lint(self, name: str, text: str) -> list[Finding]:
-        """`rlaif rubric lint`'s findings for unsaved text, with paths pointing at the real file."""
+        """`rlaif rubric lint`'s findings for unsaved text, with paths pointing at the real file
+        (a criteria file: `rlaif.judging.criteria_lint`'s)."""
+        if name.endswith(CRITERIA_SUFFIX):
+            path = self.resolve(name)
+            _, found = lint_criteria_text(check_text(text))
+            return [Finding(path, line, f.message if f.index is None else f"criterion {f.index + 1}: {f.message}",
+                            f.level) for line, f in found]
         with self.staged(name, text) as staged:
             findings = lint_file(staged)
             tmp = str(staged.parent)
@@ -135,6 +142,8 @@ class RubricFolder:
 
     def load(self, name: str, text: str) -> Rubric:
         """The rubric in unsaved text (RubricError ``file:line: message`` when it does not load)."""
+        if name.endswith(CRITERIA_SUFFIX):
+            raise StudioInputError(f"{name}: a criteria file has no judge preview nor calibration", 422)
         with self.staged(name, text) as staged:
             tmp, real = str(staged.parent), self.resolve(name).parent
             try:

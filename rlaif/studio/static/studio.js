@@ -80,6 +80,7 @@ async function check() {
     status(`lint: ${data.errors} error(s); fix them to see the judge`, "error");
     return;
   }
+  if (data.method === "criteria") { status("criteria file: lint passed (no judge preview)", "ok"); return; }
   lastExamples = data.examples;
   fillExamples(data.examples);
   status("lint passed", "ok");
@@ -243,7 +244,7 @@ async function save(draft) {
   const { ok, data } = await api("api/save", { name: current, text: $("editor").value, draft });
   if (data.findings) showLint(data);
   if (!ok) { status(data.error, "error"); return; }
-  if (!data.draft) savedText = $("editor").value;
+  if (!data.draft) $("editor").value = savedText = data.text;  // a criteria file comes back marked edited_by person
   status(data.draft ? `saved as draft ${data.saved} (fails lint; ${current} unchanged)`
     : `saved ${data.saved}` + (data.previous ? ` (previous version in ${data.previous})` : ""), data.draft ? "error" : "ok");
   loadState();  // a new file joins the list

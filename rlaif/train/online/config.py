@@ -76,6 +76,12 @@ class OnlineConfig(TrainerOptions):
     judge: BackendConfig = option(_judge_default, "engine of judge: rewards (judge.engine, judge.model ...)")
     verdict_retries: int = option(2, "judge: verdict rubrics: re-asks of an invalid verdict before it counts as "
                                      "failed (a failed judgement masks the sample)")
+    auto_rubric_refresh: int = option(10, "judge:auto: the judge rewrites a prompt's criteria when they are this many "
+                                          "steps old (0 = never); a person's edit is never rewritten")
+    auto_rubric_retries: int = option(2, "judge:auto: re-asks of an unusable criteria answer before the prompt's "
+                                         "samples are masked")
+    auto_rubric_template: str = option("", "judge:auto: the criteria writer's prompt template (Jinja); empty = the "
+                                           "shipped rubrics/criteria_writer.jinja")
     # rollouts
     engine: Literal["auto", "vllm", "hf"] = option("auto", "rollout engine: vllm (weights synced in place), hf "
                                                            "(samples with the trained policy itself); auto = "
@@ -286,6 +292,8 @@ def _range_checks(cfg: OnlineConfig) -> list[tuple[str, object, bool, str]]:
     checks = [("k", cfg.k, cfg.k >= low_k, k_rule),
               ("steps", cfg.steps, cfg.steps >= 1, ">= 1"),
               ("prompts_per_step", cfg.prompts_per_step, cfg.prompts_per_step >= 1, ">= 1"),
+              ("auto_rubric_refresh", cfg.auto_rubric_refresh, cfg.auto_rubric_refresh >= 0, ">= 0"),
+              ("auto_rubric_retries", cfg.auto_rubric_retries, cfg.auto_rubric_retries >= 0, ">= 0"),
               ("max_tokens", cfg.max_tokens, cfg.max_tokens >= 1, ">= 1"),
               ("max_prompt_length", cfg.max_prompt_length, cfg.max_prompt_length >= 1, ">= 1"),
               ("temperature", cfg.temperature, cfg.temperature > 0, "> 0"),

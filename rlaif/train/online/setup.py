@@ -149,7 +149,9 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
     dist = dist or Dist()
     device = dist.device
     tokenizer = load_tokenizer(base)
-    rewards = load_rewards(cfg.reward, judge=cfg.judge, seed=cfg.seed, verdict_retries=cfg.verdict_retries)
+    rewards = load_rewards(cfg.reward, judge=cfg.judge, seed=cfg.seed, verdict_retries=cfg.verdict_retries,
+                           out=cfg.out, auto={"refresh": cfg.auto_rubric_refresh, "retries": cfg.auto_rubric_retries,
+                                              "template": cfg.auto_rubric_template or None})
     policy = load_policy(cfg, base, device)
     reference = make_reference(cfg, base, policy, device)
     value_model = make_value_model(cfg, base, specs, device, policy)

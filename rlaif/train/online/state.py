@@ -33,7 +33,7 @@ from rlaif.train.online.config import OnlineConfig
 ONLINE_IGNORED = IGNORED + ("log_rollouts_every", "ray")  # IGNORED has nonfinite
 ONLINE_IGNORED_FLAT = ("rollout.replicas",)
 # What the online trainers write in --out (removed by overwrite): the offline trainers' files too.
-ONLINE_TRAINER_OUTPUTS = TRAINER_OUTPUTS + ("rollouts.jsonl", "value")
+ONLINE_TRAINER_OUTPUTS = TRAINER_OUTPUTS + ("rollouts.jsonl", "value", "rubrics")  # rubrics/: judge:auto's criteria
 LOGS = ("metrics.jsonl", "rollouts.jsonl")
 # Options added after runs were checkpointed, with the value that leaves the step unchanged: at that
 # value they are left out of the settings, so such runs still resume (and finished ones still skip).

@@ -98,6 +98,9 @@ def sample_and_reward(cfg: OnlineConfig, run: Run, batch_prompts: list[Prompt], 
                                    max_tokens=cfg.max_tokens, seed=rollout_seed(cfg.seed, step, round_),
                                    first_index=lo) if hi > lo else []
     t1 = time.perf_counter()
+    for source in run.rewards:  # judge:auto dates its per-prompt criteria by step
+        if hasattr(source, "at_step"):
+            source.at_step(step)
     if rollouts:
         per_source, total = collect_rewards(run, batch_prompts[lo:hi], rollouts)
     else:
