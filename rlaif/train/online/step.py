@@ -53,13 +53,14 @@ def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: 
         micro_width = micro.mask.shape[1]
         with autocast():
             if old is not None:
-                logp, micro_entropy = token_logprobs(policy, micro, cfg.temperature, entropy=True)
+                logp, micro_entropy = token_logprobs(policy, micro, cfg.temperature, entropy=True, top_p=cfg.top_p)
                 old[idx, :micro_width] = logp.float().cpu()
                 tokens = float(micro.mask.sum())
                 entropy += torch.tensor([float(micro_entropy) * tokens, tokens], dtype=torch.float64)
             if reference is not None:
                 with reference() as ref_model:
-                    ref[idx, :micro_width] = token_logprobs(ref_model, micro, cfg.temperature)[0].float().cpu()
+                    ref[idx, :micro_width] = token_logprobs(ref_model, micro, cfg.temperature,
+                                                             top_p=cfg.top_p)[0].float().cpu()
             if value_model is not None:
                 values[idx, :micro_width] = token_values(value_model, micro).float().cpu()
     for tensor in (old, ref, values, entropy):
@@ -112,7 +113,7 @@ def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: A
     pass was skipped (old = current, detached), the mean entropy (else None)."""
     algorithm = strategy(cfg)
     fresh = micro.old_logp is None
-    logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh)
+    logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh, top_p=cfg.top_p)
     old_logp = logp.detach() if micro.old_logp is None else micro.old_logp
     loss, stats = maths.policy_loss(logp, old_logp, micro.advantages, micro.rows.mask, cfg.clip_eps,
                                     level=algorithm.level, loss_type=algorithm.loss_type,
