@@ -111,3 +111,41 @@ def test_top_p_logprobs_are_renormalised_over_the_nucleus(tiny):
     assert abs(float(entropy) - float(ref_entropy.detach())) < TOL
     on = batch.mask > 0
     assert (nucleus[on] > full[on]).all()  # log of the kept mass (< 1) taken off the normaliser
+
+
+# ----------------------------------------------------------------------------- the run's logprob_gap at top_p < 1
+
+def _gaps(tmp_path, model: str, engine: str, **kw) -> list[float]:
+    """``logprob_gap`` per step of a short GRPO run (|engine log-prob - trainer old log-prob| per token)."""
+    import json
+    from pathlib import Path
+
+    from rlaif.train.online.config import GRPOConfig
+    from rlaif.train.online.trainer import train_online
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say something about number {i}."}) + "\n"
+                               for i in range(2)))
+    rewards = Path(__file__).parent / "assets" / "rewards_trainer.py"
+    cfg = GRPOConfig(prompts=str(prompts), model=model, out=str(tmp_path / "out"), engine=engine,
+                     reward=[f"python:{rewards}:short"], prompts_per_step=2, k=2, micro_batch_size=4, seed=0,
+                     temperature=1.0, progress=False, log_rollouts_every=0, save_steps=0, **kw)
+    train_online(cfg)
+    return [json.loads(x)["logprob_gap"] for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_top_p_run_logs_no_gap_between_hf_engine_and_trainer(tmp_path, tiny_model_dir):
+    """The hf engine samples from the trainer's live model with the same nucleus: the gap is float noise
+    (full-vocabulary trainer log-probs gave log(kept mass), ~0.7 nats on the near-uniform tiny model)."""
+    gaps = _gaps(tmp_path, tiny_model_dir, "hf", steps=2, max_tokens=8, lr=1e-3, top_p=0.5)
+    assert max(gaps) < 1e-4, gaps
+
+
+@pytest.mark.slow
+def test_top_p_run_logs_no_gap_after_a_vllm_sync(tmp_path, embedded_model_dir):
+    """vLLM returns log-probs renormalised over its nucleus (processed_logprobs); after a step and a
+    sync at top_p 0.9 the trainer's agree (issue 24 measured 0.08 nats before, ~1e-5 at top_p 1)."""
+    gaps = _gaps(tmp_path, embedded_model_dir, "vllm", steps=2, max_tokens=16, lr=1e-5, top_p=0.9,
+                 max_prompt_length=64)
+    print(f"logprob_gap per step at top_p 0.9: {gaps}")
+    assert max(gaps) < 2e-3, gaps
