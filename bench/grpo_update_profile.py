@@ -5,7 +5,8 @@ random completions of 20-32 tokens (seeded), one micro-batch of 16 as `update` r
 (micro_batch_size = minibatch_size = 16, loss_type dapo, clip 0.2, beta 0, old-policy pass skipped so
 the update's forward also gives the entropy). Variants, timed round-robin, medians of --repeats:
 
-- ``rlaif``: `step.micro_loss`, as `update` calls it;
+- ``rlaif``: `step.micro_loss`, as `update` calls it (rows packed, LM head at completion positions only);
+- ``padded``: the same with `batch.token_logprobs`'s padded forward (rlaif before the lean path);
 - ``trl``: `GRPOTrainer._get_per_token_logps_and_entropies` (its fused chunked LM head, `add_fused_lm_head`)
   on TRL's batch layout (left-padded prompts, right-padded completions) + its dapo loss.
 
@@ -13,7 +14,7 @@ the update's forward also gives the entropy). Variants, timed round-robin, media
 rlaif's vLLM rollout engine in the process and times the variants again beside it; ``--profile`` prints
 torch.profiler tables.
 
-    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/grpo_update_profile.py [--repeats 5] [--only rlaif trl]
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/grpo_update_profile.py [--repeats 5] [--only rlaif padded trl]
         [--optimizer] [--engine] [--profile]
 """
 
@@ -90,6 +91,16 @@ def rlaif_loss(model: Any, batch: rollout_batch.RolloutBatch, adv: torch.Tensor)
     return loss
 
 
+def padded_loss(model: Any, batch: rollout_batch.RolloutBatch, adv: torch.Tensor) -> torch.Tensor:
+    """`rlaif_loss` through the padded forward (token_logprobs' path for models it cannot split)."""
+    lean = rollout_batch._decoder_and_head
+    rollout_batch._decoder_and_head = lambda model: None
+    try:
+        return rlaif_loss(model, batch, adv)
+    finally:
+        rollout_batch._decoder_and_head = lean
+
+
 def timed(model: Any, fn: Callable[[], torch.Tensor]) -> float:
     model.zero_grad(set_to_none=True)
     t = time.perf_counter()
@@ -159,7 +170,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of one call of each")
-    parser.add_argument("--only", nargs="*", default=["rlaif", "trl"])
+    parser.add_argument("--only", nargs="*", default=["rlaif", "padded", "trl"])
     parser.add_argument("--engine", action="store_true",
                         help="then start rlaif's vLLM rollout engine in this process (as bench/rl.py: 10%% memory), "
                              "sample and sync once, and time the variants again next to it")
@@ -186,6 +197,8 @@ def main() -> None:
     def variant(name: str) -> Callable[[], torch.Tensor]:
         if name == "trl":
             return lambda: trl_loss(model, inp, adv)
+        if name == "padded":
+            return lambda: padded_loss(model, batch, adv)
         return lambda: rlaif_loss(model, batch, adv)
 
     print(f"batch: rlaif input {tuple(batch.input_ids.shape)} completions {tuple(batch.mask.shape)}, "

@@ -3,6 +3,7 @@ completion positions only, chunked log-softmax, and the top-p nucleus of the eng
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -113,12 +114,42 @@ def test_top_p_logprobs_are_renormalised_over_the_nucleus(tiny):
     assert (nucleus[on] > full[on]).all()  # log of the kept mass (< 1) taken off the normaliser
 
 
+
+@pytest.mark.parametrize("algorithm", ["grpo"])  # ppo passes too (a slower run; checked by hand)
+def test_fixed_seed_run_has_the_same_losses_lean_and_padded(algorithm, tmp_path, tiny_model_dir, monkeypatch):
+    """Two steps (hf engine, so step 2 samples from the updated weights): per-step loss, KL and entropy
+    of the lean path equal those of the padded forward (every model the lean path does not know), to
+    1e-4 relative (float32 sums in another order)."""
+    import json
+
+    from rlaif.train.online.config import CONFIGS
+    from rlaif.train.online.trainer import train_online
+
+    def run(name: str) -> list[dict]:
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about {i}."}) + "\n"
+                                   for i in range(2)))
+        out = tmp_path / name
+        rewards = Path(__file__).parent / "assets" / "rewards_trainer.py"
+        train_online(CONFIGS[algorithm](prompts=str(prompts), model=tiny_model_dir, out=str(out), engine="hf",
+                                        reward=[f"python:{rewards}:short"], prompts_per_step=2, k=2, steps=2,
+                                        max_tokens=8, micro_batch_size=2, lr=1e-3, seed=0, beta=0.05,
+                                        progress=False, log_rollouts_every=0, save_steps=0))
+        return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+    lean = run("lean")
+    monkeypatch.setattr(rollout_batch, "_decoder_and_head", lambda model: None)
+    padded = run("padded")
+    for a, b in zip(lean, padded):
+        for key in ("loss", "kl", "entropy", "reward/mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a[key], b[key])
+
+
 # ----------------------------------------------------------------------------- the run's logprob_gap at top_p < 1
 
 def _gaps(tmp_path, model: str, engine: str, **kw) -> list[float]:
     """``logprob_gap`` per step of a short GRPO run (|engine log-prob - trainer old log-prob| per token)."""
     import json
-    from pathlib import Path
 
     from rlaif.train.online.config import GRPOConfig
     from rlaif.train.online.trainer import train_online

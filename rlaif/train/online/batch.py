@@ -134,22 +134,22 @@ def head_logprobs(head: Any, hidden: torch.Tensor, targets: torch.Tensor, temper
         if recompute:
             from torch.utils.checkpoint import checkpoint
 
-            logp = checkpoint(_chunk_logp, head, h, y, temperature, top_p, top_k, use_reentrant=False)
+            logp, ent = checkpoint(_chunk_logp, head, h, y, temperature, top_p, top_k, entropy, use_reentrant=False)
         else:
-            logp = _chunk_logp(head, h, y, temperature, top_p, top_k)
+            logp, ent = _chunk_logp(head, h, y, temperature, top_p, top_k, entropy)
         logps.append(logp)
-        if entropy:
-            with torch.no_grad():
-                z = nucleus_logits(head(h).float() / temperature, top_p, top_k, y)
-                entropies.append(_entropy(z))
+        entropies.append(ent)
     empty = hidden.new_zeros(0, dtype=torch.float32)
-    return (torch.cat(logps) if logps else empty), (torch.cat(entropies) if entropies else empty)
+    return (torch.cat(logps) if logps else empty), (torch.cat(entropies) if entropy and entropies else empty)
 
 
-def _chunk_logp(head: Any, h: torch.Tensor, y: torch.Tensor, temperature: float, top_p: float, top_k: int
-                ) -> torch.Tensor:
+def _chunk_logp(head: Any, h: torch.Tensor, y: torch.Tensor, temperature: float, top_p: float, top_k: int,
+                entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's log-probs of ``y`` and (``entropy``) detached entropies, from one head matmul."""
     z = nucleus_logits(head(h).float() / temperature, top_p, top_k, y)
-    return z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, -1)
+    logp = z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, -1)
+    ent = _entropy(z.detach()) if entropy else z.new_zeros(0)
+    return logp, ent
 
 
 def _entropy(z: torch.Tensor) -> torch.Tensor:
