@@ -11,7 +11,8 @@ the update's forward also gives the entropy). Variants, timed round-robin, media
   on TRL's batch layout (left-padded prompts, right-padded completions) + its dapo loss.
 
 ``--optimizer`` then times clip_grad_norm_ and AdamW's step (for-loop, foreach, fused); ``--engine`` starts
-rlaif's vLLM rollout engine in the process and times the variants again beside it; ``--profile`` prints
+rlaif's vLLM rollout engine in the process, prints the cores its processes use in the 2 s after a generate
+and after a sync, and times the variants again beside it; ``--profile`` prints
 torch.profiler tables.
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/grpo_update_profile.py [--repeats 5] [--only rlaif padded trl]
@@ -144,6 +145,36 @@ def start_engine(model_dir: str, tok: Any, model: Any, rs: list[SimpleNamespace]
     return engine
 
 
+def engine_idle_cpu(engine: Any, rs: list[SimpleNamespace], model: Any, windows: int = 4) -> None:
+    """Cores the engine's processes (EngineCore, worker) use in 0.5 s windows after a generate and after
+    a sync while this process idles: what they would take from an update running then."""
+    import psutil
+
+    def children_cpu() -> float:
+        total = 0.0
+        for child in psutil.Process().children(recursive=True):
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    def watch(label: str) -> None:
+        cpu, t, cores = children_cpu(), time.perf_counter(), []
+        for _ in range(windows):
+            time.sleep(0.5)
+            cpu2, t2 = children_cpu(), time.perf_counter()
+            cores.append(round((cpu2 - cpu) / (t2 - t), 2))
+            cpu, t = cpu2, t2
+        print(f"engine cores busy after {label}, per 0.5 s: {cores}")
+
+    engine.generate([r.prompt_ids for r in rs[::4]], 4, temperature=1.0, top_p=1.0, max_tokens=32, seed=1)
+    watch("generate")
+    engine.sync(model)
+    watch("sync")
+
+
 def optimizer_times(model: Any, loss_fn: Callable[[], torch.Tensor], repeats: int) -> None:
     """clip_grad_norm_ and AdamW.step on one set of gradients, the three AdamW implementations interleaved
     (lr 0: the weights do not move, so every repeat steps the same model)."""
@@ -208,6 +239,7 @@ def main() -> None:
     if args.engine:
         engine = start_engine(model_dir, tok, model, rs)
         try:
+            engine_idle_cpu(engine, rs, model)
             print("next to a live vLLM engine (after one generate and one sync):")
             with_engine = rounds(model, variant, args.only, args.repeats)
         finally:
