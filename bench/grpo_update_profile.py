@@ -5,15 +5,17 @@ random completions of 20-32 tokens (seeded), one micro-batch of 16 as `update` r
 (micro_batch_size = minibatch_size = 16, loss_type dapo, clip 0.2, beta 0, old-policy pass skipped so
 the update's forward also gives the entropy). Variants, timed round-robin, medians of --repeats:
 
-- ``rlaif``: `step.micro_loss`, as `update` calls it;
+- ``rlaif``: `step.micro_loss`, as `update` calls it (rows packed, LM head at completion positions only);
+- ``padded``: the same with `batch.token_logprobs`'s padded forward (rlaif before the lean path);
 - ``trl``: `GRPOTrainer._get_per_token_logps_and_entropies` (its fused chunked LM head, `add_fused_lm_head`)
   on TRL's batch layout (left-padded prompts, right-padded completions) + its dapo loss.
 
 ``--optimizer`` then times clip_grad_norm_ and AdamW's step (for-loop, foreach, fused); ``--engine`` starts
-rlaif's vLLM rollout engine in the process and times the variants again beside it; ``--profile`` prints
+rlaif's vLLM rollout engine in the process, prints the cores its processes use in the 2 s after a generate
+and after a sync, and times the variants again beside it; ``--profile`` prints
 torch.profiler tables.
 
-    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/grpo_update_profile.py [--repeats 5] [--only rlaif trl]
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/grpo_update_profile.py [--repeats 5] [--only rlaif padded trl]
         [--optimizer] [--engine] [--profile]
 """
 
@@ -90,6 +92,16 @@ def rlaif_loss(model: Any, batch: rollout_batch.RolloutBatch, adv: torch.Tensor)
     return loss
 
 
+def padded_loss(model: Any, batch: rollout_batch.RolloutBatch, adv: torch.Tensor) -> torch.Tensor:
+    """`rlaif_loss` through the padded forward (token_logprobs' path for models it cannot split)."""
+    lean = rollout_batch._decoder_and_head
+    rollout_batch._decoder_and_head = lambda model: None
+    try:
+        return rlaif_loss(model, batch, adv)
+    finally:
+        rollout_batch._decoder_and_head = lean
+
+
 def timed(model: Any, fn: Callable[[], torch.Tensor]) -> float:
     model.zero_grad(set_to_none=True)
     t = time.perf_counter()
@@ -133,6 +145,36 @@ def start_engine(model_dir: str, tok: Any, model: Any, rs: list[SimpleNamespace]
     return engine
 
 
+def engine_idle_cpu(engine: Any, rs: list[SimpleNamespace], model: Any, windows: int = 4) -> None:
+    """Cores the engine's processes (EngineCore, worker) use in 0.5 s windows after a generate and after
+    a sync while this process idles: what they would take from an update running then."""
+    import psutil
+
+    def children_cpu() -> float:
+        total = 0.0
+        for child in psutil.Process().children(recursive=True):
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    def watch(label: str) -> None:
+        cpu, t, cores = children_cpu(), time.perf_counter(), []
+        for _ in range(windows):
+            time.sleep(0.5)
+            cpu2, t2 = children_cpu(), time.perf_counter()
+            cores.append(round((cpu2 - cpu) / (t2 - t), 2))
+            cpu, t = cpu2, t2
+        print(f"engine cores busy after {label}, per 0.5 s: {cores}")
+
+    engine.generate([r.prompt_ids for r in rs[::4]], 4, temperature=1.0, top_p=1.0, max_tokens=32, seed=1)
+    watch("generate")
+    engine.sync(model)
+    watch("sync")
+
+
 def optimizer_times(model: Any, loss_fn: Callable[[], torch.Tensor], repeats: int) -> None:
     """clip_grad_norm_ and AdamW.step on one set of gradients, the three AdamW implementations interleaved
     (lr 0: the weights do not move, so every repeat steps the same model)."""
@@ -159,7 +201,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of one call of each")
-    parser.add_argument("--only", nargs="*", default=["rlaif", "trl"])
+    parser.add_argument("--only", nargs="*", default=["rlaif", "padded", "trl"])
     parser.add_argument("--engine", action="store_true",
                         help="then start rlaif's vLLM rollout engine in this process (as bench/rl.py: 10%% memory), "
                              "sample and sync once, and time the variants again next to it")
@@ -186,6 +228,8 @@ def main() -> None:
     def variant(name: str) -> Callable[[], torch.Tensor]:
         if name == "trl":
             return lambda: trl_loss(model, inp, adv)
+        if name == "padded":
+            return lambda: padded_loss(model, batch, adv)
         return lambda: rlaif_loss(model, batch, adv)
 
     print(f"batch: rlaif input {tuple(batch.input_ids.shape)} completions {tuple(batch.mask.shape)}, "
@@ -195,6 +239,7 @@ def main() -> None:
     if args.engine:
         engine = start_engine(model_dir, tok, model, rs)
         try:
+            engine_idle_cpu(engine, rs, model)
             print("next to a live vLLM engine (after one generate and one sync):")
             with_engine = rounds(model, variant, args.only, args.repeats)
         finally:

@@ -58,7 +58,8 @@ def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: 
             # a shared value head rides on the old-policy forward (one forward, two heads)
             with riding_values(value_model) if old is not None else nullcontext(value_model) as values_of:
                 if old is not None:
-                    logp, micro_entropy = token_logprobs(policy, micro, cfg.temperature, entropy=True)
+                    logp, micro_entropy = token_logprobs(policy, micro, cfg.temperature, entropy=True,
+                                                         top_p=cfg.top_p)
                     old[idx, :micro_width] = logp.float().cpu()
                     tokens = float(micro.mask.sum())
                     entropy += torch.tensor([float(micro_entropy) * tokens, tokens], dtype=torch.float64)
@@ -66,7 +67,8 @@ def score_batch(cfg: OnlineConfig, batch: RolloutBatch, policy: Any, reference: 
                     values[idx, :micro_width] = token_values(values_of, micro).float().cpu()
             if reference is not None:
                 with reference() as ref_model:
-                    ref[idx, :micro_width] = token_logprobs(ref_model, micro, cfg.temperature)[0].float().cpu()
+                    ref[idx, :micro_width] = token_logprobs(ref_model, micro, cfg.temperature,
+                                                             top_p=cfg.top_p)[0].float().cpu()
     for tensor in (old, ref, values, entropy):
         if tensor is not None:
             dist.sum_(tensor)
@@ -123,7 +125,8 @@ def micro_loss(cfg: OnlineConfig, micro: MicroBatch, policy: Any, value_model: A
     fresh = micro.old_logp is None
     bonus = entropy_coef > 0
     with riding_values(value_model) as values_of:  # a shared value head: values from this same forward
-        logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh, entropy_grad=bonus)
+        logp, mean_entropy = token_logprobs(policy, micro.rows, cfg.temperature, entropy=fresh, entropy_grad=bonus,
+                                            top_p=cfg.top_p)
     old_logp = logp.detach() if micro.old_logp is None else micro.old_logp
     adv = mismatch.weigh_advantages(cfg.is_correction, micro.advantages, old_logp, micro.rows.engine_logp,
                                     micro.rows.mask, cfg.is_cap, is_low(cfg), algorithm.weight_level())

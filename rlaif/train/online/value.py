@@ -94,11 +94,25 @@ class SharedValueHead(torch.nn.Module):
         def keep(_module: Any, _inputs: Any, out: Any) -> None:
             captured.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
 
+        def values_of(_input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.values(unpack_hidden(captured[0], attention_mask))
+
         handle = self._decoder().register_forward_hook(keep)
         try:
-            yield lambda *_args: self.values(captured[0])
+            yield values_of
         finally:
             handle.remove()
+
+
+def unpack_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden states (B, L, H) in the padded layout of ``attention_mask`` (B, L): as they are, or, from
+    a packed forward (1, sum of lengths, H: the rows' real tokens in order, batch.token_logprobs),
+    scattered back to their rows with zeros on padding."""
+    if hidden.shape[:2] == attention_mask.shape:
+        return hidden
+    padded = hidden.new_zeros(*attention_mask.shape, hidden.shape[-1])
+    padded[attention_mask.bool()] = hidden[0]
+    return padded
 
 
 def is_shared(model: Any) -> bool:
