@@ -158,7 +158,8 @@ def test_yes_no_asks_every_question_of_a_batch_in_one_call() -> None:
     asked: list[str] = []
     engine = FakeBackend(logprob_fn=lambda c, ch, p: asked.append(c[-1]["content"]) or yes_no_logprobs(c, ch, p))
     chat = [{"role": "user", "content": "Capital of France?"}]
-    jobs = [(chat, "Paris", parse_criteria(CAPITAL, "p:1", "rubric")), (chat, "red", parse_criteria(COLOUR, "p:2", "rubric"))]
+    jobs = [(chat, "Paris", parse_criteria(CAPITAL, "p:1", "rubric")),
+            (chat, "red", parse_criteria(COLOUR, "p:2", "rubric"))]
     rewards = [s.reward for s in score_criteria(engine, jobs, seed=0)]
     assert engine.calls == 1 and len(asked) == 3
     assert asked[2].endswith("Does the answer meet this criterion: Names a colour? Answer Yes or No.")

@@ -50,7 +50,8 @@ SPEC_PREFIX = "criteria:"  # `rlaif run --rubric criteria:FIELD`
 TOKENS_PER_CRITERION = 6  # "12: 2\n" and some slack
 SCORINGS = ("yes_no", "lines")  # the first is the default
 YES_NO = ("Yes", "No")
-QUESTION = "Question: {question}\nAnswer: {response}\n\nDoes the answer meet this criterion: {criterion}? Answer Yes or No."
+QUESTION = ("Question: {question}\nAnswer: {response}\n\n"
+            "Does the answer meet this criterion: {criterion}? Answer Yes or No.")
 INSTRUCTIONS = ("Rate the answer on each item (2 = yes, 1 = partly, 0 = no):\n{checklist}\n\n"
                 "Reply with the scores only, one line per item, like:\n1: 2\n2: 0")
 
@@ -60,7 +61,8 @@ def split_target(target: str) -> tuple[str, str]:
     name, _, scoring = target.partition(":")
     scoring = scoring.strip() or SCORINGS[0]
     if scoring not in SCORINGS:
-        raise UserError(f"'{target}': unknown criteria scoring '{scoring}' (expected FIELD, FIELD:yes_no or FIELD:lines)")
+        raise UserError(f"'{target}': unknown criteria scoring '{scoring}' "
+                        "(expected FIELD, FIELD:yes_no or FIELD:lines)")
     return name.strip(), scoring
 
 
