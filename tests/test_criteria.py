@@ -5,6 +5,7 @@ the fake engine with scripted judge answers."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from rlaif.dataset.options import RunConfig
 from rlaif.dataset.pipeline import run_all
 from rlaif.errors import UserError
 from rlaif.io.records import JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
-from rlaif.judging.criteria import criteria_reward, parse_answer, parse_criteria
+from rlaif.judging.criteria import criteria_reward, parse_answer, parse_criteria, score_criteria
 from rlaif.rewards.load import load_rewards
 
 CAPITAL = [{"criterion": "Names Paris", "weight": 2}, {"criterion": "Mentions a wrong date", "weight": -1}]
@@ -107,7 +108,7 @@ def test_rubrics_reward_scores_each_prompt_by_its_own_criteria(monkeypatch: pyte
     engines: list[FakeBackend] = []
     monkeypatch.setattr("rlaif.backends.load_backend",
                         lambda config: engines.append(FakeBackend(config, reply_fn=judge_reply)) or engines[-1])
-    (source,) = load_rewards(["rubrics:rubric"], judge=BackendConfig(engine="fake"), seed=0, verdict_retries=1)
+    (source,) = load_rewards(["rubrics:rubric:lines"], judge=BackendConfig(engine="fake"), seed=0, verdict_retries=1)
     chat = [{"role": "user", "content": "Capital of France?"}]
     rows = [{"id": "p0", "rubric": CAPITAL}] * 3 + [{"id": "p1", "rubric": COLOUR}] * 2
     rewards = source([chat] * 5, ["Paris", "Paris in 1700", "Lyon", "red", "blue"], rows)
@@ -119,13 +120,73 @@ def test_rubrics_reward_scores_each_prompt_by_its_own_criteria(monkeypatch: pyte
 def test_rubrics_reward_unparsable_answer_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("rlaif.backends.load_backend",
                         lambda config: FakeBackend(config, reply_fn=lambda c, i, p: "I like it."))
-    (source,) = load_rewards(["rubrics:rubric"], judge=BackendConfig(engine="fake"), seed=0, verdict_retries=1)
+    (source,) = load_rewards(["rubrics:rubric:lines"], judge=BackendConfig(engine="fake"), seed=0, verdict_retries=1)
     assert source([[{"role": "user", "content": "x"}]], ["y"], [{"id": "p", "rubric": COLOUR}]) == [None]
     assert source.failures == 1
 
 
+# ----------------------------------------------------------------------------- yes_no scoring (the default)
+
+def yes_no_logprobs(conversation, choices, prefix) -> dict[str, float]:
+    """A scripted judge's next-token log-probs: P(Yes) = 0.9 when the response meets the criterion (says
+    'Paris' for 'Names Paris', '1700' for the date, 'red' for the colour), else 0.2, with 0.1 of the mass
+    elsewhere; a question about 'unsure' gets neither token."""
+    assert tuple(choices) == ("Yes", "No") and prefix == ""
+    text = conversation[-1]["content"]
+    response = text.split("\nAnswer: ")[1].split("\n\nDoes the answer")[0]
+    criterion = text.split("criterion: ")[1]
+    if "unsure" in criterion:
+        return {"Yes": float("-inf"), "No": float("-inf")}
+    met = {"Names Paris": "Paris", "Mentions a wrong date": "1700", "Names a colour": "red"}
+    yes = 0.9 * 0.9 if any(criterion.startswith(c) and w in response for c, w in met.items()) else 0.9 * 0.2
+    return {"Yes": math.log(yes), "No": math.log(0.9 - yes)}
+
+
+def test_yes_no_scores_are_twice_p_yes_and_rar_normalised() -> None:
+    engine = FakeBackend(logprob_fn=yes_no_logprobs)
+    chat = [{"role": "user", "content": "Capital of France?"}]
+    criteria = parse_criteria(CAPITAL, "p:1", "rubric")
+    paris, dated, lyon = score_criteria(engine, [(chat, "Paris", criteria), (chat, "Paris in 1700", criteria),
+                                                 (chat, "Lyon", criteria)], seed=0)
+    assert paris.scores == [pytest.approx(1.8), pytest.approx(0.4)]  # 2 * 0.9, 2 * 0.2 (renormalised over Yes/No)
+    # R = 2 * 0.9 - 1 * 0.2 = 1.6 on [-1, 2]: (1.6 + 1) / 3
+    assert paris.reward == pytest.approx(2.6 / 3) and dated.reward == pytest.approx((1.8 - 0.9 + 1) / 3)
+    assert lyon.reward == pytest.approx((0.4 - 0.2 + 1) / 3) and paris.raw == "P(yes): 0.900 0.200"
+
+
+def test_yes_no_asks_every_question_of_a_batch_in_one_call() -> None:
+    asked: list[str] = []
+    engine = FakeBackend(logprob_fn=lambda c, ch, p: asked.append(c[-1]["content"]) or yes_no_logprobs(c, ch, p))
+    chat = [{"role": "user", "content": "Capital of France?"}]
+    jobs = [(chat, "Paris", parse_criteria(CAPITAL, "p:1", "rubric")),
+            (chat, "red", parse_criteria(COLOUR, "p:2", "rubric"))]
+    rewards = [s.reward for s in score_criteria(engine, jobs, seed=0)]
+    assert engine.calls == 1 and len(asked) == 3
+    assert asked[2].endswith("Does the answer meet this criterion: Names a colour? Answer Yes or No.")
+    assert rewards == [pytest.approx(2.6 / 3), pytest.approx(0.9)]
+
+
+def test_yes_no_without_either_token_masks_the_completion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rlaif.backends.load_backend", lambda config: FakeBackend(config, logprob_fn=yes_no_logprobs))
+    (source,) = load_rewards(["rubrics:rubric"], judge=BackendConfig(engine="fake"), seed=0, verdict_retries=1)
+    rubric = COLOUR + [{"criterion": "unsure", "weight": 1}]
+    chat = [[{"role": "user", "content": "A colour?"}]]
+    assert source(chat * 2, ["red", "red"], [{"id": "a", "rubric": rubric}, {"id": "b", "rubric": COLOUR}]) == [
+        None, pytest.approx(0.9)]
+    assert source.failures == 1
+
+
+def test_run_scores_candidates_yes_no_by_default(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "col", "prompt": "A colour?", "rubric": COLOUR}])
+    factory = lambda c: FakeBackend(c, reply_fn=judge_reply, logprob_fn=yes_no_logprobs)
+    run_all(run_cfg(tmp_path, prompts, rubrics=["criteria:rubric"]), factory=factory)
+    (row,) = read_jsonl(tmp_path / "out" / "judgements.jsonl", JUDGEMENT_SCHEMA)
+    assert row["scores"] == pytest.approx([0.2, 0.2, 0.2, 0.9])  # replies Paris, Paris in 1700, Lyon, red
+
+
 @pytest.mark.parametrize("spec, message", [("rubrics:", "nothing after 'rubrics:'"),
-                                           ("rubrics:a b", "'a b' is not a field name")])
+                                           ("rubrics:a b", "'a b' is not a field name"),
+                                           ("rubrics:rubric:maybe", "unknown criteria scoring 'maybe'")])
 def test_rubrics_spec_errors(spec: str, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
         load_rewards([spec], judge=BackendConfig(engine="fake"), seed=0, verdict_retries=1)
@@ -146,7 +207,7 @@ def test_train_refuses_a_prompt_without_criteria_before_any_model_loads(tmp_path
 # ----------------------------------------------------------------------------- rlaif run
 
 def run_cfg(tmp_path: Path, prompts: Path, **kw) -> RunConfig:
-    options = dict(rubrics=["criteria:rubric"], n=4, progress=False, test_fraction=0.0,
+    options = dict(rubrics=["criteria:rubric:lines"], n=4, progress=False, test_fraction=0.0,
                    policy=BackendConfig(engine="fake"), judge=BackendConfig(engine="fake"))
     return RunConfig(prompts=str(prompts), out=str(tmp_path / "out"), **{**options, **kw})
 
@@ -157,7 +218,7 @@ def test_run_scores_candidates_against_their_prompts_criteria(tmp_path: Path) ->
     run_all(run_cfg(tmp_path, prompts), factory=lambda c: FakeBackend(c, reply_fn=judge_reply))
     out = tmp_path / "out"
     judged = {row["id"]: row for row in read_jsonl(out / "judgements.jsonl", JUDGEMENT_SCHEMA)}
-    assert judged["cap"]["rubric"] == "criteria:rubric" and judged["cap"]["method"] == "criteria"
+    assert judged["cap"]["rubric"] == "criteria:rubric:lines" and judged["cap"]["method"] == "criteria"
     # replies: Paris, Paris in 1700, Lyon, red -> capital: 1, 2/3, 1/3, 1/3; colour: 0, 0, 0, 1
     assert judged["cap"]["scores"] == pytest.approx([1.0, 2 / 3, 1 / 3, 1 / 3])
     assert judged["col"]["scores"] == [0.0, 0.0, 0.0, 1.0]

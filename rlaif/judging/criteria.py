@@ -16,6 +16,17 @@ every criterion is None: the sample is masked, never guessed.
 
 `CriteriaRubric` lets ``rlaif run --rubric criteria:FIELD`` judge candidates this way beside file
 rubrics (method ``criteria``, scale [0, 1]).
+
+Scoring ``yes_no`` (the default; ``lines`` is the one above): one question per criterion, "Does the
+answer meet this criterion: C? Answer Yes or No.", and the judge's next-token probabilities give
+``s_i = 2 P(Yes) / (P(Yes) + P(No))`` in [0, 2] (continuous; the G-Eval reading of the ``logprob``
+method, `rlaif.judging.verdicts.softmax_over`), then the same reward. All questions of a batch go in
+one ``choice_logprobs`` call; a criterion with no probability on either token masks its completion.
+It is the default because any engine with next-token log-probs can do it, the embedded 135M judge
+included, which cannot write the ``N: s`` lines (BENCHMARKS.md, "Per-prompt rubrics"), and its
+scores vary continuously, so a GRPO group rarely ties. Pick ``lines`` with a ``:lines`` suffix
+(``rubrics:FIELD:lines``, ``criteria:FIELD:lines``) for a judge that follows the format but gives
+no log-probs.
 """
 
 from __future__ import annotations
@@ -32,12 +43,27 @@ from rlaif.errors import UserError
 from rlaif.io.seeds import stable_seed
 from rlaif.judging.items import JudgeItem, Request
 from rlaif.judging.templates import last_user_message
+from rlaif.judging.verdicts import softmax_over
 
 MAX_CRITERIA = 20
 SPEC_PREFIX = "criteria:"  # `rlaif run --rubric criteria:FIELD`
 TOKENS_PER_CRITERION = 6  # "12: 2\n" and some slack
+SCORINGS = ("yes_no", "lines")  # the first is the default
+YES_NO = ("Yes", "No")
+QUESTION = ("Question: {question}\nAnswer: {response}\n\n"
+            "Does the answer meet this criterion: {criterion}? Answer Yes or No.")
 INSTRUCTIONS = ("Rate the answer on each item (2 = yes, 1 = partly, 0 = no):\n{checklist}\n\n"
                 "Reply with the scores only, one line per item, like:\n1: 2\n2: 0")
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """``FIELD`` or ``FIELD:SCORING`` as ``(field, scoring)``; an unknown scoring is a UserError."""
+    name, _, scoring = target.partition(":")
+    scoring = scoring.strip() or SCORINGS[0]
+    if scoring not in SCORINGS:
+        raise UserError(f"'{target}': unknown criteria scoring '{scoring}' "
+                        "(expected FIELD, FIELD:yes_no or FIELD:lines)")
+    return name.strip(), scoring
 
 
 def parse_criteria(value: Any, source: str, field_name: str) -> list[dict[str, Any]]:
@@ -135,7 +161,22 @@ def parse_answer(text: str, count: int) -> list[int] | None:
     return [int(s) for s in bare] if len(bare) == count else None
 
 
-def criteria_reward(criteria: Sequence[dict[str, Any]], scores: Sequence[int] | None) -> float | None:
+def yes_no_conversation(messages: list[dict[str, str]], response: str, criterion: str) -> Conversation:
+    """The judge chat asking whether one response meets one criterion (answered by its first token)."""
+    return [{"role": "user", "content": QUESTION.format(question=last_user_message(messages), response=response,
+                                                        criterion=criterion.rstrip(".?! "))}]
+
+
+def yes_no_score(logprobs: Mapping[str, float]) -> float | None:
+    """``2 P(Yes) / (P(Yes) + P(No))`` from the next-token log-probs; None with no mass on either."""
+    try:
+        distribution, _ = softmax_over(logprobs, YES_NO)
+    except ValueError:
+        return None
+    return 2.0 * distribution[YES_NO[0]]
+
+
+def criteria_reward(criteria: Sequence[dict[str, Any]], scores: Sequence[float] | None) -> float | None:
     """RaR's normalised reward ``(sum_i w_i s_i/2 - R_min) / (R_max - R_min)`` with ``R_max`` the sum
     of the positive weights and ``R_min`` the sum of the negative ones (None stays None)."""
     if scores is None:
@@ -151,16 +192,37 @@ class Scored:
     """One completion's judgement: its reward in [0, 1] (None: unparsable) and what the judge said."""
 
     reward: float | None
-    scores: list[int] | None
+    scores: list[float] | None
     raw: str
 
 
-def score_criteria(backend: Backend, jobs: Sequence[tuple[list[dict[str, str]], str, list[dict[str, Any]]]],
-                   *, seed: int, keys: Sequence[str] | None = None, progress: bool = False) -> list[Scored]:
-    """Judge each ``(messages, response, criteria)`` in one engine call (greedy, one reply each);
-    ``keys`` name the jobs for their seeds (a job's reply does not depend on its batch)."""
+Job = tuple[list[dict[str, str]], str, list[dict[str, Any]]]
+
+
+def score_yes_no(backend: Backend, jobs: Sequence[Job], *, progress: bool = False) -> list[Scored]:
+    """Every (response, criterion) question of ``jobs`` in one ``choice_logprobs`` call; a job's
+    scores are ``s_i = 2 P(Yes) / (P(Yes) + P(No))``, None (masked) if any criterion got neither token."""
+    questions = [yes_no_conversation(messages, response, item["criterion"])
+                 for messages, response, criteria in jobs for item in criteria]
+    logprobs = iter(backend.choice_logprobs(questions, list(YES_NO), "", progress=progress) if questions else [])
+    out = []
+    for _, _, criteria in jobs:
+        each = [yes_no_score(next(logprobs)) for _ in criteria]
+        scores = None if any(s is None for s in each) else [float(s) for s in each if s is not None]
+        raw = " ".join("-" if s is None else f"{s / 2:.3f}" for s in each)
+        out.append(Scored(criteria_reward(criteria, scores), scores, f"P(yes): {raw}"))
+    return out
+
+
+def score_criteria(backend: Backend, jobs: Sequence[Job], *, seed: int, keys: Sequence[str] | None = None,
+                   progress: bool = False, scoring: str = SCORINGS[0]) -> list[Scored]:
+    """Judge each ``(messages, response, criteria)`` in one engine call: ``yes_no`` (`score_yes_no`) or
+    ``lines`` (greedy, one reply each; ``keys`` name the jobs for their seeds, so a job's reply does
+    not depend on its batch)."""
     if not jobs:
         return []
+    if scoring == "yes_no":
+        return score_yes_no(backend, jobs, progress=progress)
     longest = max(len(criteria) for _, _, criteria in jobs)
     params = SamplingParams(n=1, temperature=0.0, max_tokens=8 + TOKENS_PER_CRITERION * longest, seed=seed)
     seeds = [stable_seed(seed, "criteria", key) for key in (keys or [str(i) for i in range(len(jobs))])]
@@ -201,12 +263,15 @@ class CriteriaMethod:
         jobs = [(items[r.item].messages, items[r.item].responses[r.i], rubric.criteria_of(items[r.item]))
                 for r in requests]
         keys = [f"{items[r.item].id}:{r.i}" for r in requests]
-        for request, scored in zip(requests, score_criteria(backend, jobs, seed=seed, keys=keys, progress=progress)):
+        results = score_criteria(backend, jobs, seed=seed, keys=keys, progress=progress, scoring=rubric.scoring)
+        for request, scored in zip(requests, results):
             row = rows[request.item]
             row["scores"][request.i] = scored.reward
             row["details"][request.i] = {"raw": scored.raw, "criteria_scores": scored.scores}
             if scored.reward is None:
-                row["details"][request.i]["error"] = "the judge's answer does not score every criterion 0-2"
+                row["details"][request.i]["error"] = ("no probability on Yes or No for some criterion"
+                                                      if rubric.scoring == "yes_no" else
+                                                      "the judge's answer does not score every criterion 0-2")
                 row["failures"] += 1
 
 
@@ -216,6 +281,7 @@ class CriteriaRubric:
     keep the prompt row's fields as ``metadata``); scores in [0, 1]."""
 
     field: str
+    scoring: str = SCORINGS[0]
     template: str = ""
     path: None = None
     assistant_prefix: str = ""
@@ -226,7 +292,7 @@ class CriteriaRubric:
 
     @property
     def name(self) -> str:
-        return SPEC_PREFIX + self.field
+        return SPEC_PREFIX + self.field + ("" if self.scoring == SCORINGS[0] else ":" + self.scoring)
 
     def criteria_of(self, item: JudgeItem) -> list[dict[str, Any]]:
         return parse_criteria((item.metadata or {}).get(self.field), f"item '{item.id}'", self.field)
@@ -236,8 +302,11 @@ class CriteriaRubric:
 
 
 def criteria_rubric(spec: str) -> CriteriaRubric:
-    """``criteria:FIELD`` as a rubric; the field name must be given."""
-    name = spec[len(SPEC_PREFIX):].strip()
+    """``criteria:FIELD[:SCORING]`` as a rubric; the field name must be given."""
+    try:
+        name, scoring = split_target(spec[len(SPEC_PREFIX):])
+    except UserError as e:
+        raise UserError(f"rubric {e}") from None
     if not name:
         raise UserError(f"rubric '{spec}': give the prompt file's field holding the criteria (criteria:FIELD)")
-    return CriteriaRubric(name)
+    return CriteriaRubric(name, scoring)

@@ -78,7 +78,14 @@ def _check_judge_target(spec: str, target: str) -> None:
 
 
 def _check_rubrics_target(spec: str, target: str) -> None:
-    """``rubrics:FIELD``: a field name of the prompt file (its rows are checked when the prompts are read)."""
+    """``rubrics:FIELD[:SCORING]``: a field name of the prompt file (its rows are checked when the prompts
+    are read) and optionally how the judge scores them (`rlaif.judging.criteria.split_target`)."""
+    from rlaif.judging.criteria import split_target
+
+    try:
+        target = split_target(target)[0]
+    except UserError as e:
+        raise spec_error(spec, str(e)) from None
     if not target.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise spec_error(spec, f"'{target}' is not a field name (expected rubrics:FIELD, the prompt file's column "
                                "holding each prompt's criteria)")
