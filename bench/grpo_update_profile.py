@@ -7,6 +7,8 @@ the update's forward also gives the entropy). Variants, timed round-robin, media
 
 - ``rlaif``: `step.micro_loss`, as `update` calls it (rows packed, LM head at completion positions only);
 - ``padded``: the same with `batch.token_logprobs`'s padded forward (rlaif before the lean path);
+- ``varlen``: ``rlaif`` with attention run per packed row (`rlaif.train.packing.use_varlen_attention`,
+  what the online trainers set) instead of transformers' block-diagonal mask over the packed sequence;
 - ``trl``: `GRPOTrainer._get_per_token_logps_and_entropies` (its fused chunked LM head, `add_fused_lm_head`)
   on TRL's batch layout (left-padded prompts, right-padded completions) + its dapo loss.
 
@@ -201,7 +203,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of one call of each")
-    parser.add_argument("--only", nargs="*", default=["rlaif", "padded", "trl"])
+    parser.add_argument("--only", nargs="*", default=["rlaif", "varlen", "padded", "trl"])
     parser.add_argument("--engine", action="store_true",
                         help="then start rlaif's vLLM rollout engine in this process (as bench/rl.py: 10%% memory), "
                              "sample and sync once, and time the variants again next to it")
@@ -225,7 +227,26 @@ def main() -> None:
     torch.manual_seed(0)
     adv = maths.grpo_advantages(torch.randn(16), 4)
 
+    from rlaif.train.packing import use_varlen_attention
+
+    default_attention = model.config._attn_implementation
+    use_varlen_attention(model)  # registers the implementation; each call below picks one
+    model.config._attn_implementation = default_attention
+
+    def with_attention(name: str, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            model.config._attn_implementation = name
+            try:
+                return fn()
+            finally:
+                model.config._attn_implementation = default_attention
+        return call
+
     def variant(name: str) -> Callable[[], torch.Tensor]:
+        if name == "varlen":
+            from rlaif.train.packing import VARLEN
+
+            return with_attention(VARLEN, lambda: rlaif_loss(model, batch, adv))
         if name == "trl":
             return lambda: trl_loss(model, inp, adv)
         if name == "padded":

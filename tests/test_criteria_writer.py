@@ -228,9 +228,9 @@ def test_a_non_discriminating_criterion_is_saved_with_a_warning(tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------------------------------
-# the spec, the loader, the interim scorer and the trainer
+# the spec, the loader, the scorer and the trainer
 
-def test_judge_auto_loads_on_the_judge_engine_with_the_interim_scorer(tmp_path: Path,
+def test_judge_auto_loads_on_the_judge_engine_with_the_yes_no_scorer(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import rlaif.backends.fake as fake
     from rlaif.rewards.load import load_rewards
@@ -241,19 +241,13 @@ def test_judge_auto_loads_on_the_judge_engine_with_the_interim_scorer(tmp_path: 
     [source] = load_rewards(["judge:auto"], judge=BackendConfig(engine="fake"), seed=0, verdict_retries=2,
                             out=str(tmp_path / "out"), auto={"refresh": 5})
     assert isinstance(source, AutoJudgeReward) and source.cache.refresh == 5
+    from rlaif.judging.criteria import GroupScorer
+
+    assert isinstance(source.score, GroupScorer)
     rewards = source(*batch(["a", "b"], k=3))
     assert len(rewards) == 6 and all(r is not None and 0.0 <= r <= 1.0 for r in rewards)
     assert (tmp_path / "out" / "rubrics" / "b.criteria.json").is_file()
     source.close()
-
-
-def test_the_interim_scorer_weights_pitfalls_to_zero_one() -> None:
-    from rlaif.judging.criteria_score_interim import weighted_reward
-
-    criteria = [c("good", 2), c("bad", -1)]
-    assert weighted_reward(criteria, [2, 0]) == 1.0 and weighted_reward(criteria, [0, 2]) == 0.0
-    assert weighted_reward(criteria, [1, 1]) == pytest.approx((1 - 0.5 + 1) / 3)
-    assert weighted_reward(criteria, [None, 1]) is None
 
 
 def test_grpo_with_judge_auto_saves_criteria_in_the_out_folder(tmp_path: Path, tiny_model_dir: str,
@@ -319,7 +313,7 @@ def test_the_studio_lists_lints_and_saves_criteria_files_as_a_persons(tmp_path: 
     assert writes(source.backend().reply_fn) == before_writes + 1  # type: ignore[attr-defined]
 
 
-def test_the_interim_scorer_judges_each_criterion_and_completion_once_per_write(tmp_path: Path,
+def test_the_scorer_judges_each_criterion_and_completion_once_per_write(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import rlaif.backends.fake as fake
     from rlaif.rewards.load import load_rewards

@@ -36,7 +36,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from rlaif.backends.base import Backend, Conversation, SamplingParams
 from rlaif.errors import UserError
@@ -212,6 +212,33 @@ def score_yes_no(backend: Backend, jobs: Sequence[Job], *, progress: bool = Fals
         raw = " ".join("-" if s is None else f"{s / 2:.3f}" for s in each)
         out.append(Scored(criteria_reward(criteria, scores), scores, f"P(yes): {raw}"))
     return out
+
+
+class GroupScorer:
+    """``judge:auto``'s ``score(criteria, messages, completions) -> [reward or None]``: `score_yes_no` on
+    one prompt's group. ``per_criterion`` gives the 0-2 scores ``[c][j]`` (the writer's spread check)
+    from the same judge call, which the reward of the same group then reuses."""
+
+    def __init__(self, backend: Callable[[], Backend]) -> None:
+        self.backend = backend
+        self._last: tuple[str, list[list[float | None]], list[float | None]] | None = None
+
+    def _scored(self, criteria: Sequence[dict[str, Any]], messages: list[dict[str, str]],
+                completions: Sequence[str]) -> tuple[list[list[float | None]], list[float | None]]:
+        key = json.dumps([list(criteria), messages, list(completions)], sort_keys=True)
+        if self._last is None or self._last[0] != key:
+            scored = score_yes_no(self.backend(), [(messages, text, list(criteria)) for text in completions])
+            matrix = [[None if s.scores is None else s.scores[c] for s in scored] for c in range(len(criteria))]
+            self._last = (key, matrix, [s.reward for s in scored])
+        return self._last[1], self._last[2]
+
+    def per_criterion(self, criteria: Sequence[dict[str, Any]], messages: list[dict[str, str]],
+                      completions: Sequence[str]) -> list[list[float | None]]:
+        return self._scored(criteria, messages, completions)[0]
+
+    def __call__(self, criteria: Sequence[dict[str, Any]], messages: list[dict[str, str]],
+                 completions: Sequence[str]) -> list[float | None]:
+        return self._scored(criteria, messages, completions)[1]
 
 
 def score_criteria(backend: Backend, jobs: Sequence[Job], *, seed: int, keys: Sequence[str] | None = None,

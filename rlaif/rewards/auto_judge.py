@@ -5,8 +5,8 @@ from `CriteriaCache`: the ones in memory, else ``OUT/rubrics/<id>.criteria.json`
 reuses them), else, or when older than ``auto_rubric_refresh`` steps, the judge writes new ones from
 this group (`rlaif.judging.criteria_writer`), which are linted and saved. A file a person edited
 (``"edited_by": "person"``, as the studio saves it) always wins and is never rewritten. The group is
-then scored by ``score(criteria, messages, completions) -> [float | None]`` (pluggable; the interim
-one is `rlaif.judging.criteria_score_interim`). A prompt without usable criteria gets None rewards
+then scored by ``score(criteria, messages, completions) -> [float | None]`` (pluggable; by default
+`rlaif.judging.criteria.GroupScorer`, the Yes/No scoring of ``rubrics:FIELD``). A prompt without usable criteria gets None rewards
 (masked, counted in ``failures``, one warning line). Right after writing, each criterion is scored
 alone once: one that gives the whole group the same score is saved with a lint warning (it does not
 discriminate).
@@ -201,8 +201,8 @@ class AutoJudgeReward:
 def load_auto_judge(spec: str, judge: Any, *, seed: int, out: str | Path | None, refresh: int = 10, retries: int = 2,
                     template: str | None = None, score: Score | None = None) -> AutoJudgeReward:
     """``judge:auto`` on the shared judge engine (`rlaif.rewards.judge.SharedJudge`), scored by ``score``
-    or, until ``rlaif.judging.criteria`` is merged, by the interim scorer."""
-    from rlaif.judging.criteria_score_interim import InterimCriteriaScorer
+    or by `rlaif.judging.criteria.GroupScorer` (Yes/No per criterion, as ``rubrics:FIELD``)."""
+    from rlaif.judging.criteria import GroupScorer
 
-    return AutoJudgeReward(spec, judge.get, score or InterimCriteriaScorer(judge.get), seed=seed, out=out,
+    return AutoJudgeReward(spec, judge.get, score or GroupScorer(judge.get), seed=seed, out=out,
                            refresh=refresh, retries=retries, template=template, close=judge.close)
