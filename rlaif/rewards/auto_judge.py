@@ -6,8 +6,8 @@ reuses them), else, or when older than ``auto_rubric_refresh`` steps, the judge 
 this group (`rlaif.judging.criteria_writer`), which are linted and saved. A file a person edited
 (``"edited_by": "person"``, as the studio saves it) always wins and is never rewritten. The group is
 then scored by ``score(criteria, messages, completions) -> [float | None]`` (pluggable; by default
-`rlaif.judging.criteria.GroupScorer`, the Yes/No scoring of ``rubrics:FIELD``). A prompt without usable criteria gets None rewards
-(masked, counted in ``failures``, one warning line). Right after writing, each criterion is scored
+`rlaif.judging.criteria.GroupScorer`, the Yes/No scoring of ``rubrics:FIELD``). A prompt without
+usable criteria gets None rewards (masked, counted in ``failures``, one warning line). Right after writing, each criterion is scored
 alone once: one that gives the whole group the same score is saved with a lint warning (it does not
 discriminate).
 

@@ -68,12 +68,14 @@ def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy:
                    entropy_grad: bool = False, top_p: float = 1.0, top_k: int = 0, packed: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_j | x, y_<j) per completion token, (N, T) (0 off the mask); and the mean entropy over
-    the mask (detached, unless ``entropy_grad``: then it carries the gradient, for an entropy bonus). pi is ``softmax(logits / T)`` restricted to the top-k / top-p nucleus and renormalised
+    the mask (detached, unless ``entropy_grad``: then it carries the gradient, for an entropy bonus).
+    pi is ``softmax(logits / T)`` restricted to the top-k / top-p nucleus and renormalised
     (:func:`nucleus_logits`, the engine's sampling distribution; all of it at top_p 1, top_k 0).
 
     Lean path (a causal LM with ``get_decoder`` and ``get_output_embeddings``): the rows are packed into
-    one sequence (``packed``: position ids restarting per row, ``attention_mask=None``, so transformers
-    builds the block-diagonal causal mask, see rlaif/train/packing.py), the backbone runs once, the
+    one sequence (``packed``: position ids restarting per row, ``attention_mask=None``; the online
+    trainers' models attend per row, `rlaif.train.packing.use_varlen_attention`; other attention
+    implementations build the block-diagonal causal mask), the backbone runs once, the
     LM head runs only at the positions that predict a completion token, and the log-softmax and
     entropy go over chunks of those positions (:func:`head_logprobs`). Other models: padded forward."""
     entropy = entropy or entropy_grad

@@ -18,6 +18,7 @@ from rlaif.train.online.config import OnlineConfig, PPOConfig
 from rlaif.train.online.distributed import Dist, engine_env
 from rlaif.train.online.step import Learner
 from rlaif.train.optim import adamw
+from rlaif.train.packing import use_varlen_attention
 
 
 @dataclass(kw_only=True)
@@ -59,6 +60,7 @@ def load_policy(cfg: OnlineConfig, base: str, device: torch.device) -> Any:
     from rlaif.train.modeling import prepare_model
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    use_varlen_attention(model)  # packed rows attend per row (batch.token_logprobs; padded inputs: SDPA as before)
     return without_dropout(prepare_model(model, cfg, task_type="CAUSAL_LM").to(device))  # type: ignore[arg-type]
 
 
@@ -90,6 +92,7 @@ def make_reference(cfg: OnlineConfig, base: str, policy: Any, device: torch.devi
 
     ref = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device).eval()
     ref.requires_grad_(False)
+    use_varlen_attention(ref)
 
     @contextmanager
     def frozen() -> Iterator[Any]:
