@@ -290,7 +290,7 @@ def test_the_studio_lists_lints_and_saves_criteria_files_as_a_persons(tmp_path: 
     bad = json.dumps(data, indent=2)
     before = snapshot(folder)
     lint = client.post("/api/lint", json={"name": "a.criteria.json", "text": bad}).json()
-    assert lint["method"] == "criteria" and lint["errors"] == 1
+    assert lint["method"] == "criteria" and lint["errors"] == 1 and lint["previewable"] is False
     [finding] = lint["findings"]
     assert "criterion 3: mirrors criterion 1" in finding["message"]
     assert bad.splitlines()[finding["line"] - 1].strip().startswith('"criterion": "Does not name Paris')

@@ -86,7 +86,8 @@ class Studio:
             "findings": [{"file": self._shown(f.path), "line": f.line, "level": f.level, "message": f.message}
                          for f in findings],
             "errors": sum(f.level == "error" for f in findings),
-            "warnings": sum(f.level == "warning" for f in findings), "examples": [], "method": None}
+            "warnings": sum(f.level == "warning" for f in findings), "examples": [], "method": None,
+            "previewable": not name.endswith(CRITERIA_SUFFIX)}
         if name.endswith(CRITERIA_SUFFIX):
             out["method"] = "criteria"  # judge:auto's per-prompt criteria: lint only
         elif not out["errors"]:

@@ -80,7 +80,7 @@ async function check() {
     status(`lint: ${data.errors} error(s); fix them to see the judge`, "error");
     return;
   }
-  if (data.method === "criteria") { status("criteria file: lint passed (no judge preview)", "ok"); return; }
+  if (!data.previewable) { status(`${data.method} file: lint passed (no judge preview)`, "ok"); return; }
   lastExamples = data.examples;
   fillExamples(data.examples);
   status("lint passed", "ok");
