@@ -103,6 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy the torch.distributed process group a verb joined (``accelerate launch``), if any.
+
+    Left alive until interpreter exit, gloo's worker threads are torn down with the interpreter and a
+    rank may abort with "terminate called without an active exception" (SIGABRT) after its work is done
+    (pytorch/pytorch#190489); NCCL warns. Only looks if torch was imported: light verbs stay light."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

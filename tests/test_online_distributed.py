@@ -384,3 +384,20 @@ def test_a_ranks_vllm_engine_sees_its_own_gpu_and_none_of_the_launchers_variable
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5" and "RANK" not in os.environ
     with engine_env(Dist()):  # one process: nothing changes
         assert os.environ["RANK"] == "1"
+
+
+def test_the_cli_leaves_the_process_group_it_ran_in(tmp_path, capsys):
+    """A rank that exits with gloo's process group alive may abort at interpreter exit ("terminate
+    called without an active exception", seen in CI after a run had saved): `rlaif.cli.main` destroys
+    the group on its way out, on success and on error alike."""
+    from rlaif.cli import main
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["train", "grpo", "--prompts", str(tmp_path / "missing.jsonl"), "--model", "m",
+                     "--out", str(tmp_path / "out"), "--reward", "python:x.py:f"]) == 2
+        assert "rlaif: error:" in capsys.readouterr().err
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
