@@ -19,6 +19,9 @@ rm / dpo pack a micro-batch's pairs the same way (``pack_pairs``: every chosen r
 rejected row; a pair never straddles two micro-batches). Attention over a packed sequence runs per
 row (``varlen_attention``: one causal SDPA call per row, or the same rows as
 transformers' block-diagonal mask would allow, without its (T x T) cost over the whole sequence).
+A layer with a sliding window w (Mistral, Qwen2/3 ``use_sliding_window``, Gemma2/3, ``sliding_window``)
+lets position i see keys i-w < j <= i only; a row longer than w then gets that band as its mask, so
+packed rows equal padded ones under the model's own sliding-window mask (tests/test_packing_window.py).
 """
 
 from __future__ import annotations
@@ -142,25 +145,57 @@ def row_bounds(position_ids: torch.Tensor) -> list[int]:
     return (starts if starts and starts[0] == 0 else [0] + starts) + [position_ids.shape[-1]]
 
 
+def sliding_window(config: Any, layer: int | None = None) -> int | None:
+    """The window w of ``config``'s sliding-attention layers (position i attends to keys i-w < j <= i),
+    None if every layer attends to the whole row; with ``layer``, that layer's window. Layers slide
+    where ``layer_types`` says "sliding_attention" (Gemma2/3, whose ``sliding_window_pattern`` and
+    Qwen2/3, whose ``use_sliding_window`` / ``max_window_layers`` their configs turn into layer_types),
+    else all of them when ``sliding_window`` is set (Mistral; None: no window)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return window
+    sliding = "sliding_attention" in types if layer is None else types[layer] == "sliding_attention"
+    return window if sliding else None
+
+
+def _row_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int | None,
+                   dropout: float, scaling: float | None) -> torch.Tensor:
+    """Causal SDPA over one row; a row longer than ``window`` w masks key j from query i unless i-w < j <= i."""
+    n = query.shape[2]
+    if window is None or n <= window:
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling,
+                                                                is_causal=True)
+    back = torch.arange(n, device=query.device)
+    back = back[:, None] - back[None, :]  # i - j
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=(back >= 0) & (back < window),
+                                                            dropout_p=dropout, scale=scaling)
+
+
 def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """Causal attention within each row of a packed (1, T) sequence (rows from ``position_ids``):
-    the rows' outputs equal those of the rows alone. Anything else (a padding mask, a batch of
-    rows, a KV cache) goes to transformers' SDPA attention unchanged."""
+    """Causal attention within each row of a packed (1, T) sequence (rows from ``position_ids``; a (B, T)
+    batch without a mask: each of its B rows), within the layer's sliding window: the rows' outputs
+    equal those of the rows alone. The window is the one the model hands attention functions
+    (``sliding_window``, as to flash-attention), else the config's (``sliding_window``). Anything else
+    (a padding mask, a KV cache) goes to transformers' SDPA attention unchanged."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    pos = kwargs.get("position_ids")
-    if attention_mask is not None or pos is None or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+    if attention_mask is not None or key.shape[2] != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    window = kwargs.get("sliding_window", sliding_window(module.config, getattr(module, "layer_idx", None)))
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    bounds = row_bounds(pos)
-    outs = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True)
-        for s, e in zip(bounds[:-1], bounds[1:])]
+    pos = kwargs.get("position_ids")
+    bounds = row_bounds(pos) if pos is not None and query.shape[0] == 1 else [0, query.shape[2]]
+    outs = [_row_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], window, dropout, scaling)
+            for s, e in zip(bounds[:-1], bounds[1:])]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
