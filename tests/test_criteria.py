@@ -19,6 +19,7 @@ from rlaif.dataset.pipeline import run_all
 from rlaif.errors import UserError
 from rlaif.io.records import JUDGEMENT_SCHEMA, PAIR_SCHEMA, read_jsonl
 from rlaif.judging.criteria import criteria_reward, parse_answer, parse_criteria, score_criteria
+from rlaif.judging.criteria_lint import lint_criteria
 from rlaif.rewards.load import load_rewards
 
 CAPITAL = [{"criterion": "Names Paris", "weight": 2}, {"criterion": "Mentions a wrong date", "weight": -1}]
@@ -51,15 +52,25 @@ def write_prompts(path: Path, rows: list[dict]) -> Path:
     ("be nice", "field 'rubric': expected a list of criteria, got str"),
     ([{"criterion": "x", "weight": 1}] * 21, "field 'rubric': 21 criteria; at most 20"),
     ([{"weight": 1}], "field 'rubric'[0]: 'criterion' is missing"),
-    ([{"criterion": "ok", "weight": 1}, {"criterion": "x", "weight": 0}], "field 'rubric'[1]: 'weight' is 0"),
-    ([{"criterion": "x", "weight": "high"}], "field 'rubric'[0]: 'weight' is 'high'; expected a non-zero number"),
-    ([{"criterion": "x", "weight": True}], "'weight' is True"),
-    ([{"criterion": "x"}], "'weight' is None"),
+    ([{"criterion": "ok", "weight": 1}, {"criterion": "x", "weight": 0}],
+     "field 'rubric'[1]: weight 0: a criterion must count"),
+    ([{"criterion": "x", "weight": "high"}], "field 'rubric'[0]: weight 'high' is not a number"),
+    ([{"criterion": "x", "weight": True}], "weight True is not a number"),
+    ([{"criterion": "x"}], "weight None is not a number"),
 ])
 def test_parse_criteria_errors_name_file_line_and_field(value, message: str) -> None:
     with pytest.raises(UserError) as e:
         parse_criteria(value, "p.jsonl:3", "rubric")
     assert str(e.value).startswith("p.jsonl:3: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("weight", [0, -0.0, float("nan"), float("inf"), "2", True, None, [1]])
+def test_parse_criteria_and_the_lint_give_one_reason_for_a_bad_weight(weight) -> None:
+    """A weight is checked in one place: the prompt-file error and the criteria-file lint say the same."""
+    (finding,) = lint_criteria([{"criterion": "Names Paris", "weight": weight}])
+    with pytest.raises(UserError) as e:
+        parse_criteria([{"criterion": "Names Paris", "weight": weight}], "p.jsonl:3", "rubric")
+    assert str(e.value) == f"p.jsonl:3: field 'rubric'[0]: {finding.message}"
 
 
 def test_parse_criteria_keeps_text_and_weights() -> None:
@@ -245,5 +256,5 @@ def test_run_refuses_a_bad_criteria_row_before_generating(tmp_path: Path, capsys
                  "policy.engine=fake", "progress=false"])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert f"{prompts}:2: field 'rubric'[0]: 'weight' is 0" in err and len(err.splitlines()) == 1
+    assert f"{prompts}:2: field 'rubric'[0]: weight 0" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out" / "candidates.jsonl").exists()

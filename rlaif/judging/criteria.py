@@ -32,8 +32,6 @@ no log-probs.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -41,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from rlaif.backends.base import Backend, Conversation, SamplingParams
 from rlaif.errors import UserError
 from rlaif.io.seeds import stable_seed
+from rlaif.judging.criteria_lint import weight_error
 from rlaif.judging.items import JudgeItem, Request
 from rlaif.judging.templates import last_user_message
 from rlaif.judging.verdicts import softmax_over
@@ -88,11 +87,9 @@ def parse_criteria(value: Any, source: str, field_name: str) -> list[dict[str, A
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"{here}: 'criterion' is missing or not a non-empty string")
         weight = item.get("weight")
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
-            raise UserError(f"{here}: 'weight' is {weight!r}; expected a non-zero number "
-                            "(positive: wanted, negative: a pitfall)")
-        if weight == 0:
-            raise UserError(f"{here}: 'weight' is 0; give a positive (wanted) or negative (pitfall) weight")
+        why = weight_error(weight)
+        if why:
+            raise UserError(f"{here}: {why}")
         out.append({"criterion": " ".join(text.split()), "weight": float(weight)})
     return out
 

@@ -66,7 +66,9 @@ def _overlap(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def _weight_error(weight: Any) -> str | None:
+def weight_error(weight: Any) -> str | None:
+    """Why ``weight`` is no criterion weight (not a real number, not finite, or 0), or None; the one
+    check of a weight, shared by the lint and `rlaif.judging.criteria.parse_criteria`."""
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         return f"weight {weight!r} is not a number"
     if not math.isfinite(weight):
@@ -93,7 +95,7 @@ def lint_criteria(criteria: Sequence[Any]) -> list[CriterionFinding]:
         if len(text) > MAX_CRITERION_CHARS:
             out.append(CriterionFinding(index, f"{len(text)} characters; keep a criterion under "
                                                f"{MAX_CRITERION_CHARS}"))
-        why = _weight_error(weight)
+        why = weight_error(weight)
         if why:
             out.append(CriterionFinding(index, why))
             continue
