@@ -8,6 +8,9 @@ instead), and lints `helpfulness` from `/`.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -88,3 +91,30 @@ def test_wheel_ships_rubrics_and_prompts_found_from_root(tmp_path: Path) -> None
     rubric_dir = Path(where[1]).parent
     assert (rubric_dir / "helpfulness.jinja").is_file()  # the template_file beside it ships too
     assert not (rubric_dir / "__init__.py").exists()
+
+
+def test_every_third_party_import_of_tests_and_bench_is_declared() -> None:
+    """`make setup` installs ``.[dev,...]``: a module that tests/ or bench/ import must come from a
+    distribution pyproject.toml declares (a dependency or an extra). One that another dependency happens
+    to pull in (psutil by accelerate, pillow by matplotlib) counts only once declared itself."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"].values()
+    requirements = [*project["dependencies"], *(r for extra in extras for r in extra)]
+    declared = {_dist_key(re.match(r"[A-Za-z0-9._-]+", r).group()) for r in requirements}
+    files = [*(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]
+    local = {p.stem for p in files} | {"rlaif", "tests", "bench"}
+    owners = importlib.metadata.packages_distributions()
+    missing = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for top in {name.split(".")[0] for name in names} - local - set(sys.stdlib_module_names):
+                if not declared & {_dist_key(d) for d in owners.get(top, [top])}:
+                    missing.setdefault(top, path.relative_to(ROOT).as_posix())
+    assert missing == {}, "declare these in pyproject.toml (module: first file importing it)"
+
+
+def _dist_key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
