@@ -34,9 +34,10 @@ def config(algorithm: str, tmp_path: Path, model: str, out: str = "out", reward:
 
 
 def metrics(out: Path) -> list[dict[str, float]]:
-    """metrics.jsonl without the timings (they differ between any two runs)."""
+    """metrics.jsonl without the timings and memory (they differ between any two runs)."""
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in x.items() if not k.startswith("time/") and k != "rollout/tokens_per_s"} for x in lines]
+    return [{k: v for k, v in x.items() if not k.startswith(("time/", "memory/")) and k != "rollout/tokens_per_s"}
+            for x in lines]
 
 
 def trained(out: Path, lora: bool) -> dict[str, torch.Tensor]:

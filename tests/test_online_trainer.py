@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,8 @@ def test_two_steps_write_metrics_rollouts_and_a_loadable_policy(algorithm, tmp_p
                 "reward/std", "kl", "entropy", "clip_fraction", "response_length", "eos_rate", "logprob_gap",
                 "masked", f"reward/python:{REWARDS}:length_target/mean"):
         assert key in lines[0], key
+    memory = "memory/peak_gib" if torch.cuda.is_available() else "memory/rss_growth_gib"  # runtime.StepMemory
+    assert all(math.isfinite(x[memory]) and x[memory] >= 0 for x in lines), [x.get(memory) for x in lines]
     assert lines[0]["logprob_gap"] < 1e-3  # hf engine samples with the trained model itself
     assert lines[0]["response_length"] <= 8
     if algorithm == "ppo":

@@ -49,6 +49,7 @@ from rlaif.train.online.state import (ONLINE_TRAINER_OUTPUTS, PromptSampler, che
                                       resume_or_start, run_settings)
 from rlaif.train.online.batch import build_batch
 from rlaif.train.online.step import advantages, reuses_current_logp, score_batch, sequence_kl, update
+from rlaif.train.runtime import StepMemory
 
 EOS_RATE_FLOOR = 0.05  # below it, "every sample is cut by max_tokens" for the missing-EOS warning
 
@@ -160,7 +161,7 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     """One step (0-based ``step``): sample, reward, score, update, sync. Returns metrics and rollout rows.
     With ``ahead`` (async_generation) the batch was sampled during the previous step, and the next
     one is sampled during this update (ahead.py)."""
-    t0 = time.perf_counter()
+    t0, memory = time.perf_counter(), StepMemory(run.device)
     if ahead is None:
         groups, dynamic_stats = sample_step(cfg, run, prompts, cache, step)
     else:
@@ -194,7 +195,7 @@ def rollout_step(cfg: OnlineConfig, run: Run, prompts: list[Prompt], cache: dict
     metrics = {"time/generation": t1 - t0, "time/reward": t2 - t1, "time/train": t4 - t2, "time/scoring": t3 - t2,
                "time/update": t4 - t3, "time/sync": sync_s, "time/step": time.perf_counter() - t0,
                **step_metrics(cfg, run, rollouts, batch, scored, adv, valid, per_source, total, groups.gen_s),
-               **train_stats, **dynamic_stats}
+               **train_stats, **dynamic_stats, **memory.read()}
     if cfg.overlong_buffer:
         metrics["overlong_penalty"] = float((overlong(cfg, rollouts) * valid).sum() / max(float(valid.sum()), 1.0))
     if run.entropy_coef is not None:
