@@ -237,13 +237,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type | Non
         parser.epilog = "config options (key=value or in --config YAML):\n" + describe_config(config_cls)
 
 
-def option(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with its ``--help`` text; a class or lambda default is a fresh one per instance."""
+NO_OFF: Any = object()  # `option`'s ``off`` when not given (None is a real "off" value)
+
+
+def option(default: Any, help: str, *, off: Any = NO_OFF, parent: str | None = None, **kw: Any) -> Any:
+    """A dataclass field with its ``--help`` text; a class or lambda default is a fresh one per instance.
+
+    Markers, for options added after runs were checkpointed (read by a trainer's run settings):
+    ``off`` = the value at which the option changes nothing, so a run at it leaves the option out of
+    its settings and runs made before the option still resume; ``parent`` = an option read only when
+    option ``parent`` is on, left out of the settings with it."""
+    metadata = {"help": help, **({} if off is NO_OFF else {"off": off}), **({"parent": parent} if parent else {})}
     if callable(default):
-        return dataclasses.field(default_factory=default, metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=default, metadata=metadata, **kw)
+    return dataclasses.field(default=default, metadata=metadata, **kw)
 
 
 def redefault(cls: type, name: str, default: Any) -> Any:
-    """Field ``name`` of dataclass ``cls`` with another default and the same help text (a subclass's recipe)."""
-    return option(default, cls.__dataclass_fields__[name].metadata["help"])
+    """Field ``name`` of dataclass ``cls`` with another default, the same help text and markers (a
+    subclass's recipe)."""
+    metadata = cls.__dataclass_fields__[name].metadata
+    return option(default, metadata["help"], off=metadata.get("off", NO_OFF), parent=metadata.get("parent"))

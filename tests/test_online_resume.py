@@ -209,3 +209,77 @@ def test_dynamic_sampling_off_keeps_the_settings_of_runs_made_before_it(tmp_path
     assert not {"dynamic_sampling", "max_refill_rounds"} & run_settings(off).keys()  # old checkpoints still resume
     on = run_settings(replace(off, dynamic_sampling=True))
     assert on["dynamic_sampling"] is True and on["fingerprint"] != run_settings(off)["fingerprint"]
+
+
+def test_a_later_option_marked_off_is_left_out_of_the_settings_at_that_value(tmp_path):
+    """An option added after runs were checkpointed is marked on its field (`option(..., off=...)`, its
+    dependents `parent=...`); at the off value both are left out of the settings, so old runs resume."""
+    from dataclasses import dataclass
+
+    from rlaif.config import option
+    from rlaif.train.online.config import GRPOConfig
+    from rlaif.train.online.state import run_settings
+
+    @dataclass
+    class Newer(GRPOConfig):
+        knob: str = option("none", "an option added in a later release", off="none")
+        knob_size: int = option(3, "knob: how much", parent="knob")
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    base = dict(prompts=str(prompts), out=str(tmp_path / "out"), reward=["python:f.py:f"])
+    off = run_settings(Newer(**base))
+    assert not {"knob", "knob_size"} & off.keys() and off == run_settings(GRPOConfig(**base))
+    on = run_settings(Newer(**base, knob="more"))
+    assert (on["knob"], on["knob_size"]) == ("more", 3) and on["fingerprint"] != off["fingerprint"]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "ppo"])
+def test_the_settings_of_a_run_made_by_the_previous_release_are_unchanged(algorithm, tmp_path, monkeypatch):
+    """tests/assets/online_settings_0.1.0.json: `run_settings` of a default run, written by rlaif 0.1.0.
+    Equal settings (and fingerprint) are what lets such a run resume: a new option left out of this
+    needs a marker, `option(..., off=VALUE)` (or ``parent=``), or every earlier run stops resuming."""
+    from rlaif.train.online.state import run_settings
+
+    recorded = json.loads((ASSETS / "online_settings_0.1.0.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    Path(recorded["config"]["prompts"]).write_text(recorded["prompts_jsonl"])
+    now = run_settings(CONFIGS[algorithm](**recorded["config"]))
+    old = recorded["settings"][algorithm]
+    assert sorted(now.keys() - old.keys()) == [], "new options in the settings: mark them off=... on their field"
+    assert sorted(old.keys() - now.keys()) == [], "options gone from the settings: runs made with them stop resuming"
+    assert {k: v for k, v in json.loads(json.dumps(now)).items() if old[k] != v} == {}
+    assert now["fingerprint"] == old["fingerprint"]
+
+
+def test_a_run_checkpointed_under_an_old_default_is_told_which_option_to_pass(tmp_path, capsys):
+    """PPO's epochs_per_step was 4 on CPU too; now its default is 1 there (4 on a GPU). A run checkpointed
+    with the old default is refused in one line naming the ``key=value`` that resumes it."""
+    from dataclasses import replace
+
+    from rlaif.cli import main
+    from rlaif.train.online.config import resolve_device_defaults
+    from rlaif.train.online.state import run_settings
+
+    cfg = config("ppo", tmp_path, "tiny-model")
+    resolve_device_defaults(cfg)
+    old = 4 if cfg.epochs_per_step != 4 else 1  # the default that was: one the device does not give now
+    step = Path(cfg.out) / "checkpoints" / "step-2"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text(json.dumps({"step": 2, "settings":
+                                                         run_settings(replace(cfg, epochs_per_step=old))}))
+    argv = ["train", "ppo", "--prompts", cfg.prompts, "--model", "tiny-model", "--out", cfg.out, "--reward",
+            cfg.reward[0], "save_steps=2", "k=2", "prompts_per_step=2", "max_tokens=6", "micro_batch_size=4",
+            "engine=hf", "steps=3", "lr=0.01", "progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (f"{step}: was checkpointed with epochs_per_step={old}, a default that has changed since (now "
+            f"epochs_per_step={cfg.epochs_per_step}); pass epochs_per_step={old} to resume it") in err
+    assert main([*argv, "lr=0.02"]) == 2  # a difference the user chose: the usual refusal names it
+    err = capsys.readouterr().err
+    assert "lr 0.01 -> 0.02" in err and "pass epochs_per_step" not in err
+    from rlaif.train.online.state import check_online_out
+
+    resumed = replace(cfg, epochs_per_step=old)  # what the message says to pass
+    assert check_online_out(resumed, Path(cfg.out), run_settings(resumed)) is None  # None: train, resuming

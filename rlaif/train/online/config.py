@@ -101,27 +101,31 @@ class OnlineConfig(TrainerOptions):
     beta: float = option(0.0, "KL coefficient against the reference (the starting policy)")
     clip_eps: float = option(0.2, "PPO-clip range of the probability ratio")
     overlong_buffer: int = option(0, "DAPO soft overlong penalty: the last N tokens before max_tokens cost up to "
-                                     "overlong_penalty (linear; -overlong_penalty at max_tokens); 0 = off")
-    overlong_penalty: float = option(1.0, "overlong_buffer: the penalty at max_tokens, added to the reward")
+                                     "overlong_penalty (linear; -overlong_penalty at max_tokens); 0 = off", off=0)
+    overlong_penalty: float = option(1.0, "overlong_buffer: the penalty at max_tokens, added to the reward",
+                                     parent="overlong_buffer")
     entropy_coef: float = option(0.0, "entropy bonus: -entropy_coef x mean token entropy in the loss (the "
-                                      "starting value when entropy_target is set); 0 = off")
+                                      "starting value when entropy_target is set); 0 = off", off=0.0)
     entropy_target: float | None = option(None, "adapt entropy_coef towards this mean token entropy (nats): "
-                                                "+entropy_coef_delta per step below it, - above, never < 0")
-    entropy_coef_delta: float = option(0.005, "entropy_target: the coefficient's step per rollout step")
+                                                "+entropy_coef_delta per step below it, - above, never < 0", off=None)
+    entropy_coef_delta: float = option(0.005, "entropy_target: the coefficient's step per rollout step",
+                                       parent="entropy_target")
     dynamic_sampling: bool = option(False, "grpo/rloo: drop groups whose rewards are all equal (no advantage) and "
-                                           "sample more prompts to refill the step (DAPO, Yu et al. 2025)")
+                                           "sample more prompts to refill the step (DAPO, Yu et al. 2025)", off=False)
     max_refill_rounds: int = option(3, "dynamic_sampling: extra sampling rounds per step at most; still short, the "
-                                       "step trains on the groups it has")
+                                       "step trains on the groups it has", parent="dynamic_sampling")
     is_correction: Literal["none", "token", "sequence"] = option(
         "none", "training-inference mismatch correction (mismatch.py): token = truncated importance sampling, "
                 "w_t = min(pi_old/pi_engine, is_cap) per token (Yao et al. 2025); sequence = masked sequence IS, "
-                "the sequence ratio as weight, samples outside [is_min, is_cap] masked (rloo takes sequence only)")
-    is_cap: float = option(2.0, "upper bound of the importance weight (token: truncation; sequence: mask above)")
+                "the sequence ratio as weight, samples outside [is_min, is_cap] masked (rloo takes sequence only)",
+                off="none")
+    is_cap: float = option(2.0, "upper bound of the importance weight (token: truncation; sequence: mask above)",
+                           parent="is_correction")
     is_min: float | None = option(None, "is_correction=sequence: samples whose ratio is below it are masked; "
-                                        "null = 1 / is_cap")
+                                        "null = 1 / is_cap", parent="is_correction")
     async_generation: bool = option(False, "one-step off-policy: the engine samples step t+1's batch (with the "
                                            "weights before step t's update) while the trainer updates on step t; "
-                                           "needs is_correction token or sequence")
+                                           "needs is_correction token or sequence", off=False)
     log_rollouts_every: int = option(10, "write the step's rollouts to rollouts.jsonl every N steps (and the "
                                                 "first step's); 0 = never")
 
@@ -143,11 +147,13 @@ class GRPOConfig(OnlineConfig):
     importance_sampling_level: Literal["token", "sequence", "sequence_token"] = option(
         "token", "token: PPO-clip per token; sequence: GSPO (Zheng et al. 2025), the length-normalised sequence "
                  "ratio clipped by gspo_clip_eps, mean over sequences; sequence_token: GSPO-token, summed by "
-                 "loss_type")
+                 "loss_type", off="token")
     clip_eps_high: float | None = option(None, "upper clip 1 + clip_eps_high of the token ratio (DAPO clip-higher, "
-                                               "e.g. 0.28; cispo: its IS-weight cap); null = clip_eps")
-    gspo_clip_eps: float = option(3e-4, "GSPO: lower clip range of the sequence ratio (paper: 3e-4)")
-    gspo_clip_eps_high: float = option(4e-4, "GSPO: upper clip range of the sequence ratio (paper: 4e-4)")
+                                               "e.g. 0.28; cispo: its IS-weight cap); null = clip_eps", off=None)
+    gspo_clip_eps: float = option(3e-4, "GSPO: lower clip range of the sequence ratio (paper: 3e-4)",
+                                  parent="importance_sampling_level")
+    gspo_clip_eps_high: float = option(4e-4, "GSPO: upper clip range of the sequence ratio (paper: 4e-4)",
+                                       parent="importance_sampling_level")
 
     def clip_range(self) -> tuple[float, float]:
         """(eps_low, eps_high) of the ratio: GSPO's own for a sequence ratio, else clip_eps / clip_eps_high."""
@@ -201,7 +207,7 @@ class PPOConfig(OnlineConfig):
     value_head: Literal["separate", "shared"] = option(
         "separate", "separate: a critic model of its own (N+ details); shared: a value head on the policy's last "
                     "hidden state (one model, two heads, one forward; the value loss x vf_coef also trains "
-                    "the policy's backbone; the head starts at the first rollouts' mean score)")
+                    "the policy's backbone; the head starts at the first rollouts' mean score)", off="separate")
 
     def value_init_dir(self, specs: list[tuple[str, str, float]]) -> str | None:
         """Where the value model starts: ``value_model`` if set, else the first rm: reward, else None (the

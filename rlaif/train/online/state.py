@@ -11,6 +11,7 @@ settings resumes, with other settings it is refused, with ``overwrite`` it start
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -26,8 +27,8 @@ from rlaif.config import flatten_dict, to_dict
 from rlaif.errors import UserError
 from rlaif.io.seeds import stable_seed
 from rlaif.io.store import fingerprint
-from rlaif.train.checkpoints import IGNORED, TRAINER_OUTPUTS, checkpoint_dirs, cut_logs, publish_checkpoint
-from rlaif.train.online.config import OnlineConfig
+from rlaif.train.checkpoints import IGNORED, TRAINER_OUTPUTS, check_out, checkpoint_dirs, cut_logs, publish_checkpoint
+from rlaif.train.online.config import OnlineConfig, resolve_device_defaults
 
 # Online-only keys that change no weight (how often rollouts are logged, where the engines run).
 ONLINE_IGNORED = IGNORED + ("log_rollouts_every", "ray")  # IGNORED has nonfinite
@@ -35,16 +36,18 @@ ONLINE_IGNORED_FLAT = ("rollout.replicas",)
 # What the online trainers write in --out (removed by overwrite): the offline trainers' files too.
 ONLINE_TRAINER_OUTPUTS = TRAINER_OUTPUTS + ("rollouts.jsonl", "value", "rubrics")  # rubrics/: judge:auto's criteria
 LOGS = ("metrics.jsonl", "rollouts.jsonl")
-# Options added after runs were checkpointed, with the value that leaves the step unchanged: at that
-# value they are left out of the settings, so such runs still resume (and finished ones still skip).
-LATER_OPTIONS: dict[str, Any] = {"dynamic_sampling": False, "overlong_buffer": 0, "entropy_coef": 0.0,
-                                 "entropy_target": None, "clip_eps_high": None,
-                                 "importance_sampling_level": "token", "value_head": "separate",
-                                 "is_correction": "none", "async_generation": False}
-LATER_DEPENDENTS = {"max_refill_rounds": "dynamic_sampling", "overlong_penalty": "overlong_buffer",
-                    "entropy_coef_delta": "entropy_target", "gspo_clip_eps": "importance_sampling_level",
-                    "gspo_clip_eps_high": "importance_sampling_level", "is_cap": "is_correction",
-                    "is_min": "is_correction"}
+
+
+def later_options(cls: type) -> dict[str, Any]:
+    """Options added after runs were checkpointed (marked ``option(..., off=VALUE)``), with the value that
+    leaves the step unchanged: at that value they are left out of the settings, so such runs still resume
+    (and finished ones still skip)."""
+    return {f.name: f.metadata["off"] for f in dataclasses.fields(cls) if "off" in f.metadata}
+
+
+def later_dependents(cls: type) -> dict[str, str]:
+    """Options read only when their parent option is on (marked ``option(..., parent=NAME)``): name -> parent."""
+    return {f.name: f.metadata["parent"] for f in dataclasses.fields(cls) if "parent" in f.metadata}
 
 
 def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
@@ -52,15 +55,61 @@ def run_settings(cfg: OnlineConfig) -> dict[str, Any]:
     flat = flatten_dict({key: value for key, value in to_dict(cfg).items() if key not in ONLINE_IGNORED})
     for key in ONLINE_IGNORED_FLAT:
         flat.pop(key, None)
-    for key, off in LATER_OPTIONS.items():  # off: the run is that of an rlaif before the option
+    for key, off in later_options(type(cfg)).items():  # off: the run is that of an rlaif before the option
         if key in flat and flat[key] == off:
             flat.pop(key)
-    for key, parent in LATER_DEPENDENTS.items():  # only read when their parent option is on
+    for key, parent in later_dependents(type(cfg)).items():  # only read when their parent option is on
         if parent not in flat:
             flat.pop(key, None)
     flat["algorithm"] = cfg.algorithm
     flat["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16]
     return {**flat, "fingerprint": fingerprint(flat)}
+
+
+def check_online_out(cfg: OnlineConfig, out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """`check_out` for an online run; first, a run in ``out`` whose settings differ from these only in
+    options left at a default that has changed since it was made (PPO's ``epochs_per_step``: 4 on CPU
+    once, 1 now) is refused in one line naming the ``key=value`` to pass to resume it."""
+    if not cfg.overwrite:
+        _refuse_changed_defaults(cfg, out, settings)
+    return check_out(cfg, out, settings, ONLINE_TRAINER_OUTPUTS)  # type: ignore[arg-type]
+
+
+def _refuse_changed_defaults(cfg: OnlineConfig, out: Path, settings: dict[str, Any]) -> None:
+    where, old = _recorded_settings(out)
+    if old is None or old.get("fingerprint") == settings["fingerprint"]:
+        return
+    default = type(cfg)()
+    resolve_device_defaults(default)
+    defaults = flatten_dict(to_dict(default))
+    keys = [k for k in {**old, **settings} if k != "fingerprint" and old.get(k) != settings.get(k)]
+    if not all(k in old and k in settings and k in defaults and settings[k] == defaults[k] for k in keys):
+        return  # something the user chose differs: check_out names it
+    passed = " ".join(f"{k}={_as_override(old[k])}" for k in keys)
+    now = ", ".join(f"{k}={_as_override(settings[k])}" for k in keys)
+    raise UserError(f"{where}: was checkpointed with {passed}, a default that has changed since (now {now}); "
+                    f"pass {passed} to resume it, or --overwrite to start over")
+
+
+def _recorded_settings(out: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The settings of the run in ``out``: its summary.json's when finished, else its last checkpoint's
+    (None when unreadable: `check_out` judges the folder)."""
+    if (out / "summary.json").is_file() and (out / "config.json").is_file():
+        where, path = out, out / "summary.json"
+    elif existing := checkpoint_dirs(out):
+        where, path = existing[-1], existing[-1] / "trainer_state.json"
+    else:
+        return out, None
+    try:
+        settings = json.loads(path.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return where, None
+    return where, settings if isinstance(settings, dict) else None
+
+
+def _as_override(value: Any) -> str:
+    """``value`` as the command line's ``key=value`` reads it back (YAML)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _epoch_order(n_prompts: int, seed: int, epoch: int) -> list[int]:

@@ -43,10 +43,10 @@ from rlaif.train.online.ahead import Ahead
 from rlaif.train.online.config import OnlineConfig, check_config, is_low
 from rlaif.train.online.mismatch import mismatch_metrics
 from rlaif.train.online.setup import Run, build_run
-from rlaif.train.checkpoints import check_out, refuse_out_on_inputs, save_model_files
+from rlaif.train.checkpoints import refuse_out_on_inputs, save_model_files
 from rlaif.train.online.dynamic import Groups, sample_groups
-from rlaif.train.online.state import (ONLINE_TRAINER_OUTPUTS, PromptSampler, checkpoint_run, restore_run,
-                                      resume_or_start, run_settings)
+from rlaif.train.online.state import (PromptSampler, check_online_out, checkpoint_run, restore_run, resume_or_start,
+                                      run_settings)
 from rlaif.train.online.batch import build_batch
 from rlaif.train.online.step import advantages, reuses_current_logp, score_batch, sequence_kl, update
 from rlaif.train.runtime import StepMemory
@@ -266,7 +266,7 @@ def train_online(cfg: OnlineConfig) -> dict[str, Any]:
     check_prompt_criteria(specs, prompts)  # rubrics:FIELD: every prompt's criteria, before any model loads
     out = Path(cfg.out)
     settings = run_settings(cfg)
-    finished = check_out(cfg, out, settings, ONLINE_TRAINER_OUTPUTS)  # type: ignore[arg-type]
+    finished = check_online_out(cfg, out, settings)
     if finished is not None:
         return finished
     base = resolve_model(cfg.model)
