@@ -166,7 +166,7 @@ class UpdateSplit:
     micro_batch = `step._micro_batch` (slicing the batch), tally = `_Tally.finish`, metrics =
     `trainer.step_metrics`, build_batch / score_batch (in time/scoring); gc = the collector's pauses
     (`gc.callbacks`) inside the update; other = time/update minus its timed parts. Also the torch thread
-    count seen inside the update."""
+    count and CPU affinity seen inside the update, and the batch's tokens (packed sequence, completions)."""
 
     PARTS = ("forward", "backward", "optimizer", "clip", "micro_batch", "tally", "gc")
 
@@ -174,6 +174,7 @@ class UpdateSplit:
         self.cur: dict[str, float] = {}
         self.steps: list[dict[str, float]] = []
         self.threads: set[int] = set()
+        self.affinity: set[int] = set()  # the cores the trainer may run on, inside the update
         self._undo: list = []
         self._in_update = False
         self._gc_t = 0.0
@@ -201,11 +202,14 @@ class UpdateSplit:
         import torch.optim.optimizer as optimizer
         from rlaif.train.online import step, trainer
 
-        def update(inner, *a, **k):
+        def update(inner, cfg, step_index, batch, *a, **k):
             self._in_update, self.threads = True, self.threads | {torch.get_num_threads()}
+            self.affinity |= set(os.sched_getaffinity(0))
+            self.cur["tokens"] = float(batch.attention_mask.sum())  # the packed sequence's length
+            self.cur["completion_tokens"] = float(batch.mask.sum())
             t = time.perf_counter()
             try:
-                return inner(*a, **k)
+                return inner(cfg, step_index, batch, *a, **k)
             finally:
                 self._in_update = False
                 self.add("update", time.perf_counter() - t)
@@ -244,10 +248,10 @@ class UpdateSplit:
     def summary(self) -> dict:
         """Means over the timed steps (the first is warm-up), seconds."""
         timed = self.steps[1:] or self.steps
-        keys = ("update", *self.PARTS, "build_batch", "score_batch", "metrics")
+        keys = ("update", *self.PARTS, "build_batch", "score_batch", "metrics", "tokens", "completion_tokens")
         res = {f"split_{k}": statistics.mean(s.get(k, 0.0) for s in timed) for k in keys}
         res["split_other"] = res["split_update"] - sum(res[f"split_{k}"] for k in self.PARTS if k != "gc")
-        res["split_threads"] = sorted(self.threads)
+        res["split_threads"], res["split_affinity"] = sorted(self.threads), sorted(self.affinity)
         return res
 
 
@@ -393,12 +397,13 @@ def print_table(runs: list[tuple[str, dict]], args: argparse.Namespace) -> None:
               f"{60 / r['total']:.1f} | {r['warmup_total']:.1f} | {r['reward_first']:.2f} -> {r['reward_last']:.2f} | "
               f"{' '.join(map(str, r['loadavg']))} |")
     if args.split:
-        parts = [k for k in runs[-1][1] if k.startswith("split_") and k != "split_threads"]
+        parts = [k for k in runs[-1][1] if k.startswith("split_") and k not in ("split_threads", "split_affinity")]
         print("\nrlaif time/update split (s, means of the timed steps): "
-              "| run | " + " | ".join(k[6:] for k in parts) + " | torch threads |")
+              "| run | " + " | ".join(k[6:] for k in parts) + " | torch threads | cores |")
         for who, r in runs:
             if who == "rlaif":
-                print("| rlaif | " + " | ".join(f"{r[k]:.3f}" for k in parts) + f" | {r['split_threads']} |")
+                print("| rlaif | " + " | ".join(f"{r[k]:.3f}" for k in parts)
+                      + f" | {r['split_threads']} | {r['split_affinity']} |")
     med = {who: statistics.median(r["total"] for w, r in runs if w == who) for who in {w for w, _ in runs}}
     med_update = {who: statistics.median(r["update"] for w, r in runs if w == who) for who in med}
     if len(med) == 2:
