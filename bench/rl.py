@@ -15,7 +15,13 @@ which skips that pass when num_iterations == 1), update is the rest of the step 
 backward + optimizer step, and rlaif's step metrics).
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py [--prompts 4] [--k 4] [--max-tokens 32]
-        [--steps 4] [--only rlaif|trl] [--trl-vllm]
+        [--steps 4] [--only rlaif|trl] [--trl-vllm] [--rounds 2] [--split]
+
+``--rounds R`` runs TRL and rlaif alternately R times each (A B A B, one engine alive at a time) and
+reports the ratio of the median seconds per step, so a change of the machine's load between runs
+hits both; each row also gives the load average after it. ``--split`` times the functions inside
+rlaif's update (`UpdateSplit`: forward, backward, optimizer, clip, batch slicing, GC pauses, the
+rest) and the torch thread count there; TRL's row gives its thread count as well.
 
 ``--losses`` instead compares rlaif grpo's policy losses on the same seed, prompts and reward:
 PPO-clip per token (grpo), GSPO (importance_sampling_level=sequence) and CISPO (loss_type=cispo),
@@ -38,10 +44,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -109,7 +117,7 @@ def trl_run(rows: list[dict], model_dir: str, out: Path, args: argparse.Namespac
         def on_step_begin(self, *a, **k):
             cur.clear()
             cur.update(generation=0.0, reward=0.0, sync=0.0, prep=0.0, tokens=0, reward_mean=0.0,
-                       t0=time.perf_counter())
+                       threads=torch.get_num_threads(), t0=time.perf_counter())
 
         def on_step_end(self, *a, **k):
             total = time.perf_counter() - cur.pop("t0")
@@ -128,7 +136,8 @@ def trl_run(rows: list[dict], model_dir: str, out: Path, args: argparse.Namespac
     load = time.perf_counter() - t0
     trainer.train()
     mode = ("vLLM colocate" if args.trl_vllm else "transformers generate")
-    return {**summarise(steps), "load_s": load, "wall_s": time.perf_counter() - t0, "mode": mode}
+    return {**summarise(steps), "threads": sorted({s["threads"] for s in steps}), "load_s": load,
+            "wall_s": time.perf_counter() - t0, "mode": mode}
 
 
 def _wrap(obj, name: str, key: str, cur: dict, count=None, mean=None) -> None:
@@ -146,6 +155,104 @@ def _wrap(obj, name: str, key: str, cur: dict, count=None, mean=None) -> None:
         return res
 
     setattr(obj, name, timed)
+
+
+class UpdateSplit:
+    """Where rlaif's ``update`` time goes (``--split``): perf_counter timers around the functions a step
+    calls (patched on `rlaif.train.online.step` / `trainer` for the run, restored after), summed per step.
+
+    forward = `step.micro_loss` (packed forward, log-probs, loss); backward = `Tensor.backward` inside
+    the update; optimizer = the AdamW step (global optimizer hooks); clip = `clip_grad_norm_`;
+    micro_batch = `step._micro_batch` (slicing the batch), tally = `_Tally.finish`, metrics =
+    `trainer.step_metrics`, build_batch / score_batch (in time/scoring); gc = the collector's pauses
+    (`gc.callbacks`) inside the update; other = time/update minus its timed parts. Also the torch thread
+    count and CPU affinity seen inside the update, and the batch's tokens (packed sequence, completions)."""
+
+    PARTS = ("forward", "backward", "optimizer", "clip", "micro_batch", "tally", "gc")
+
+    def __init__(self) -> None:
+        self.cur: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
+        self.threads: set[int] = set()
+        self.affinity: set[int] = set()  # the cores the trainer may run on, inside the update
+        self._undo: list = []
+        self._in_update = False
+        self._gc_t = 0.0
+
+    def add(self, key: str, seconds: float) -> None:
+        self.cur[key] = self.cur.get(key, 0.0) + seconds
+
+    def _patch(self, obj: object, name: str, key: str | None, around=None) -> None:
+        inner = getattr(obj, name)
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k) if around is None else around(inner, *a, **k)
+            finally:
+                if key == "metrics" and self.steps:  # after the update: the step just appended
+                    self.steps[-1]["metrics"] = self.steps[-1].get("metrics", 0.0) + time.perf_counter() - t
+                elif key is not None and (self._in_update or key in ("build_batch", "score_batch")):
+                    self.add(key, time.perf_counter() - t)
+
+        setattr(obj, name, timed)
+        self._undo.append((obj, name, inner))
+
+    def __enter__(self) -> "UpdateSplit":
+        import torch.optim.optimizer as optimizer
+        from rlaif.train.online import step, trainer
+
+        def update(inner, cfg, step_index, batch, *a, **k):
+            self._in_update, self.threads = True, self.threads | {torch.get_num_threads()}
+            self.affinity |= set(os.sched_getaffinity(0))
+            self.cur["tokens"] = float(batch.attention_mask.sum())  # the packed sequence's length
+            self.cur["completion_tokens"] = float(batch.mask.sum())
+            t = time.perf_counter()
+            try:
+                return inner(cfg, step_index, batch, *a, **k)
+            finally:
+                self._in_update = False
+                self.add("update", time.perf_counter() - t)
+                self.steps.append(self.cur)
+                self.cur = {}
+
+        self._patch(trainer, "update", None, update)
+        self._patch(trainer, "build_batch", "build_batch")
+        self._patch(trainer, "score_batch", "score_batch")
+        self._patch(trainer, "step_metrics", "metrics")
+        self._patch(step, "micro_loss", "forward")
+        self._patch(step, "_micro_batch", "micro_batch")
+        self._patch(step._Tally, "finish", "tally")
+        self._patch(torch.Tensor, "backward", "backward")
+        self._patch(torch.nn.utils, "clip_grad_norm_", "clip")
+        starts: dict[str, float] = {}
+        self._hooks = [optimizer.register_optimizer_step_pre_hook(lambda *a: starts.update(t=time.perf_counter())),
+                       optimizer.register_optimizer_step_post_hook(
+                           lambda *a: self.add("optimizer", time.perf_counter() - starts["t"]))]
+        gc.callbacks.append(self._gc)
+        return self
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_t = time.perf_counter()
+        elif self._in_update:
+            self.add("gc", time.perf_counter() - self._gc_t)
+
+    def __exit__(self, *exc) -> None:
+        for obj, name, inner in reversed(self._undo):
+            setattr(obj, name, inner)
+        for hook in self._hooks:
+            hook.remove()
+        gc.callbacks.remove(self._gc)
+
+    def summary(self) -> dict:
+        """Means over the timed steps (the first is warm-up), seconds."""
+        timed = self.steps[1:] or self.steps
+        keys = ("update", *self.PARTS, "build_batch", "score_batch", "metrics", "tokens", "completion_tokens")
+        res = {f"split_{k}": statistics.mean(s.get(k, 0.0) for s in timed) for k in keys}
+        res["split_other"] = res["split_update"] - sum(res[f"split_{k}"] for k in self.PARTS if k != "gc")
+        res["split_threads"], res["split_affinity"] = sorted(self.threads), sorted(self.affinity)
+        return res
 
 
 def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace, **options: object) -> dict:
@@ -176,8 +283,10 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
                      rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory), **options)
     t0 = time.perf_counter()
     trainer.rollout_step = timed_step
+    split = UpdateSplit() if args.split else None
     try:
-        trainer.train_online(cfg)
+        with split or nullcontext():
+            trainer.train_online(cfg)
     finally:
         trainer.rollout_step = inner
     wall = time.perf_counter() - t0
@@ -187,7 +296,7 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
     timed = [r for r in rows if "time/generation" in r][1:] or rows
     mismatch = {key: statistics.mean(r[key] for r in timed) for key in timed[0]
                 if key.startswith("mismatch/") or key == "logprob_gap"}
-    return {**summarise(steps), **mismatch, "load_s": load, "wall_s": wall,
+    return {**summarise(steps), **mismatch, **(split.summary() if split else {}), "load_s": load, "wall_s": wall,
             "mode": f"{args.engine} engine, in-place weight sync"}
 
 
@@ -270,7 +379,8 @@ def print_losses(results: dict[str, dict], args: argparse.Namespace) -> None:
               f"{statistics.mean(rewards[-3:]):.3f} | {r['clip_fraction']:.3f} | {r['s_per_step']:.1f} |")
 
 
-def print_table(results: dict, args: argparse.Namespace) -> None:
+def print_table(runs: list[tuple[str, dict]], args: argparse.Namespace) -> None:
+    """One row per run (in the order they ran), then the ratio of the median seconds per step."""
     import transformers
     import trl
 
@@ -279,16 +389,27 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
           f"beta 0, loss_type {args.loss_type}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}, trl {trl.__version__}\n")
     print("| run | rollouts | s/step | generation | reward | scoring | update | sync | gen tokens/s | steps/min "
-          "| warm-up step s | reward first -> last |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for who, r in results.items():
+          "| warm-up step s | reward first -> last | load avg after |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for who, r in runs:
         print(f"| {who} | {r['mode']} | {r['total']:.2f} | {r['generation']:.2f} | {r['reward']:.3f} | "
               f"{r['scoring']:.2f} | {r['update']:.2f} | {r['sync']:.2f} | {r['tokens_per_s_gen']:.0f} | "
-              f"{60 / r['total']:.1f} | "
-              f"{r['warmup_total']:.1f} | {r['reward_first']:.2f} -> {r['reward_last']:.2f} |")
-    if len(results) == 2:
-        a, b = results["rlaif"], results["trl"]
-        print(f"\nsteps/min ratio rlaif / TRL: {b['total'] / a['total']:.2f}x (goal >= 2x)")
+              f"{60 / r['total']:.1f} | {r['warmup_total']:.1f} | {r['reward_first']:.2f} -> {r['reward_last']:.2f} | "
+              f"{' '.join(map(str, r['loadavg']))} |")
+    if args.split:
+        parts = [k for k in runs[-1][1] if k.startswith("split_") and k not in ("split_threads", "split_affinity")]
+        print("\nrlaif time/update split (s, means of the timed steps): "
+              "| run | " + " | ".join(k[6:] for k in parts) + " | torch threads | cores |")
+        for who, r in runs:
+            if who == "rlaif":
+                print("| rlaif | " + " | ".join(f"{r[k]:.3f}" for k in parts)
+                      + f" | {r['split_threads']} | {r['split_affinity']} |")
+    med = {who: statistics.median(r["total"] for w, r in runs if w == who) for who in {w for w, _ in runs}}
+    med_update = {who: statistics.median(r["update"] for w, r in runs if w == who) for who in med}
+    if len(med) == 2:
+        print(f"\nmedian s/step: rlaif {med['rlaif']:.2f}, TRL {med['trl']:.2f}; steps/min ratio rlaif / TRL "
+              f"(ratio of medians over {args.rounds} rounds): {med['trl'] / med['rlaif']:.2f}x (goal >= 2x); "
+              f"update time rlaif / TRL: {med_update['rlaif'] / med_update['trl']:.2f}")
 
 
 def main() -> None:
@@ -301,6 +422,10 @@ def main() -> None:
     parser.add_argument("--loss-type", default="dapo", choices=["grpo", "dapo", "dr_grpo"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["rlaif", "trl"], default=None)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run TRL then rlaif this many times, alternating (A B A B), and compare the medians")
+    parser.add_argument("--split", action="store_true",
+                        help="time the functions inside rlaif's update (UpdateSplit) and print the split")
     parser.add_argument("--trl-vllm", action="store_true", help="TRL with use_vllm=True, vllm_mode=colocate")
     parser.add_argument("--model", default="smollm2-135m", help="alias or local folder")
     parser.add_argument("--losses", action="store_true", help="compare grpo / gspo / cispo reward curves instead")
@@ -326,15 +451,17 @@ def main() -> None:
             else:
                 mismatch_table(tmp / "prompts.jsonl", model_dir, tmp, args)
             return
-        results = {}
-        for who in ("trl", "rlaif") if args.only is None else (args.only,):
-            torch.manual_seed(args.seed)
-            res = (trl_run(rows, model_dir, tmp / "trl", args) if who == "trl"
-                   else rlaif_run(tmp / "prompts.jsonl", model_dir, tmp / "rlaif", args))
-            results[who] = res
-            gc.collect()  # the TRL trainer's model and optimizer go before vLLM reserves its memory
-            print(f"{who}: {json.dumps(res)}", flush=True)
-        print_table(results, args)
+        runs: list[tuple[str, dict]] = []
+        for round_ in range(args.rounds):
+            for who in ("trl", "rlaif") if args.only is None else (args.only,):
+                torch.manual_seed(args.seed)
+                res = (trl_run(rows, model_dir, tmp / "trl", args) if who == "trl"
+                       else rlaif_run(tmp / "prompts.jsonl", model_dir, tmp / "rlaif", args))
+                res["loadavg"] = [round(x, 1) for x in os.getloadavg()]
+                runs.append((who, res))
+                gc.collect()  # the TRL trainer's model and optimizer go before vLLM reserves its memory
+                print(f"{who} (round {round_ + 1}): {json.dumps(res)}", flush=True)
+        print_table(runs, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
