@@ -11,10 +11,12 @@ rlaif runs twice per trainer: ``packing=false`` (right-padded rows, the trainer 
 and ``packing=true`` (the default: one padding-free sequence per micro-batch).
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/train.py [--pairs 32] [--batch-size 4] [--rounds 3]
+    .venv/bin/python bench/train.py --memory --pairs 8 --batch-size 2 --max-length 1024 --repeats 8,20
 
 ``--rounds N`` repeats the runs, who goes first alternating per round, and reports the medians
 (and the packed / TRL ratio of each round): on a shared machine read the ratio of medians.
-    .venv/bin/python bench/train.py --memory --pairs 8 --batch-size 2 --max-length 1024 --repeats 8,20
+``--threads 1`` on an oversubscribed machine: with two threads each op waits for both to be
+scheduled, so a step's time follows its number of ops rather than its arithmetic.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--repeats", default="1,8", help="each answer repeated between these many times")
     parser.add_argument("--memory", action="store_true", help="DPO peak memory, rlaif vs TRL, one process each")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the runs, alternating who goes first; medians")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     parser.add_argument("--no-padded", action="store_true", help="skip rlaif's padded (packing=false) runs")
     parser.add_argument("--who", choices=["rlaif", "trl"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,6 +176,9 @@ def main() -> None:
     import trl
 
     from rlaif.models import resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = resolve_model(args.model)
     repeats = tuple(int(x) for x in args.repeats.split(","))
