@@ -10,8 +10,13 @@ optimizer-step wall time. Both DPO runs precompute the reference log-probs befor
 rlaif runs twice per trainer: ``packing=false`` (right-padded rows, the trainer before issue 23)
 and ``packing=true`` (the default: one padding-free sequence per micro-batch).
 
-    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/train.py [--pairs 32] [--batch-size 4]
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/train.py [--pairs 32] [--batch-size 4] [--rounds 3]
     .venv/bin/python bench/train.py --memory --pairs 8 --batch-size 2 --max-length 1024 --repeats 8,20
+
+``--rounds N`` repeats the runs, who goes first alternating per round, and reports the medians
+(and the packed / TRL ratio of each round): on a shared machine read the ratio of medians.
+``--threads 1`` on an oversubscribed machine: with two threads each op waits for both to be
+scheduled, so a step's time follows its number of ops rather than its arithmetic.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -158,6 +164,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="alias or local folder (a tiny one to smoke-test)")
     parser.add_argument("--repeats", default="1,8", help="each answer repeated between these many times")
     parser.add_argument("--memory", action="store_true", help="DPO peak memory, rlaif vs TRL, one process each")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the runs, alternating who goes first; medians")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
+    parser.add_argument("--no-padded", action="store_true", help="skip rlaif's padded (packing=false) runs")
     parser.add_argument("--who", choices=["rlaif", "trl"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory:
@@ -167,6 +176,9 @@ def main() -> None:
     import trl
 
     from rlaif.models import resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = resolve_model(args.model)
     repeats = tuple(int(x) for x in args.repeats.split(","))
@@ -182,30 +194,40 @@ def main() -> None:
                    else trl_run("dpo", rows, model, tmp / "out", args))
             print(json.dumps({**res, "peak_rss_gib": peak_rss_gib(), "loaded_rss_gib": loaded}))
             return
-        results = {}
-        for kind in ("rm", "dpo") if args.only is None else (args.only,):
-            torch.manual_seed(0)
-            # alternate who goes first, so drift on a shared machine does not favour one side
-            order = ("padded", "trl", "rlaif") if kind == "rm" else ("rlaif", "trl", "padded")
-            for who in order:
-                out = tmp / f"{who}-{kind}"
-                res = (trl_run(kind, rows, model, out, args) if who == "trl"
-                       else rlaif_run(kind, tmp / "data", model, out, args, packing=who == "rlaif"))
-                results[(kind, who)] = res
-                print(f"{kind} {who}: {json.dumps(res)}", flush=True)
+        results: dict[tuple[str, str], list[dict]] = {}
+        kinds = ("rm", "dpo") if args.only is None else (args.only,)
+        sides = ("rlaif", "trl") if args.no_padded else ("rlaif", "trl", "padded")
+        for rnd in range(args.rounds):
+            for kind in kinds:
+                torch.manual_seed(0)
+                # alternate who goes first (per trainer and per round), so drift on a shared machine
+                # does not favour one side
+                flip = (rnd + (kind == "rm")) % 2
+                for who in sides[::-1] if flip else sides:
+                    out = tmp / f"{who}-{kind}-{rnd}"
+                    res = (trl_run(kind, rows, model, out, args) if who == "trl"
+                           else rlaif_run(kind, tmp / "data", model, out, args, packing=who == "rlaif"))
+                    results.setdefault((kind, who), []).append(res)
+                    print(f"round {rnd} {kind} {who}: {json.dumps(res)}", flush=True)
+                    shutil.rmtree(out, ignore_errors=True)
         print(f"\nSmolLM2-135M-Instruct, CPU fp32 ({torch.get_num_threads()} threads), {args.pairs} pairs, "
-              f"batch {args.batch_size} pairs, max_length {args.max_length}; torch {torch.__version__}, "
-              f"transformers {transformers.__version__}, trl {trl.__version__}\n")
+              f"batch {args.batch_size} pairs, max_length {args.max_length}, {args.rounds} round(s), medians; "
+              f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}\n")
         print("| trainer | rlaif packed tokens/s | rlaif padded tokens/s | TRL tokens/s | packed / TRL | "
-              "padded / TRL | padding (padded / TRL) | steps |")
-        print("|---|---|---|---|---|---|---|---|")
-        for kind in ("rm", "dpo"):
-            if (kind, "rlaif") not in results:
-                continue
-            a, p, b = results[(kind, "rlaif")], results[(kind, "padded")], results[(kind, "trl")]
-            print(f"| {kind} | {a['tokens_per_s']:.0f} | {p['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
-                  f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x | {p['tokens_per_s'] / b['tokens_per_s']:.2f}x | "
-                  f"{p['padding']:.1%} / {b['padding']:.1%} | {a['steps']} / {b['steps']} |")
+              "padded / TRL | padding (padded / TRL) | steps | packed / TRL per round |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for kind in kinds:
+            med = {who: statistics.median(r["tokens_per_s"] for r in results[(kind, who)])
+                   for who in sides}
+            a, b = results[(kind, "rlaif")], results[(kind, "trl")]
+            p = results.get((kind, "padded"))
+            per_round = ", ".join(f"{x['tokens_per_s'] / y['tokens_per_s']:.2f}" for x, y in zip(a, b))
+            pad_cols = ([f"{med['padded']:.1f}", f"{med['padded'] / med['trl']:.2f}x", f"{p[0]['padding']:.1%}"] if p
+                        else ["-", "-", "-"])
+            cells = [kind, f"{med['rlaif']:.1f}", pad_cols[0], f"{med['trl']:.1f}", f"{med['rlaif'] / med['trl']:.2f}x",
+                     pad_cols[1], f"{pad_cols[2]} / {b[0]['padding']:.1%}", f"{a[0]['steps']} / {b[0]['steps']}",
+                     per_round]
+            print("| " + " | ".join(cells) + " |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

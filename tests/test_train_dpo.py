@@ -276,3 +276,52 @@ def test_a_two_process_fsdp_run_with_ref_model_reaches_the_weights_of_one(tmp_pa
     first = [_train_lines(out)[0]["train/loss"] for out in (one, two)]
     assert first[0] == pytest.approx(first[1], abs=1e-5) and abs(first[0] - math.log(2)) > 1e-3
     assert _max_diff(two, one) < TOLERANCE
+
+
+def _full_size_backward_tensors(lengths: list[int]) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
+    """Backward of per-row attention over rows of ``lengths`` packed in one sequence: how many tensors of
+    the full (1, heads, T, dim) shape backward makes, the q/k/v gradients, and those of each row alone."""
+    from types import SimpleNamespace
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import LlamaConfig
+
+    from rlaif.train.packing import varlen_attention
+
+    torch.manual_seed(0)
+    shape = (1, 2, sum(lengths), 8)
+    qkv = [torch.randn(shape, requires_grad=True) for _ in range(3)]
+    module = SimpleNamespace(config=LlamaConfig(), num_key_value_groups=1, layer_idx=0)
+    position_ids = torch.tensor([[p for n in lengths for p in range(n)]])
+    out, _ = varlen_attention(module, *qkv, None, position_ids=position_ids)
+    weight = torch.randn_like(out)
+    made: list[tuple[int, ...]] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if isinstance(result, torch.Tensor) and not func._schema.is_mutable and result._base is None:
+                made.append(tuple(result.shape))
+            return result
+
+    with Record():
+        (out * weight).sum().backward()
+    rows = []
+    for s, e in zip([0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]], torch.tensor(lengths).cumsum(0).tolist()):
+        q, k, v = (x.detach()[:, :, s:e].requires_grad_() for x in qkv)
+        row = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        (row * weight[:, s:e]).sum().backward()
+        rows.append([q.grad, k.grad, v.grad])
+    alone = [torch.cat([r[i] for r in rows], dim=2) for i in range(3)]
+    return sum(s == shape for s in made), [x.grad for x in qkv], alone
+
+
+def test_per_row_attention_backward_assembles_each_gradient_once():
+    """Packed rm/dpo attention runs per row; its q/k/v gradients are built once per layer (one cat), not
+    as one zero-filled full-size tensor per row then summed (slicing's backward: a quarter of a 135M
+    DPO step on CPU, BENCHMARKS.md); and they equal the gradients of each row alone."""
+    six, grads, alone = _full_size_backward_tensors([5, 7, 3, 9, 4, 6])
+    twelve, _, _ = _full_size_backward_tensors([3, 2, 4, 3, 1, 2, 5, 4, 3, 2, 3, 2])  # same 34 tokens
+    assert six == twelve  # per row, a slice's backward made 3 full-size zero tensors and 3 sums
+    for got, want in zip(grads, alone):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

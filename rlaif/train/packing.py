@@ -194,8 +194,10 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     pos = kwargs.get("position_ids")
     bounds = row_bounds(pos) if pos is not None and query.shape[0] == 1 else [0, query.shape[2]]
-    outs = [_row_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], window, dropout, scaling)
-            for s, e in zip(bounds[:-1], bounds[1:])]
+    # split, not one slice per row: a slice's backward zero-fills a full-size gradient per row and sums them
+    sizes = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    outs = [_row_attention(q, k, v, window, dropout, scaling)
+            for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
