@@ -9,8 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rlaif.train import logprobs
+from rlaif.train.logprobs import nucleus_logits
 from rlaif.train.online import batch as rollout_batch
-from rlaif.train.online.batch import build_batch, nucleus_logits, token_logprobs
+from rlaif.train.online.batch import build_batch, token_logprobs
 
 TOL = 1e-5  # float32
 
@@ -50,7 +52,7 @@ def _reference(model, batch, temperature: float, top_p: float = 1.0):
 
 @pytest.mark.parametrize("chunk_elements", [1 << 25, 3 * 64])  # one chunk; several (recomputed in backward)
 def test_lean_packed_logprobs_entropy_and_gradients_equal_the_padded_computation(tiny, monkeypatch, chunk_elements):
-    monkeypatch.setattr(rollout_batch, "LOGIT_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(logprobs, "LOGIT_CHUNK_ELEMENTS", chunk_elements)
     batch = _batch(tiny.config.vocab_size)
     logp, entropy = token_logprobs(tiny, batch, 0.7, entropy=True)
     ref_logp, ref_entropy = _reference(tiny, batch, 0.7)
@@ -62,6 +64,49 @@ def test_lean_packed_logprobs_entropy_and_gradients_equal_the_padded_computation
                                     list(tiny.parameters()))
     for grad, ref in zip(grads, ref_grads):
         assert torch.allclose(grad, ref, atol=TOL, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def gemma2():
+    """A tiny random Gemma 2: final logits soft-capped, c tanh(z / c), with c = 2 against logits of std ~2."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, initializer_range=0.5,
+                          final_logit_softcapping=2.0, attn_implementation="eager")
+    return Gemma2ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 25, 3 * 96])  # one chunk; several
+def test_soft_capped_logits_give_the_log_probs_of_the_capped_model(gemma2, monkeypatch, chunk_elements):
+    """Online (token_logprobs, backbone then head) and offline (selected_logprobs) log-probs and entropy
+    equal log_softmax(c tanh(W h / c) / T) from the full logits, as the model and vLLM compute them."""
+    monkeypatch.setattr(logprobs, "LOGIT_CHUNK_ELEMENTS", chunk_elements)
+    batch = _batch(gemma2.config.vocab_size)
+    cap, keep = gemma2.config.final_logit_softcapping, batch.mask > 0
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        hidden = gemma2.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                      position_ids=positions).last_hidden_state
+        rows = torch.arange(batch.mask.shape[0]).unsqueeze(-1)
+        raw = gemma2.get_output_embeddings()(hidden[rows, batch.positions]).float()   # (N, T, V)
+        want = {}
+        for name, z in (("capped", torch.tanh(raw / cap) * cap / 0.7), ("uncapped", raw / 0.7)):
+            logp = torch.log_softmax(z, -1)
+            want[name] = (logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1) * batch.mask,
+                          float((-(logp.exp() * logp).sum(-1) * batch.mask).sum() / batch.mask.sum()))
+        assert (want["capped"][0] - want["uncapped"][0]).abs().max() > 0.1  # the cap matters here
+        online, entropy = token_logprobs(gemma2, batch, 0.7, entropy=True)
+        targets = torch.zeros_like(batch.input_ids)
+        targets[rows.expand_as(batch.positions)[keep], batch.positions[keep]] = batch.targets[keep]
+        select = torch.zeros_like(targets, dtype=torch.bool)
+        select[rows.expand_as(batch.positions)[keep], batch.positions[keep]] = True
+        offline = logprobs.selected_logprobs(gemma2, batch.input_ids, positions, targets, select, 0.7,
+                                             attention_mask=batch.attention_mask)
+    assert torch.allclose(online, want["capped"][0], atol=TOL, rtol=0)
+    assert abs(float(entropy) - want["capped"][1]) < TOL
+    assert torch.allclose(offline, want["capped"][0][keep], atol=TOL, rtol=0)
 
 
 def test_lean_path_runs_the_head_only_at_completion_positions_and_packs_the_rows(tiny):

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from rlaif.train.logprobs import logits_entropy
 from rlaif.train.online.maths import (
-    AdaptiveKLController, FixedKLController, aggregate_loss, entropy_from_logits, explained_variance, gae,
+    AdaptiveKLController, FixedKLController, aggregate_loss, explained_variance, gae,
     grpo_advantages, kl_k1, kl_k3, masked_mean, masked_whiten, policy_loss, ppo_token_rewards,
     rloo_advantages, value_loss,
 )
@@ -302,11 +303,13 @@ def test_explained_variance() -> None:
     assert math.isnan(explained_variance(returns, torch.ones(1, 4), torch.tensor([[1, 0, 0, 0]])))
 
 
-def test_entropy_from_logits() -> None:
+def test_logits_entropy_the_trainers_log() -> None:
     logits = torch.tensor([[[0.0, math.log(3.0)], [100.0, 0.0], [0.0, 0.0]]])    # (1, 3, 2)
     # p = 1/4, 3/4: -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.5623351; uniform: ln 2; the peaked one is padding
-    close(entropy_from_logits(logits, torch.tensor([[1, 0, 1]])), (0.5623351 + math.log(2)) / 2)
-    close(entropy_from_logits(logits[:, 1:2], torch.tensor([[1]])), 0.0)
+    close(masked_mean(logits_entropy(logits), torch.tensor([[1, 0, 1]])), (0.5623351 + math.log(2)) / 2)
+    close(logits_entropy(logits[:, 1:2]), [[0.0]])
+    # a token outside the top-p nucleus (-inf) adds nothing (no 0 x inf NaN): 3 uniform tokens, ln 3
+    close(logits_entropy(torch.tensor([0.0, 0.0, float("-inf"), 0.0])), math.log(3))
 
 
 # ----------------------------------------------------------------------------- KL controllers

@@ -63,38 +63,40 @@ def test_packed_pairs_give_the_reward_scores_of_padded_rows(tiny_model_dir, pair
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_chunked_head_logprobs_and_gradients_equal_the_full_log_softmax():
-    from rlaif.train.logprobs import head_logprobs
+def test_chunked_head_logprobs_and_gradients_equal_the_full_log_softmax(monkeypatch):
+    from rlaif.train import logprobs
 
+    monkeypatch.setattr(logprobs, "LOGIT_CHUNK_ELEMENTS", 8 * 300)  # 8 positions a chunk: 5 chunks
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 300, bias=False)
     hidden = torch.randn(37, 16, requires_grad=True)
     targets = torch.randint(0, 300, (37,))
     full = torch.log_softmax(head(hidden), -1).gather(-1, targets[:, None])[:, 0]
     g_full = torch.autograd.grad(full.sum(), [hidden, head.weight])
-    chunked = head_logprobs(head, hidden, targets, chunk=8)  # 5 chunks, recomputed in backward
+    chunked, _ = logprobs.head_logprobs(head, hidden, targets)  # recomputed in backward
     g_chunked = torch.autograd.grad(chunked.sum(), [hidden, head.weight])
     assert torch.allclose(chunked, full, atol=1e-5)
     for a, b in zip(g_chunked, g_full):
         assert torch.allclose(a, b, atol=1e-5)
-    hot = head_logprobs(head, hidden, targets, temperature=0.7, chunk=8)
+    hot, _ = logprobs.head_logprobs(head, hidden, targets, temperature=0.7)
     want = torch.log_softmax(head(hidden) / 0.7, -1).gather(-1, targets[:, None])[:, 0]
     assert torch.allclose(hot, want, atol=1e-5)
 
 
-def test_response_logprobs_helper_fills_masked_positions_only(tiny_model_dir, pairs):
-    from rlaif.train.logprobs import response_logprobs
+def test_selected_logprobs_are_those_of_the_masked_positions_in_order(tiny_model_dir, pairs, monkeypatch):
+    from rlaif.train import logprobs
 
     pairs, _ = pairs
     model = _policy(tiny_model_dir)
+    monkeypatch.setattr(logprobs, "LOGIT_CHUNK_ELEMENTS", 7 * model.config.vocab_size)  # 7 positions a chunk
     batch = pack_pairs(pairs[:2])
     mask = batch.targets != -100
     with torch.no_grad():
-        got = response_logprobs(model, batch.input_ids, batch.position_ids, batch.targets, mask, chunk=7)
+        got = logprobs.selected_logprobs(model, batch.input_ids, batch.position_ids, batch.targets, mask)
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits.float()
     want = torch.log_softmax(logits, -1).gather(-1, batch.targets.clamp(min=0)[..., None])[..., 0]
-    assert got.shape == mask.shape and bool((got[~mask] == 0).all())
-    assert torch.allclose(got[mask], want[mask], atol=1e-5)
+    assert got.shape == (int(mask.sum()),) and int(mask.sum()) > 7
+    assert torch.allclose(got, want[mask], atol=1e-5)
 
 
 def test_token_budget_keeps_each_pair_whole_and_within_budget(pairs):

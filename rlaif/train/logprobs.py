@@ -1,16 +1,19 @@
-"""Log-probabilities of chosen tokens with only the logits that are needed.
+"""Log-probabilities (and entropies) of chosen tokens with only the logits that are needed.
 
-    log pi(y_t | y_<t) = z_t[y_t] / tau - logsumexp_v(z_t[v] / tau)      z_t = W h_t  (the LM head)
+    z_t = c tanh(W h_t / c) / tau,   then the top-k / top-p nucleus of z_t (others -inf)
+    log pi(y_t | y_<t) = z_t[y_t] - logsumexp_v z_t[v],     H_t = -sum_v pi_v log pi_v
 
-Only the M positions a caller asks for (``mask``) reach the LM head: a pre-hook on the model's
-output layer takes their hidden states (M, H) and hands the layer an empty input, so the model's
-own forward (DDP/peft wrappers included) never builds (B, T, V) logits. The M rows then go through
-the head in chunks of ``chunk`` positions, each chunk's logits upcast to float32 on their own
-(``chunk x V`` floats, never ``M x V``); when a pass needs gradients and has more than one chunk,
-each chunk is recomputed in backward (activation checkpointing), so peak memory stays one chunk's
-logits. Final-logit soft-capping (Gemma 2) is applied as the model would.
+W is the LM head, c the model's final-logit soft-cap (Gemma 2's ``final_logit_softcapping``; none
+for most models), tau the sampling temperature. :func:`head_logprobs` is the one implementation:
+the M positions a caller selected go through the head in chunks of at most ``LOGIT_CHUNK_ELEMENTS //
+V`` positions, each chunk's logits upcast to float32 on their own (never ``M x V`` floats); when a
+pass needs gradients and has more than one chunk, each chunk is recomputed in backward (activation
+checkpointing), so peak memory stays one chunk's logits whatever the vocabulary.
 
-The offline trainers (dpo) and the online ones share ``response_logprobs``.
+Callers: the offline trainers (dpo) through :func:`selected_logprobs` (a pre-hook on the model's
+output layer takes the selected hidden states, so the model's own forward, DDP/peft wrappers
+included, never builds (B, T, V) logits); the online trainers through
+`rlaif.train.online.batch.token_logprobs` (backbone, then the head at the completion positions).
 """
 
 from __future__ import annotations
@@ -20,52 +23,105 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK = 2048
+LOGIT_CHUNK_ELEMENTS = 1 << 25  # float32 logits per chunk of positions (128 MiB): 682 positions at V = 49k
 
 
-def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                    softcap: float | None) -> torch.Tensor:
-    logits = head.forward(hidden).float()                               # (c, V), one chunk in float32
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    if temperature != 1.0:
-        logits = logits / temperature
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+def softcap_of(model: Any) -> float | None:
+    """The model's final-logit soft-cap c (``config.final_logit_softcapping``), None when it has none."""
+    from rlaif.train.modeling import unwrap
+
+    return getattr(getattr(unwrap(model), "config", None), "final_logit_softcapping", None)
 
 
-def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                  chunk: int = DEFAULT_CHUNK, softcap: float | None = None) -> torch.Tensor:
-    """Log-prob of ``targets`` (M,) under ``head(hidden)`` (hidden: (M, H)), float32, chunked over positions."""
-    chunk = max(int(chunk), 1)
-    if hidden.shape[0] <= chunk:
-        return _chunk_logprobs(head, hidden, targets, temperature, softcap)
+def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, *,
+                  softcap: float | None = None, top_p: float = 1.0, top_k: int = 0, entropy: bool = False,
+                  entropy_grad: bool = False, hooks: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(targets) (M,) float32 under ``head(hidden)`` (hidden (M, H)), and with ``entropy`` (or
+    ``entropy_grad``) the entropy per position (M,), detached unless ``entropy_grad``, else None; z as
+    in the module docstring, chunked over positions. ``hooks`` False calls ``head.forward`` (from
+    inside a hook on the head itself)."""
+    entropy = entropy or entropy_grad
+    size = max(1, LOGIT_CHUNK_ELEMENTS // int(head.weight.shape[0]))
+    project = head if hooks else head.forward
+    args = (temperature, softcap, top_p, top_k, entropy, entropy_grad)
+    if hidden.shape[0] <= size:
+        return logits_logprobs(project(hidden), targets, *args)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
-    parts = []
-    for s in range(0, hidden.shape[0], chunk):
-        h, t = hidden[s:s + chunk], targets[s:s + chunk]
-        parts.append(checkpoint(_chunk_logprobs, head, h, t, temperature, softcap, use_reentrant=False) if recompute
-                     else _chunk_logprobs(head, h, t, temperature, softcap))
-    return torch.cat(parts)
+    parts = [checkpoint(_chunk, project, h, y, *args, use_reentrant=False) if recompute
+             else _chunk(project, h, y, *args) for h, y in zip(hidden.split(size), targets.split(size))]
+    logps, entropies = zip(*parts)
+    return torch.cat(logps), (torch.cat(entropies) if entropy else None)
+
+
+def _chunk(project: Any, hidden: torch.Tensor, targets: torch.Tensor, *args: Any) -> tuple[torch.Tensor, Any]:
+    """One chunk through the head (a function of its own, so a checkpoint recomputes the head too)."""
+    return logits_logprobs(project(hidden), targets, *args)
+
+
+def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, softcap: float | None = None,
+                    top_p: float = 1.0, top_k: int = 0, entropy: bool = False, entropy_grad: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """From raw head ``logits`` (.., V) in any dtype: log pi(targets) (..) in float32 and, with
+    ``entropy``, H (..) (detached unless ``entropy_grad``), else None; z as in the module docstring."""
+    z = logits.float()
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    if temperature != 1.0:
+        z = z / temperature
+    z = nucleus_logits(z, top_p, top_k, targets)
+    logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, -1)
+    return logp, (logits_entropy(z if entropy_grad else z.detach()) if entropy else None)
+
+
+def logits_entropy(z: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v p_v log p_v of p = softmax(z) per row (..); -inf logits (outside the nucleus) contribute 0."""
+    logp = torch.log_softmax(z, -1)
+    return -(logp.exp() * logp.masked_fill(torch.isinf(z), 0.0)).sum(-1)
+
+
+def nucleus_logits(z: torch.Tensor, top_p: float = 1.0, top_k: int = 0, targets: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """``z`` (.., V) with every token outside the top-k and the top-p nucleus set to -inf, as vLLM's
+    sampler does it (`apply_top_k_top_p_pytorch`: sort ascending, drop tokens below the k-th largest,
+    then those whose ascending cumulative probability is <= 1 - p, the largest always kept), so
+    log_softmax of the result is the renormalised distribution the engine samples from and returns
+    log-probs of (``logprobs_mode="processed_logprobs"``). ``targets``: ids kept whatever the
+    boundary says (the engine sampled them, so they were in its nucleus; a float round-off at the
+    boundary must not give -inf). No-op at top_p 1 and top_k 0 (or >= V)."""
+    vocab = z.shape[-1]
+    if top_p >= 1.0 and (top_k <= 0 or top_k >= vocab):
+        return z
+    ordered, order = z.sort(-1)
+    if 0 < top_k < vocab:
+        ordered = ordered.masked_fill(ordered < ordered[..., vocab - top_k:vocab - top_k + 1], float("-inf"))
+    if top_p < 1.0:
+        drop = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[..., -1] = False
+        ordered = ordered.masked_fill(drop, float("-inf"))
+    out = torch.empty_like(z).scatter_(-1, order, ordered)
+    if targets is not None:
+        target = targets.unsqueeze(-1)
+        out = out.scatter(-1, target, z.gather(-1, target))
+    return out
 
 
 def selected_logprobs(model: Any, input_ids: torch.Tensor, position_ids: torch.Tensor | None, targets: torch.Tensor,
-                      mask: torch.Tensor, temperature: float = 1.0, chunk: int = DEFAULT_CHUNK,
-                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      mask: torch.Tensor, temperature: float = 1.0, attention_mask: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """Log-probs (M,) of ``targets[mask]``, in the row-major order of ``mask`` (B, T); ``targets[b, t]``
-    is the token position t predicts (already shifted)."""
+    is the token position t predicts (already shifted). ``position_ids`` restarting inside a row of one
+    (1, T) sequence mark packed rows (attention_mask None); padded rows pass their ``attention_mask``."""
     from rlaif.train.modeling import unwrap
 
-    inner = unwrap(model)
-    head = inner.get_output_embeddings()
-    config = getattr(inner, "config", None)
-    softcap = getattr(config, "final_logit_softcapping", None)
+    head = unwrap(model).get_output_embeddings()
+    softcap = softcap_of(model)
     select = mask.bool()
     wanted = targets[select]
     result: list[torch.Tensor] = []
 
     def pre(_module: Any, args: tuple) -> tuple:
         hidden = args[0][select]                                         # (M, H)
-        result.append(head_logprobs(head, hidden, wanted, temperature, chunk, softcap))
+        result.append(head_logprobs(head, hidden, wanted, temperature, softcap=softcap, hooks=False)[0])
         return (args[0][:, :0], *args[1:])                               # the head itself computes nothing
 
     handle = head.register_forward_pre_hook(pre)
@@ -74,14 +130,3 @@ def selected_logprobs(model: Any, input_ids: torch.Tensor, position_ids: torch.T
     finally:
         handle.remove()
     return result[-1]
-
-
-def response_logprobs(model: Any, input_ids: torch.Tensor, position_ids: torch.Tensor | None, targets: torch.Tensor,
-                      mask: torch.Tensor, temperature: float = 1.0, chunk: int = DEFAULT_CHUNK,
-                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-position log-probs (B, T), float32: ``log softmax(logits[b, t] / temperature)[targets[b, t]]``
-    where ``mask[b, t]``, 0 elsewhere. ``position_ids`` restarting inside a row of one (1, T) sequence
-    mark packed rows (attention_mask None); padded rows pass their ``attention_mask``."""
-    values = selected_logprobs(model, input_ids, position_ids, targets, mask, temperature, chunk, attention_mask)
-    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
-    return out.masked_scatter(mask.bool(), values)

@@ -307,16 +307,6 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     return (1 - masked_var(returns - values, mask) / var_returns).item()
 
 
-def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:
-    """Mean policy entropy over masked tokens, H_t = logsumexp(z_t) - sum_v softmax(z_t)_v z_t,v.
-
-    logits (B, T, V) already divided by the sampling temperature, mask (B, T) -> scalar.
-    """
-    z = logits.float()
-    per_token = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)   # (B, T)
-    return masked_mean(per_token, mask)
-
-
 # ----------------------------------------------------------------------------- GSPO and CISPO
 
 def _clip_stats(ratio: Tensor, log_ratio: Tensor, clipped: Tensor, weights: Tensor) -> dict[str, float]:

@@ -6,7 +6,7 @@ the sampled ids (EOS included when the model stopped on it) and, per token, its 
 under the distribution it was drawn from, ``log_softmax(logits / T)`` restricted to the top-p
 nucleus and renormalized (vLLM ``logprobs_mode="processed_logprobs"``; the hf sampler computes the
 same). The trainer computes the same from ``logits / T`` at the sampled ids, over the same nucleus
-(`batch.nucleus_logits`; the whole vocabulary at ``top_p = 1``), so ``mean |engine - trainer|``
+(`rlaif.train.logprobs.nucleus_logits`; the whole vocabulary at ``top_p = 1``), so ``mean |engine - trainer|``
 (the stale-weights detector, TRL #5312) is ~0 when the engine holds the trainer's weights.
 
 Seeds: prompt i of a call with seed s samples from ``stable_seed(s, i)`` (sample j of it from
