@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from rlaif.errors import UserError
 from rlaif.train.data import IGNORE_INDEX, Batch, TokenizedPair
 from rlaif.train.config import DPOConfig
-from rlaif.train.logprobs import selected_logprobs
+from rlaif.train.logprobs import check_head_transform, selected_logprobs
 from rlaif.train.modeling import position_ids, prepare_model, unwrap
 from rlaif.train.packing import PackedPairs, pair_eval_batches, pair_micro_batches, use_varlen_attention
 from rlaif.train.runtime import RunInputs, prepare_run, save_final, sharded, train_pairs
@@ -255,6 +255,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         return run
     accelerator, test, pad = run.accelerator, run.test, run.tokenizer.pad_token_id
     model = AutoModelForCausalLM.from_pretrained(run.base, dtype=torch.float32)
+    check_head_transform(model)  # selected_logprobs reproduces its logits
     model.config.pad_token_id = pad
     if cfg.packing:
         use_varlen_attention(model)

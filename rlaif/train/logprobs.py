@@ -1,10 +1,12 @@
 """Log-probabilities (and entropies) of chosen tokens with only the logits that are needed.
 
-    z_t = c tanh(W h_t / c) / tau,   then the top-k / top-p nucleus of z_t (others -inf)
+    z_t = c tanh(s W h_t / c) / tau,   then the top-k / top-p nucleus of z_t (others -inf)
     log pi(y_t | y_<t) = z_t[y_t] - logsumexp_v z_t[v],     H_t = -sum_v pi_v log pi_v
 
-W is the LM head, c the model's final-logit soft-cap (Gemma 2's ``final_logit_softcapping``; none
-for most models), tau the sampling temperature. :func:`head_logprobs` is the one implementation:
+W is the LM head, s and c what the model does to W h before it returns logits (:class:`HeadTransform`:
+Cohere's ``logit_scale``, Granite's 1 / ``logits_scaling``, Gemma's final-logit soft-cap; s = 1 and no
+cap for most models), tau the sampling temperature. :func:`check_head_transform` refuses a model whose
+logits are something else. :func:`head_logprobs` is the one implementation:
 the M positions a caller selected go through the head in chunks of at most ``LOGIT_CHUNK_ELEMENTS //
 V`` positions, each chunk's logits upcast to float32 on their own (never ``M x V`` floats); when a
 pass needs gradients and has more than one chunk, each chunk is recomputed in backward (activation
@@ -18,23 +20,69 @@ included, never builds (B, T, V) logits); the online trainers through
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from rlaif.errors import UserError
+
 LOGIT_CHUNK_ELEMENTS = 1 << 25  # float32 logits per chunk of positions (128 MiB): 682 positions at V = 49k
 
 
-def softcap_of(model: Any) -> float | None:
-    """The model's final-logit soft-cap c (``config.final_logit_softcapping``), None when it has none."""
+@dataclass(frozen=True)
+class HeadTransform:
+    """What a model does to its LM head's output W h before returning logits: z = c tanh(s W h / c),
+    or z = s W h when ``softcap`` c is None."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def apply(self, z: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+
+def head_transform_of(model: Any) -> HeadTransform:
+    """The transform read from the (text) config: s = ``logit_scale`` (Cohere) / ``logits_scaling``
+    (Granite, MiniCPM3, HyperCLOVA X), c = ``final_logit_softcapping`` (Gemma 2-4)."""
     from rlaif.train.modeling import unwrap
 
-    return getattr(getattr(unwrap(model), "config", None), "final_logit_softcapping", None)
+    config = getattr(unwrap(model), "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = float(getattr(text, "logit_scale", None) or 1.0) / float(getattr(text, "logits_scaling", None) or 1.0)
+    return HeadTransform(scale, getattr(text, "final_logit_softcapping", None))
+
+
+def check_head_transform(model: Any, probe_tokens: int = 8) -> HeadTransform:
+    """The model's :class:`HeadTransform`, after checking on a short probe sequence that the model's
+    own logits equal it applied to ``head(decoder(ids))`` (relative 1e-4); a model that changes its
+    logits in another way after the head gets a one-line error, not silently wrong log-probs."""
+    from rlaif.train.modeling import unwrap
+
+    base = unwrap(model)
+    transform = head_transform_of(base)
+    head = base.get_output_embeddings()
+    vocab = int(head.weight.shape[0])
+    ids = (torch.arange(probe_tokens, device=head.weight.device) * 7919 % vocab).unsqueeze(0)
+    with torch.no_grad():
+        full = base(input_ids=ids, use_cache=False).logits.float()
+        lean = transform.apply(head(base.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state).float())
+    gap = float((full - lean).abs().max())
+    if not gap <= 1e-4 * (1.0 + float(full.abs().max())):
+        kind = getattr(base.config, "model_type", type(base).__name__)
+        raise UserError(f"model type {kind!r}: its logits differ from the LM head's output by {gap:.3g} after the "
+                        f"transforms rlaif knows (scale {transform.scale:g}, soft-cap {transform.softcap}); rlaif's "
+                        "trainers cannot compute its log-probs exactly")
+    return transform
 
 
 def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, *,
-                  softcap: float | None = None, top_p: float = 1.0, top_k: int = 0, entropy: bool = False,
+                  transform: HeadTransform = HeadTransform(), top_p: float = 1.0, top_k: int = 0, entropy: bool = False,
                   entropy_grad: bool = False, hooks: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(targets) (M,) float32 under ``head(hidden)`` (hidden (M, H)), and with ``entropy`` (or
     ``entropy_grad``) the entropy per position (M,), detached unless ``entropy_grad``, else None; z as
@@ -43,7 +91,7 @@ def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
     entropy = entropy or entropy_grad
     size = max(1, LOGIT_CHUNK_ELEMENTS // int(head.weight.shape[0]))
     project = head if hooks else head.forward
-    args = (temperature, softcap, top_p, top_k, entropy, entropy_grad)
+    args = (temperature, transform, top_p, top_k, entropy, entropy_grad)
     if hidden.shape[0] <= size:
         return logits_logprobs(project(hidden), targets, *args)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
@@ -58,14 +106,12 @@ def _chunk(project: Any, hidden: torch.Tensor, targets: torch.Tensor, *args: Any
     return logits_logprobs(project(hidden), targets, *args)
 
 
-def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, softcap: float | None = None,
-                    top_p: float = 1.0, top_k: int = 0, entropy: bool = False, entropy_grad: bool = False
+def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                    transform: HeadTransform = HeadTransform(), top_p: float = 1.0, top_k: int = 0, entropy: bool = False, entropy_grad: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """From raw head ``logits`` (.., V) in any dtype: log pi(targets) (..) in float32 and, with
     ``entropy``, H (..) (detached unless ``entropy_grad``), else None; z as in the module docstring."""
-    z = logits.float()
-    if softcap:
-        z = torch.tanh(z / softcap) * softcap
+    z = transform.apply(logits.float())
     if temperature != 1.0:
         z = z / temperature
     z = nucleus_logits(z, top_p, top_k, targets)
@@ -114,14 +160,14 @@ def selected_logprobs(model: Any, input_ids: torch.Tensor, position_ids: torch.T
     from rlaif.train.modeling import unwrap
 
     head = unwrap(model).get_output_embeddings()
-    softcap = softcap_of(model)
+    transform = head_transform_of(model)
     select = mask.bool()
     wanted = targets[select]
     result: list[torch.Tensor] = []
 
     def pre(_module: Any, args: tuple) -> tuple:
         hidden = args[0][select]                                         # (M, H)
-        result.append(head_logprobs(head, hidden, wanted, temperature, softcap=softcap, hooks=False)[0])
+        result.append(head_logprobs(head, hidden, wanted, temperature, transform=transform, hooks=False)[0])
         return (args[0][:, :0], *args[1:])                               # the head itself computes nothing
 
     handle = head.register_forward_pre_hook(pre)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from rlaif.train.logprobs import head_logprobs, logits_logprobs, softcap_of
+from rlaif.train.logprobs import HeadTransform, head_logprobs, head_transform_of, logits_logprobs
 from rlaif.train.modeling import position_ids
 from rlaif.train.online import maths
 
@@ -101,8 +101,9 @@ def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy:
                          position_ids=position_ids(batch.attention_mask), use_cache=False).last_hidden_state
         rows = torch.arange(batch.positions.shape[0], device=batch.positions.device).unsqueeze(-1)
         hidden = hidden[rows.expand_as(batch.positions)[keep], batch.positions[keep]]
-    logp_kept, entropy_kept = head_logprobs(head, hidden, batch.targets[keep], temperature, softcap=softcap_of(model),
-                                            top_p=top_p, top_k=top_k, entropy=entropy, entropy_grad=entropy_grad)
+    logp_kept, entropy_kept = head_logprobs(head, hidden, batch.targets[keep], temperature,
+                                            transform=head_transform_of(model), top_p=top_p, top_k=top_k,
+                                            entropy=entropy, entropy_grad=entropy_grad)
     logp = torch.zeros(batch.mask.shape, dtype=logp_kept.dtype, device=logp_kept.device)
     logp = logp.masked_scatter(keep, logp_kept)
     mean_entropy = None
@@ -134,7 +135,7 @@ def _padded_logprobs(model: Any, batch: RolloutBatch, temperature: float, entrop
                 use_cache=False)
     rows = torch.arange(batch.positions.shape[0], device=batch.positions.device).unsqueeze(-1)
     logits = out.logits[rows, batch.positions - first]                                 # (N, T, V), soft-capped
-    logp, per_token = logits_logprobs(logits, batch.targets, temperature, None, top_p, top_k, entropy, entropy_grad)
+    logp, per_token = logits_logprobs(logits, batch.targets, temperature, HeadTransform(), top_p, top_k, entropy, entropy_grad)
     return logp * batch.mask, (maths.masked_mean(per_token, batch.mask) if per_token is not None else None)
 
 

@@ -57,9 +57,11 @@ def load_policy(cfg: OnlineConfig, base: str, device: torch.device) -> Any:
     """The trained policy (fp32 weights; LoRA and gradient checkpointing as configured)."""
     from transformers import AutoModelForCausalLM
 
+    from rlaif.train.logprobs import check_head_transform
     from rlaif.train.modeling import prepare_model
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    check_head_transform(model)  # the lean log-probs (batch.token_logprobs) reproduce its logits
     use_varlen_attention(model)  # packed rows attend per row (batch.token_logprobs; padded inputs: SDPA as before)
     return without_dropout(prepare_model(model, cfg, task_type="CAUSAL_LM").to(device))  # type: ignore[arg-type]
 
