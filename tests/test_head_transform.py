@@ -79,7 +79,9 @@ def test_a_model_whose_logits_are_changed_in_an_unknown_way_is_refused_in_one_li
 
     torch.manual_seed(0)
     config = LlamaConfig(**SMALL)
-    assert check_head_transform(LlamaForCausalLM(config)) == HeadTransform()  # the plain model passes
+    plain = LlamaForCausalLM(LlamaConfig(**SMALL, attention_dropout=0.5)).train()
+    assert check_head_transform(plain) == HeadTransform()  # the plain model passes, dropout or not
+    assert plain.training  # and is left in the mode it was in
     with pytest.raises(UserError, match=r"model type 'llama': its logits differ from the LM head's output") as caught:
         check_head_transform(ShiftedLogits(config))
     assert "\n" not in str(caught.value)

@@ -37,6 +37,8 @@ def test_packed_pairs_give_the_per_row_logprobs_of_padded_rows(tiny_model_dir, p
     model = _policy(tiny_model_dir)
     packed = pack_pairs(pairs)
     assert packed.padded_tokens == 0 and packed.input_ids.shape[0] == 1
+    # the prompt is run once per pair (plus its last token at the head of the rejected branch)
+    assert packed.input_ids.shape[1] == sum(p.packed_tokens for p in pairs) < sum(p.num_tokens for p in pairs)
     with torch.no_grad():
         got, got_n = response_logprobs(model, packed)
         want, want_n = response_logprobs(model, collate(pairs, pad))
@@ -61,6 +63,19 @@ def test_packed_pairs_give_the_reward_scores_of_padded_rows(tiny_model_dir, pair
         got = pair_rewards(model, pack_pairs(pairs))
         want = pair_rewards(model, collate(pairs, pad))
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_row_segments_split_rows_at_position_zero_and_branches_where_positions_jump_back():
+    from rlaif.train.packing import TokenizedPair, row_segments
+
+    # two pairs: prompt 3 + chosen 2, branch (prompt's last + rejected 2); prompt 1 + chosen 1, rejected 3
+    packed = pack_pairs([TokenizedPair([5, 6, 7], [8, 9], [10, 11]), TokenizedPair([5], [8], [10, 11, 12])])
+    assert packed.position_ids[0].tolist() == [0, 1, 2, 3, 4, 2, 3, 4, 0, 1, 0, 1, 2, 3]
+    assert row_segments(packed.position_ids) == [(0, 5, 0), (5, 8, 2), (8, 10, 0), (10, 14, 0)]
+    assert packed.row_of.tolist() == [0] * 5 + [2] * 3 + [1] * 2 + [3] * 4  # chosen rows 0-1, rejected 2-3
+    assert packed.last.tolist() == [4, 9, 7, 13]
+    # the branch's first token (the prompt's last, 7) predicts rejected[0]; prompt positions predict nothing
+    assert packed.targets[0].tolist() == [-100, -100, 8, 9, -100, 10, 11, -100, 8, -100, 10, 11, 12, -100]
 
 
 def test_chunked_head_logprobs_and_gradients_equal_the_full_log_softmax(monkeypatch):
@@ -104,9 +119,11 @@ def test_token_budget_keeps_each_pair_whole_and_within_budget(pairs):
     many = pairs * 5
     batches = pair_batches(many, 400, seed=3)
     assert sorted(i for b in batches for i in b) == list(range(len(many)))
-    for b in batches:
-        assert len(b) == 1 or sum(many[i].num_tokens for i in b) <= 400
+    for b in batches:  # the budget is of positions the model runs: the prompt once per pair
+        assert len(b) == 1 or sum(many[i].packed_tokens for i in b) <= 400
+    assert any(sum(many[i].num_tokens for i in b) > 400 for b in batches)  # rows' tokens (prompt twice) may exceed it
     packed = pack_pairs([many[i] for i in batches[0]])
+    assert packed.input_ids.shape[1] == sum(many[i].packed_tokens for i in batches[0])
     assert packed.real_tokens == sum(many[i].num_tokens for i in batches[0])
 
 
@@ -141,16 +158,27 @@ def test_a_packed_run_follows_the_padded_run_step_by_step(tmp_path, tiny_model_d
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
 
 
-def test_a_token_budget_run_packs_several_pairs_and_resumes_bit_identical(tmp_path, tiny_model_dir, pairs):
+def test_a_token_budget_run_packs_several_pairs_and_resumes_bit_identical(tmp_path, tiny_model_dir, pairs,
+                                                                          monkeypatch):
     import shutil
 
     from safetensors.torch import load_file
 
+    from rlaif.train import packing
+
+    widths = []
+
+    def spy(batch_pairs):
+        packed = pack_pairs(batch_pairs)
+        widths.append(packed.input_ids.shape[1])
+        return packed
+
+    monkeypatch.setattr(packing, "pack_pairs", spy)
     kw = dict(max_tokens_per_batch=700, batch_size=1, save_steps=2)
     whole, steps = _run("dpo", tiny_model_dir, tmp_path / "whole", **kw)
     biggest = max(p.num_tokens for p in pairs[0])
     assert max(s["train/tokens"] for s in steps) > biggest  # the budget, not batch_size=1, sets the micro-batch
-    assert all(s["train/tokens"] <= 700 for s in steps)
+    assert widths and max(widths) <= 700  # positions the model ran per micro-batch
     cut = tmp_path / "cut"
     shutil.copytree(tmp_path / "whole", cut)
     for name in ("summary.json", "model.safetensors", "config.json"):

@@ -112,8 +112,14 @@ class TokenizedPair:
 
     @property
     def num_tokens(self) -> int:
-        """Real tokens processed for this pair (prompt counted once per response)."""
+        """Tokens of the pair's two rows, prompt+chosen and prompt+rejected (the prompt twice)."""
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+    @property
+    def packed_tokens(self) -> int:
+        """Positions a packed batch runs for this pair: the prompt once, plus its last token again at the
+        head of the rejected branch (``rlaif.train.packing.pack_pairs``)."""
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids) + min(len(self.prompt_ids), 1)
 
     @property
     def max_len(self) -> int:

@@ -67,11 +67,20 @@ def check_head_transform(model: Any, probe_tokens: int = 8) -> HeadTransform:
     base = unwrap(model)
     transform = head_transform_of(base)
     head = base.get_output_embeddings()
+    if head.weight.is_meta:  # weights not in this process (FSDP's rank-0 loading): rank 0 checks
+        return transform
     vocab = int(head.weight.shape[0])
     ids = (torch.arange(probe_tokens, device=head.weight.device) * 7919 % vocab).unsqueeze(0)
-    with torch.no_grad():
-        full = base(input_ids=ids, use_cache=False).logits.float()
-        lean = transform.apply(head(base.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state).float())
+    training = base.training
+    base.eval()  # no dropout in the probe
+    try:
+        with torch.no_grad():
+            full = base(input_ids=ids, use_cache=False).logits.float()
+            lean = transform.apply(head(base.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state).float())
+    finally:
+        base.train(training)
+    if not torch.isfinite(full).all():  # uninitialised weights (FSDP's other ranks): nothing to compare
+        return transform
     gap = float((full - lean).abs().max())
     if not gap <= 1e-4 * (1.0 + float(full.abs().max())):
         kind = getattr(base.config, "model_type", type(base).__name__)

@@ -15,10 +15,14 @@ lengths stays within ``max_tokens`` (first fit over the open batches of a window
 tokens of budget go unused), then the batches are shuffled. Deterministic in the seed, which is what
 makes resume exact.
 
-rm / dpo pack a micro-batch's pairs the same way (``pack_pairs``: every chosen row, then every
-rejected row; a pair never straddles two micro-batches). Attention over a packed sequence runs per
-row (``varlen_attention``: one causal SDPA call per row, or the same rows as
-transformers' block-diagonal mask would allow, without its (T x T) cost over the whole sequence).
+rm / dpo pack a micro-batch's pairs with the prompt computed once per pair (``pack_pairs``; a pair
+never straddles two micro-batches): the row prompt+chosen, then a *branch* holding the prompt's last
+token and the rejected response, whose position ids continue the prompt (p-1, p, ...). A segment of
+the sequence whose positions restart at q > 0 is such a branch: it attends to the first q tokens of
+the row before it and causally to itself, which is exactly what the row prompt+rejected alone would
+compute (the prompt's keys and values depend only on the prompt). Attention over a packed sequence
+runs per row (``varlen_attention``: one causal SDPA call per row, a masked one per branch), not
+transformers' block-diagonal mask, which costs (T x T) over the whole sequence and knows no branches.
 A layer with a sliding window w (Mistral, Qwen2/3 ``use_sliding_window``, Gemma2/3, ``sliding_window``)
 lets position i see keys i-w < j <= i only; a row longer than w then gets that band as its mask, so
 packed rows equal padded ones under the model's own sliding-window mask (tests/test_packing_window.py).
@@ -106,7 +110,10 @@ def budget_batches(lengths: list[int], max_tokens: int, seed: int, window: int =
 
 @dataclass
 class PackedPairs(PackedBatch):
-    """B pairs packed as rows [chosen_0 .. chosen_{B-1}, rejected_0 .. rejected_{B-1}] in one sequence."""
+    """B pairs in one sequence, pair i as the row prompt+chosen then the branch [prompt[-1]]+rejected
+    (module docstring); ``row_of`` numbers chosen rows 0..B-1 and rejected ones B..2B-1, and
+    ``real_tokens`` counts the rows' tokens (the prompt twice, as a padded batch does; the model runs
+    ``TokenizedPair.packed_tokens`` positions per pair)."""
     margins: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (B,)
     last: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (2B,) each row's last token
 
@@ -117,32 +124,47 @@ class PackedPairs(PackedBatch):
 
 
 def pack_pairs(pairs: list[TokenizedPair]) -> PackedPairs:
-    """The pairs' prompt+chosen and prompt+rejected rows in one sequence; targets on response tokens."""
-    rows = []
-    for side in ("chosen_ids", "rejected_ids"):
-        for p in pairs:
-            response = getattr(p, side)
-            ids = p.prompt_ids + response
-            rows.append(PackedRow(ids, shifted_targets(ids, [False] * len(p.prompt_ids) + [True] * len(response)),
-                                  p.index))
-    packed = pack(rows)
-    ends = torch.tensor([len(r.input_ids) for r in rows]).cumsum(0) - 1
-    return PackedPairs(packed.input_ids, packed.position_ids, packed.targets, packed.row_of,
-                       indices=[p.index for p in pairs], real_tokens=packed.real_tokens,
-                       margins=torch.tensor([p.margin for p in pairs], dtype=torch.float32), last=ends)
+    """The pairs as rows prompt+chosen, each followed by its rejected branch (see :class:`PackedPairs`);
+    targets on response tokens (the branch's first token, the prompt's last, predicts rejected[0])."""
+    ids: list[int] = []
+    positions: list[int] = []
+    targets: list[int] = []
+    row_of: list[int] = []
+    ends = [0] * (2 * len(pairs))
+    for i, p in enumerate(pairs):
+        trunk = p.prompt_ids + p.chosen_ids
+        shared = max(len(p.prompt_ids) - 1, 0)       # prompt tokens the branch reads from the row (all but the last)
+        branch = p.prompt_ids[shared:] + p.rejected_ids
+        for seq, start, learn_from, row in ((trunk, 0, len(p.prompt_ids), i),
+                                             (branch, shared, len(p.prompt_ids) - shared, len(pairs) + i)):
+            ids += seq
+            positions += range(start, start + len(seq))
+            targets += shifted_targets(seq, [False] * learn_from + [True] * (len(seq) - learn_from))
+            row_of += [row] * len(seq)
+            ends[row] = len(ids) - 1
+    return PackedPairs(torch.tensor([ids]), torch.tensor([positions]), torch.tensor([targets]), torch.tensor(row_of),
+                       indices=[p.index for p in pairs], real_tokens=sum(p.num_tokens for p in pairs),
+                       margins=torch.tensor([p.margin for p in pairs], dtype=torch.float32),
+                       last=torch.tensor(ends))
 
 
 def pair_batches(pairs: list[TokenizedPair], max_tokens: int, seed: int) -> list[list[int]]:
-    """One epoch of pair-index batches within a token budget (a pair counts prompt twice: two rows)."""
-    return budget_batches([p.num_tokens for p in pairs], max_tokens, seed)
+    """One epoch of pair-index batches within a token budget of positions the model runs
+    (``TokenizedPair.packed_tokens``: the prompt once)."""
+    return budget_batches([p.packed_tokens for p in pairs], max_tokens, seed)
 
 
 # ----------------------------------------------------------------------------- attention per row
 
-def row_bounds(position_ids: torch.Tensor) -> list[int]:
-    """Start offsets of the rows of a packed (1, T) sequence, plus T (rows start at position 0)."""
-    starts = (position_ids[0] == 0).nonzero()[:, 0].tolist()
-    return (starts if starts and starts[0] == 0 else [0] + starts) + [position_ids.shape[-1]]
+def row_segments(position_ids: torch.Tensor) -> list[tuple[int, int, int]]:
+    """The segments of a packed (1, T) sequence as (start, end, shared): a segment starts where the
+    positions do not continue the previous ones; one starting at position 0 is a row (shared 0), one
+    starting at q > 0 a branch that attends to the first ``shared`` = q tokens of the row before it."""
+    pos = position_ids[0]
+    starts = [0] + ((pos[1:] - pos[:-1]) != 1).nonzero()[:, 0].add(1).tolist()
+    firsts = pos[starts].tolist()
+    ends = starts[1:] + [pos.shape[0]]
+    return [(start, end, first) for start, end, first in zip(starts, ends, firsts)]
 
 
 def sliding_window(config: Any, layer: int | None = None) -> int | None:
@@ -163,15 +185,17 @@ def sliding_window(config: Any, layer: int | None = None) -> int | None:
 
 
 def _row_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int | None,
-                   dropout: float, scaling: float | None) -> torch.Tensor:
-    """Causal SDPA over one row; a row longer than ``window`` w masks key j from query i unless i-w < j <= i."""
-    n = query.shape[2]
-    if window is None or n <= window:
+                   dropout: float, scaling: float | None, shared: int = 0) -> torch.Tensor:
+    """Causal SDPA over one row, or a branch whose keys are ``shared`` prefix keys then its own: query
+    i (position shared + i) sees key j (position j) when 0 <= shared + i - j, and < ``window`` w
+    when the layer slides."""
+    n, keys = query.shape[2], key.shape[2]
+    if shared == 0 and (window is None or n <= window):
         return torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling,
                                                                 is_causal=True)
-    back = torch.arange(n, device=query.device)
-    back = back[:, None] - back[None, :]  # i - j
-    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=(back >= 0) & (back < window),
+    back = torch.arange(shared, shared + n, device=query.device)[:, None] - torch.arange(keys, device=query.device)
+    allowed = back >= 0 if window is None else (back >= 0) & (back < window)
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed,
                                                             dropout_p=dropout, scale=scaling)
 
 
@@ -193,11 +217,19 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     pos = kwargs.get("position_ids")
-    bounds = row_bounds(pos) if pos is not None and query.shape[0] == 1 else [0, query.shape[2]]
+    segments = row_segments(pos) if pos is not None and query.shape[0] == 1 else [(0, query.shape[2], 0)]
     # split, not one slice per row: a slice's backward zero-fills a full-size gradient per row and sums them
-    sizes = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    outs = [_row_attention(q, k, v, window, dropout, scaling)
-            for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))]
+    sizes = [end - start for start, end, _ in segments]
+    outs = []
+    row_key = row_value = None
+    for (_, _, shared), q, k, v in zip(segments, query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2)):
+        if shared == 0:
+            row_key, row_value = k, v
+        elif row_key is None or shared > row_key.shape[2]:
+            raise ValueError(f"packed sequence: a branch at position {shared} follows no row that long")
+        else:  # a branch: the row's first `shared` keys, then its own
+            k, v = torch.cat([row_key[:, :, :shared], k], 2), torch.cat([row_value[:, :, :shared], v], 2)
+        outs.append(_row_attention(q, k, v, window, dropout, scaling, shared))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
