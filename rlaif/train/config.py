@@ -73,11 +73,11 @@ class TrainConfig(OfflineOptions):
     batch_size: int = option(8, "pairs per micro-batch per process")
     group_by_length: bool = option(True, "sort within mega-batches by length (less padding)")
     eval_batch_size: int = option(0, "pairs per evaluation / reference batch; 0 = batch_size")
-    packing: bool = option(True, "pack a micro-batch's chosen and rejected rows into one sequence, no padding "
-                                 "(position ids restart per row, attention stays within a row: exact); false = "
+    packing: bool = option(True, "pack a micro-batch's pairs into one sequence, no padding, each prompt run once "
+                                 "(rejected attends to it as a branch of the prompt+chosen row; exact); false = "
                                  "right-padded rows")
-    max_tokens_per_batch: int = option(0, "with packing: token budget of one micro-batch per process (prompt counted "
-                                          "once per response; a pair is never split); when > 0 it wins over "
+    max_tokens_per_batch: int = option(0, "with packing: token budget of one micro-batch per process (positions "
+                                          "run: the prompt once; a pair is never split); when > 0 it wins over "
                                           "batch_size; 0 = batch_size pairs per micro-batch")
 
 

@@ -154,6 +154,69 @@ def pair_batches(pairs: list[TokenizedPair], max_tokens: int, seed: int) -> list
     return budget_batches([p.packed_tokens for p in pairs], max_tokens, seed)
 
 
+# ----------------------------------------------------------------------------- rows sharing a prefix
+
+MIN_SHARED = 8  # a shorter common prefix is not worth a branch (a masked attention call instead of a causal one)
+
+
+@dataclass
+class PrefixPack:
+    """Right-padded rows (N, L) as one sequence in which rows share their common prefixes."""
+    input_ids: torch.Tensor     # (1, S)
+    position_ids: torch.Tensor  # (1, S): a row from 0, a branch from its first own position
+    index: torch.Tensor         # (N, L): the packed position whose hidden state token (i, t) has (0 on padding)
+
+
+def pack_sharing_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, share: bool = True) -> PrefixPack:
+    """Pack right-padded rows; with ``share``, a row whose first n >= MIN_SHARED tokens are those of an
+    earlier row (a GRPO group's prompt, often more) becomes a branch of that row: only its tokens from
+    n on are packed, after the row, with positions n, n+1, ... so ``varlen_attention`` lets them attend
+    to the row's first n tokens (hidden states of a shared prefix are the row's, by causality). Rows
+    keep their order; a row's branches follow it. Without ``share``: plain packing, ``index`` the
+    concatenation order."""
+    lengths = attention_mask.sum(-1).tolist()
+    rows = [ids[:n] for ids, n in zip(input_ids.tolist(), lengths)]
+    branches: dict[int, list[tuple[int, int]]] = {}  # row -> its branches (row index, shared tokens)
+    for i, row in enumerate(rows):
+        best, shared = -1, 0
+        for t in branches if share else ():
+            n = _common_prefix(row, rows[t], min(len(row) - 1, len(rows[t])))
+            if n > shared:
+                best, shared = t, n
+        if shared >= MIN_SHARED:
+            branches[best].append((i, shared))
+        else:
+            branches[i] = []
+    ids: list[int] = []
+    positions: list[int] = []
+    index = torch.zeros(input_ids.shape, dtype=torch.long)
+    for t, own in branches.items():
+        index[t, :len(rows[t])] = torch.arange(len(ids), len(ids) + len(rows[t]))
+        ids += rows[t]
+        positions += range(len(rows[t]))
+        for i, shared in own:
+            if shared == positions[-1] + 1:  # would read as the previous segment going on: share one less
+                shared -= 1
+            index[i, :shared] = index[t, :shared]
+            index[i, shared:len(rows[i])] = torch.arange(len(ids), len(ids) + len(rows[i]) - shared)
+            ids += rows[i][shared:]
+            positions += range(shared, len(rows[i]))
+    return PrefixPack(torch.tensor([ids]), torch.tensor([positions]), index)
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def attends_per_row(model: Any) -> bool:
+    """Whether ``model`` (or its backbone) runs ``varlen_attention``: only then may packed rows branch."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == VARLEN
+
+
 # ----------------------------------------------------------------------------- attention per row
 
 def row_segments(position_ids: torch.Tensor) -> list[tuple[int, int, int]]:

@@ -16,6 +16,7 @@ import torch
 
 from rlaif.train.logprobs import HeadTransform, head_logprobs, head_transform_of, logits_logprobs
 from rlaif.train.modeling import position_ids
+from rlaif.train.packing import attends_per_row, pack_sharing_prefixes
 from rlaif.train.online import maths
 
 
@@ -77,8 +78,10 @@ def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy:
 
     Lean path (a causal LM with ``get_decoder`` and ``get_output_embeddings``): the rows are packed into
     one sequence (``packed``: position ids restarting per row, ``attention_mask=None``; the online
-    trainers' models attend per row, `rlaif.train.packing.use_varlen_attention`; other attention
-    implementations build the block-diagonal causal mask), the backbone runs once, the
+    trainers' models attend per row, `rlaif.train.packing.use_varlen_attention`, and then a row that
+    starts like an earlier one, a group's prompt, runs only its own tokens, as a branch of that row:
+    `rlaif.train.packing.pack_sharing_prefixes`; other attention implementations build the
+    block-diagonal causal mask), the backbone runs once, the
     LM head runs only at the positions that predict a completion token, and the log-softmax and
     entropy go over chunks of those positions (`rlaif.train.logprobs.head_logprobs`). Other models: padded
     forward."""
@@ -89,13 +92,12 @@ def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy:
     decoder, head = parts
     keep = batch.mask > 0
     if packed:
-        real = batch.attention_mask.bool()
-        lengths = batch.attention_mask.sum(-1)
-        offsets = (lengths.cumsum(0) - lengths).unsqueeze(-1)                          # (N, 1)
-        hidden = decoder(input_ids=batch.input_ids[real].unsqueeze(0), attention_mask=None,
-                         position_ids=position_ids(batch.attention_mask)[real].unsqueeze(0),
-                         use_cache=False).last_hidden_state[0]                         # (sum len, H)
-        hidden = hidden[(offsets + batch.positions)[keep]]                             # (M, H)
+        device = batch.input_ids.device
+        pack = pack_sharing_prefixes(batch.input_ids.cpu(), batch.attention_mask.cpu(), attends_per_row(decoder))
+        hidden = decoder(input_ids=pack.input_ids.to(device), attention_mask=None,
+                         position_ids=pack.position_ids.to(device), use_cache=False).last_hidden_state[0]  # (S, H)
+        rows = torch.arange(batch.positions.shape[0], device=device).unsqueeze(-1).expand_as(batch.positions)
+        hidden = hidden[pack.index.to(device)[rows, batch.positions][keep]]            # (M, H)
     else:
         hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          position_ids=position_ids(batch.attention_mask), use_cache=False).last_hidden_state

@@ -34,6 +34,7 @@ import torch
 
 from rlaif.errors import UserError
 from rlaif.train.modeling import position_ids, score_head, unwrap
+from rlaif.train.packing import attends_per_row, pack_sharing_prefixes
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -94,8 +95,8 @@ class SharedValueHead(torch.nn.Module):
         def keep(_module: Any, _inputs: Any, out: Any) -> None:
             captured.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
 
-        def values_of(_input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.values(unpack_hidden(captured[0], attention_mask))
+        def values_of(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.values(unpack_hidden(captured[0], input_ids, attention_mask, attends_per_row(self._decoder())))
 
         handle = self._decoder().register_forward_hook(keep)
         try:
@@ -104,15 +105,16 @@ class SharedValueHead(torch.nn.Module):
             handle.remove()
 
 
-def unpack_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def unpack_hidden(hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  shared: bool = True) -> torch.Tensor:
     """Hidden states (B, L, H) in the padded layout of ``attention_mask`` (B, L): as they are, or, from
-    a packed forward (1, sum of lengths, H: the rows' real tokens in order, batch.token_logprobs),
-    scattered back to their rows with zeros on padding."""
+    a packed forward (1, S, H) of ``batch.token_logprobs`` (rows sharing prefixes as
+    `rlaif.train.packing.pack_sharing_prefixes` lays them out with ``shared``), gathered back to their
+    rows with zeros on padding."""
     if hidden.shape[:2] == attention_mask.shape:
         return hidden
-    padded = hidden.new_zeros(*attention_mask.shape, hidden.shape[-1])
-    padded[attention_mask.bool()] = hidden[0]
-    return padded
+    index = pack_sharing_prefixes(input_ids.cpu(), attention_mask.cpu(), shared).index.to(hidden.device)
+    return hidden[0][index] * attention_mask.unsqueeze(-1).to(hidden.dtype)
 
 
 def is_shared(model: Any) -> bool:
