@@ -8,7 +8,9 @@ the update's forward also gives the entropy). Variants, timed round-robin, media
 - ``rlaif``: `step.micro_loss`, as `update` calls it (rows packed, LM head at completion positions only);
 - ``padded``: the same with `batch.token_logprobs`'s padded forward (rlaif before the lean path);
 - ``varlen``: ``rlaif`` with attention run per packed row (`rlaif.train.packing.use_varlen_attention`,
-  what the online trainers set) instead of transformers' block-diagonal mask over the packed sequence;
+  what the online trainers set) instead of transformers' block-diagonal mask over the packed sequence,
+  so a group's k rows run their prompt once (`packing.pack_sharing_prefixes`);
+- ``unshared``: ``varlen`` with every row packed whole (the prompt run k times, as before sharing);
 - ``trl``: `GRPOTrainer._get_per_token_logps_and_entropies` (its fused chunked LM head, `add_fused_lm_head`)
   on TRL's batch layout (left-padded prompts, right-padded completions) + its dapo loss.
 
@@ -247,6 +249,17 @@ def main() -> None:
             from rlaif.train.packing import VARLEN
 
             return with_attention(VARLEN, lambda: rlaif_loss(model, batch, adv))
+        if name == "unshared":
+            from rlaif.train import packing
+
+            def each_row_whole() -> torch.Tensor:
+                kept, packing.MIN_SHARED = packing.MIN_SHARED, 1 << 30
+                try:
+                    return rlaif_loss(model, batch, adv)
+                finally:
+                    packing.MIN_SHARED = kept
+
+            return with_attention(packing.VARLEN, each_row_whole)
         if name == "trl":
             return lambda: trl_loss(model, inp, adv)
         if name == "padded":
