@@ -116,7 +116,8 @@ def _chunk(project: Any, hidden: torch.Tensor, targets: torch.Tensor, *args: Any
 
 
 def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                    transform: HeadTransform = HeadTransform(), top_p: float = 1.0, top_k: int = 0, entropy: bool = False, entropy_grad: bool = False
+                    transform: HeadTransform = HeadTransform(), top_p: float = 1.0, top_k: int = 0,
+                    entropy: bool = False, entropy_grad: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """From raw head ``logits`` (.., V) in any dtype: log pi(targets) (..) in float32 and, with
     ``entropy``, H (..) (detached unless ``entropy_grad``), else None; z as in the module docstring."""

@@ -137,7 +137,8 @@ def _padded_logprobs(model: Any, batch: RolloutBatch, temperature: float, entrop
                 use_cache=False)
     rows = torch.arange(batch.positions.shape[0], device=batch.positions.device).unsqueeze(-1)
     logits = out.logits[rows, batch.positions - first]                                 # (N, T, V), soft-capped
-    logp, per_token = logits_logprobs(logits, batch.targets, temperature, HeadTransform(), top_p, top_k, entropy, entropy_grad)
+    logp, per_token = logits_logprobs(logits, batch.targets, temperature, HeadTransform(), top_p, top_k, entropy,
+                                      entropy_grad)
     return logp * batch.mask, (maths.masked_mean(per_token, batch.mask) if per_token is not None else None)
 
 
