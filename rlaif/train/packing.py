@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from rlaif.errors import UserError
 from rlaif.train.data import IGNORE_INDEX, TokenizedPair
 
 VARLEN = "rlaif_varlen"  # attention implementation name registered with transformers
@@ -212,6 +213,32 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return n
 
 
+ATTENTION_LAYER_TYPES = frozenset({"full_attention", "sliding_attention", "attention"})
+RECURRENT_MODEL_TYPES = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma"})
+
+
+def packing_refusal(config: Any) -> str | None:
+    """Why rows of a model with ``config`` cannot share one packed sequence exactly, or None.
+
+    Packing is exact when every layer mixes tokens by attention alone, with positions from
+    ``position_ids`` (restarting per row). Refused: layers of any other kind in ``layer_types`` /
+    ``layers_block_type`` / ``block_types`` (state-space "mamba", "linear_attention", "conv",
+    Llama 4's "chunked_attention"), Mamba blocks (``mamba_*`` settings), recurrent model types, and
+    chunked attention (``attention_chunk_size``): a recurrent state or a chunk boundary runs across the
+    whole sequence, so one row would see the rows before it."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kind = getattr(text, "model_type", None) or getattr(config, "model_type", "?")
+    for name in ("layer_types", "layers_block_type", "block_types"):
+        other = sorted(set(getattr(text, name, None) or ()) - ATTENTION_LAYER_TYPES)
+        if other:
+            return f"model type {kind!r} has {other[0]!r} layers ({name})"
+    if kind in RECURRENT_MODEL_TYPES or any(key.startswith("mamba_") for key in vars(text)):
+        return f"model type {kind!r} has recurrent (state-space) layers"
+    if getattr(text, "attention_chunk_size", None):
+        return f"model type {kind!r} attends in chunks of {text.attention_chunk_size} tokens (attention_chunk_size)"
+    return None
+
+
 def attends_per_row(model: Any) -> bool:
     """Whether ``model`` (or its backbone) runs ``varlen_attention``: only then may packed rows branch."""
     return getattr(getattr(model, "config", None), "_attn_implementation", None) == VARLEN
@@ -305,7 +332,13 @@ def _varlen_mask(*args: Any, **kwargs: Any) -> Any:
 
 def use_varlen_attention(model: Any) -> None:
     """Route ``model``'s attention through ``varlen_attention`` (registered once with transformers).
-    The setting lives in the in-memory config only: a saved config does not carry it."""
+    The setting lives in the in-memory config only: a saved config does not carry it. Every trainer
+    that packs rows calls this first, so a model whose rows cannot be packed (`packing_refusal`) is
+    refused here, with a `UserError`."""
+    reason = packing_refusal(model.config)
+    if reason is not None:
+        raise UserError(f"{reason}: rlaif's trainers pack several rows into one sequence, and such layers would "
+                        f"mix them; train rm and train dpo can pad the rows instead (packing=false)")
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
