@@ -19,7 +19,9 @@ backward + optimizer step, and rlaif's step metrics).
 
 ``--rounds R`` runs TRL and rlaif alternately R times each (A B A B, one engine alive at a time) and
 reports the ratio of the median seconds per step, so a change of the machine's load between runs
-hits both; each row also gives the load average after it. ``--split`` times the functions inside
+hits both; each row also gives the load average after it. ``--isolate`` runs each of them in a fresh
+(spawned) process, as a user runs either trainer: in one process a run inherits the heap and the
+thread pools the runs before it left (BENCHMARKS.md, Online RL run 9). ``--split`` times the functions inside
 rlaif's update (`UpdateSplit`: forward, backward, optimizer, clip, batch slicing, GC pauses, the
 rest) and the torch thread count there; TRL's row gives its thread count as well.
 
@@ -412,6 +414,32 @@ def print_table(runs: list[tuple[str, dict]], args: argparse.Namespace) -> None:
               f"update time rlaif / TRL: {med_update['rlaif'] / med_update['trl']:.2f}")
 
 
+def _run_one(who: str, rows: list[dict], model_dir: str, tmp: Path, args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    res = (trl_run(rows, model_dir, tmp / "trl", args) if who == "trl"
+           else rlaif_run(tmp / "prompts.jsonl", model_dir, tmp / "rlaif", args))
+    res["loadavg"] = [round(x, 1) for x in os.getloadavg()]
+    return res
+
+
+def _child(who: str, rows: list[dict], model_dir: str, tmp: Path, args: argparse.Namespace, result: Path) -> None:
+    result.write_text(json.dumps(_run_one(who, rows, model_dir, tmp, args)))
+
+
+def run_isolated(who: str, rows: list[dict], model_dir: str, tmp: Path, args: argparse.Namespace) -> dict:
+    """`_run_one` in a fresh spawned process (not a daemon, so vLLM may start its engine process)."""
+    import multiprocessing
+
+    result = tmp / f"{who}-result.json"
+    result.unlink(missing_ok=True)
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(who, rows, model_dir, tmp, args, result))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0 or not result.exists():
+        raise SystemExit(f"the {who} run's process exited with {proc.exitcode}")
+    return json.loads(result.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step (the first N demo prompts)")
@@ -424,6 +452,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["rlaif", "trl"], default=None)
     parser.add_argument("--rounds", type=int, default=1,
                         help="run TRL then rlaif this many times, alternating (A B A B), and compare the medians")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each trainer in its own fresh process (as users run them), not one after the other "
+                             "in this one")
     parser.add_argument("--split", action="store_true",
                         help="time the functions inside rlaif's update (UpdateSplit) and print the split")
     parser.add_argument("--trl-vllm", action="store_true", help="TRL with use_vllm=True, vllm_mode=colocate")
@@ -454,10 +485,7 @@ def main() -> None:
         runs: list[tuple[str, dict]] = []
         for round_ in range(args.rounds):
             for who in ("trl", "rlaif") if args.only is None else (args.only,):
-                torch.manual_seed(args.seed)
-                res = (trl_run(rows, model_dir, tmp / "trl", args) if who == "trl"
-                       else rlaif_run(tmp / "prompts.jsonl", model_dir, tmp / "rlaif", args))
-                res["loadavg"] = [round(x, 1) for x in os.getloadavg()]
+                res = (run_isolated if args.isolate else _run_one)(who, rows, model_dir, tmp, args)
                 runs.append((who, res))
                 gc.collect()  # the TRL trainer's model and optimizer go before vLLM reserves its memory
                 print(f"{who} (round {round_ + 1}): {json.dumps(res)}", flush=True)
