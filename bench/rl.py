@@ -15,7 +15,7 @@ which skips that pass when num_iterations == 1), update is the rest of the step 
 backward + optimizer step, and rlaif's step metrics).
 
     flock /tmp/rlaif-heavy.lock .venv/bin/python bench/rl.py [--prompts 4] [--k 4] [--max-tokens 32]
-        [--steps 4] [--only rlaif|trl] [--trl-vllm] [--rounds 2] [--split]
+        [--steps 4] [--only rlaif|trl] [--trl-vllm] [--rounds 2] [--split] [--isolate]
 
 ``--rounds R`` runs TRL and rlaif alternately R times each (A B A B, one engine alive at a time) and
 reports the ratio of the median seconds per step, so a change of the machine's load between runs
