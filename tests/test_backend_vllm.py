@@ -223,3 +223,38 @@ def test_kv_block_size_small_on_cpu_unless_given(given, expected, tiny_model_dir
     monkeypatch.setattr(rlaif_vllm, "_has_cuda", lambda: False)
     rlaif_vllm.build_llm(BackendConfig(engine="vllm", model=tiny_model_dir, block_size=given))
     assert seen["block_size"] == expected
+
+
+def test_cpu_reserved_cores_reach_the_engine_workers(tiny_tokenizer_dir: str, tmp_path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 reserved cores gives the worker one compute thread more than vLLM's default (one core
+    reserved), and the variable is not left behind in this process."""
+    import os
+
+    from rlaif.backends.vllm import VLLMBackend
+    from tests.conftest import build_tiny_model
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("vLLM's default reserves the only core")
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    model = build_tiny_model(tmp_path / "model", tiny_tokenizer_dir, hidden=256)  # head_dim 64: vLLM's CPU kernels
+    threads = {}
+    for reserved in (None, 0):
+        backend = VLLMBackend(BackendConfig(engine="vllm", model=model, gpu_memory_utilization=0.05,
+                                            max_model_len=256, cpu_reserved_cores=reserved))
+        try:
+            threads[reserved] = backend.compute_threads()
+            gens = backend.chat(CONVS[:1], SamplingParams(max_tokens=4, temperature=0.0), progress=False)
+            assert gens[0].completions[0].num_tokens >= 1
+        finally:
+            backend.close()
+        assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ
+    assert threads[0] == [threads[None][0] + 1], threads
+
+
+def test_negative_cpu_reserved_cores_is_a_user_error(tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlaif.backends import vllm as rlaif_vllm
+
+    monkeypatch.setattr(rlaif_vllm, "_has_cuda", lambda: False)
+    with pytest.raises(UserError, match="cpu_reserved_cores must be >= 0, got -1"):
+        rlaif_vllm.build_llm(BackendConfig(engine="vllm", model=tiny_model_dir, cpu_reserved_cores=-1))

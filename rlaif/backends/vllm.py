@@ -16,8 +16,10 @@ prompt_logprobs=0``: one prefill, and vLLM returns log p(token_t | tokens_<t) fo
 position; the reply positions are read. These are the model's raw log-probs (temperature 1).
 
 CPU threads: vLLM's own default is kept (``VLLM_CPU_OMP_THREADS_BIND=auto``, one core reserved
-for the engine's scheduler process): the scheduler busy-polls, so OMP threads on every core compete
-with it and run slower (bench/judge_threads.py).
+for the engine's scheduler process): the scheduler busy-polls, so under load OMP threads on every
+core compete with it and run slower (bench/judge_threads.py). ``cpu_reserved_cores`` sets
+``VLLM_CPU_NUM_OF_RESERVED_CPU`` for the engine's processes; 0 pays off on an idle machine, e.g. for
+RL rollouts, where the trainer waits while the engine samples (bench/engine_idle.py, bench/rl.py).
 
 Every completion carries vLLM's ``token_ids``; with ``SamplingParams.logprobs`` the request asks
 for ``logprobs=0`` (the sampled token's log-prob only). That needs an engine built with
@@ -37,8 +39,9 @@ vLLM itself only says "see root cause above") and a hint, e.g. raise ``gpu_memor
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from rlaif.backends.base import BackendConfig, Completion, Conversation, Generation, SamplingParams
 from rlaif.backends.choices import choice_token_ids, combine, render_prompt
@@ -117,7 +120,8 @@ def build_llm(config: BackendConfig, tap: OutputTap | None = None) -> "vllm.LLM"
     tapped = tap.start()
     try:
         try:
-            return LLM(**kwargs)
+            with _reserved_cores(config.cpu_reserved_cores):
+                return LLM(**kwargs)
         finally:
             tap.release()
     except Exception as e:
@@ -125,6 +129,27 @@ def build_llm(config: BackendConfig, tap: OutputTap | None = None) -> "vllm.LLM"
         if cause is None and not _engine_failure(e):
             raise  # a bug, not the engine: keep the traceback
         raise engine_error(config, "failed to start", e, cause, kwargs.get("max_model_len")) from e
+
+
+@contextlib.contextmanager
+def _reserved_cores(cores: int | None) -> Iterator[None]:
+    """While the engine starts, tell vLLM on CPU how many cores to keep free of its compute threads
+    (``VLLM_CPU_NUM_OF_RESERVED_CPU``, read by the engine process it spawns); None keeps vLLM's choice."""
+    if cores is None or _has_cuda():
+        yield
+        return
+    if cores < 0:
+        raise UserError(f"cpu_reserved_cores must be >= 0, got {cores}")
+    name = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+    before = os.environ.get(name)
+    os.environ[name] = str(cores)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _engine_failure(e: BaseException) -> bool:
@@ -342,6 +367,10 @@ class VLLMBackend:
                 view.copy_(tensor)
         self._rpc("rlaif_load_shared", timeout=timeout_s)
         self._run(self.llm.reset_prefix_cache)
+
+    def compute_threads(self) -> list[int]:
+        """Each worker's torch threads: on CPU, the cores the engine computes on."""
+        return self._rpc("rlaif_compute_threads")
 
     def close(self) -> None:
         llm, self.llm = self.llm, None

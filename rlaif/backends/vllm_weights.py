@@ -51,6 +51,12 @@ class WeightUpdateExtension:
     def rlaif_unmap_shared(self) -> None:
         self._rlaif_shared = []
 
+    def rlaif_compute_threads(self) -> int:
+        """The worker's torch threads (on CPU: one per core vLLM left to its compute, `cpu_reserved_cores`)."""
+        import torch
+
+        return torch.get_num_threads()
+
 
 def _numel(shape: Sequence[int]) -> int:
     count = 1

@@ -56,7 +56,7 @@ LOOP_OUTPUTS = ("round-*", *LOOP_FILES, str(STATE))  # for refuse_out_overlap
 NOT_SETTINGS = ("out", "overwrite", "progress", "rounds")
 NOT_SETTING_LEAVES = ("ref_model", "progress", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
                       "log_rollouts_every", "chunk_size", "chunk_tokens", "judge_chunk_size", "gpu_memory_utilization",
-                      "max_concurrency",
+                      "max_concurrency", "cpu_reserved_cores",
                       "timeout_s", "http_retries", "http_retry_backoff_s", "api_key_env")
 
 

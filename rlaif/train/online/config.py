@@ -33,6 +33,9 @@ class RolloutOptions:
                                                         "RAM) for weights and KV cache; null = 0.3 on GPU, 0.15 on CPU")
     enforce_eager: bool = option(True, "vllm: no CUDA graphs / torch.compile (faster start, slower decode)")
     enable_prefix_caching: bool = option(True, "vllm: reuse the KV cache of the k samples' shared prompt")
+    cpu_reserved_cores: int | None = option(None, "vllm on CPU: cores kept free of the engine's compute threads "
+                                                  "(null: vLLM's default, 1); 0: every core, faster on an idle "
+                                                  "machine since the trainer waits while the engine samples")
     batch_size: int = option(64, "hf: sequences per generate() call")
     replicas: int = option(1, "vllm: rollout engine replicas as Ray actors (pip install 'rlaif[ray]'), each "
                               "sampling a share of the step's prompts; the new weights go to every replica "
@@ -48,7 +51,8 @@ class RolloutOptions:
         return BackendConfig(engine=engine, model=model_dir, dtype=self.dtype, max_model_len=self.max_model_len,
                              gpu_memory_utilization=share, enforce_eager=self.enforce_eager,
                              enable_prefix_caching=self.enable_prefix_caching, enable_sample_logprobs=True,
-                             batch_size=self.batch_size, replicas=self.replicas)
+                             cpu_reserved_cores=self.cpu_reserved_cores, batch_size=self.batch_size,
+                             replicas=self.replicas)
 
 
 def _judge_default() -> BackendConfig:

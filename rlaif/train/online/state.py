@@ -32,7 +32,7 @@ from rlaif.train.online.config import OnlineConfig, resolve_device_defaults
 
 # Online-only keys that change no weight (how often rollouts are logged, where the engines run).
 ONLINE_IGNORED = IGNORED + ("log_rollouts_every", "ray")  # IGNORED has nonfinite
-ONLINE_IGNORED_FLAT = ("rollout.replicas",)
+ONLINE_IGNORED_FLAT = ("rollout.replicas", "rollout.cpu_reserved_cores", "judge.cpu_reserved_cores")
 # What the online trainers write in --out (removed by overwrite): the offline trainers' files too.
 ONLINE_TRAINER_OUTPUTS = TRAINER_OUTPUTS + ("rollouts.jsonl", "value", "rubrics")  # rubrics/: judge:auto's criteria
 LOGS = ("metrics.jsonl", "rollouts.jsonl")
