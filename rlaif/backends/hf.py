@@ -59,6 +59,21 @@ def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def select_rows(past: Any, index: torch.Tensor) -> None:
+    """Keep (or repeat) the rows ``index`` of a transformers cache, in place. Its attention layers do this
+    themselves (``batch_select_indices``); the conv and recurrent states of state-space / conv layers
+    (``LinearAttentionLayer``: LFM2, Mamba hybrids), which have no such method, are indexed here."""
+    for layer in past.layers:
+        if hasattr(layer, "batch_select_indices"):
+            layer.batch_select_indices(index)
+            continue
+        for name in ("conv_states", "recurrent_states"):
+            states = getattr(layer, name, None) or {}
+            for key, state in states.items():
+                if state is not None:
+                    states[key] = state[index]
+
+
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) input ids padded on the left, and the matching attention mask."""
     width = max(len(r) for r in rows)
@@ -170,7 +185,7 @@ class HFBackend:
         active = [row for row in range(len(prompts)) if rows.finish[row] is None]  # batch slot s is row active[s]
         if len(active) < len(prompts):
             keep = torch.tensor(active, device=self.device)
-            past.batch_select_indices(keep)
+            select_rows(past, keep)
             mask, logits, positions, uniforms = mask[keep], logits[keep], positions[keep], uniforms[keep]
         for step in range(steps):
             if not active:
@@ -188,7 +203,7 @@ class HFBackend:
                 break
             if len(still) < len(active):  # finished rows stop stepping
                 keep = torch.tensor(still, device=self.device)
-                past.batch_select_indices(keep)
+                select_rows(past, keep)
                 mask, positions, next_ids, uniforms = mask[keep], positions[keep], next_ids[keep], uniforms[keep]
                 active = [active[slot] for slot in still]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
@@ -236,7 +251,7 @@ class HFBackend:
             starts = set(firsts)
             owner = torch.tensor(list(itertools.accumulate(int(i in starts) for i in range(len(prompts)))),
                                  device=self.device) - 1
-            past.batch_select_indices(owner)
+            select_rows(past, owner)
             mask, logits = mask[owner], logits[owner]
         return past, logits, mask
 

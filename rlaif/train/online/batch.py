@@ -16,7 +16,7 @@ import torch
 
 from rlaif.train.logprobs import HeadTransform, head_logprobs, head_transform_of, logits_logprobs
 from rlaif.train.modeling import position_ids
-from rlaif.train.packing import attends_per_row, pack_sharing_prefixes
+from rlaif.train.packing import attends_per_row, pack_sharing_prefixes, packing_refusal
 from rlaif.train.online import maths
 
 
@@ -68,7 +68,7 @@ def build_batch(rollouts: list[Any], pad_id: int) -> RolloutBatch:
 
 
 def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy: bool = False, *,
-                   entropy_grad: bool = False, top_p: float = 1.0, top_k: int = 0, packed: bool = True
+                   entropy_grad: bool = False, top_p: float = 1.0, top_k: int = 0, packed: bool | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_j | x, y_<j) per completion token, (N, T) (0 off the mask); and the mean entropy over
     the mask (detached, unless ``entropy_grad``: then it carries the gradient, for an entropy bonus).
@@ -76,21 +76,24 @@ def token_logprobs(model: Any, batch: RolloutBatch, temperature: float, entropy:
     nucleus and renormalised (`rlaif.train.logprobs.nucleus_logits`, the engine's sampling distribution;
     all of it at top_p 1, top_k 0).
 
-    Lean path (a causal LM with ``get_decoder`` and ``get_output_embeddings``): the rows are packed into
-    one sequence (``packed``: position ids restarting per row, ``attention_mask=None``; the online
-    trainers' models attend per row, `rlaif.train.packing.use_varlen_attention`, and then a row that
-    starts like an earlier one, a group's prompt, runs only its own tokens, as a branch of that row:
-    `rlaif.train.packing.pack_sharing_prefixes`; other attention implementations build the
-    block-diagonal causal mask), the backbone runs once, the
-    LM head runs only at the positions that predict a completion token, and the log-softmax and
-    entropy go over chunks of those positions (`rlaif.train.logprobs.head_logprobs`). Other models: padded
-    forward."""
+    Lean path (a causal LM with ``get_decoder`` and ``get_output_embeddings``): the backbone runs once,
+    the LM head runs only at the positions that predict a completion token, and the log-softmax and
+    entropy go over chunks of those positions (`rlaif.train.logprobs.head_logprobs`). With ``packed``
+    (the default, unless `rlaif.train.packing.packing_refusal` finds layers that would mix packed rows,
+    e.g. a Mamba hybrid's: those rows run padded) the rows are one sequence, position ids restarting per
+    row and ``attention_mask=None``. The online trainers' models attend per row
+    (`rlaif.train.packing.use_varlen_attention`), and then a row that starts like an earlier one, a
+    group's prompt, runs only its own tokens, as a branch of that row
+    (`rlaif.train.packing.pack_sharing_prefixes`); other attention implementations build the
+    block-diagonal causal mask. Other models: padded forward."""
     entropy = entropy or entropy_grad
     parts = _decoder_and_head(model)
     if parts is None:
         return _padded_logprobs(model, batch, temperature, entropy, top_p, top_k, entropy_grad)
     decoder, head = parts
     keep = batch.mask > 0
+    if packed is None:
+        packed = packing_refusal(decoder.config) is None
     if packed:
         device = batch.input_ids.device
         pack = pack_sharing_prefixes(batch.input_ids.cpu(), batch.attention_mask.cpu(), attends_per_row(decoder))

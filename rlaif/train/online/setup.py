@@ -13,12 +13,13 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
+from rlaif.io.log import log
 from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, PPOConfig
 from rlaif.train.online.distributed import Dist, engine_env
 from rlaif.train.online.step import Learner
 from rlaif.train.optim import adamw
-from rlaif.train.packing import use_varlen_attention
+from rlaif.train.packing import packing_refusal, use_varlen_attention
 
 
 @dataclass(kw_only=True)
@@ -62,7 +63,11 @@ def load_policy(cfg: OnlineConfig, base: str, device: torch.device) -> Any:
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     check_head_transform(model)  # the lean log-probs (batch.token_logprobs) reproduce its logits
-    use_varlen_attention(model)  # packed rows attend per row (batch.token_logprobs; padded inputs: SDPA as before)
+    reason = packing_refusal(model.config)
+    if reason is None:
+        use_varlen_attention(model)  # packed rows attend per row (batch.token_logprobs; padded inputs: SDPA as before)
+    else:
+        log(f"{reason}: the update pads its rows instead of packing them (slower, same numbers)")
     return without_dropout(prepare_model(model, cfg, task_type="CAUSAL_LM").to(device))  # type: ignore[arg-type]
 
 
@@ -94,7 +99,8 @@ def make_reference(cfg: OnlineConfig, base: str, policy: Any, device: torch.devi
 
     ref = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device).eval()
     ref.requires_grad_(False)
-    use_varlen_attention(ref)
+    if packing_refusal(ref.config) is None:
+        use_varlen_attention(ref)
 
     @contextmanager
     def frozen() -> Iterator[Any]:
