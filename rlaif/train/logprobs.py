@@ -50,10 +50,9 @@ class HeadTransform:
 def head_transform_of(model: Any) -> HeadTransform:
     """The transform read from the (text) config: s = ``logit_scale`` (Cohere) / ``logits_scaling``
     (Granite, MiniCPM3, HyperCLOVA X), c = ``final_logit_softcapping`` (Gemma 2-4)."""
-    from rlaif.train.modeling import unwrap
+    from rlaif.train.modeling import text_config, unwrap
 
-    config = getattr(unwrap(model), "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(getattr(unwrap(model), "config", None))
     scale = float(getattr(text, "logit_scale", None) or 1.0) / float(getattr(text, "logits_scaling", None) or 1.0)
     return HeadTransform(scale, getattr(text, "final_logit_softcapping", None))
 

@@ -80,6 +80,11 @@ def unwrap(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
 
 
+def text_config(config: Any) -> Any:
+    """The language model's part of ``config`` (a multimodal model's text config), or ``config`` itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2... over real tokens whatever the padding side (HF counts padding otherwise)."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)

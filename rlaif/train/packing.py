@@ -38,6 +38,7 @@ import torch
 
 from rlaif.errors import UserError
 from rlaif.train.data import IGNORE_INDEX, TokenizedPair
+from rlaif.train.modeling import text_config
 
 VARLEN = "rlaif_varlen"  # attention implementation name registered with transformers
 
@@ -226,7 +227,7 @@ def packing_refusal(config: Any) -> str | None:
     Llama 4's "chunked_attention"), Mamba blocks (``mamba_*`` settings), recurrent model types, and
     chunked attention (``attention_chunk_size``): a recurrent state or a chunk boundary runs across the
     whole sequence, so one row would see the rows before it."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     kind = getattr(text, "model_type", None) or getattr(config, "model_type", "?")
     for name in ("layer_types", "layers_block_type", "block_types"):
         other = sorted(set(getattr(text, name, None) or ()) - ATTENTION_LAYER_TYPES)
@@ -263,7 +264,7 @@ def sliding_window(config: Any, layer: int | None = None) -> int | None:
     where ``layer_types`` says "sliding_attention" (Gemma2/3, whose ``sliding_window_pattern`` and
     Qwen2/3, whose ``use_sliding_window`` / ``max_window_layers`` their configs turn into layer_types),
     else all of them when ``sliding_window`` is set (Mistral; None: no window)."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    config = text_config(config)
     window = getattr(config, "sliding_window", None)
     if not window or getattr(config, "use_sliding_window", True) is False:
         return None
