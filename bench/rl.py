@@ -55,6 +55,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from isolate import in_fresh_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "prompts" / "demo.jsonl"
@@ -88,6 +89,7 @@ def summarise(steps: list[dict]) -> dict:
     res = {f"warmup_{k}": steps[0].get(k, 0.0) for k in keys}
     res.update({k: statistics.mean(s.get(k, 0.0) for s in timed) for k in keys})
     res["step_totals"] = [round(s["total"], 1) for s in steps]
+    res["step_parts"] = {k: [round(s.get(k, 0.0), 2) for s in steps] for k in ("generation", "update", "sync")}
     res["tokens_per_s_gen"] = sum(s["tokens"] for s in timed) / max(sum(s["generation"] for s in timed), 1e-9)
     res["reward_first"], res["reward_last"] = steps[0]["reward_mean"], steps[-1]["reward_mean"]
     res["steps"] = len(steps)
@@ -282,7 +284,8 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
                      top_p=1.0, clip_eps=0.2, epochs_per_step=1, minibatch_size=n, micro_batch_size=n,
                      seed=args.seed, precision="fp32", save_steps=0, logging_steps=1, log_rollouts_every=0,
                      progress=False, overwrite=True,
-                     rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory), **options)
+                     rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory,
+                                            cpu_reserved_cores=args.reserved_cores), **options)
     t0 = time.perf_counter()
     trainer.rollout_step = timed_step
     split = UpdateSplit() if args.split else None
@@ -299,7 +302,8 @@ def rlaif_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespace
     mismatch = {key: statistics.mean(r[key] for r in timed) for key in timed[0]
                 if key.startswith("mismatch/") or key == "logprob_gap"}
     return {**summarise(steps), **mismatch, **(split.summary() if split else {}), "load_s": load, "wall_s": wall,
-            "mode": f"{args.engine} engine, in-place weight sync"}
+            "mode": f"{args.engine} engine, in-place weight sync"
+                    + ("" if args.reserved_cores is None else f", {args.reserved_cores} reserved cores")}
 
 
 MISMATCH_RUNS = {  # name: GRPOConfig options
@@ -357,7 +361,8 @@ def losses_run(prompts: Path, model_dir: str, out: Path, args: argparse.Namespac
                          lr=args.lr, beta=0.0, temperature=1.0, epochs_per_step=2, minibatch_size=n // 2,
                          micro_batch_size=n, seed=args.seed, precision="fp32", save_steps=0, log_rollouts_every=0,
                          progress=False, overwrite=True,
-                         rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory), **options)
+                         rollout=RolloutOptions(gpu_memory_utilization=args.rollout_memory,
+                                                cpu_reserved_cores=args.reserved_cores), **options)
         torch.manual_seed(args.seed)
         train_online(cfg)
         rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -422,24 +427,6 @@ def _run_one(who: str, rows: list[dict], model_dir: str, tmp: Path, args: argpar
     return res
 
 
-def _child(who: str, rows: list[dict], model_dir: str, tmp: Path, args: argparse.Namespace, result: Path) -> None:
-    result.write_text(json.dumps(_run_one(who, rows, model_dir, tmp, args)))
-
-
-def run_isolated(who: str, rows: list[dict], model_dir: str, tmp: Path, args: argparse.Namespace) -> dict:
-    """`_run_one` in a fresh spawned process (not a daemon, so vLLM may start its engine process)."""
-    import multiprocessing
-
-    result = tmp / f"{who}-result.json"
-    result.unlink(missing_ok=True)
-    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(who, rows, model_dir, tmp, args, result))
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0 or not result.exists():
-        raise SystemExit(f"the {who} run's process exited with {proc.exitcode}")
-    return json.loads(result.read_text())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step (the first N demo prompts)")
@@ -468,6 +455,8 @@ def main() -> None:
     parser.add_argument("--rollout-memory", type=float, default=0.1,
                         help="rlaif's vLLM KV-cache share of RAM (CPU: of one NUMA node; default 0.15 may not fit "
                              "next to the TRL run on a small machine)")
+    parser.add_argument("--reserved-cores", type=int, default=None,
+                        help="rlaif's rollout.cpu_reserved_cores (vLLM on CPU; default: vLLM's, 1 core)")
     args = parser.parse_args()
 
     from rlaif.models import resolve_model
@@ -485,7 +474,8 @@ def main() -> None:
         runs: list[tuple[str, dict]] = []
         for round_ in range(args.rounds):
             for who in ("trl", "rlaif") if args.only is None else (args.only,):
-                res = (run_isolated if args.isolate else _run_one)(who, rows, model_dir, tmp, args)
+                res = (in_fresh_process(_run_one, who, rows, model_dir, tmp, args) if args.isolate
+                       else _run_one(who, rows, model_dir, tmp, args))
                 runs.append((who, res))
                 gc.collect()  # the TRL trainer's model and optimizer go before vLLM reserves its memory
                 print(f"{who} (round {round_ + 1}): {json.dumps(res)}", flush=True)

@@ -15,6 +15,8 @@ and ``packing=true`` (the default: one padding-free sequence per micro-batch).
 
 ``--rounds N`` repeats the runs, who goes first alternating per round, and reports the medians
 (and the packed / TRL ratio of each round): on a shared machine read the ratio of medians.
+``--isolate`` runs each trainer in its own fresh process, as users run them (one after the other in
+one process, a run inherits the heap and thread pools of the run before it).
 ``--threads 1`` on an oversubscribed machine: with two threads each op waits for both to be
 scheduled, so a step's time follows its number of ops rather than its arithmetic.
 """
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from isolate import in_fresh_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "tests" / "assets" / "prefs" / "train.jsonl"
@@ -136,6 +139,17 @@ def trl_run(kind: str, rows: list[dict], model_dir: str, out: Path, args: argpar
             "padding": sum(padded) / (sum(tokens) + sum(padded)), "wall_s": wall}
 
 
+def one_run(kind: str, who: str, rows: list[dict], data: Path, model: str, out: Path,
+            args: argparse.Namespace) -> dict:
+    """One trainer's run: ``who`` is trl, rlaif (packed) or padded (rlaif, packing=false)."""
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if who == "trl":
+        return trl_run(kind, rows, model, out, args)
+    return rlaif_run(kind, data, model, out, args, packing=who == "rlaif")
+
+
 def memory(args: argparse.Namespace) -> None:
     """DPO at ``--max-length``: each trainer in a fresh process (peak RSS is per process); prints the table."""
     import subprocess
@@ -167,6 +181,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the runs, alternating who goes first; medians")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     parser.add_argument("--no-padded", action="store_true", help="skip rlaif's padded (packing=false) runs")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each trainer in its own fresh process (as users run them), not one after the other "
+                             "in this one")
     parser.add_argument("--who", choices=["rlaif", "trl"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory:
@@ -195,18 +212,17 @@ def main() -> None:
             print(json.dumps({**res, "peak_rss_gib": peak_rss_gib(), "loaded_rss_gib": loaded}))
             return
         results: dict[tuple[str, str], list[dict]] = {}
+        run = (lambda *a: in_fresh_process(one_run, *a)) if args.isolate else one_run
         kinds = ("rm", "dpo") if args.only is None else (args.only,)
         sides = ("rlaif", "trl") if args.no_padded else ("rlaif", "trl", "padded")
         for rnd in range(args.rounds):
             for kind in kinds:
-                torch.manual_seed(0)
                 # alternate who goes first (per trainer and per round), so drift on a shared machine
                 # does not favour one side
                 flip = (rnd + (kind == "rm")) % 2
                 for who in sides[::-1] if flip else sides:
                     out = tmp / f"{who}-{kind}-{rnd}"
-                    res = (trl_run(kind, rows, model, out, args) if who == "trl"
-                           else rlaif_run(kind, tmp / "data", model, out, args, packing=who == "rlaif"))
+                    res = run(kind, who, rows, tmp / "data", model, out, args)
                     results.setdefault((kind, who), []).append(res)
                     print(f"round {rnd} {kind} {who}: {json.dumps(res)}", flush=True)
                     shutil.rmtree(out, ignore_errors=True)
