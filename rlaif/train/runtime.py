@@ -45,6 +45,7 @@ from rlaif.train.data import (Batch, TokenizedPair, collate, epoch_batches, find
                               tokenize_rows)
 from rlaif.train.modeling import load_tokenizer
 from rlaif.train.nonfinite import NonFiniteGuard
+from rlaif.train.heap import keep_freed_memory
 from rlaif.train.optim import adamw
 
 LossFn = Callable[[Any, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # metrics: 0-d tensors
@@ -103,6 +104,7 @@ def prepare_run(cfg: OfflineOptions, check_base: Callable[[str], None] | None = 
     tokenizer = load_tokenizer(base)
     train, stats, test, test_stats = tokenize(tokenizer)
     accelerator = make_accelerator(cfg)
+    keep_freed_memory(accelerator.device.type)
     accelerator.print(f"train: {stats.summary()}; test: {test_stats.summary()}")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

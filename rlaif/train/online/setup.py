@@ -18,6 +18,7 @@ from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, PPOConfig
 from rlaif.train.online.distributed import Dist, engine_env
 from rlaif.train.online.step import Learner
+from rlaif.train.heap import keep_freed_memory
 from rlaif.train.optim import adamw
 from rlaif.train.packing import packing_refusal, use_varlen_attention
 
@@ -192,6 +193,7 @@ def build_run(cfg: OnlineConfig, base: str, specs: list[tuple[str, str, float]],
                                    max_prompt_length=cfg.max_prompt_length,
                                    hf_model=hf_engine_model(cfg, policy) if engine_name == "hf" else None,
                                    ray_options=cfg.ray)
+    keep_freed_memory(device.type)  # after the engine started: its processes keep glibc's defaults
     weights = {f"{source}:{target}": weight for source, target, weight in specs}
     value_from_policy = isinstance(cfg, PPOConfig) and not cfg.value_init_dir(specs)
     return Run(policy=policy, value_model=value_model, optimizer=optimizer, params=params, device=device,
