@@ -87,7 +87,7 @@ class BackendConfig:
     tensor_parallel_size: int = option(1, "vllm: number of GPUs to split the model across")
     cpu_reserved_cores: int | None = option(None, "vllm on CPU: cores kept free of the engine's compute threads for "
                                                   "its scheduler (null: vLLM's default, 1); 0 computes on every "
-                                                  "core: 1.4x faster generation on an idle 2-core machine, 3x "
+                                                  "core: 1.4-1.6x faster generation on an idle 2-core machine, 3x "
                                                   "slower beside other busy processes")
     replicas: int = option(1, "engine replicas as Ray actors, chunks going to whichever is free, each with "
                               "tensor_parallel_size GPUs (pip install 'rlaif[ray]'; option ray.address); "
