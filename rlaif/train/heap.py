@@ -36,5 +36,6 @@ def keep_freed_memory(device_type: str) -> bool:
         mallopt = None
     if mallopt is None:
         return False
-    _done = bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    both = [bool(mallopt(option, KEEP_BYTES)) for option in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)]
+    _done = all(both)  # True only with both set (glibc refuses them only for invalid values)
     return _done

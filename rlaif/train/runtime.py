@@ -39,13 +39,12 @@ from rlaif.io.diskfull import names_path
 from rlaif.io.store import atomic_write_text
 from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, launched_on_cpu, load_checkpoint,
                                      refuse_out_on_inputs, run_settings, save_checkpoint, save_model_files)
-from rlaif.io.store import atomic_write_text
 from rlaif.train.config import OfflineOptions, TrainConfig
 from rlaif.train.data import (Batch, TokenizedPair, collate, epoch_batches, find_split_files, load_splits,
                               tokenize_rows)
+from rlaif.train.heap import keep_freed_memory
 from rlaif.train.modeling import load_tokenizer
 from rlaif.train.nonfinite import NonFiniteGuard
-from rlaif.train.heap import keep_freed_memory
 from rlaif.train.optim import adamw
 
 LossFn = Callable[[Any, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # metrics: 0-d tensors

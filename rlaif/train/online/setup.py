@@ -14,11 +14,11 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from rlaif.io.log import log
+from rlaif.train.heap import keep_freed_memory
 from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, PPOConfig
 from rlaif.train.online.distributed import Dist, engine_env
 from rlaif.train.online.step import Learner
-from rlaif.train.heap import keep_freed_memory
 from rlaif.train.optim import adamw
 from rlaif.train.packing import packing_refusal, use_varlen_attention
 
