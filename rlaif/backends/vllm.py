@@ -372,6 +372,10 @@ class VLLMBackend:
         self._rpc("rlaif_load_shared", timeout=timeout_s)
         self._run(self.llm.reset_prefix_cache)
 
+    def page_faults(self) -> list[int]:
+        """Each worker's minor page faults so far (a diagnostic: memory the worker maps in afresh)."""
+        return self._rpc("rlaif_page_faults")
+
     def compute_threads(self) -> list[int]:
         """Each worker's torch threads: on CPU, the cores the engine computes on."""
         return self._rpc("rlaif_compute_threads")

@@ -8,7 +8,8 @@ took ~300k page faults a step (BENCHMARKS.md, GRPO run 11). Raising both thresho
 mapped for the next step: there the faults fell to 0-36k and the update took 0.75x the time. The cost is
 that the process's resident memory does not shrink between steps. Allocators that PyTorch's CPU tuning
 guides suggest preloading, jemalloc and tcmalloc, keep freed memory in the same way. On CUDA, activations
-live in PyTorch's caching allocator, so nothing is changed there.
+live in PyTorch's caching allocator, so nothing is changed there. vLLM's CPU workers call this too, at their
+first in-place weight update (`rlaif.backends.vllm_weights`): each update repacks the weights into new memory.
 """
 
 from __future__ import annotations
