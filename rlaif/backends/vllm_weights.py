@@ -23,9 +23,9 @@ class WeightUpdateExtension:
         """vLLM's in-place reload (CPU kernels repack their weights), then re-tie a tied LM head:
         the reload skips it ("ParallelLMHead: Failed to load weights") and on CPU it keeps the
         old packed copy of the embeddings, so the logits would come from the old weights.
-        On CPU the worker keeps freed memory (`rlaif.train.heap`): each repack frees the old packed
+        On CPU the worker keeps freed memory (`rlaif.io.heap`): each repack frees the old packed
         weights and allocates new ones, ~85k page faults per sync of the 135M model otherwise."""
-        from rlaif.train.heap import keep_freed_memory
+        from rlaif.io.heap import keep_freed_memory
 
         keep_freed_memory(self.device_config.device_type)  # type: ignore[attr-defined]
         runner = self.model_runner  # type: ignore[attr-defined]

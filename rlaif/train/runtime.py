@@ -36,13 +36,13 @@ import torch
 from rlaif.config import to_dict
 from rlaif.errors import UserError
 from rlaif.io.diskfull import names_path
+from rlaif.io.heap import keep_freed_memory
 from rlaif.io.store import atomic_write_text
 from rlaif.train.checkpoints import (check_out, checkpoint_dirs, cut_logs, launched_on_cpu, load_checkpoint,
                                      refuse_out_on_inputs, run_settings, save_checkpoint, save_model_files)
 from rlaif.train.config import OfflineOptions, TrainConfig
 from rlaif.train.data import (Batch, TokenizedPair, collate, epoch_batches, find_split_files, load_splits,
                               tokenize_rows)
-from rlaif.train.heap import keep_freed_memory
 from rlaif.train.modeling import load_tokenizer
 from rlaif.train.nonfinite import NonFiniteGuard
 from rlaif.train.optim import adamw

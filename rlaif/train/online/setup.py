@@ -13,8 +13,8 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
+from rlaif.io.heap import keep_freed_memory
 from rlaif.io.log import log
-from rlaif.train.heap import keep_freed_memory
 from rlaif.train.online.algorithms import strategy
 from rlaif.train.online.config import OnlineConfig, PPOConfig
 from rlaif.train.online.distributed import Dist, engine_env
